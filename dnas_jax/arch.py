@@ -1,0 +1,191 @@
+"""Architecture weights ψ[layer, connection, operation]: three parameterisations.
+
+All functions here are pure functions of small pytrees (DESIGN.md §1):
+
+=============  ===========================================  ==================================
+name           trainable arrays                             ψ[k, i, j]
+=============  ===========================================  ==================================
+``iam``        α_normal, α_reduce: [C, Op]                  softmax_j(α_type(k))[i, j]  (DARTS)
+``full``       Ψ: [L, C, Op]                                softmax_j(Ψ[k, i, :])[j]  (global)
+``decoupled``  α [C, Op], β [L, C], γ [L, Op]               σα(α[i, j]) · σβ(β[k])[i] · σγ(γ[k, j])
+=============  ===========================================  ==================================
+
+``decoupled`` is formula (4) of Xu & He (CVPR-W 2022). Where the paper is silent the
+choice is an option, the paper's reading being the default:
+
+* ``beta_domain``: ``"layer"`` (default) takes the β softmax over all 14 connections
+  of layer k, as formula (4) reads; ``"node"`` takes it over each node's incoming
+  connections (2, 3, 4, 5), as PC-DARTS's edge normalisation does.
+* ``alpha_sharing``: ``"global"`` (default) one α for all cells; ``"cell_type"`` one α
+  for normal and one for reduction cells (α then has shape [2, C, Op]).
+* ``alpha_activation``, ``gamma_activation``: ``"sigmoid"`` (default, FairDARTS-style
+  independent weights) or ``"softmax"`` (over operations). ``beta_activation``:
+  ``"softmax"`` (default, over the β domain) or ``"sigmoid"``.
+
+The zero-one loss of FairDARTS, ``-mean((s - 0.5)**2)``, is taken over all entries of
+the factors whose activation is a sigmoid; for parameterisations with no sigmoid
+factor it is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnas_jax import search_space
+
+KINDS = ("decoupled", "iam", "full")
+BETA_DOMAINS = ("layer", "node")
+ALPHA_SHARINGS = ("global", "cell_type")
+ACTIVATIONS = ("sigmoid", "softmax")
+
+ArchParams = dict[str, jax.Array]
+
+
+def _check(name: str, value: Any, valid: tuple[str, ...]) -> None:
+  if value not in valid:
+    raise ValueError(f"arch.{name}={value!r} is not valid; valid values: {list(valid)}")
+
+
+def node_softmax(beta: jax.Array) -> jax.Array:
+  """Softmax of β [..., C] within each node's incoming connections (PC-DARTS)."""
+  parts = [jax.nn.softmax(beta[..., r.start:r.stop], axis=-1)
+           for r in (search_space.node_edges(n) for n in range(search_space.NUM_NODES))]
+  return jnp.concatenate(parts, axis=-1)
+
+
+def _activate(x: jax.Array, activation: str, axis: int = -1) -> jax.Array:
+  return jax.nn.sigmoid(x) if activation == "sigmoid" else jax.nn.softmax(x, axis=axis)
+
+
+def decoupled_psi(alpha: jax.Array, beta: jax.Array, gamma: jax.Array, *,
+                  beta_domain: str = "layer",
+                  alpha_activation: str = "sigmoid",
+                  beta_activation: str = "softmax",
+                  gamma_activation: str = "sigmoid",
+                  reduction: Any = None) -> jax.Array:
+  """ψ of DNAS, formula (4): σα(α[i,j]) · σβ(β[k])[i] · σγ(γ[k,j]).
+
+  Args:
+    alpha: [C, Op] connection-operation weights shared by all layers, or [2, C, Op]
+      (normal, reduction) with `reduction` a bool [L] saying which one each layer uses.
+    beta: [L, C] layer-connection weights.
+    gamma: [L, Op] layer-operation weights.
+    beta_domain: "layer" (softmax over the C connections of a layer) or "node"
+      (softmax over each node's incoming connections).
+  Returns:
+    ψ [L, C, Op].
+  """
+  _check("beta_domain", beta_domain, BETA_DOMAINS)
+  a = _activate(alpha, alpha_activation)
+  if a.ndim == 3:
+    if reduction is None:
+      raise ValueError("alpha of shape [2, C, Op] needs `reduction`, a bool per layer.")
+    a = a[jnp.asarray(reduction, jnp.int32)]  # [L, C, Op]
+  else:
+    a = a[None]
+  if beta_activation == "softmax":
+    b = node_softmax(beta) if beta_domain == "node" else jax.nn.softmax(beta, axis=-1)
+  else:
+    b = jax.nn.sigmoid(beta)
+  g = _activate(gamma, gamma_activation)
+  return a * b[:, :, None] * g[:, None, :]
+
+
+def zero_one_loss(values: list[jax.Array]) -> jax.Array:
+  """FairDARTS's zero-one loss, -mean((s - 0.5)^2) over all entries of `values`."""
+  if not values:
+    return jnp.zeros((), jnp.float32)
+  flat = jnp.concatenate([jnp.ravel(v) for v in values])
+  return -jnp.mean((flat - 0.5) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+  """Static description of one parameterisation of ψ for an L-layer network."""
+  kind: str
+  num_layers: int
+  num_ops: int
+  beta_domain: str = "layer"
+  alpha_sharing: str = "global"
+  alpha_activation: str = "sigmoid"
+  beta_activation: str = "softmax"
+  gamma_activation: str = "sigmoid"
+  init_scale: float = 1e-3
+
+  def __post_init__(self):
+    _check("kind", self.kind, KINDS)
+    _check("beta_domain", self.beta_domain, BETA_DOMAINS)
+    _check("alpha_sharing", self.alpha_sharing, ALPHA_SHARINGS)
+    _check("alpha_activation", self.alpha_activation, ACTIVATIONS)
+    _check("beta_activation", self.beta_activation, ACTIVATIONS)
+    _check("gamma_activation", self.gamma_activation, ACTIVATIONS)
+
+  @property
+  def num_connections(self) -> int:
+    return search_space.NUM_CONNECTIONS
+
+  @property
+  def reduction(self) -> np.ndarray:
+    return np.asarray(search_space.is_reduction(self.num_layers))
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    L, C, O = self.num_layers, self.num_connections, self.num_ops
+    if self.kind == "iam":
+      return {"alpha_normal": (C, O), "alpha_reduce": (C, O)}
+    if self.kind == "full":
+      return {"psi_logits": (L, C, O)}
+    alpha = (2, C, O) if self.alpha_sharing == "cell_type" else (C, O)
+    return {"alpha": alpha, "beta": (L, C), "gamma": (L, O)}
+
+  def init(self, rng: jax.Array) -> ArchParams:
+    """Initial parameters: init_scale · N(0, 1), as DARTS (1e-3 · randn)."""
+    shapes = self.shapes()
+    keys = jax.random.split(rng, len(shapes))
+    return {name: self.init_scale * jax.random.normal(k, shape, jnp.float32)
+            for k, (name, shape) in zip(keys, sorted(shapes.items()))}
+
+  def num_params(self) -> int:
+    """Trainable architecture numbers (decoupled, global α: L·C + L·Op + C·Op)."""
+    return int(sum(np.prod(s) for s in self.shapes().values()))
+
+  def psi(self, params: Mapping[str, jax.Array]) -> jax.Array:
+    """ψ [L, C, Op] from the parameters."""
+    if self.kind == "iam":
+      per_type = jnp.stack([jax.nn.softmax(params["alpha_normal"], axis=-1),
+                            jax.nn.softmax(params["alpha_reduce"], axis=-1)])
+      return per_type[jnp.asarray(self.reduction, jnp.int32)]
+    if self.kind == "full":
+      return jax.nn.softmax(params["psi_logits"], axis=-1)
+    return decoupled_psi(params["alpha"], params["beta"], params["gamma"],
+                         beta_domain=self.beta_domain,
+                         alpha_activation=self.alpha_activation,
+                         beta_activation=self.beta_activation,
+                         gamma_activation=self.gamma_activation,
+                         reduction=self.reduction)
+
+  def sigmoid_factors(self, params: Mapping[str, jax.Array]) -> list[jax.Array]:
+    """The factors of ψ that pass through a sigmoid (for the zero-one loss)."""
+    if self.kind != "decoupled":
+      return []
+    out = []
+    for name, act in (("alpha", self.alpha_activation), ("beta", self.beta_activation),
+                      ("gamma", self.gamma_activation)):
+      if act == "sigmoid":
+        out.append(jax.nn.sigmoid(params[name]))
+    return out
+
+  def zero_one_loss(self, params: Mapping[str, jax.Array]) -> jax.Array:
+    return zero_one_loss(self.sigmoid_factors(params))
+
+
+def create_arch_spec(arch_config: Mapping[str, Any], num_layers: int,
+                     num_ops: int) -> ArchSpec:
+  """An ArchSpec from the `config.arch` section (kind, beta_domain, ...)."""
+  fields = {f.name for f in dataclasses.fields(ArchSpec)} - {"num_layers", "num_ops"}
+  kwargs = {k: v for k, v in dict(arch_config).items() if k in fields}
+  return ArchSpec(num_layers=num_layers, num_ops=num_ops, **kwargs)
