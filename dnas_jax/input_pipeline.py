@@ -3,8 +3,8 @@
 * `search_splits`: the training set split by `train_portion` into the weight half and
   the architecture half (DARTS/PC-DARTS: the first part trains weights, the rest
   architecture); the test set for evaluation.
-* `augment`: random crop with zero padding, horizontal flip, cutout; vectorised over
-  the batch (one gather, no per-image Python loop).
+* `augment`: random crop with zero padding, horizontal flip, rotation, cutout;
+  vectorised over the batch (one gather, no per-image Python loop).
 * `epoch_batches`: the batches of one epoch in an order fixed by (seed, epoch), so a
   resumed run sees the same batches as an uninterrupted one; incomplete last batches
   are dropped.
@@ -31,9 +31,20 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
+  """Host-side augmentation; all off by default.
+
+  crop_padding: random crop of the original size from the image zero-padded by this
+    many pixels on each side (CIFAR: 4).
+  flip: random horizontal flip with probability 1/2.
+  cutout: side of a square zeroed at a random centre (DARTS: 16); 0 disables it.
+  rotate_degrees: random rotation by an angle uniform in ±rotate_degrees about the
+    image centre, nearest neighbour, zeros outside (e.g. 20 for Tiny-ImageNet); 0
+    disables it.
+  """
   crop_padding: int = 0
   flip: bool = False
   cutout: int = 0
+  rotate_degrees: float = 0.0
 
 
 def search_splits(ds: Dataset, train_portion: float = 0.5) -> tuple[Split, Split]:
@@ -46,34 +57,88 @@ def search_splits(ds: Dataset, train_portion: float = 0.5) -> tuple[Split, Split
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 NHWC to float32, per-channel standardised."""
-  x = images.astype(np.float32) * np.float32(1 / 255.0)
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  """uint8 NHWC to float32, per-channel standardised: (x / 255 - mean) / std.
+
+  The same float32 operations as the textbook broadcast, but on [N·H, W·C] rows with
+  the per-channel constants tiled along the row, so NumPy's inner loops run W·C long
+  instead of C long (about 12× faster for CIFAR batches), and in place.
+  """
+  n, h, w, c = images.shape
+  mean = np.tile(np.broadcast_to(np.asarray(mean, np.float32), (c,)), w)
+  std = np.tile(np.broadcast_to(np.asarray(std, np.float32), (c,)), w)
+  x = images.reshape(n * h, w * c).astype(np.float32)
+  x *= np.float32(1 / 255.0)
+  x -= mean
+  x /= std
+  return x.reshape(images.shape)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-  """Random crop (zero padding), horizontal flip and cutout of a uint8 batch."""
-  n, h, w, _ = images.shape
+def _source_index(rng: np.random.Generator, cfg: AugmentConfig, n: int, h: int,
+                  w: int, pad: int) -> np.ndarray:
+  """For each output pixel [n, h, w], its flat pixel index in the zero-padded batch.
+
+  The padded batch is [n, h + 2·pad, w + 2·pad] followed by one extra zero pixel;
+  pixels that come from outside the image (rotation) or fall in a cutout square point
+  at zero pixels. Random draws, in this order: crop offsets dy, dx; flips; rotation
+  angles; cutout centres (each only when enabled).
+  """
   p = cfg.crop_padding
-  if p or cfg.flip:
-    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0))) if p else images
-    dy = rng.integers(0, 2 * p + 1, n) if p else np.zeros(n, np.int64)
-    dx = rng.integers(0, 2 * p + 1, n) if p else np.zeros(n, np.int64)
-    rows = dy[:, None] + np.arange(h)[None, :]  # [n, h]
-    cols = dx[:, None] + np.arange(w)[None, :]  # [n, w]
-    if cfg.flip:
-      flip = rng.random(n) < 0.5
-      cols = np.where(flip[:, None], cols[:, ::-1], cols)
-    images = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  hp, wp = h + 2 * pad, w + 2 * pad
+  zero = n * hp * wp  # the extra zero pixel
+  # Row/column of each output pixel in the padded image, [n, h] and [n, w].
+  rows = np.broadcast_to(np.arange(h) + (pad - p), (n, h))
+  cols = np.broadcast_to(np.arange(w) + (pad - p), (n, w))
+  if p:
+    rows = rows + rng.integers(0, 2 * p + 1, n)[:, None]
+    cols = cols + rng.integers(0, 2 * p + 1, n)[:, None]
+  if cfg.flip:
+    flip = rng.random(n) < 0.5
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+  if cfg.rotate_degrees:
+    # Rotate about the image centre (nearest neighbour): the crop and flip above are
+    # applied to the rotated image, so sample the original at R(θ)·(q - c) + c.
+    theta = np.deg2rad(rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees, n))
+    cos = np.cos(theta).astype(np.float32)[:, None, None]
+    sin = np.sin(theta).astype(np.float32)[:, None, None]
+    cy, cx = pad + (h - 1) / 2, pad + (w - 1) / 2
+    ry = (rows - cy).astype(np.float32)[:, :, None]  # [n, h, 1]
+    rx = (cols - cx).astype(np.float32)[:, None, :]  # [n, 1, w]
+    # Separable terms first, so only the final sums are [n, h, w].
+    sy = np.rint((cos * ry + np.float32(cy)) - sin * rx).astype(np.intp)
+    sx = np.rint((cos * rx + np.float32(cx)) + sin * ry).astype(np.intp)
+    # Inside the image iff 0 <= s - pad < size: one unsigned comparison each.
+    inside = ((sy - pad).view(np.uintp) < h) & ((sx - pad).view(np.uintp) < w)
+    index = (np.arange(n)[:, None, None] * hp + sy) * wp + sx
+    np.putmask(index, ~inside, zero)
+  else:
+    index = ((np.arange(n)[:, None] * hp + rows) * wp)[:, :, None] + cols[:, None, :]
   if cfg.cutout:
-    images = images.copy()
     cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
     half = cfg.cutout // 2
     ys, xs = np.arange(h)[None, :], np.arange(w)[None, :]
     my = (ys >= (cy - half)[:, None]) & (ys < (cy + half)[:, None])
     mx = (xs >= (cx - half)[:, None]) & (xs < (cx + half)[:, None])
-    images[my[:, :, None] & mx[:, None, :]] = 0
-  return images
+    np.putmask(index, my[:, :, None] & mx[:, None, :], zero)
+  return index
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+  """Random crop (zero padding), horizontal flip, rotation and cutout of a uint8 batch.
+
+  Vectorised over the batch: the transforms compose into one source-pixel index per
+  output pixel (`_source_index`), and a single `np.take` over the zero-padded batch
+  gathers the result (no per-image Python loop). The random draws and results are
+  those of crop → flip → cutout applied one after the other.
+  """
+  if not (cfg.crop_padding or cfg.flip or cfg.cutout or cfg.rotate_degrees):
+    return images
+  n, h, w, c = images.shape
+  pad = cfg.crop_padding
+  hp, wp = h + 2 * pad, w + 2 * pad
+  source = np.zeros((n * hp * wp + 1, c), images.dtype)  # padded batch + zero pixel
+  source[:-1].reshape(n, hp, wp, c)[:, pad:pad + h, pad:pad + w] = images
+  index = _source_index(rng, cfg, n, h, w, pad)
+  return np.take(source, index.reshape(-1), axis=0).reshape(n, h, w, c)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -1,0 +1,50 @@
+"""Metric writing at the edge of the loop: TensorBoard event files and console lines.
+
+clu's `metric_writers` import TensorFlow at package import (ECOSYSTEM.md), which users
+without TensorFlow do not have; this writer has the same small interface
+(`write_scalars`, `write_images`, `write_texts`, `flush`, `close`) on top of
+tensorboardX, whose event files TensorBoard reads. clu's `metrics` are used for the
+metric values themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from absl import logging
+
+
+def _fmt(value: float) -> str:
+  return f"{value:.4g}"
+
+
+class MetricWriter:
+  """Writes scalars, images and texts to `logdir` (TensorBoard) and the log."""
+
+  def __init__(self, logdir: str, console: bool = True):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
+    self._console = console
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float],
+                    console: bool = True) -> None:
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, float(value), global_step=int(step))
+    if self._console and console:
+      logging.info("[%d] %s", step, ", ".join(f"{k}={_fmt(float(v))}"
+                                              for k, v in sorted(scalars.items())))
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    for name, image in images.items():
+      self._tb.add_image(name, np.asarray(image), global_step=int(step), dataformats="HWC")
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    for name, text in texts.items():
+      self._tb.add_text(name, text, global_step=int(step))
+
+  def flush(self) -> None:
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._tb.close()

@@ -1,0 +1,212 @@
+"""Bi-level search: the state pytree and the jitted search and evaluation steps.
+
+One `search_step` does, as DARTS / PC-DARTS:
+
+1. the architecture update on a validation batch (after `arch_warmup_steps`): Adam
+   (lr 6e-4, betas 0.5/0.999) with L2 added to the gradient as PyTorch's Adam does, on
+   the cross-entropy plus `zero_one_weight` × the zero-one loss of FairDARTS. Only the
+   architecture parameters are differentiated, so XLA drops the weight-gradient
+   convolutions. `second_order` differentiates exactly through the virtual weight step
+   w' = w − ξ(∇_w L_train(w, α) + wd·w), ξ the current weight learning rate (DARTS's
+   unrolled step; the momentum buffer, constant in α, is left out);
+2. the weight update on a training batch with the new ψ: SGD momentum 0.9, coupled L2,
+   global-norm clipping, cosine learning rate.
+
+During the architecture update the batch-norm running statistics are not updated (they
+belong to the weights); an architecture update leaves the weight pytrees bit-identical,
+and a weight update leaves the architecture parameters bit-identical.
+"""
+
+
+
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics
+
+from dnas_jax import arch as arch_lib
+
+
+@flax.struct.dataclass
+class SearchState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  arch_params: Any
+  weight_opt_state: Any
+  arch_opt_state: Any
+
+
+@flax.struct.dataclass
+class SearchMetrics(metrics.Collection):
+  train_loss: metrics.Average.from_output("train_loss")
+  train_accuracy: metrics.Average.from_output("train_accuracy")
+  arch_loss: metrics.Average.from_output("arch_loss")
+  arch_accuracy: metrics.Average.from_output("arch_accuracy")
+  zero_one_loss: metrics.Average.from_output("zero_one_loss")
+  arch_updates: metrics.Average.from_output("arch_updated")
+  weight_lr: metrics.LastValue.from_output("weight_lr")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Average.from_output("accuracy")
+
+
+def weight_lr_schedule(base_lr: float, min_lr: float, num_epochs: int,
+                       steps_per_epoch: int) -> optax.Schedule:
+  """Cosine from base_lr to min_lr over epochs, stepped per epoch (CosineAnnealingLR)."""
+  def schedule(step):
+    epoch = jnp.minimum(step // steps_per_epoch, num_epochs)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + jnp.cos(jnp.pi * epoch / num_epochs))
+  return schedule
+
+
+def create_weight_tx(schedule: optax.Schedule, momentum: float, weight_decay: float,
+                     grad_clip: float) -> optax.GradientTransformation:
+  """PyTorch order: clip the raw gradient, add wd·w, then SGD with momentum."""
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts += [optax.add_decayed_weights(weight_decay),
+            optax.sgd(schedule, momentum=momentum)]
+  return optax.chain(*parts)
+
+
+def create_arch_tx(lr: float, b1: float, b2: float,
+                   weight_decay: float) -> optax.GradientTransformation:
+  """Adam with L2 added to the gradient (PyTorch `Adam(weight_decay=...)`)."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.adam(lr, b1=b1, b2=b2, eps=1e-8))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def _forward(net: nn.Module, params, batch_stats, images, psi, rng):
+  """Training-mode forward: logits and the updated batch statistics."""
+  logits, updates = net.apply({"params": params, "batch_stats": batch_stats}, images, psi,
+                              mutable=["batch_stats"], rngs={"dropout": rng})
+  return logits, updates["batch_stats"]
+
+
+def weight_loss_fn(net, params, batch_stats, psi, batch, rng):
+  logits, new_stats = _forward(net, params, batch_stats, batch["image"], psi, rng)
+  return cross_entropy(logits, batch["label"]), (logits, new_stats)
+
+
+def arch_objective(arch_params, params, batch_stats, val_batch, rng, *, net,
+                   spec: arch_lib.ArchSpec, zero_one_weight: float):
+  """The architecture loss on a validation batch: CE + w · zero-one loss."""
+  psi = spec.psi(arch_params)
+  logits, _ = _forward(net, params, batch_stats, val_batch["image"], psi, rng)
+  ce = cross_entropy(logits, val_batch["label"])
+  z = spec.zero_one_loss(arch_params)
+  return ce + zero_one_weight * z, (ce, accuracy(logits, val_batch["label"]), z)
+
+
+def unrolled_arch_objective(arch_params, params, batch_stats, train_batch, val_batch,
+                            rng, *, net, spec, zero_one_weight, xi, weight_decay):
+  """The second-order objective: the architecture loss at the virtual weights
+  w' = w − ξ(∇_w L_train(w, α) + wd·w), differentiable in α through w'."""
+  rng_train, rng_val = jax.random.split(rng)
+  psi = spec.psi(arch_params)
+  grads = jax.grad(lambda p: weight_loss_fn(net, p, batch_stats, psi, train_batch,
+                                            rng_train)[0])(params)
+  virtual = jax.tree.map(lambda w, g: w - xi * (g + weight_decay * w), params, grads)
+  return arch_objective(arch_params, virtual, batch_stats, val_batch, rng_val, net=net,
+                        spec=spec, zero_one_weight=zero_one_weight)
+
+
+def arch_gradient(state: SearchState, train_batch, val_batch, rng, *, net, spec,
+                  zero_one_weight: float, second_order: bool, xi, weight_decay: float):
+  """∇_α of the architecture objective, and (ce, accuracy, zero-one)."""
+  if second_order:
+    fn = functools.partial(unrolled_arch_objective, params=state.params,
+                           batch_stats=state.batch_stats, train_batch=train_batch,
+                           val_batch=val_batch, rng=rng, net=net, spec=spec,
+                           zero_one_weight=zero_one_weight, xi=xi,
+                           weight_decay=weight_decay)
+  else:
+    fn = functools.partial(arch_objective, params=state.params,
+                           batch_stats=state.batch_stats, val_batch=val_batch, rng=rng,
+                           net=net, spec=spec, zero_one_weight=zero_one_weight)
+  return jax.grad(fn, has_aux=True)(state.arch_params)
+
+
+def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Module,
+                spec: arch_lib.ArchSpec, weight_tx: optax.GradientTransformation,
+                arch_tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
+                arch_warmup_steps: int, zero_one_weight: float, second_order: bool,
+                weight_decay: float) -> tuple[SearchState, SearchMetrics]:
+  """One bi-level step: architecture update (val batch), then weight update (train)."""
+  rng = jax.random.fold_in(rng, state.step)
+  rng_arch, rng_weight = jax.random.split(rng)
+  lr = lr_schedule(state.step)
+
+  def update_arch(state):
+    grads, (ce, acc, z) = arch_gradient(
+        state, train_batch, val_batch, rng_arch, net=net, spec=spec,
+        zero_one_weight=zero_one_weight, second_order=second_order, xi=lr,
+        weight_decay=weight_decay)
+    updates, opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch_params)
+    return (optax.apply_updates(state.arch_params, updates), opt_state,
+            jnp.stack([ce, acc, z, 1.0]))
+
+  def skip_arch(state):
+    return state.arch_params, state.arch_opt_state, jnp.zeros(4, jnp.float32)
+
+  arch_params, arch_opt_state, arch_out = jax.lax.cond(
+      state.step >= arch_warmup_steps, update_arch, skip_arch, state)
+
+  psi = jax.lax.stop_gradient(spec.psi(arch_params))
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(
+      weight_loss_fn, argnums=1, has_aux=True)(net, state.params, state.batch_stats, psi,
+                                               train_batch, rng_weight)
+  updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      batch_stats=new_stats, arch_params=arch_params, weight_opt_state=weight_opt_state,
+      arch_opt_state=arch_opt_state)
+  step_metrics = SearchMetrics.single_from_model_output(
+      train_loss=loss, train_accuracy=accuracy(logits, train_batch["label"]),
+      arch_loss=arch_out[0], arch_accuracy=arch_out[1], zero_one_loss=arch_out[2],
+      arch_updated=arch_out[3], weight_lr=lr)
+  return new_state, step_metrics
+
+
+def eval_step(params, batch_stats, psi, batch, *, net: nn.Module) -> EvalMetrics:
+  """Evaluation with running batch statistics; `batch['mask']` marks real examples."""
+  logits = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"], psi)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+  return EvalMetrics.single_from_model_output(loss=loss, accuracy=correct,
+                                              mask=batch["mask"])
+
+
+def create_search_state(params, batch_stats, arch_params, weight_tx, arch_tx) -> SearchState:
+  return SearchState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     arch_params=arch_params, weight_opt_state=weight_tx.init(params),
+                     arch_opt_state=arch_tx.init(arch_params))
+
+
+def make_step_fns(*, net_train, net_eval, spec, weight_tx, arch_tx, lr_schedule,
+                  arch_warmup_steps, zero_one_weight, second_order, weight_decay,
+                  ) -> tuple[Callable, Callable]:
+  """The jitted search step (state donated) and evaluation step."""
+  step = jax.jit(functools.partial(
+      search_step, net=net_train, spec=spec, weight_tx=weight_tx, arch_tx=arch_tx,
+      lr_schedule=lr_schedule, arch_warmup_steps=arch_warmup_steps,
+      zero_one_weight=zero_one_weight, second_order=second_order,
+      weight_decay=weight_decay), donate_argnums=(0,))
+  evaluate = jax.jit(functools.partial(eval_step, net=net_eval))
+  return step, evaluate

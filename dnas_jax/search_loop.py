@@ -1,0 +1,269 @@
+"""`train_and_evaluate` for the search: the loop with all the side effects.
+
+Config → dataset and splits → supernet, ψ parameterisation, optimizers → state
+(restored from the workdir's latest Orbax checkpoint when there is one) → jitted steps
+→ metrics, checkpoints and artifacts (`genotype.json`, `psi.npy`, `genotype.txt`,
+figures) in the workdir. The data order and the step keys depend only on (seed, step),
+so a resumed run ends exactly where an uninterrupted one does. Ctrl-C saves a
+checkpoint before stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dnas_jax import arch as arch_lib
+from dnas_jax import checkpoints
+from dnas_jax import config_validation
+from dnas_jax import datasets
+from dnas_jax import genotype as genotype_lib
+from dnas_jax import init as init_lib
+from dnas_jax import input_pipeline
+from dnas_jax import metric_writers
+from dnas_jax import search
+from dnas_jax import search_space
+from dnas_jax import sharding
+from dnas_jax import supernet
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite; the message names the step."""
+
+
+def resolve_primitives(spec: str) -> tuple[str, ...]:
+  """'dnas' (7 ops), 'darts' (8, with none), or a comma-separated list of op names."""
+  if spec in search_space.PRIMITIVE_SETS:
+    return search_space.PRIMITIVE_SETS[spec]
+  ops = tuple(p.strip() for p in spec.split(",") if p.strip())
+  try:
+    search_space.check_primitives(ops)
+  except ValueError as e:
+    raise ValueError(f"config.model.primitives={spec!r}: {e}; or one of "
+                     f"{sorted(search_space.PRIMITIVE_SETS)}") from None
+  return ops
+
+
+def create_supernet(config: ml_collections.ConfigDict, num_classes: int, train: bool,
+                    primitives: Sequence[str]) -> supernet.SearchNetwork:
+  m = config.model
+  return supernet.SearchNetwork(
+      num_classes=num_classes, num_layers=m.num_layers, channels=m.channels,
+      primitives=tuple(primitives), partial_k=m.partial_k,
+      skip_dropout=m.skip_dropout, train=train, dtype=jnp.dtype(m.dtype))
+
+
+def psi_summary(psi: np.ndarray, primitives: Sequence[str]) -> dict[str, float]:
+  """Per layer: entropy of ψ[k] normalised over (connection, op), and the mean
+  skip-connect weight."""
+  out = {}
+  flat = psi.reshape(psi.shape[0], -1)
+  p = flat / flat.sum(-1, keepdims=True)
+  entropy = -(p * np.log(np.maximum(p, 1e-30))).sum(-1)
+  skip = (psi[:, :, list(primitives).index("skip_connect")].mean(-1)
+          if "skip_connect" in primitives else None)
+  for k in range(psi.shape[0]):
+    out[f"psi_entropy/layer_{k:02d}"] = float(entropy[k])
+    if skip is not None:
+      out[f"psi_skip/layer_{k:02d}"] = float(skip[k])
+  return out
+
+
+def write_artifacts(workdir: str, psi: np.ndarray, primitives: Sequence[str],
+                    meta: dict) -> genotype_lib.GlobalGenotype:
+  """genotype.json, genotype.txt and psi.npy (written atomically)."""
+  geno = genotype_lib.derive_genotype(psi, primitives)
+  def atomic(name, write):
+    tmp = os.path.join(workdir, f".{name}.tmp")
+    write(tmp)
+    os.replace(tmp, os.path.join(workdir, name))
+  atomic("genotype.json", lambda p: geno.save(p, primitives=primitives, meta=meta))
+  atomic("genotype.txt", lambda p: open(p, "w").write(geno.describe() + "\n"))
+  def save_npy(p):
+    with open(p, "wb") as f:
+      np.save(f, psi)
+  atomic("psi.npy", save_npy)
+  return geno
+
+
+def _plot_figures(workdir, psi, primitives, geno, writer, step):
+  try:
+    from dnas_jax import plots  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  figs = {"global_architecture": plots.plot_global_architecture(geno),
+          "psi_heatmaps": plots.plot_psi_heatmaps(psi, primitives)}
+  images = {}
+  for name, fig in figs.items():
+    images[name] = plots.figure_to_image(fig)
+    plots.save_figure(fig, os.path.join(workdir, f"{name}.png"))
+  writer.write_images(step, images)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Sequence[Callable[[int], None]] = ()) -> dict:
+  """Runs (or resumes) the search of `config` in `workdir`; returns final metrics."""
+  config_validation.validate_search_config(config)
+  sharding.maybe_initialize_distributed(config.distributed)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+
+  ds = datasets.load_dataset(config.data.dataset, config.data.source,
+                             config.data.data_dir or None)
+  logging.info("dataset %s from %s: %d training images of shape %s, %d classes",
+               ds.name, ds.source, len(ds.train_labels), ds.image_shape, ds.num_classes)
+  weight_split, arch_split = input_pipeline.search_splits(ds, config.data.train_portion)
+  steps_per_epoch = min(input_pipeline.steps_per_epoch(len(weight_split), config.batch_size),
+                        input_pipeline.steps_per_epoch(len(arch_split), config.batch_size))
+  total_steps = steps_per_epoch * config.num_epochs
+  aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
+                                     flip=config.data.flip)
+
+  primitives = resolve_primitives(config.model.primitives)
+  spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
+  net_train = create_supernet(config, ds.num_classes, True, primitives)
+  net_eval = create_supernet(config, ds.num_classes, False, primitives)
+  o = config.optim
+  lr_schedule = search.weight_lr_schedule(o.weight_lr, o.weight_min_lr, config.num_epochs,
+                                          steps_per_epoch)
+  weight_tx = search.create_weight_tx(lr_schedule, o.momentum, o.weight_decay, o.grad_clip)
+  arch_tx = search.create_arch_tx(o.arch_lr, o.arch_b1, o.arch_b2, o.arch_weight_decay)
+
+  example = jnp.zeros((1,) + ds.image_shape, jnp.float32)
+  variables = init_lib.init_from_shapes(net_train, config.seed, example,
+                                        jnp.zeros((spec.num_layers, search_space.NUM_CONNECTIONS,
+                                                   spec.num_ops)))
+  arch_params = spec.init(jax.random.key(config.seed + 1))
+  state = search.create_search_state(variables["params"], variables["batch_stats"],
+                                     arch_params, weight_tx, arch_tx)
+  state = sharding.replicate(state, mesh)
+  logging.info("supernet: %d weight parameters, %d architecture parameters (%s)",
+               sum(x.size for x in jax.tree.leaves(state.params)), spec.num_params(),
+               spec.kind)
+
+  manager = checkpoints.create_manager(os.path.join(workdir, "checkpoints"),
+                                       config.keep_checkpoints)
+  restored = checkpoints.restore(manager, checkpoints.abstract_like(state))
+  if restored is not None:
+    state = restored[0]
+    logging.info("resumed from the checkpoint at step %d", int(state.step))
+  meta = {"config": config.to_dict(), "image_shape": list(ds.image_shape),
+          "num_classes": ds.num_classes, "primitives": list(primitives),
+          "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
+
+  step_fn, eval_fn = search.make_step_fns(
+      net_train=net_train, net_eval=net_eval, spec=spec, weight_tx=weight_tx,
+      arch_tx=arch_tx, lr_schedule=lr_schedule,
+      arch_warmup_steps=o.arch_warmup_epochs * steps_per_epoch,
+      zero_one_weight=o.zero_one_weight, second_order=o.second_order,
+      weight_decay=o.weight_decay)
+  psi_fn = jax.jit(spec.psi)
+  writer = metric_writers.MetricWriter(workdir)
+  rng = jax.random.key(config.seed + 2)
+
+  def evaluate(state) -> dict[str, float]:
+    psi = psi_fn(state.arch_params)
+    acc = None
+    for batch in input_pipeline.eval_batches(arch_split, config.eval_batch_size, ds.mean,
+                                             ds.std):
+      m = eval_fn(state.params, state.batch_stats, psi, sharding.shard_batch(batch, mesh))
+      acc = m if acc is None else acc.merge(m)
+    return {f"val_{k}": float(v) for k, v in acc.compute().items()}
+
+  def checkpoint(state, epoch_done: bool):
+    step = int(state.step)
+    checkpoints.save(manager, step, state, meta)
+    if epoch_done or step == total_steps:
+      psi = np.asarray(psi_fn(state.arch_params))
+      geno = write_artifacts(workdir, psi, primitives,
+                             {"step": step, "epoch": step // steps_per_epoch,
+                              "dataset": ds.name, "arch_kind": spec.kind})
+      writer.write_scalars(step, psi_summary(psi, primitives), console=False)
+      writer.write_texts(step, {"genotype": geno.describe()})
+      return geno, psi
+    return None, None
+
+  pending, window_start, window_steps = [], time.time(), 0
+  step = int(state.step)
+  metrics_acc, last_eval = None, {}
+  try:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      batches = zip(
+          input_pipeline.epoch_batches(weight_split, config.batch_size, config.seed, epoch,
+                                       aug, ds.mean, ds.std, start_step=offset),
+          input_pipeline.epoch_batches(arch_split, config.batch_size, config.seed + 1, epoch,
+                                       aug, ds.mean, ds.std, start_step=offset))
+      for train_batch, val_batch in batches:
+        state, m = step_fn(state, sharding.shard_batch(train_batch, mesh),
+                           sharding.shard_batch(val_batch, mesh), rng)
+        step += 1
+        window_steps += 1
+        pending.append((step, m.train_loss.total))
+        metrics_acc = m if metrics_acc is None else metrics_acc.merge(m)
+        for hook in hooks:
+          hook(step)
+        epoch_done = step % steps_per_epoch == 0
+        if step % config.log_every_steps == 0 or epoch_done:
+          _check_finite(pending)
+          pending = []
+          elapsed = time.time() - window_start
+          rate = window_steps / max(elapsed, 1e-9)
+          scalars = {k: float(v) for k, v in metrics_acc.compute().items()}
+          scalars.update(steps_per_sec=rate, epoch=step / steps_per_epoch)
+          writer.write_scalars(step, scalars)
+          logging.info("step %d/%d (epoch %d/%d): %.2f steps/s, %s left", step, total_steps,
+                       step // steps_per_epoch, config.num_epochs, rate,
+                       _format_seconds((total_steps - step) / max(rate, 1e-9)))
+          metrics_acc, window_start, window_steps = None, time.time(), 0
+        if epoch_done and ((step // steps_per_epoch) % config.eval_every_epochs == 0
+                           or step == total_steps):
+          last_eval = evaluate(state)
+          writer.write_scalars(step, last_eval)
+        if epoch_done or step % config.checkpoint_every_steps == 0:
+          _check_finite(pending)
+          pending = []
+          geno, _ = checkpoint(state, epoch_done)
+          if geno is not None:
+            logging.info("epoch %d genotype:\n%s", step // steps_per_epoch, geno.describe())
+  except KeyboardInterrupt:
+    logging.warning("interrupted at step %d: saving a checkpoint", step)
+    checkpoint(state, epoch_done=False)
+    manager.wait_until_finished()
+    writer.close()
+    raise
+  _check_finite(pending)
+  geno, psi = checkpoint(state, epoch_done=True)
+  manager.wait_until_finished()
+  _plot_figures(workdir, psi, primitives, geno, writer, step)
+  if not last_eval:
+    last_eval = evaluate(state)
+  writer.close()
+  with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+    json.dump(last_eval, f, indent=1)
+  logging.info("search done: %s; genotype in %s", last_eval,
+               os.path.join(workdir, "genotype.json"))
+  return {"state": state, "genotype": geno, "psi": psi, **last_eval}
+
+
+def _check_finite(pending) -> None:
+  for step, loss in pending:
+    if not np.isfinite(float(loss)):
+      raise NonFiniteLossError(
+          f"the training loss is not finite ({float(loss)}) at step {step}; lower "
+          "config.optim.weight_lr or check the data")
+
+
+def _format_seconds(s: float) -> str:
+  s = int(s)
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

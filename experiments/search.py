@@ -1,0 +1,39 @@
+"""Search entry point.
+
+  python -m experiments.search --config=experiments/configs/cifar10.py --workdir=DIR \
+      [--config.FIELD=value ...]
+
+Searches (resuming from DIR's checkpoint when there is one) and writes DIR/genotype.json,
+DIR/psi.npy, figures and TensorBoard event files. See dnas_jax/search_loop.py.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dnas_jax import search_loop
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: "
+                               "workdirs/<dataset>_<arch kind>).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join(
+      "workdirs", f"{config.data.dataset}_{config.arch.kind}")
+  logging.info("workdir: %s", os.path.abspath(workdir))
+  with cli.user_errors():
+    search_loop.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)
