@@ -130,10 +130,10 @@ class AuxiliaryHeadCIFAR(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    if min(x.shape[1:3]) < 5:
-      raise ValueError(f"the auxiliary head needs a feature map of at least 5×5 at "
-                       f"layer 2L//3, got {x.shape[1]}×{x.shape[2]}: use larger "
-                       "images (≥ 20×20) or auxiliary=False")
+    if min(x.shape[1:3]) < 8:  # the pool must leave 2×2 for the 2×2 convolution
+      raise ValueError(f"the auxiliary head needs a feature map of at least 8×8 at "
+                       f"layer 2L//3, got {x.shape[1]}×{x.shape[2]}: use 32×32 "
+                       "images (64×64 for tiny_imagenet) or auxiliary=False")
     x = nn.avg_pool(nn.relu(x), (5, 5), (3, 3), padding="VALID")
     x = ops.conv(128, 1, dtype=self.dtype)(x)
     x = nn.relu(ops.BatchNorm(True, self.train, self.dtype)(x))

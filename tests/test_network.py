@@ -1,5 +1,6 @@
 """Tests of the discrete retraining networks and the published genotypes."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,15 +60,52 @@ def test_eval_returns_logits_only_and_never_runs_auxiliary_head():
   assert network.AUXILIARY_NAME not in eval_init["params"]
 
 
-def test_tiny_forward_shapes():
-  net = _small_net(auxiliary=False)
-  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
-  variables = init_lib.init_from_shapes(net, 0, images)
+# Logits of the official NetworkCIFAR(4, 10, 5, False, PC_DARTS_cifar), the same
+# transcription as for OFFICIAL_COUNTS, on `_reference_inputs()`, with every parameter
+# set to the value `_reference_variables` gives its Flax counterpart (kernels transposed
+# to PyTorch's layout), running statistics at their initial values; rounded to 1e-5.
+REFERENCE_TRAIN_LOGITS = [
+    [4.42818, 0.89857, 11.64663, -4.11673, 3.80290, -1.59326, -1.76778, 0.93036,
+     3.17569, 5.46415],
+    [4.89391, 0.59702, 10.90449, -2.96175, 2.97462, -1.47328, -1.03348, 0.85071,
+     3.11848, 5.49873]]
+REFERENCE_EVAL_LOGITS = [
+    [3.52242, 4.06383, 13.44401, -5.81898, 5.79248, 3.35202, -0.78791, 2.51387,
+     4.30792, 8.62880],
+    [3.47258, 4.32623, 13.88150, -6.23086, 5.94325, 3.29901, -0.80239, 2.68434,
+     4.52790, 8.54698]]
+
+
+def _reference_inputs():
+  return jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+
+
+def _reference_variables(net, images):
+  """Parameter i (in sorted path order) ~ N(0, 0.3²) for kernels, N(0, 1) for vectors."""
+  shapes = network.variable_shapes(net, images.shape[1:])
+  flat = flax.traverse_util.flatten_dict(shapes["params"])
+  params = {}
+  for i, path in enumerate(sorted(flat)):
+    shape = flat[path].shape
+    scale = 0.3 if len(shape) > 1 else 1.0
+    params[path] = jnp.asarray(np.random.default_rng(i).normal(size=shape) * scale,
+                               jnp.float32)
+  stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
+  stats = flax.traverse_util.flatten_dict(stats)
+  stats = {p: (jnp.ones_like(v) if p[-1] == "var" else v) for p, v in stats.items()}
+  return {"params": flax.traverse_util.unflatten_dict(params),
+          "batch_stats": flax.traverse_util.unflatten_dict(stats)}
+
+
+def test_tiny_forward_equals_official_code():
+  net = _small_net("PC_DARTS", auxiliary=False)
+  images = _reference_inputs()
+  variables = _reference_variables(net, images)
   (logits, aux), _ = net.apply(variables, images, mutable=["batch_stats"])
   assert logits.shape == (2, 10) and aux is None
-  assert np.isfinite(np.asarray(logits)).all()
+  np.testing.assert_allclose(logits, REFERENCE_TRAIN_LOGITS, atol=2e-4, rtol=1e-5)
   logits = net.clone(train=False).apply(variables, images)
-  assert logits.shape == (2, 10)
+  np.testing.assert_allclose(logits, REFERENCE_EVAL_LOGITS, atol=2e-4, rtol=1e-5)
 
 
 def _cell(edges_op):
@@ -136,8 +174,8 @@ def test_known_genotypes_stack_over_layers():
 
 
 def test_tiny_imagenet_variant():
-  c = 36
-  genotype = known_genotypes.get_genotype("DARTS_V2", 20)
+  c = 8
+  genotype = known_genotypes.get_genotype("DARTS_V2", 5)
   tiny = network.create_network(genotype, 200, c, dataset_kind="tiny_imagenet")
   cifar = network.create_network(genotype, 200, c)
   tiny_shapes = _shapes(tiny, network.INPUT_SHAPES["tiny_imagenet"])
