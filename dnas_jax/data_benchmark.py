@@ -83,6 +83,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", default="random32",
                       help="random32, or a load_dataset name (cifar10, ...)")
+  parser.add_argument("--num_train", type=int, default=50_000,
+                      help="training images of random32")
   parser.add_argument("--source", default="auto")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--batch_size", type=int, default=96)
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
   parser.add_argument("--seconds", type=float, default=3.0)
   args = parser.parse_args(argv)
   if args.dataset == "random32":
-    dataset = random_dataset()
+    dataset = random_dataset(args.num_train)
   else:
     dataset = datasets.load_dataset(args.dataset, args.source, args.data_dir)
   cfg = None if args.no_augment else input_pipeline.AugmentConfig(
