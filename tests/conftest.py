@@ -1,0 +1,24 @@
+"""Test-session settings, applied before JAX is imported anywhere.
+
+Compile time dominates this suite on a CPU (DESIGN.md §4), so tests compile with XLA's
+cheap settings (the numbers are the same programs, less optimised) and share a
+persistent compilation cache within a run.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0"
+                             " --xla_llvm_disable_expensive_passes=true").strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CACHE = os.environ.get("DNAS_TEST_JAX_CACHE",
+                        os.path.join(tempfile.gettempdir(), "dnas_jax_test_cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
