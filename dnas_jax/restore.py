@@ -1,0 +1,202 @@
+"""Reading finished (or running) runs back from their workdirs, without config files.
+
+* `restore_train_run(workdir)`: a retraining workdir's latest Orbax checkpoint as the
+  config, genotype, evaluation network and state; everything is rebuilt from the
+  checkpoint's JSON meta (config dict, image shape, number of classes, genotype), so a
+  notebook or another machine needs only the workdir::
+
+      run = restore.restore_train_run("workdirs/digits_retrain")
+      logits = run.net_eval.apply(run.variables, images)
+
+* `evaluate_workdir(workdir, split)`: that run's loss, accuracy and error, with the
+  evaluation function and batches of training (experiments/evaluate.py).
+* `search_psi(workdir)`: ψ [L, 14, Op] and the candidate operations of a search workdir,
+  from its `psi.npy` or, when that is absent, from the architecture parameters of its
+  latest checkpoint; `derive_from_search` derives and writes its global genotype and
+  figures (experiments/derive.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dnas_jax import arch as arch_lib
+from dnas_jax import checkpoints
+from dnas_jax import genotype as genotype_lib
+from dnas_jax import input_pipeline
+from dnas_jax import metric_writers
+from dnas_jax import network
+from dnas_jax import sharding
+from dnas_jax import train
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class WorkdirError(FileNotFoundError):
+  """A workdir lacks what is asked of it (checkpoint, psi.npy, meta); the message says
+  what is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+  config: ml_collections.ConfigDict
+  meta: dict
+  genotype: genotype_lib.GlobalGenotype
+  net_eval: network.NetworkCIFAR
+  state: train.TrainState
+  mesh: Any
+
+  @property
+  def step(self) -> int:
+    return int(self.state.step)
+
+  @property
+  def variables(self) -> dict:
+    return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+
+def _checkpoint_dir(workdir: str) -> str:
+  path = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    raise WorkdirError(f"no checkpoint folder {path}: is {workdir} a run's workdir?")
+  return path
+
+
+def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
+  """The retraining run in `workdir` at checkpoint `step` (default: the latest)."""
+  manager = checkpoints.create_manager(_checkpoint_dir(workdir))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise WorkdirError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  if "genotype" not in meta:
+    raise WorkdirError(f"{workdir} is not a retraining workdir (its checkpoint meta has "
+                       "no genotype; for a search workdir use experiments.derive)")
+  config = ml_collections.ConfigDict(meta["config"])
+  geno = genotype_lib.GlobalGenotype.from_json(json.dumps(meta["genotype"]))
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  net_train = train.create_network(config, geno, meta["num_classes"], True)
+  tx, _ = train.create_tx(config, meta["steps_per_epoch"])
+  target = train.abstract_state(net_train, meta["image_shape"], tx, mesh)
+  state, _ = checkpoints.restore(manager, target, step)
+  return RestoredRun(config, meta, geno, net_train.clone(train=False), state, mesh)
+
+
+def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None) -> dict:
+  """{split}_loss, _accuracy, _error of the checkpoint, plus 'step'; `split` is 'test'
+  or 'train' (without augmentation)."""
+  if split not in ("test", "train"):
+    raise ValueError(f"split={split!r}; valid values: ['test', 'train']")
+  run = restore_train_run(workdir, step)
+  ds = train.load_data(run.config)
+  if split == "test":
+    data = input_pipeline.Split(ds.test_images, ds.test_labels)
+  else:
+    data = input_pipeline.Split(ds.train_images, ds.train_labels)
+  out = train.evaluate(train.make_eval_fn(run.net_eval), run.state, data,
+                       run.config.eval_batch_size, ds, run.mesh, prefix=split)
+  return {**out, "step": run.step}
+
+
+def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
+  """(ψ, primitives, info) of a search workdir; info has 'source' and, when a
+  checkpoint is there, its 'step' and 'meta'."""
+  info: dict[str, Any] = {}
+  ckpt = os.path.join(workdir, CHECKPOINT_DIR)
+  manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
+  if manager is not None and manager.latest_step() is not None:
+    info["step"] = manager.latest_step()
+    info["meta"] = manager.restore(info["step"], args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta
+  primitives = _primitives(workdir, info.get("meta"))
+  psi_path = os.path.join(workdir, "psi.npy")
+  if os.path.isfile(psi_path):
+    info["source"] = psi_path
+    return np.load(psi_path), primitives, info
+  if "meta" not in info:
+    raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a "
+                       "search workdir?")
+  meta = info["meta"]
+  # Restore without a target: plain nested dicts; only the architecture part is used.
+  restored = manager.restore(info["step"], args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  arch_params = restored.state["arch_params"]
+  spec = arch_lib.create_arch_spec(meta["config"]["arch"],
+                                   meta["config"]["model"]["num_layers"], len(primitives))
+  info["source"] = f"{ckpt} (step {info['step']})"
+  return np.asarray(jax.jit(spec.psi)(arch_params)), primitives, info
+
+
+def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
+  if meta is not None and "primitives" in meta:
+    return tuple(meta["primitives"])
+  path = os.path.join(workdir, "genotype.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      primitives = json.load(f).get("primitives")
+    if primitives:
+      return tuple(primitives)
+  raise WorkdirError(f"cannot tell the candidate operations of {workdir}: no "
+                     "checkpoint meta and no genotype.json with 'primitives'")
+
+
+def _write_genotype(out: str, stem: str, geno, primitives, meta) -> str:
+  path = os.path.join(out, f"{stem}.json")
+  geno.save(path, primitives=primitives, meta=meta)
+  with open(os.path.join(out, f"{stem}.txt"), "w") as f:
+    f.write(geno.describe() + "\n")
+  return path
+
+
+def derive_from_search(workdir: str, edges_per_node: int = 2,
+                       num_layers: int | None = None, out: str | None = None) -> dict:
+  """Derives the global genotype of a search workdir's ψ and writes it, with figures
+  and TensorBoard images, into `out` (default `workdir`); experiments/derive.py says
+  which files. Returns {'genotype', 'mapped' (None unless `num_layers` differs from the
+  search depth), 'files'}."""
+  if edges_per_node < 1:
+    raise ValueError(f"--edges_per_node={edges_per_node} must be at least 1")
+  if num_layers is not None and num_layers < 3:
+    raise ValueError(f"--num_layers={num_layers} must be at least 3 (two reductions)")
+  out = out or workdir
+  os.makedirs(out, exist_ok=True)
+  from dnas_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+  psi, primitives, info = search_psi(workdir)
+  geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
+  meta = {"source": info["source"], "edges_per_node": edges_per_node,
+          "search_layers": geno.num_layers}
+  if "step" in info:
+    meta["step"] = info["step"]
+  files = [_write_genotype(out, "genotype", geno, primitives, meta)]
+  figures = {"global_architecture": plots.plot_global_architecture(
+                 geno, title=f"derived from {workdir}", primitives=primitives),
+             "psi_heatmaps": plots.plot_psi_heatmaps(psi, primitives)}
+  mapped = None
+  if num_layers is not None and num_layers != geno.num_layers:
+    mapped = genotype_lib.map_to_depth(geno, num_layers)
+    network.check_genotype(mapped)
+    name = f"genotype_L{num_layers}"
+    files.append(_write_genotype(out, name, mapped, primitives,
+                                 {**meta, "mapped_to_layers": num_layers}))
+    figures[f"global_architecture_L{num_layers}"] = plots.plot_global_architecture(
+        mapped, title=f"mapped to {num_layers} layers", primitives=primitives)
+  writer = metric_writers.MetricWriter(out, console=False)
+  images = {}
+  for name, fig in figures.items():
+    images[name] = plots.figure_to_image(fig)
+    path = os.path.join(out, f"{name}.png")
+    plots.save_figure(fig, path)
+    files.append(path)
+  step = int(info.get("step", 0))
+  writer.write_images(step, images)
+  writer.write_texts(step, {"derived_genotype": (mapped or geno).describe()})
+  writer.close()
+  return {"genotype": geno, "mapped": mapped, "files": files}

@@ -1,0 +1,52 @@
+"""Derivation entry point: a search workdir's ψ to a global genotype, plots included.
+
+  python -m experiments.derive --workdir=SEARCH_DIR [--edges_per_node=2] \
+      [--num_layers=L_t] [--out=DIR]
+
+Reads ψ [L, 14, Op] from SEARCH_DIR/psi.npy, or, when that is absent, computes it from
+the architecture parameters of the latest checkpoint (`dnas_jax.restore.search_psi`;
+the work is `dnas_jax.restore.derive_from_search`).
+Derives the global genotype (per layer and node, the `edges_per_node` strongest
+incoming connections, each with its arg-max operation; DESIGN.md §1) and writes, into
+DIR (default SEARCH_DIR):
+
+* `genotype.json` and `genotype.txt`: the genotype at the search depth L;
+* `genotype_L{L_t}.json` and `.txt` when --num_layers differs from L: the genotype mapped
+  to L_t layers (`genotype.map_to_depth`: reductions to reductions, normal cells
+  proportionally within each stage), for `--config.genotype=` of experiments.train;
+* `global_architecture.png` (and `global_architecture_L{L_t}.png`), `psi_heatmaps.png`,
+  also written to TensorBoard event files in DIR.
+
+Prints the genotype (the mapped one when --num_layers is given).
+"""
+
+from absl import app
+from absl import flags
+
+from dnas_jax import restore
+from experiments import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Search run directory.")
+_EDGES = flags.DEFINE_integer("edges_per_node", 2, "Incoming edges kept per node.")
+_NUM_LAYERS = flags.DEFINE_integer("num_layers", None,
+                                   "Target depth L_t (default: the search depth).")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: --workdir).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  with cli.user_errors():
+    try:
+      result = restore.derive_from_search(_WORKDIR.value, _EDGES.value, _NUM_LAYERS.value,
+                                          _OUT.value)
+    except (restore.WorkdirError, ValueError) as e:
+      raise SystemExit(f"error: {e}") from None
+  geno = result["mapped"] or result["genotype"]
+  print(geno.describe())
+  print("wrote " + ", ".join(result["files"]))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  cli.run(main)

@@ -1,0 +1,137 @@
+"""Tests of derivation from a search workdir (experiments/derive.py,
+restore.search_psi and restore.derive_from_search)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from dnas_jax import arch as arch_lib
+from dnas_jax import checkpoints
+from dnas_jax import genotype as genotype_lib
+from dnas_jax import network
+from dnas_jax import restore
+from dnas_jax import search_space
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRIMS = search_space.PRIMITIVES
+L_SEARCH = 8  # reductions at layers 2 and 5
+
+
+def _intended_cells(num_layers):
+  """A different cell per layer: node n reads inputs k mod (n+2) (0 if that is n+1)
+  and n+1, with
+  operations chosen by k; the result must be what derivation recovers."""
+  red = search_space.is_reduction(num_layers)
+  cells = []
+  for k in range(num_layers):
+    nodes = []
+    for n in range(search_space.NUM_NODES):
+      a, b = k % (n + 2), n + 1
+      if a == b:
+        a = 0
+      nodes.append(((PRIMS[(k + n) % len(PRIMS)], a),
+                    (PRIMS[(k + 2 * n + 1) % len(PRIMS)], b)))
+    cells.append(genotype_lib.CellGenotype(tuple(nodes), red[k]))
+  return genotype_lib.GlobalGenotype(tuple(cells))
+
+
+def _psi_for(geno, seed=0):
+  """Hand-written ψ whose derivation is `geno`: small noise, and on each kept edge a
+  weight of 0.9 (first kept edge of a node) or 0.8 (second) on its operation."""
+  psi = np.random.default_rng(seed).uniform(0.0, 0.1, (geno.num_layers, 14, len(PRIMS)))
+  for k, cell in enumerate(geno.cells):
+    for n, edges in enumerate(cell.nodes):
+      start = search_space.node_edges(n).start
+      for rank, (op, inp) in enumerate(edges):
+        psi[k, start + inp, PRIMS.index(op)] = 0.9 - 0.1 * rank
+  return psi
+
+
+def test_hand_written_psi_derives_the_intended_global_genotype():
+  intended = _intended_cells(L_SEARCH)
+  assert len(set(intended.cells)) == L_SEARCH  # every layer distinguishable
+  derived = genotype_lib.derive_genotype(_psi_for(intended), PRIMS)
+  assert derived == intended
+  network.check_genotype(derived)
+
+
+@pytest.mark.parametrize("target,source_layers", [
+    # L=5: reductions at 1, 3; one normal cell per stage.
+    (5, [0, 2, 3, 5, 6]),
+    # L=14: reductions at 4, 9; four normal cells per stage take the source's two
+    # normals of the same stage (0, 1 | 3, 4 | 6, 7) proportionally.
+    (14, [0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7, 7]),
+])
+def test_target_depth_maps_reductions_to_reductions(target, source_layers):
+  source = genotype_lib.derive_genotype(_psi_for(_intended_cells(L_SEARCH)), PRIMS)
+  mapped = genotype_lib.map_to_depth(source, target)
+  assert mapped.cells == tuple(source.cells[k] for k in source_layers)
+  assert [c.reduction for c in mapped.cells] == list(search_space.is_reduction(target))
+  network.check_genotype(mapped)  # every cell valid for a target-depth network
+
+
+def test_more_edges_per_node_keeps_cells_valid():
+  psi = np.random.default_rng(3).dirichlet(np.ones(len(PRIMS)), size=(L_SEARCH, 14))
+  geno = genotype_lib.derive_genotype(psi, PRIMS, edges_per_node=3)
+  assert [len(e) for e in geno.cells[0].nodes] == [2, 3, 3, 3]
+  network.check_genotype(genotype_lib.map_to_depth(geno, 20))
+
+
+def _fake_search_workdir(path, with_psi=True):
+  """psi.npy and a genotype.json, as a search writes them (no checkpoint)."""
+  os.makedirs(path, exist_ok=True)
+  psi = _psi_for(_intended_cells(L_SEARCH))
+  if with_psi:
+    np.save(os.path.join(path, "psi.npy"), psi)
+  genotype_lib.derive_genotype(psi, PRIMS).save(os.path.join(path, "genotype.json"),
+                                                 primitives=PRIMS)
+  return psi
+
+
+def test_derive_command_writes_genotypes_and_pngs(tmp_path):
+  search_dir, out = str(tmp_path / "search"), str(tmp_path / "out")
+  psi = _fake_search_workdir(search_dir)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.derive", f"--workdir={search_dir}",
+       "--num_layers=5", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+      check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  mapped = genotype_lib.map_to_depth(genotype_lib.derive_genotype(psi, PRIMS), 5)
+  assert mapped.describe() in proc.stdout
+  assert genotype_lib.GlobalGenotype.load(os.path.join(out, "genotype_L5.json")) == mapped
+  with open(os.path.join(out, "genotype.json")) as f:
+    saved = json.load(f)
+  assert saved["primitives"] == list(PRIMS)
+  assert saved["meta"]["edges_per_node"] == 2 and saved["meta"]["search_layers"] == 8
+  for name in ("global_architecture.png", "global_architecture_L5.png",
+               "psi_heatmaps.png"):
+    with open(os.path.join(out, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(out))
+
+
+def test_psi_from_the_checkpoint_when_psi_npy_is_absent(tmp_path):
+  search_dir = str(tmp_path / "search")
+  _fake_search_workdir(search_dir, with_psi=False)
+  arch_config = {"kind": "decoupled", "beta_domain": "layer", "alpha_sharing": "global",
+                 "alpha_activation": "sigmoid", "beta_activation": "softmax",
+                 "gamma_activation": "sigmoid", "init_scale": 1.0}
+  spec = arch_lib.create_arch_spec(arch_config, L_SEARCH, len(PRIMS))
+  arch_params = spec.init(jax.random.key(0))
+  manager = checkpoints.create_manager(os.path.join(search_dir, "checkpoints"))
+  meta = {"config": {"arch": arch_config, "model": {"num_layers": L_SEARCH}},
+          "primitives": list(PRIMS)}
+  checkpoints.save(manager, 12, {"arch_params": arch_params,
+                                 "params": {"w": np.ones(3, np.float32)}}, meta)
+  manager.wait_until_finished()
+  psi, primitives, info = restore.search_psi(search_dir)
+  assert primitives == PRIMS and info["step"] == 12
+  np.testing.assert_allclose(psi, spec.psi(arch_params), rtol=1e-6)
+  result = restore.derive_from_search(search_dir, edges_per_node=2)
+  assert result["genotype"] == genotype_lib.derive_genotype(psi, PRIMS)
+  assert result["mapped"] is None
+  assert os.path.isfile(os.path.join(search_dir, "psi_heatmaps.png"))
