@@ -143,6 +143,33 @@ def arch_gradient(state: SearchState, train_batch, val_batch, rng, *, net, spec,
   return jax.grad(fn, has_aux=True)(state.arch_params)
 
 
+def arch_update(state: SearchState, train_batch, val_batch, rng, *, net, spec, arch_tx,
+                lr, zero_one_weight: float, second_order: bool, weight_decay: float):
+  """The architecture half of a step; returns (state, [ce, accuracy, zero-one]).
+
+  Only `arch_params` and `arch_opt_state` change."""
+  grads, (ce, acc, z) = arch_gradient(
+      state, train_batch, val_batch, rng, net=net, spec=spec,
+      zero_one_weight=zero_one_weight, second_order=second_order, xi=lr,
+      weight_decay=weight_decay)
+  updates, opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch_params)
+  return (state.replace(arch_params=optax.apply_updates(state.arch_params, updates),
+                        arch_opt_state=opt_state), jnp.stack([ce, acc, z]))
+
+
+def weight_update(state: SearchState, train_batch, rng, *, net, spec, weight_tx):
+  """The weight half of a step at the current ψ; returns (state, (loss, logits)).
+
+  Only `params`, `batch_stats` and `weight_opt_state` change."""
+  psi = jax.lax.stop_gradient(spec.psi(state.arch_params))
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(
+      weight_loss_fn, argnums=1, has_aux=True)(net, state.params, state.batch_stats, psi,
+                                               train_batch, rng)
+  updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+  return state.replace(params=optax.apply_updates(state.params, updates),
+                       batch_stats=new_stats, weight_opt_state=opt_state), (loss, logits)
+
+
 def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Module,
                 spec: arch_lib.ArchSpec, weight_tx: optax.GradientTransformation,
                 arch_tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
@@ -153,35 +180,23 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
   rng_arch, rng_weight = jax.random.split(rng)
   lr = lr_schedule(state.step)
 
-  def update_arch(state):
-    grads, (ce, acc, z) = arch_gradient(
-        state, train_batch, val_batch, rng_arch, net=net, spec=spec,
-        zero_one_weight=zero_one_weight, second_order=second_order, xi=lr,
-        weight_decay=weight_decay)
-    updates, opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch_params)
-    return (optax.apply_updates(state.arch_params, updates), opt_state,
-            jnp.stack([ce, acc, z, 1.0]))
+  def update(state):
+    state, out = arch_update(state, train_batch, val_batch, rng_arch, net=net, spec=spec,
+                             arch_tx=arch_tx, lr=lr, zero_one_weight=zero_one_weight,
+                             second_order=second_order, weight_decay=weight_decay)
+    return state, jnp.concatenate([out, jnp.ones(1)])
 
-  def skip_arch(state):
-    return state.arch_params, state.arch_opt_state, jnp.zeros(4, jnp.float32)
+  def skip(state):
+    return state, jnp.zeros(4, jnp.float32)
 
-  arch_params, arch_opt_state, arch_out = jax.lax.cond(
-      state.step >= arch_warmup_steps, update_arch, skip_arch, state)
-
-  psi = jax.lax.stop_gradient(spec.psi(arch_params))
-  (loss, (logits, new_stats)), grads = jax.value_and_grad(
-      weight_loss_fn, argnums=1, has_aux=True)(net, state.params, state.batch_stats, psi,
-                                               train_batch, rng_weight)
-  updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
-  new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates),
-      batch_stats=new_stats, arch_params=arch_params, weight_opt_state=weight_opt_state,
-      arch_opt_state=arch_opt_state)
+  state, arch_out = jax.lax.cond(state.step >= arch_warmup_steps, update, skip, state)
+  state, (loss, logits) = weight_update(state, train_batch, rng_weight, net=net, spec=spec,
+                                        weight_tx=weight_tx)
   step_metrics = SearchMetrics.single_from_model_output(
       train_loss=loss, train_accuracy=accuracy(logits, train_batch["label"]),
       arch_loss=arch_out[0], arch_accuracy=arch_out[1], zero_one_loss=arch_out[2],
       arch_updated=arch_out[3], weight_lr=lr)
-  return new_state, step_metrics
+  return state.replace(step=state.step + 1), step_metrics
 
 
 def eval_step(params, batch_stats, psi, batch, *, net: nn.Module) -> EvalMetrics:

@@ -195,11 +195,12 @@ class SearchNetwork(nn.Module):
                           name=f"cell{a}")
         s0, s1 = s1, cell(s0, s1, psi[a])
       elif b > a:
-        scan = nn.scan(_ScannedCell, variable_axes={"params": 0, "batch_stats": 0},
+        scan = nn.scan(_ScannedCell,
+                       variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
                        split_rngs={"params": True, "dropout": True},
                        in_axes=0, length=b - a)
         (s0, s1), _ = scan(c, prims, self.partial_k, self.skip_dropout, self.train,
                            self.dtype, name=f"cells{a}_{b}")((s0, s1), psi[a:b])
     x = jnp.mean(s1, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x).astype(
-        jnp.float32)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    return logits.astype(jnp.promote_types(self.dtype, jnp.float32))

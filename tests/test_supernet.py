@@ -1,0 +1,182 @@
+"""The partial-channel supernet: mixed edges, shapes, gradients, parameter counts."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnas_jax import arch
+from dnas_jax import init as init_lib
+from dnas_jax import ops
+from dnas_jax import search_space
+from dnas_jax import supernet
+
+PRIMS = search_space.PRIMITIVES
+
+
+def _mixed_variables(mixed, x, w):
+  return init_lib.init_from_shapes(mixed, 0, x, w)
+
+
+@pytest.mark.parametrize("op_index", range(len(PRIMS)))
+def test_one_hot_mixed_edge_equals_the_operation_alone(op_index):
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
+  w = jnp.zeros(len(PRIMS)).at[op_index].set(1.0)
+  mixed = supernet.MixedOp(4, 1, PRIMS, partial_k=1)
+  variables = _mixed_variables(mixed, x, w)
+  got, _ = mixed.apply(variables, x, w, mutable=["batch_stats"])
+  # The op alone, with the sub-tree of variables that belongs to it.
+  op = ops.create_op(PRIMS[op_index], 4, 1, affine=False, train=True)
+  names = [n for n in variables["params"]] + [n for n in variables.get("batch_stats", {})]
+  alone_vars = {}
+  expected_name = {"max_pool_3x3": "Pool_0", "avg_pool_3x3": "Pool_1",
+                   "skip_connect": None, "sep_conv_3x3": "SepConv_0",
+                   "sep_conv_5x5": "SepConv_1", "dil_conv_3x3": "DilConv_0",
+                   "dil_conv_5x5": "DilConv_1"}[PRIMS[op_index]]
+  if expected_name is not None:
+    assert expected_name in names
+    for col in ("params", "batch_stats"):
+      if expected_name in variables.get(col, {}):
+        alone_vars[col] = variables[col][expected_name]
+  want = op.apply(alone_vars, x, mutable=["batch_stats"])[0] if alone_vars else x
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_partial_channels_shape_and_bypass(stride):
+  c, k = 16, 4
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, c))
+  w = jax.random.uniform(jax.random.key(3), (len(PRIMS),))
+  mixed = supernet.MixedOp(c // k, stride, PRIMS, partial_k=k)
+  variables = _mixed_variables(mixed, x, w)
+  y, _ = mixed.apply(variables, x, w, mutable=["batch_stats"])
+  assert y.shape == (2, 8 // stride, 8 // stride, c)
+  # Input channel m >= c/k bypasses the ops; after the shuffle of the concatenation
+  # [ops (c/k channels), bypass] it sits at (m mod c/k)·k + m div c/k.
+  x_np, y_np = np.asarray(x), np.asarray(y)
+  group = c // k
+  for m in range(group, c):
+    pos = (m % group) * k + m // group
+    if stride == 1:
+      np.testing.assert_array_equal(y_np[..., pos], x_np[..., m])
+    else:  # reduction edge: 2×2 max pool of the bypassed channel
+      pooled = x_np[..., m].reshape(2, 4, 2, 4, 2).max(axis=(2, 4))
+      np.testing.assert_allclose(y_np[..., pos], pooled, rtol=1e-6)
+  # The other channels are computed from the first c/k input channels only.
+  ops_positions = [(m % group) * k + m // group for m in range(group)]
+  x2 = x.at[..., group:].set(0.0)
+  y2, _ = mixed.apply(variables, x2, w, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(y2)[..., ops_positions], y_np[..., ops_positions],
+                             rtol=1e-5, atol=1e-6)
+
+
+def _cell_output_shapes(num_layers, channels=16, size=32):
+  net = supernet.SearchNetwork(10, num_layers, channels, PRIMS, partial_k=4)
+  x = jnp.zeros((2, size, size, 3))
+  psi = jnp.zeros((num_layers, 14, len(PRIMS)))
+
+  def run():
+    v = net.init(jax.random.key(0), x, psi)
+    return net.apply(v, x, psi, mutable=["batch_stats", "intermediates"],
+                     capture_intermediates=lambda mdl, _: isinstance(mdl, supernet.SearchCell))
+  (logits, state) = jax.eval_shape(run)
+  shapes = {}
+  for path, value in flax.traverse_util.flatten_dict(state["intermediates"]).items():
+    top = path[0]
+    shape = value[0].shape
+    if top.startswith("cell") and not top.startswith("cells"):
+      shapes[int(top[4:])] = shape
+    else:  # a scan over layers a..b-1: outputs stacked on a leading axis
+      a, b = map(int, top[5:].split("_"))
+      assert shape[0] == b - a
+      for k in range(a, b):
+        shapes[k] = shape[1:]
+  return logits.shape, [shapes[k] for k in range(num_layers)]
+
+
+@pytest.mark.parametrize("num_layers", [5, 8])
+def test_network_output_and_cell_shapes(num_layers):
+  out, shapes = _cell_output_shapes(num_layers)
+  assert out == (2, 10)
+  r1, r2 = num_layers // 3, 2 * num_layers // 3
+  for k, shape in enumerate(shapes):
+    stage = (k >= r1) + (k >= r2)
+    assert shape == (2, 32 >> stage, 32 >> stage, 4 * 16 * 2 ** stage), (k, shape)
+
+
+def test_layer_plan_covers_every_layer_once_and_scans_only_normal_cells():
+  for num_layers in (3, 5, 8, 14, 20, 29):
+    red = search_space.is_reduction(num_layers)
+    seen = []
+    for kind, a, b in supernet.layer_plan(num_layers):
+      seen.extend(range(a, b))
+      if kind == "scan":
+        assert all(not red[k] and not red[k - 1] and k >= 2 for k in range(a, b))
+    assert seen == list(range(num_layers))
+  assert sum(kind == "cell" for kind, *_ in supernet.layer_plan(20)) == 6
+  assert [p for p in supernet.layer_plan(20) if p[0] == "scan"] == [
+      ("scan", 2, 6), ("scan", 8, 13), ("scan", 15, 20)]
+
+
+def _pc_darts_search_param_count(num_layers, c=16, k=4, num_classes=10, steps=4,
+                                 multiplier=4, stem_multiplier=3):
+  """Weight parameters of PC-DARTS's `model_search.Network`, counted by reading its
+  code (yuhuixu1993/PC-DARTS): stem conv + affine BN; per cell two preprocessing
+  1×1 convs (a factorized reduce after a reduction cell: two 1×1 convs to c/2 each),
+  14 MixedOps whose ops act on c/k channels (BNs without affine, pooling and `none`
+  parameter-free), and the linear classifier."""
+  def mixed(ch, stride):
+    sep = lambda kk: 2 * (ch * kk * kk + ch * ch)
+    dil = lambda kk: ch * kk * kk + ch * ch
+    skip = 2 * ch * (ch // 2) if stride == 2 else 0
+    return sep(3) + sep(5) + dil(3) + dil(5) + skip
+
+  c_curr = stem_multiplier * c
+  total = 3 * 3 * 3 * c_curr + 2 * c_curr
+  c_pp, c_p, c_curr = c_curr, c_curr, c
+  reduction_prev = False
+  for i in range(num_layers):
+    reduction = i in (num_layers // 3, 2 * num_layers // 3)
+    if reduction:
+      c_curr *= 2
+    total += (2 * c_pp * (c_curr // 2) if reduction_prev else c_pp * c_curr)
+    total += c_p * c_curr
+    for node in range(steps):
+      for j in range(2 + node):
+        total += mixed(c_curr // k, 2 if reduction and j < 2 else 1)
+    reduction_prev = reduction
+    c_pp, c_p = c_p, multiplier * c_curr
+  return total + c_p * num_classes + num_classes
+
+
+@pytest.mark.parametrize("num_layers", [5, 8, 20])
+@pytest.mark.parametrize("primitives", ["dnas", "darts"])
+def test_weight_count_equals_pc_darts(num_layers, primitives):
+  net = supernet.SearchNetwork(10, num_layers, 16, search_space.get_primitives(primitives),
+                               partial_k=4)
+  shapes = jax.eval_shape(lambda: net.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+      jnp.zeros((num_layers, 14, len(search_space.get_primitives(primitives))))))
+  count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"]))
+  assert count == _pc_darts_search_param_count(num_layers)
+
+
+def test_gradient_reaches_alpha_beta_gamma():
+  spec = arch.ArchSpec("decoupled", 3, len(PRIMS))
+  net = supernet.SearchNetwork(4, 3, 8, PRIMS, partial_k=2)
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  labels = jnp.array([0, 1, 2, 3])
+  variables = init_lib.init_from_shapes(net, 0, x, jnp.zeros((3, 14, len(PRIMS))))
+  params = spec.init(jax.random.key(1))
+
+  def loss(arch_params):
+    logits, _ = net.apply(variables, x, spec.psi(arch_params), mutable=["batch_stats"])
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+  grads = jax.jit(jax.grad(loss))(params)
+  assert set(grads) == {"alpha", "beta", "gamma"}
+  for name, g in grads.items():
+    g = np.asarray(g)
+    assert np.all(np.isfinite(g)), name
+    assert np.abs(g).max() > 0, name
