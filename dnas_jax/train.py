@@ -288,7 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   meta = {"config": config.to_dict(), "image_shape": list(ds.image_shape),
           "num_classes": ds.num_classes, "genotype": json.loads(geno.to_json()),
           "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch,
-          "num_params": num_params, "num_params_total": num_params_total}
+          "num_params": num_params, "num_params_total": num_params_total,
+          "mean": list(ds.mean), "std": list(ds.std)}  # input normalisation (api.py)
 
   step_fn = jax.jit(functools.partial(
       train_step, net=net_train, tx=tx, lr_schedule=lr_schedule,
