@@ -173,8 +173,12 @@ def derive_from_search(workdir: str, edges_per_node: int = 2,
   geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
   meta = {"source": info["source"], "edges_per_node": edges_per_node,
           "search_layers": geno.num_layers}
-  if "step" in info:
-    meta["step"] = info["step"]
+  if "meta" in info:  # what the search's own genotype.json records
+    search_meta = info["meta"]
+    meta.update(step=info["step"], dataset=search_meta.get("dataset"),
+                arch_kind=search_meta.get("config", {}).get("arch", {}).get("kind"))
+    if "steps_per_epoch" in search_meta:
+      meta["epoch"] = info["step"] // search_meta["steps_per_epoch"]
   files = [_write_genotype(out, "genotype", geno, primitives, meta)]
   figures = {"global_architecture": plots.plot_global_architecture(
                  geno, title=f"derived from {workdir}", primitives=primitives),
