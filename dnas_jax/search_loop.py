@@ -10,6 +10,7 @@ checkpoint before stopping.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -108,6 +109,46 @@ def _plot_figures(workdir, psi, primitives, geno, writer, step):
   writer.write_images(step, images)
 
 
+@dataclasses.dataclass
+class SearchSetup:
+  """What a search needs besides data: the initial (replicated) state and the steps."""
+  state: search.SearchState
+  spec: arch_lib.ArchSpec
+  primitives: tuple[str, ...]
+  net_train: supernet.SearchNetwork
+  net_eval: supernet.SearchNetwork
+  step_fn: Callable
+  eval_fn: Callable
+
+
+def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_classes: int,
+                        steps_per_epoch: int, mesh) -> SearchSetup:
+  """Supernet, ψ parameterisation, optimizers, initial state and jitted steps."""
+  primitives = resolve_primitives(config.model.primitives)
+  spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
+  net_train = create_supernet(config, num_classes, True, primitives)
+  net_eval = create_supernet(config, num_classes, False, primitives)
+  o = config.optim
+  lr_schedule = search.weight_lr_schedule(o.weight_lr, o.weight_min_lr, config.num_epochs,
+                                          steps_per_epoch)
+  weight_tx = search.create_weight_tx(lr_schedule, o.momentum, o.weight_decay, o.grad_clip)
+  arch_tx = search.create_arch_tx(o.arch_lr, o.arch_b1, o.arch_b2, o.arch_weight_decay)
+  example = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  psi0 = jnp.zeros((spec.num_layers, search_space.NUM_CONNECTIONS, spec.num_ops))
+  variables = init_lib.init_from_shapes(net_train, config.seed, example, psi0)
+  arch_params = spec.init(jax.random.key(config.seed + 1))
+  state = search.create_search_state(variables["params"], variables["batch_stats"],
+                                     arch_params, weight_tx, arch_tx)
+  step_fn, eval_fn = search.make_step_fns(
+      net_train=net_train, net_eval=net_eval, spec=spec, weight_tx=weight_tx,
+      arch_tx=arch_tx, lr_schedule=lr_schedule,
+      arch_warmup_steps=o.arch_warmup_epochs * steps_per_epoch,
+      zero_one_weight=o.zero_one_weight, second_order=o.second_order,
+      weight_decay=o.weight_decay)
+  return SearchSetup(sharding.replicate(state, mesh), spec, tuple(primitives), net_train,
+                     net_eval, step_fn, eval_fn)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: Sequence[Callable[[int], None]] = ()) -> dict:
   """Runs (or resumes) the search of `config` in `workdir`; returns final metrics."""
@@ -129,24 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
                                      flip=config.data.flip)
 
-  primitives = resolve_primitives(config.model.primitives)
-  spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
-  net_train = create_supernet(config, ds.num_classes, True, primitives)
-  net_eval = create_supernet(config, ds.num_classes, False, primitives)
-  o = config.optim
-  lr_schedule = search.weight_lr_schedule(o.weight_lr, o.weight_min_lr, config.num_epochs,
-                                          steps_per_epoch)
-  weight_tx = search.create_weight_tx(lr_schedule, o.momentum, o.weight_decay, o.grad_clip)
-  arch_tx = search.create_arch_tx(o.arch_lr, o.arch_b1, o.arch_b2, o.arch_weight_decay)
-
-  example = jnp.zeros((1,) + ds.image_shape, jnp.float32)
-  variables = init_lib.init_from_shapes(net_train, config.seed, example,
-                                        jnp.zeros((spec.num_layers, search_space.NUM_CONNECTIONS,
-                                                   spec.num_ops)))
-  arch_params = spec.init(jax.random.key(config.seed + 1))
-  state = search.create_search_state(variables["params"], variables["batch_stats"],
-                                     arch_params, weight_tx, arch_tx)
-  state = sharding.replicate(state, mesh)
+  setup = create_search_setup(config, ds.image_shape, ds.num_classes, steps_per_epoch, mesh)
+  state, spec, primitives = setup.state, setup.spec, setup.primitives
   logging.info("supernet: %d weight parameters, %d architecture parameters (%s)",
                sum(x.size for x in jax.tree.leaves(state.params)), spec.num_params(),
                spec.kind)
@@ -161,12 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "num_classes": ds.num_classes, "primitives": list(primitives),
           "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
 
-  step_fn, eval_fn = search.make_step_fns(
-      net_train=net_train, net_eval=net_eval, spec=spec, weight_tx=weight_tx,
-      arch_tx=arch_tx, lr_schedule=lr_schedule,
-      arch_warmup_steps=o.arch_warmup_epochs * steps_per_epoch,
-      zero_one_weight=o.zero_one_weight, second_order=o.second_order,
-      weight_decay=o.weight_decay)
+  step_fn, eval_fn = setup.step_fn, setup.eval_fn
   psi_fn = jax.jit(spec.psi)
   writer = metric_writers.MetricWriter(workdir)
   rng = jax.random.key(config.seed + 2)

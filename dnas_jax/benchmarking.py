@@ -1,0 +1,142 @@
+"""Measurements for `experiments/benchmark.py`: compile time, step time, memory, FLOPs.
+
+Each function returns one flat dict (a JSON line). Throughput counts the images of the
+training batch per step (`batch_size / step time`), as the PyTorch PC-DARTS reference
+figures do; the search step also reads a validation batch of the same size.
+"""
+
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dnas_jax import search_loop
+from dnas_jax import sharding
+
+
+def device_facts() -> dict[str, Any]:
+  d = jax.devices()[0]
+  return {"device_kind": d.device_kind, "platform": d.platform,
+          "device_count": jax.device_count(), "jax": jax.__version__}
+
+
+def peak_memory_bytes() -> int | None:
+  """Peak bytes in use on device 0 since the process started (None where unknown)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
+                  carry_state: bool) -> dict[str, float]:
+  """Compiles `fn` for `args` (timed), then times `steps` calls after `warmup`.
+
+  With `carry_state`, the first output feeds the next call's first argument (a
+  training step whose state is donated)."""
+  t0 = time.perf_counter()
+  lowered = fn.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  args = list(args)
+  out = None
+  for i in range(warmup + steps):
+    if i == warmup:
+      jax.block_until_ready(out)
+      start = time.perf_counter()
+    out = compiled(*args)
+    if carry_state:
+      args[0] = out[0]
+  jax.block_until_ready(out)
+  per_step = (time.perf_counter() - start) / steps
+  flops = _flops(compiled)
+  return {"trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3),
+          "ms_per_step": round(per_step * 1e3, 3), "flops_per_step": flops,
+          "achieved_tflops": None if flops is None else round(flops / per_step / 1e12, 4)}
+
+
+def random_batch(batch_size: int, image_shape, num_classes: int, seed: int):
+  r = np.random.default_rng(seed)
+  return {"image": r.normal(size=(batch_size,) + tuple(image_shape)).astype(np.float32),
+          "label": r.integers(0, num_classes, batch_size).astype(np.int32)}
+
+
+def benchmark_search_step(config: ml_collections.ConfigDict, image_shape=(32, 32, 3),
+                          num_classes: int = 10, steps: int = 10, warmup: int = 2
+                          ) -> dict[str, Any]:
+  """The first-order (or, per config, second-order) search step with the architecture
+  update on (warm-up set to 0), on random data of the config's batch size."""
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  with config.unlocked():
+    config.optim.arch_warmup_epochs = 0
+  setup = search_loop.create_search_setup(config, image_shape, num_classes, 100, mesh)
+  b = config.batch_size
+  train = sharding.shard_batch(random_batch(b, image_shape, num_classes, 0), mesh)
+  val = sharding.shard_batch(random_batch(b, image_shape, num_classes, 1), mesh)
+  result = time_compiled(setup.step_fn, (setup.state, train, val, jax.random.key(0)),
+                         steps=steps, warmup=warmup, carry_state=True)
+  m = config.model
+  return {"what": "search_step", "arch_kind": config.arch.kind, "num_layers": m.num_layers,
+          "channels": m.channels, "partial_k": m.partial_k, "num_ops": setup.spec.num_ops,
+          "batch_size": b, "dtype": m.dtype, "second_order": bool(config.optim.second_order),
+          "image_shape": list(image_shape), **result,
+          "images_per_s": round(b / (result["ms_per_step"] / 1e3), 1),
+          "peak_memory_bytes": peak_memory_bytes(), **device_facts()}
+
+
+def count_convolutions(config: ml_collections.ConfigDict, image_shape=(8, 8, 3),
+                       num_classes: int = 10) -> int:
+  """Convolution instructions in the lowered (StableHLO) search step of `config`."""
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  setup = search_loop.create_search_setup(config, image_shape, num_classes, 10, mesh)
+  batch = random_batch(config.batch_size, image_shape, num_classes, 0)
+  text = setup.step_fn.lower(setup.state, batch, batch, jax.random.key(0)).as_text()
+  return text.count("stablehlo.convolution")
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict, image_shape=(32, 32, 3),
+                         num_classes: int = 10, steps: int = 10, warmup: int = 2
+                         ) -> dict[str, Any]:
+  """The retraining step of a retrain config (its genotype, drop path 0.2) on random
+  data of the config's batch size."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from dnas_jax import init as init_lib  # pylint: disable=g-import-not-at-top
+  from dnas_jax import train  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  geno = train.resolve_genotype(config.genotype, config.model.num_layers)
+  net = train.create_network(config, geno, num_classes, True)
+  tx, schedule = train.create_tx(config, 100)
+  variables = init_lib.init_from_shapes(net, config.seed,
+                                        jnp.zeros((1,) + tuple(image_shape)))
+  state = sharding.replicate(
+      train.create_train_state(variables["params"], variables["batch_stats"], tx), mesh)
+  step_fn = jax.jit(functools.partial(train.train_step, net=net, tx=tx, lr_schedule=schedule,
+                                      auxiliary_weight=config.optim.auxiliary_weight),
+                    donate_argnums=(0,))
+  b = config.batch_size
+  batch = sharding.shard_batch(random_batch(b, image_shape, num_classes, 0), mesh)
+  result = time_compiled(step_fn, (state, batch, jax.random.key(0), jnp.float32(0.2)),
+                         steps=steps, warmup=warmup, carry_state=True)
+  return {"what": "train_step", "genotype": str(config.genotype),
+          "num_layers": config.model.num_layers, "channels": config.model.channels,
+          "auxiliary": bool(config.model.auxiliary), "batch_size": b,
+          "dtype": config.model.dtype, "image_shape": list(image_shape), **result,
+          "images_per_s": round(b / (result["ms_per_step"] / 1e3), 1),
+          "peak_memory_bytes": peak_memory_bytes(), **device_facts()}

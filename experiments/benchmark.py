@@ -1,0 +1,77 @@
+"""Benchmark: one JSON line per measurement, on the current devices.
+
+  python -m experiments.benchmark --config=experiments/configs/cifar10.py \
+      [--retrain_config=experiments/configs/cifar10_retrain.py] [--depths=8,20] \
+      [--batch_sizes=256,96] [--what=search,train,input,convs] [--steps=10]
+
+* `search`: the search step (architecture + weight update) for each depth in
+  `--depths` (paired with `--batch_sizes` when given): images/s, ms/step, trace and
+  compile seconds, FLOPs per step (XLA cost analysis) and achieved FLOP/s, peak device
+  memory, device kind and count.
+* `train`: the retraining step of `--retrain_config`.
+* `input`: the host input pipeline's own images/s (crop, flip, normalise) at the
+  search batch size.
+* `convs`: convolution instructions of the lowered search step for each depth (the
+  supernet's program does not grow with depth: DESIGN.md §4).
+Images are random, of the dataset's shape (`--image_size`, default 32).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from dnas_jax import benchmarking
+from dnas_jax import input_pipeline
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Search config.")
+_RETRAIN = config_flags.DEFINE_config_file("retrain_config", None, "Retraining config.")
+_DEPTHS = flags.DEFINE_list("depths", [], "Search depths to measure (default: config's).")
+_BATCHES = flags.DEFINE_list("batch_sizes", [], "Batch size per depth (default: config's).")
+_WHAT = flags.DEFINE_list("what", ["search", "train", "input"], "What to measure.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+_IMAGE = flags.DEFINE_integer("image_size", 32, "Image height and width.")
+_CHANNELS = flags.DEFINE_integer("image_channels", 3, "Image channels.")
+
+
+def _emit(record):
+  print(json.dumps(record), flush=True)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  shape = (_IMAGE.value, _IMAGE.value, _CHANNELS.value)
+  depths = [int(d) for d in _DEPTHS.value] or [config.model.num_layers]
+  batches = [int(b) for b in _BATCHES.value] or [config.batch_size] * len(depths)
+  if len(batches) != len(depths):
+    raise app.UsageError("--batch_sizes needs one value per --depths value")
+  with cli.user_errors():
+    for depth, batch in zip(depths, batches):
+      c = config.copy_and_resolve_references()
+      c.model.num_layers, c.batch_size = depth, batch
+      if "convs" in _WHAT.value:
+        _emit({"what": "convolutions", "num_layers": depth,
+               "convolutions": benchmarking.count_convolutions(c, shape)})
+      if "search" in _WHAT.value:
+        _emit(benchmarking.benchmark_search_step(c, shape, steps=_STEPS.value,
+                                                 warmup=_WARMUP.value))
+    if "train" in _WHAT.value and _RETRAIN.value is not None:
+      _emit(benchmarking.benchmark_train_step(_RETRAIN.value, shape, steps=_STEPS.value,
+                                              warmup=_WARMUP.value))
+    if "input" in _WHAT.value:
+      from dnas_jax import data_benchmark  # pylint: disable=g-import-not-at-top
+      ds = data_benchmark.random_dataset(10_000, shape[0], shape[2])
+      aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
+                                         flip=config.data.flip)
+      _emit({"what": "input_pipeline", "batch_size": batches[0], "image_shape": list(shape),
+             "images_per_s": round(data_benchmark.measure_input_throughput(
+                 ds, batches[0], aug, 2.0), 1)})
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)
