@@ -19,6 +19,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CACHE = os.environ.get("DNAS_TEST_JAX_CACHE",
                         os.path.join(tempfile.gettempdir(), "dnas_jax_test_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)  # for subprocesses too
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
