@@ -1,0 +1,97 @@
+"""The public restore API (dnas_jax/api.py), and the README's example run verbatim.
+
+One tiny search (configs/test.py) and one tiny retraining of its genotype
+(configs/test_retrain.py, 1 epoch) are made once for the module, at the paths the
+README example names, in a temporary working directory.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dnas_jax import api
+from dnas_jax import search_loop
+from dnas_jax import train
+from experiments.configs import test as test_config
+from experiments.configs import test_retrain
+
+# The README's "Restoring a run" example, executed exactly as printed there.
+README_EXAMPLE = '''\
+from dnas_jax import api, datasets
+
+search = api.load_search("workdirs/digits")            # a search workdir
+print(search.psi.shape)                                # ψ [L, 14, Op], formula (4)
+print(sorted(search.arch_params))                      # ['alpha', 'beta', 'gamma']
+print(search.genotype.describe())                      # one cell per layer
+
+clf = api.load_classifier("workdirs/digits_retrain")   # a retraining workdir
+ds = datasets.load_dataset(clf.meta["dataset"])
+pred = clf.predict(ds.test_images)                     # uint8 NHWC -> class ids
+print("test accuracy:", (pred == ds.test_labels).mean())
+'''
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("api")
+  search_dir = os.path.join(root, "workdirs", "digits")
+  retrain_dir = os.path.join(root, "workdirs", "digits_retrain")
+  search_loop.train_and_evaluate(test_config.get_config(), search_dir)
+  config = test_retrain.get_config()
+  config.genotype = os.path.join(search_dir, "genotype.json")
+  config.num_epochs = 1
+  final = train.train_and_evaluate(config, retrain_dir)
+  return root, search_dir, retrain_dir, final
+
+
+def test_readme_example_runs(runs, monkeypatch, capsys):
+  root, _, _, final = runs
+  monkeypatch.chdir(root)
+  namespace = {}
+  exec(compile(README_EXAMPLE, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  out = capsys.readouterr().out
+  assert "(5, 14, 3)" in out
+  assert "['alpha', 'beta', 'gamma']" in out
+  assert "layer  0" in out
+  # The classifier reproduces the loop's own evaluation of the checkpoint.
+  accuracy = float((namespace["pred"] == namespace["ds"].test_labels).mean())
+  assert accuracy == pytest.approx(final["test_accuracy"], abs=1.5 / 64)
+
+
+def test_load_search_matches_artifacts(runs):
+  _, search_dir, _, _ = runs
+  result = api.load_search(search_dir)
+  np.testing.assert_allclose(result.psi, np.load(os.path.join(search_dir, "psi.npy")),
+                             rtol=1e-6, atol=1e-7)
+  with open(os.path.join(search_dir, "genotype.json")) as f:
+    cells = json.load(f)["cells"]
+  assert [c.to_dict() for c in result.genotype.cells] == cells
+  assert result.primitives == ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  assert result.config.arch.kind == "decoupled"
+  assert result.step == 16 and result.epoch == 2
+
+
+def test_classifier_inputs(runs):
+  _, _, retrain_dir, _ = runs
+  clf = api.load_classifier(retrain_dir)
+  assert clf.image_shape == (8, 8, 3) and clf.num_classes == 10
+  images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+  logits = clf.logits(images)
+  assert logits.shape == (5, 10) and np.isfinite(logits).all()
+  np.testing.assert_array_equal(clf.predict(images), logits.argmax(-1))
+  np.testing.assert_allclose(clf.logits(images / 255.0), logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(clf.logits(images[0])[0], logits[0], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="this network takes"):
+    clf.predict(np.zeros((2, 16, 16, 3), np.uint8))
+
+
+def test_wrong_workdir_kind(runs, tmp_path):
+  _, search_dir, retrain_dir, _ = runs
+  with pytest.raises(api.WorkdirError, match="not a search workdir"):
+    api.load_search(retrain_dir)
+  with pytest.raises(api.WorkdirError, match="not a retraining workdir"):
+    api.load_classifier(search_dir)
+  with pytest.raises(api.WorkdirError, match="no checkpoint folder"):
+    api.load_search(str(tmp_path))
