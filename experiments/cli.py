@@ -1,9 +1,11 @@
 """What the entry points share: logging to stderr and user errors without tracebacks."""
 
 import contextlib
+import importlib.util
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from dnas_jax import config_validation
@@ -36,8 +38,44 @@ class _QuietLibraries:
         f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
 
 
+def _unknown_override(argv) -> str | None:
+  """For `--config.a.b=v` overrides naming no field: which one, and the valid names."""
+  paths = {a.split("=", 1)[0]: a for a in argv if a.startswith("--")}
+  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_path is None:
+    return None
+  spec = importlib.util.spec_from_file_location("_dnas_user_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for flag_name in paths:
+    for prefix in ("--config.", "--retrain_config."):
+      if not flag_name.startswith(prefix):
+        continue
+      node, parts = module.get_config(), flag_name[len(prefix):].split(".")
+      for i, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node:
+          where = "config" + "".join(f".{p}" for p in parts[:i])
+          valid = sorted(node.keys()) if hasattr(node, "keys") else []
+          return (f"{flag_name}: {where} has no field {part!r}; valid fields: {valid}")
+        node = node[part]
+  return None
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    message = None
+    try:
+      message = _unknown_override(argv)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    print(f"error: {message or e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run(main):
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
