@@ -180,3 +180,19 @@ def test_gradient_reaches_alpha_beta_gamma():
     g = np.asarray(g)
     assert np.all(np.isfinite(g)), name
     assert np.abs(g).max() > 0, name
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+  prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  net = supernet.SearchNetwork(4, 3, 8, prims, partial_k=2, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  psi = jnp.full((3, 14, len(prims)), 0.1)
+  variables = init_lib.init_from_shapes(net, 0, x, psi)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+  logits, _ = jax.jit(lambda v: net.apply(v, x, psi, mutable=["batch_stats"]))(variables)
+  assert logits.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(logits)))
+  # The same network in float32 gives close logits (bf16 has 8 bits of mantissa).
+  net32 = supernet.SearchNetwork(4, 3, 8, prims, partial_k=2)
+  logits32, _ = jax.jit(lambda v: net32.apply(v, x, psi, mutable=["batch_stats"]))(variables)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(logits32), rtol=0.1, atol=0.1)
