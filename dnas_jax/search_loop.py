@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Callable, Sequence
 
 import jax
@@ -29,6 +28,7 @@ from dnas_jax import datasets
 from dnas_jax import genotype as genotype_lib
 from dnas_jax import init as init_lib
 from dnas_jax import input_pipeline
+from dnas_jax import loop_monitor
 from dnas_jax import metric_writers
 from dnas_jax import search
 from dnas_jax import search_space
@@ -36,8 +36,7 @@ from dnas_jax import sharding
 from dnas_jax import supernet
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite; the message names the step."""
+NonFiniteLossError = loop_monitor.NonFiniteLossError
 
 
 def resolve_primitives(spec: str) -> tuple[str, ...]:
@@ -213,9 +212,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return geno, psi
     return None, None
 
-  pending, window_start, window_steps = [], time.time(), 0
+  monitor = loop_monitor.LoopMonitor(writer, total_steps=total_steps,
+                                     steps_per_epoch=steps_per_epoch,
+                                     num_epochs=config.num_epochs,
+                                     log_every=config.log_every_steps, hooks=hooks)
   step = int(state.step)
-  metrics_acc, last_eval = None, {}
+  last_eval = {}
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
@@ -228,31 +230,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, m = step_fn(state, sharding.shard_batch(train_batch, mesh),
                            sharding.shard_batch(val_batch, mesh), rng)
         step += 1
-        window_steps += 1
-        pending.append((step, m.train_loss.total))
-        metrics_acc = m if metrics_acc is None else metrics_acc.merge(m)
-        for hook in hooks:
-          hook(step)
+        monitor.record(step, m, m.train_loss.total)
         epoch_done = step % steps_per_epoch == 0
-        if step % config.log_every_steps == 0 or epoch_done:
-          _check_finite(pending)
-          pending = []
-          elapsed = time.time() - window_start
-          rate = window_steps / max(elapsed, 1e-9)
-          scalars = {k: float(v) for k, v in metrics_acc.compute().items()}
-          scalars.update(steps_per_sec=rate, epoch=step / steps_per_epoch)
-          writer.write_scalars(step, scalars)
-          logging.info("step %d/%d (epoch %d/%d): %.2f steps/s, %s left", step, total_steps,
-                       step // steps_per_epoch, config.num_epochs, rate,
-                       _format_seconds((total_steps - step) / max(rate, 1e-9)))
-          metrics_acc, window_start, window_steps = None, time.time(), 0
         if epoch_done and ((step // steps_per_epoch) % config.eval_every_epochs == 0
                            or step == total_steps):
           last_eval = evaluate(state)
           writer.write_scalars(step, last_eval)
         if epoch_done or step % config.checkpoint_every_steps == 0:
-          _check_finite(pending)
-          pending = []
+          monitor.check_finite()
           geno, _ = checkpoint(state, epoch_done)
           if geno is not None:
             logging.info("epoch %d genotype:\n%s", step // steps_per_epoch, geno.describe())
@@ -262,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.wait_until_finished()
     writer.close()
     raise
-  _check_finite(pending)
+  monitor.check_finite()
   geno, psi = checkpoint(state, epoch_done=True)
   manager.wait_until_finished()
   _plot_figures(workdir, psi, primitives, geno, writer, step)
@@ -274,16 +259,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("search done: %s; genotype in %s", last_eval,
                os.path.join(workdir, "genotype.json"))
   return {"state": state, "genotype": geno, "psi": psi, **last_eval}
-
-
-def _check_finite(pending) -> None:
-  for step, loss in pending:
-    if not np.isfinite(float(loss)):
-      raise NonFiniteLossError(
-          f"the training loss is not finite ({float(loss)}) at step {step}; lower "
-          "config.optim.weight_lr or check the data")
-
-
-def _format_seconds(s: float) -> str:
-  s = int(s)
-  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -21,7 +21,6 @@ batches, so a restored checkpoint reproduces the reported accuracy exactly.
 import functools
 import json
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import flax
@@ -38,11 +37,11 @@ from dnas_jax import datasets
 from dnas_jax import genotype as genotype_lib
 from dnas_jax import init as init_lib
 from dnas_jax import input_pipeline
+from dnas_jax import loop_monitor
 from dnas_jax import known_genotypes
 from dnas_jax import metric_writers
 from dnas_jax import network
 from dnas_jax import search
-from dnas_jax import search_loop
 from dnas_jax import sharding
 
 # Input shape and number of classes of each dataset, known without loading it (for
@@ -299,9 +298,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.write_texts(0, {"genotype": geno.describe()})
   rng = jax.random.key(config.seed + 2)
 
-  pending, window_start, window_steps = [], time.time(), 0
+  monitor = loop_monitor.LoopMonitor(writer, total_steps=total_steps,
+                                     steps_per_epoch=steps_per_epoch,
+                                     num_epochs=config.num_epochs,
+                                     log_every=config.log_every_steps, hooks=hooks)
   step = int(state.step)
-  metrics_acc, last_eval = None, {}
+  last_eval = {}
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
@@ -311,32 +313,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                 start_step=offset):
         state, m = step_fn(state, sharding.shard_batch(batch, mesh), rng, drop_prob)
         step += 1
-        window_steps += 1
-        pending.append((step, m.train_loss.total))
-        metrics_acc = m if metrics_acc is None else metrics_acc.merge(m)
-        for hook in hooks:
-          hook(step)
+        monitor.record(step, m, m.train_loss.total)
         epoch_done = step % steps_per_epoch == 0
-        if step % config.log_every_steps == 0 or epoch_done:
-          search_loop._check_finite(pending)  # pylint: disable=protected-access
-          pending = []
-          rate = window_steps / max(time.time() - window_start, 1e-9)
-          scalars = {k: float(v) for k, v in metrics_acc.compute().items()}
-          scalars.update(steps_per_sec=rate, epoch=step / steps_per_epoch)
-          writer.write_scalars(step, scalars)
-          logging.info("step %d/%d (epoch %d/%d): %.2f steps/s, %s left", step,
-                       total_steps, step // steps_per_epoch, config.num_epochs, rate,
-                       search_loop._format_seconds(  # pylint: disable=protected-access
-                           (total_steps - step) / max(rate, 1e-9)))
-          metrics_acc, window_start, window_steps = None, time.time(), 0
         if epoch_done and ((step // steps_per_epoch) % config.eval_every_epochs == 0
                            or step == total_steps):
           last_eval = evaluate(eval_fn, state, test_split, config.eval_batch_size, ds,
                                mesh)
           writer.write_scalars(step, last_eval)
         if epoch_done or step % config.checkpoint_every_steps == 0:
-          search_loop._check_finite(pending)  # pylint: disable=protected-access
-          pending = []
+          monitor.check_finite()
           checkpoints.save(manager, step, state, meta)
   except KeyboardInterrupt:
     logging.warning("interrupted at step %d: saving a checkpoint", step)
@@ -344,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.wait_until_finished()
     writer.close()
     raise
-  search_loop._check_finite(pending)  # pylint: disable=protected-access
+  monitor.check_finite()
   checkpoints.save(manager, step, state, meta)
   manager.wait_until_finished()
   if not last_eval:
