@@ -16,6 +16,7 @@ XLA's cheap settings (what the digits comparison on a 2-core CPU uses).
 """
 
 import os
+import signal
 
 from absl import app
 from absl import flags
@@ -35,9 +36,26 @@ _CACHE = flags.DEFINE_string("compile_cache", "DEFAULT", "Persistent compilation
                              "folder (default: WORKDIR/.jax_cache; empty: none).")
 
 
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # `kill` (SIGTERM) and Ctrl-C, also under nohup (which ignores SIGINT), stop like
+  # Ctrl-C does: a checkpoint is saved and the search time so far recorded.
+  previous = {sig: signal.signal(sig, handler) for sig, handler in (
+      (signal.SIGTERM, _interrupt), (signal.SIGINT, signal.default_int_handler))}
+  try:
+    _compare(_CONFIG.value, _WORKDIR.value)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def _compare(config, workdir):
   if _FAST_COMPILE.value:  # before the first computation initialises the backend
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_backend_optimization_level=0"
@@ -46,7 +64,6 @@ def main(argv):
   if _FAST_COMPILE.value:
     jax.config.update("jax_disable_most_optimizations", True)
   from dnas_jax import compare  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value
   cache = (os.path.join(workdir, ".jax_cache") if _CACHE.value == "DEFAULT"
            else _CACHE.value)
   if cache:
@@ -54,8 +71,8 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.info("comparison in %s on %s", os.path.abspath(workdir), compare.device_info())
   with cli.user_errors():
-    results = compare.run_comparison(_CONFIG.value, workdir)
-  print(compare.write_report(results, workdir, _CONFIG.value))
+    results = compare.run_comparison(config, workdir)
+  print(compare.write_report(results, workdir, config))
   print(f"table: {os.path.join(workdir, 'comparison.md')}, plot: "
         f"{os.path.join(workdir, 'comparison.png')}")
 

@@ -23,7 +23,8 @@ def get_config():
   config.seeds = "0"
   config.darts_primitives = "none,max_pool_3x3,skip_connect,sep_conv_3x3"
   config.search = test.get_config()
+  config.search.checkpoint_every_steps = 100  # per epoch only (fewer Orbax saves)
   config.retrain = test_retrain.get_config()
   config.retrain.num_epochs = 1
-  config.retrain.eval_every_epochs = 1
+  config.retrain.checkpoint_every_steps = 100
   return config
