@@ -1,6 +1,9 @@
 """Measurements for `experiments/benchmark.py`: compile time, step time, memory, FLOPs.
 
-Each function returns one flat dict (a JSON line). Throughput counts the images of the
+Each function returns one flat dict (a JSON line). `flops_per_step` is XLA's cost
+analysis of the compiled step, which counts the body of a loop once: for the scanned
+supernet it undercounts the cells under each stage's scan (L = 8 and L = 20 report
+nearly the same number), so `achieved_tflops` is a lower bound there. Throughput counts the images of the
 training batch per step (`batch_size / step time`), as the PyTorch PC-DARTS reference
 figures do; the search step also reads a validation batch of the same size.
 """
