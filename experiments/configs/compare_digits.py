@@ -20,10 +20,12 @@ the README's table; about half of it is XLA compiling each row's steps once):
   1,500 training images), 6 epochs with architecture updates after the first;
 * retraining: the derived genotype at L = 5, C = 8, no auxiliary head, 10 epochs of
   23 steps, tested on the 297 test images.
-Expected: every row far above chance (10 % accuracy, i.e. well under 90 % error); at
-this size the differences between rows are of the order of the seed-to-seed spread,
-so the table is a check that the pipeline runs end to end, not a reproduction of the
-paper's CIFAR-10 numbers.
+Expected (measured 2026-11-28, ~54 min of run time on a shared 2-core AMD EPYC):
+every row at 1-3 % test error (297 test images: one image is 0.34 %), the rows within
+one or two images of each other. With arch_lr 6e-4 ψ ends within ~3 % of uniform, so
+the derived genotypes say little about the methods: the table checks the pipeline end
+to end; it does not test the paper's claim. `--config.search.optim.arch_lr=3e-3`
+(a fresh --workdir) moves ψ more; not measured here.
 """
 
 import ml_collections
@@ -46,6 +48,9 @@ def get_config():
   search.model.channels = 8
   search.num_epochs = 6
   search.optim.arch_warmup_epochs = 1
+  # PC-DARTS's value, pinned: the README's table was measured with it (digits.py now
+  # uses 3e-3). In 55 architecture steps it moves ψ only ~3 % from uniform.
+  search.optim.arch_lr = 6e-4
   search.batch_size = 64
   search.eval_batch_size = 250
   search.eval_every_epochs = 100  # evaluate once, at the end
