@@ -2,6 +2,7 @@
 
 import contextlib
 import importlib.util
+import signal
 import sys
 
 from absl import app
@@ -74,7 +75,15 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def _sigterm_as_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def run(main):
+  """absl's app.run with quiet library logs, clear flag errors, and SIGTERM handled as
+  Ctrl-C (the loops save a checkpoint before stopping)."""
+  signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())
