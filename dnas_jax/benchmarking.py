@@ -1,9 +1,12 @@
 """Measurements for `experiments/benchmark.py`: compile time, step time, memory, FLOPs.
 
-Each function returns one flat dict (a JSON line). `flops_per_step` is XLA's cost
-analysis of the compiled step, which counts the body of a loop once: for the scanned
-supernet it undercounts the cells under each stage's scan (L = 8 and L = 20 report
-nearly the same number), so `achieved_tflops` is a lower bound there. Throughput counts the images of the
+Each function returns one flat dict (a JSON line). `flops_per_step` counts the
+convolutions and matrix products of the traced step with every loop body multiplied by
+its trip count (`dnas_jax.flops`); `achieved_tflops` divides it by the step time.
+`xla_flops_per_step` is XLA's own cost analysis of the compiled step, kept beside it:
+it also counts element-wise work, but it counts the body of a loop once, so for the
+scanned supernet it misses most cells (L = 8 and L = 20 report nearly the same number).
+Throughput counts the images of the
 training batch per step (`batch_size / step time`), as the PyTorch PC-DARTS reference
 figures do; the search step also reads a validation batch of the same size.
 """
@@ -16,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dnas_jax import flops as flops_lib
 from dnas_jax import search_loop
 from dnas_jax import sharding
 
@@ -35,7 +39,7 @@ def peak_memory_bytes() -> int | None:
   return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def _flops(compiled) -> float | None:
+def _xla_flops(compiled) -> float | None:
   try:
     cost = compiled.cost_analysis()
   except Exception:  # pylint: disable=broad-except
@@ -52,8 +56,10 @@ def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
   With `carry_state`, the first output feeds the next call's first argument (a
   training step whose state is donated)."""
   t0 = time.perf_counter()
-  lowered = fn.lower(*args)
+  traced = fn.trace(*args)
+  lowered = traced.lower()
   t1 = time.perf_counter()
+  counted = flops_lib.count_jaxpr(flops_lib.remove_dead_code(traced.jaxpr))
   compiled = lowered.compile()
   t2 = time.perf_counter()
   args = list(args)
@@ -67,10 +73,11 @@ def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
       args[0] = out[0]
   jax.block_until_ready(out)
   per_step = (time.perf_counter() - start) / steps
-  flops = _flops(compiled)
   return {"trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3),
-          "ms_per_step": round(per_step * 1e3, 3), "flops_per_step": flops,
-          "achieved_tflops": None if flops is None else round(flops / per_step / 1e12, 4)}
+          "ms_per_step": round(per_step * 1e3, 3), "flops_per_step": counted.total,
+          "conv_flops_per_step": counted.conv,
+          "achieved_tflops": round(counted.total / per_step / 1e12, 5),
+          "xla_flops_per_step": _xla_flops(compiled)}
 
 
 def random_batch(batch_size: int, image_shape, num_classes: int, seed: int):

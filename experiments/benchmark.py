@@ -6,8 +6,10 @@
 
 * `search`: the search step (architecture + weight update) for each depth in
   `--depths` (paired with `--batch_sizes` when given): images/s, ms/step, trace and
-  compile seconds, FLOPs per step (XLA cost analysis) and achieved FLOP/s, peak device
-  memory, device kind and count.
+  compile seconds, FLOPs per step (convolutions and matrix products, every loop body
+  times its trip count: `dnas_jax/flops.py`) and the achieved FLOP/s, XLA's own cost
+  analysis beside them (it counts a loop body once), peak device memory, device kind
+  and count.
 * `train`: the retraining step of `--retrain_config`.
 * `input`: the host input pipeline's own images/s (crop, flip, normalise) at the
   search batch size.
