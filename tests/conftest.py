@@ -24,3 +24,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory):
+  """One uninterrupted search with configs/test.py, shared by the tests that only read
+  it (each search costs tens of seconds of tracing here): (workdir, result)."""
+  from dnas_jax import search_loop  # pylint: disable=g-import-not-at-top
+  from experiments.configs import test as test_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_search") / "run")
+  return workdir, search_loop.train_and_evaluate(test_config.get_config(), workdir)

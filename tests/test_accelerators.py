@@ -17,6 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _conv_count(num_layers):
   config = test_config.get_config()
   config.model.num_layers = num_layers
+  # One operation is enough to see whether depth grows the program (and traces fast).
+  config.model.primitives = "sep_conv_3x3"
   return benchmarking.count_convolutions(config)
 
 

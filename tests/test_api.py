@@ -1,20 +1,19 @@
 """The public restore API (dnas_jax/api.py), and the README's example run verbatim.
 
-One tiny search (configs/test.py) and one tiny retraining of its genotype
-(configs/test_retrain.py, 1 epoch) are made once for the module, at the paths the
-README example names, in a temporary working directory.
+The session's tiny search (configs/test.py, made once in conftest.py) and one tiny
+retraining of its genotype (configs/test_retrain.py, 1 epoch) are placed at the paths
+the README example names, in a temporary working directory.
 """
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from dnas_jax import api
-from dnas_jax import search_loop
 from dnas_jax import train
-from experiments.configs import test as test_config
 from experiments.configs import test_retrain
 
 # The README's "Restoring a run" example, executed exactly as printed there.
@@ -34,11 +33,11 @@ print("test accuracy:", (pred == ds.test_labels).mean())
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_search):
   root = tmp_path_factory.mktemp("api")
   search_dir = os.path.join(root, "workdirs", "digits")
   retrain_dir = os.path.join(root, "workdirs", "digits_retrain")
-  search_loop.train_and_evaluate(test_config.get_config(), search_dir)
+  shutil.copytree(tiny_search[0], search_dir)  # the session's configs/test.py search
   config = test_retrain.get_config()
   config.genotype = os.path.join(search_dir, "genotype.json")
   config.num_epochs = 1

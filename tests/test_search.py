@@ -1,13 +1,11 @@
-"""The bi-level search: update isolation, second-order gradient, derivation, the loop."""
+"""The bi-level search: update isolation, second-order gradient, derivation (the loop
+itself: test_search_loop.py)."""
 
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from dnas_jax import arch
 from dnas_jax import genotype as genotype_lib
@@ -15,9 +13,9 @@ from dnas_jax import init as init_lib
 from dnas_jax import search
 from dnas_jax import search_loop
 from dnas_jax import search_space
-from experiments.configs import test as test_config
 
 PRIMS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+FD_PRIMS = ("max_pool_3x3", "sep_conv_3x3")  # the cheapest set with a conv and a max-pool
 
 
 def _tiny_setup(num_layers=3, channels=4, partial_k=1, primitives=PRIMS, batch=4, size=8,
@@ -69,7 +67,7 @@ def test_arch_update_leaves_weights_and_weight_update_leaves_arch_bit_identical(
 
 def test_second_order_gradient_matches_finite_differences_and_first_order_at_zero_lr():
   with jax.enable_x64(True):
-    net, spec, wtx, atx, state, tb, vb = _tiny_setup(dtype=jnp.float64)
+    net, spec, wtx, atx, state, tb, vb = _tiny_setup(primitives=FD_PRIMS, dtype=jnp.float64)
     to64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
                                   if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
     state, tb, vb = to64(state), to64(tb), to64(vb)
@@ -142,72 +140,3 @@ def test_derivation_on_hand_written_psi():
   assert ("sep_conv_3x3", 0) in g.cells[1].nodes[2]
   # JSON round trip.
   assert genotype_lib.GlobalGenotype.from_json(geno.to_json()) == geno
-
-
-def _run(workdir, hooks=(), **overrides):
-  config = test_config.get_config()
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return search_loop.train_and_evaluate(config, str(workdir), hooks=hooks)
-
-
-def test_interrupted_search_resumes_to_the_same_result(tmp_path):
-  full = _run(tmp_path / "full")
-  for name in ("genotype.json", "genotype.txt", "psi.npy", "final_metrics.json"):
-    assert os.path.exists(tmp_path / "full" / name), name
-  assert os.listdir(tmp_path / "full" / "checkpoints")
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "full"))
-  # Architecture updates start after the warm-up epoch: ψ moved.
-  assert full["state"].step == 8 * 2
-
-  def interrupt(step):
-    if step == 7:
-      raise KeyboardInterrupt
-  with pytest.raises(KeyboardInterrupt):
-    _run(tmp_path / "resumed", hooks=[interrupt])
-  saved = sorted(int(s) for s in os.listdir(tmp_path / "resumed" / "checkpoints")
-                 if s.isdigit())
-  assert saved[-1] == 7
-  resumed = _run(tmp_path / "resumed")
-  for a, b in zip(jax.tree.leaves(full["state"].arch_params),
-                  jax.tree.leaves(resumed["state"].arch_params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert (tmp_path / "full" / "genotype.json").read_text() == (
-      tmp_path / "resumed" / "genotype.json").read_text()
-  np.testing.assert_array_equal(np.load(tmp_path / "full" / "psi.npy"),
-                                np.load(tmp_path / "resumed" / "psi.npy"))
-
-
-@pytest.mark.parametrize("kind", ["iam", "full"])
-def test_every_parameterisation_runs_by_config(tmp_path, kind):
-  result = _run(tmp_path, **{"arch.kind": kind, "optim.zero_one_weight": 0.0})
-  meta = json.loads((tmp_path / "genotype.json").read_text())["meta"]
-  assert meta["arch_kind"] == kind
-  psi = np.load(tmp_path / "psi.npy")
-  assert psi.shape == (5, 14, 3)
-  np.testing.assert_allclose(psi.sum(-1), 1.0, rtol=1e-5)  # softmax over ops
-  if kind == "iam":  # block search: every normal cell is the same
-    red = search_space.is_reduction(5)
-    normals = [psi[k] for k in range(5) if not red[k]]
-    for p in normals[1:]:
-      np.testing.assert_array_equal(p, normals[0])
-  assert np.isfinite(result["val_loss"])
-
-
-def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
-  # From the 7th host batch on (the training batch of step 4) the images are NaN.
-  calls = {"n": 0}
-  normalize = search_loop.input_pipeline.normalize
-
-  def poisoned(images, mean, std):
-    calls["n"] += 1
-    out = normalize(images, mean, std)
-    return out * np.nan if calls["n"] >= 7 else out
-  monkeypatch.setattr(search_loop.input_pipeline, "normalize", poisoned)
-  with pytest.raises(search_loop.NonFiniteLossError, match=r"at step 4;"):
-    _run(tmp_path)

@@ -1,0 +1,84 @@
+"""The search loop end to end on configs/test.py: artifacts, interruption and resume,
+every parameterisation by config, a non-finite loss."""
+
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from dnas_jax import search_loop
+from dnas_jax import search_space
+from experiments.configs import test as test_config
+
+
+def _run(workdir, hooks=(), **overrides):
+  config = test_config.get_config()
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return search_loop.train_and_evaluate(config, str(workdir), hooks=hooks)
+
+
+def test_interrupted_search_resumes_to_the_same_result(tmp_path, tiny_search):
+  full_dir, full = tiny_search  # the uninterrupted run: configs/test.py as it is
+  full_dir = pathlib.Path(full_dir)
+  for name in ("genotype.json", "genotype.txt", "psi.npy", "final_metrics.json"):
+    assert os.path.exists(full_dir / name), name
+  assert os.listdir(full_dir / "checkpoints")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(full_dir))
+  # Architecture updates start after the warm-up epoch: ψ moved.
+  assert full["state"].step == 8 * 2
+
+  def interrupt(step):
+    if step == 7:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path / "resumed", hooks=[interrupt])
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "resumed" / "checkpoints")
+                 if s.isdigit())
+  assert saved[-1] == 7
+  resumed = _run(tmp_path / "resumed")
+  for a, b in zip(jax.tree.leaves(full["state"].arch_params),
+                  jax.tree.leaves(resumed["state"].arch_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (full_dir / "genotype.json").read_text() == (
+      tmp_path / "resumed" / "genotype.json").read_text()
+  np.testing.assert_array_equal(np.load(full_dir / "psi.npy"),
+                                np.load(tmp_path / "resumed" / "psi.npy"))
+
+
+@pytest.mark.parametrize("kind", ["iam", "full"])
+def test_every_parameterisation_runs_by_config(tmp_path, kind):
+  result = _run(tmp_path, **{"arch.kind": kind, "optim.zero_one_weight": 0.0})
+  meta = json.loads((tmp_path / "genotype.json").read_text())["meta"]
+  assert meta["arch_kind"] == kind
+  psi = np.load(tmp_path / "psi.npy")
+  assert psi.shape == (5, 14, 3)
+  np.testing.assert_allclose(psi.sum(-1), 1.0, rtol=1e-5)  # softmax over ops
+  if kind == "iam":  # block search: every normal cell is the same
+    red = search_space.is_reduction(5)
+    normals = [psi[k] for k in range(5) if not red[k]]
+    for p in normals[1:]:
+      np.testing.assert_array_equal(p, normals[0])
+  assert np.isfinite(result["val_loss"])
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
+  # From the 7th host batch on (the training batch of step 4) the images are NaN.
+  calls = {"n": 0}
+  normalize = search_loop.input_pipeline.normalize
+
+  def poisoned(images, mean, std):
+    calls["n"] += 1
+    out = normalize(images, mean, std)
+    return out * np.nan if calls["n"] >= 7 else out
+  monkeypatch.setattr(search_loop.input_pipeline, "normalize", poisoned)
+  with pytest.raises(search_loop.NonFiniteLossError, match=r"at step 4;"):
+    _run(tmp_path)
