@@ -13,7 +13,8 @@ Rules:
   is the per-group count) · (output-position × window-position pairs that read a real
   input element). Pairs that fall in the padding or in the holes of an input dilation
   (the transposed convolutions of an input gradient) do no work and are not counted,
-  which is also XLA's convention: for a program without loops the two counts agree.
+  which is also XLA's convention: for convolutions and matrix products outside loops
+  the two counts agree (tests/test_flops.py).
   This covers forward, input-gradient and weight-gradient convolutions (feature or
   batch groups).
 * `dot_general`: 2 · |output| · (product of the contracted dimensions).

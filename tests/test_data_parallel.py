@@ -1,0 +1,90 @@
+"""Issue 6: data parallelism. One search step and one retraining step sharded over 8
+fake CPU devices give the state one device gives (each in a subprocess, since the
+device count is fixed when JAX starts)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_script(code, devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={devices}").strip()
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SEARCH_STEP_ON_MESHES = """
+import jax, numpy as np, json
+from dnas_jax import benchmarking, search_loop, sharding
+from experiments.configs import test
+config = test.get_config()
+assert jax.device_count() == 8
+out = {}
+batch = benchmarking.random_batch(16, (8, 8, 3), 10, 0)
+val = benchmarking.random_batch(16, (8, 8, 3), 10, 1)
+for n in (1, 8):
+  mesh = sharding.create_mesh(jax.devices()[:n])
+  # The test config's program (8 steps per epoch, 1 warm-up epoch), from step 8 on so
+  # that both the architecture and the weight update run.
+  setup = search_loop.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
+  start = setup.state.replace(step=jax.device_put(jax.numpy.int32(8),
+                                                  sharding.replicated(mesh)))
+  state, m = setup.step_fn(start, sharding.shard_batch(batch, mesh),
+                           sharding.shard_batch(val, mesh), jax.random.key(0))
+  state, m = setup.step_fn(state, sharding.shard_batch(val, mesh),
+                           sharding.shard_batch(batch, mesh), jax.random.key(0))
+  assert float(m.arch_updates.compute()) == 1.0
+  leaves = jax.tree.leaves(state)
+  assert all(len(x.sharding.device_set) == n for x in leaves)
+  out[n] = [np.asarray(x).tolist() for x in leaves]
+diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+           for a, b in zip(out[1], out[8]))
+scale = max(float(np.max(np.abs(np.asarray(a, np.float64)))) for a in out[1])
+print(json.dumps({"max_abs_diff": diff, "scale": scale}))
+"""
+
+
+def test_search_step_on_8_devices_equals_1_device():
+  result = _run_script(SEARCH_STEP_ON_MESHES, 8)
+  assert result["max_abs_diff"] <= 1e-4 * max(1.0, result["scale"]), result
+
+
+TRAIN_STEP_ON_MESHES = """
+import functools, jax, jax.numpy as jnp, numpy as np, json
+from dnas_jax import benchmarking, init as init_lib, sharding, train
+from experiments.configs import test_retrain
+config = test_retrain.get_config()
+geno = train.resolve_genotype(config.genotype, config.model.num_layers)
+net = train.create_network(config, geno, 10, True)
+tx, schedule = train.create_tx(config, 16)
+variables = init_lib.init_from_shapes(net, 0, jnp.zeros((1, 8, 8, 3)))
+step = jax.jit(functools.partial(train.train_step, net=net, tx=tx, lr_schedule=schedule,
+                                 auxiliary_weight=0.4))
+batch = benchmarking.random_batch(16, (8, 8, 3), 10, 0)
+out = {}
+for n in (1, 8):
+  mesh = sharding.create_mesh(jax.devices()[:n])
+  state = sharding.replicate(
+      train.create_train_state(variables["params"], variables["batch_stats"], tx), mesh)
+  for _ in range(2):
+    state, m = step(state, sharding.shard_batch(batch, mesh), jax.random.key(0),
+                    jnp.float32(0.0))
+  out[n] = [np.asarray(x) for x in jax.tree.leaves(state)]
+diff = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+           for a, b in zip(out[1], out[8]))
+print(json.dumps({"max_abs_diff": diff}))
+"""
+
+
+def test_train_step_on_8_devices_equals_1_device():
+  result = _run_script(TRAIN_STEP_ON_MESHES, 8)
+  assert result["max_abs_diff"] <= 1e-4, result
