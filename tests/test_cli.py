@@ -37,3 +37,19 @@ def test_missing_cifar_says_where_to_put_it(tmp_path):
   assert out.returncode == 1
   assert f"{tmp_path}/cifar-10-python.tar.gz" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_default_search_workdirs_are_where_the_retraining_configs_look():
+  from experiments import search as search_main  # pylint: disable=g-import-not-at-top
+  from experiments.configs import cifar10, cifar10_retrain, cifar100, cifar100_retrain
+  from experiments.configs import darts_cifar10, global_cifar10, tiny_imagenet_retrain
+  expected = os.path.join("workdirs", "cifar10_dnas")
+  assert search_main.default_workdir(cifar10.get_config()) == expected
+  assert os.path.dirname(cifar10_retrain.get_config().genotype) == expected
+  # The paper's transfer experiment retrains the CIFAR-10 genotype on Tiny-ImageNet.
+  assert os.path.dirname(tiny_imagenet_retrain.get_config().genotype) == expected
+  assert os.path.dirname(cifar100_retrain.get_config().genotype) == (
+      search_main.default_workdir(cifar100.get_config()))
+  # The compared methods do not overwrite each other's runs.
+  assert search_main.default_workdir(darts_cifar10.get_config()).endswith("cifar10_darts")
+  assert search_main.default_workdir(global_cifar10.get_config()).endswith("cifar10_global")
