@@ -27,7 +27,9 @@ from dnas_jax import sharding
 def device_facts() -> dict[str, Any]:
   d = jax.devices()[0]
   return {"device_kind": d.device_kind, "platform": d.platform,
-          "device_count": jax.device_count(), "jax": jax.__version__}
+          "device_count": jax.device_count(), "jax": jax.__version__,
+          # Set, compile_s may time a cache read rather than a compilation.
+          "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None}
 
 
 def peak_memory_bytes() -> int | None:

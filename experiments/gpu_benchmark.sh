@@ -23,7 +23,9 @@ if [ -d .whl ] && ! python3 -c "import ml_collections, clu, tensorboardX" 2>/dev
   export PYTHONPATH="$PWD/.site:$PWD"
 fi
 export PYTHONPATH="${PYTHONPATH:-$PWD}" PYTHONUNBUFFERED=1
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/dnas_jax_bench_cache}"
+# No persistent compilation cache: a rerun on a warm machine must compile again, or
+# its compile_s would time a cache read.
+unset JAX_COMPILATION_CACHE_DIR
 
 if [ "${GPU_BENCH_SMOKE:-0}" = 1 ]; then
   search=experiments/configs/test.py retrain=experiments/configs/test_retrain.py
