@@ -6,9 +6,9 @@ its trip count (`dnas_jax.flops`); `achieved_tflops` divides it by the step time
 `xla_flops_per_step` is XLA's own cost analysis of the compiled step, kept beside it:
 it also counts element-wise work, but it counts the body of a loop once, so for the
 scanned supernet it misses most cells (L = 8 and L = 20 report nearly the same number).
-Throughput counts the images of the
-training batch per step (`batch_size / step time`), as the PyTorch PC-DARTS reference
-figures do; the search step also reads a validation batch of the same size.
+Throughput counts the images of the training batch per step (`batch_size / step
+time`), as the PyTorch PC-DARTS reference figures do; the search step also reads a
+validation batch of the same size.
 """
 
 import time
@@ -64,7 +64,7 @@ def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
   compiled = lowered.compile()
   t2 = time.perf_counter()
   try:  # a measurement aid: never let it cost the timing run (e.g. on a newer jax)
-    counted = flops_lib.count_jaxpr(flops_lib.remove_dead_code(traced.jaxpr))
+    counted = flops_lib.count_traced(traced.jaxpr)
     flops = {"flops_per_step": counted.total, "conv_flops_per_step": counted.conv}
   except Exception as e:  # pylint: disable=broad-except
     counted, flops = None, {"flops_per_step": None, "flops_error": repr(e)[:300]}

@@ -129,7 +129,12 @@ def remove_dead_code(closed: jex_core.ClosedJaxpr) -> jex_core.Jaxpr:
   return jaxpr
 
 
+def count_traced(closed: jex_core.ClosedJaxpr) -> FlopCount:
+  """FLOPs of a traced program (`jax.make_jaxpr(f)(...)`, `jax.jit(f).trace(...).jaxpr`)
+  after dead-code removal."""
+  return count_jaxpr(remove_dead_code(closed))
+
+
 def count_flops(fn: Callable[..., Any], *args, **kwargs) -> FlopCount:
-  """Traces `fn(*args, **kwargs)` (a function or a `jax.jit` of one), removes dead
-  code, and counts it."""
-  return count_jaxpr(remove_dead_code(jax.make_jaxpr(fn)(*args, **kwargs)))
+  """Traces `fn(*args, **kwargs)` (a function or a `jax.jit` of one) and counts it."""
+  return count_traced(jax.make_jaxpr(fn)(*args, **kwargs))
