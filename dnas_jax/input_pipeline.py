@@ -3,8 +3,11 @@
 * `search_splits`: the training set split by `train_portion` into the weight half and
   the architecture half (DARTS/PC-DARTS: the first part trains weights, the rest
   architecture); the test set for evaluation.
-* `augment`: random crop with zero padding, horizontal flip, rotation, cutout;
-  vectorised over the batch (one gather, no per-image Python loop).
+* `augment`: random crop with zero padding, horizontal flip, rotation on uint8;
+  vectorised over the batch (one gather, no per-image Python loop);
+  `augment_and_normalize` adds the per-channel normalisation and then cutout, which
+  zeroes a square of the *normalised* image (so the square holds the mean, as DARTS's
+  `Cutout` after `Normalize`).
 * `epoch_batches`: the batches of one epoch in an order fixed by (seed, epoch), so a
   resumed run sees the same batches as an uninterrupted one; incomplete last batches
   are dropped.
@@ -36,7 +39,8 @@ class AugmentConfig:
   crop_padding: random crop of the original size from the image zero-padded by this
     many pixels on each side (CIFAR: 4).
   flip: random horizontal flip with probability 1/2.
-  cutout: side of a square zeroed at a random centre (DARTS: 16); 0 disables it.
+  cutout: side of a square set to 0 after normalisation, at a random centre (DARTS:
+    16); 0 disables it.
   rotate_degrees: random rotation by an angle uniform in ±rotate_degrees about the
     image centre, nearest neighbour, zeros outside (e.g. 20 for Tiny-ImageNet); 0
     disables it.
@@ -78,9 +82,9 @@ def _source_index(rng: np.random.Generator, cfg: AugmentConfig, n: int, h: int,
   """For each output pixel [n, h, w], its flat pixel index in the zero-padded batch.
 
   The padded batch is [n, h + 2·pad, w + 2·pad] followed by one extra zero pixel;
-  pixels that come from outside the image (rotation) or fall in a cutout square point
-  at zero pixels. Random draws, in this order: crop offsets dy, dx; flips; rotation
-  angles; cutout centres (each only when enabled).
+  pixels that come from outside the image (rotation) point at zero pixels. Random
+  draws, in this order: crop offsets dy, dx; flips; rotation angles (each only when
+  enabled).
   """
   p = cfg.crop_padding
   hp, wp = h + 2 * pad, w + 2 * pad
@@ -112,25 +116,32 @@ def _source_index(rng: np.random.Generator, cfg: AugmentConfig, n: int, h: int,
     np.putmask(index, ~inside, zero)
   else:
     index = ((np.arange(n)[:, None] * hp + rows) * wp)[:, :, None] + cols[:, None, :]
-  if cfg.cutout:
-    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
-    half = cfg.cutout // 2
-    ys, xs = np.arange(h)[None, :], np.arange(w)[None, :]
-    my = (ys >= (cy - half)[:, None]) & (ys < (cy + half)[:, None])
-    mx = (xs >= (cx - half)[:, None]) & (xs < (cx + half)[:, None])
-    np.putmask(index, my[:, :, None] & mx[:, None, :], zero)
   return index
 
 
+def cutout_mask(rng: np.random.Generator, size: int, n: int, h: int, w: int
+                ) -> np.ndarray:
+  """bool [n, h, w], True inside each image's cutout square: side `size` (an odd size
+  gives size - 1, as DARTS's `Cutout`), centre uniform over the pixels, clipped at the
+  border."""
+  cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+  half = size // 2
+  ys, xs = np.arange(h)[None, :], np.arange(w)[None, :]
+  my = (ys >= (cy - half)[:, None]) & (ys < (cy + half)[:, None])
+  mx = (xs >= (cx - half)[:, None]) & (xs < (cx + half)[:, None])
+  return my[:, :, None] & mx[:, None, :]
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-  """Random crop (zero padding), horizontal flip, rotation and cutout of a uint8 batch.
+  """Random crop (zero padding), horizontal flip and rotation of a uint8 batch (cutout
+  is not applied here: it belongs after normalisation, `augment_and_normalize`).
 
   Vectorised over the batch: the transforms compose into one source-pixel index per
   output pixel (`_source_index`), and a single `np.take` over the zero-padded batch
   gathers the result (no per-image Python loop). The random draws and results are
-  those of crop → flip → cutout applied one after the other.
+  those of crop → flip → rotation applied one after the other.
   """
-  if not (cfg.crop_padding or cfg.flip or cfg.cutout or cfg.rotate_degrees):
+  if not (cfg.crop_padding or cfg.flip or cfg.rotate_degrees):
     return images
   n, h, w, c = images.shape
   pad = cfg.crop_padding
@@ -139,6 +150,18 @@ def augment(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) ->
   source[:-1].reshape(n, hp, wp, c)[:, pad:pad + h, pad:pad + w] = images
   index = _source_index(rng, cfg, n, h, w, pad)
   return np.take(source, index.reshape(-1), axis=0).reshape(n, h, w, c)
+
+
+def augment_and_normalize(images: np.ndarray, rng: np.random.Generator,
+                          cfg: AugmentConfig, mean, std) -> np.ndarray:
+  """uint8 NHWC → float32: `augment`, `normalize`, then cutout (the square set to 0,
+  the mean after normalisation; DARTS: `Normalize` then `Cutout`). The cutout centres
+  are drawn from `rng` after the geometric transforms' draws."""
+  out = normalize(augment(images, rng, cfg), mean, std)
+  if cfg.cutout:
+    n, h, w, _ = images.shape
+    out[cutout_mask(rng, cfg.cutout, n, h, w)] = 0.0
+  return out
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -157,9 +180,24 @@ def epoch_batches(split: Split, batch_size: int, seed: int, epoch: int,
   for step in range(start_step, steps_per_epoch(len(split), batch_size)):
     idx = order[step * batch_size:(step + 1) * batch_size]
     images = split.images[idx]
-    if augment_cfg is not None:
-      images = augment(images, np.random.default_rng([seed, epoch, step, 1]), augment_cfg)
-    yield {"image": normalize(images, mean, std), "label": split.labels[idx]}
+    if augment_cfg is None:
+      batch = normalize(images, mean, std)
+    else:
+      batch = augment_and_normalize(images, np.random.default_rng([seed, epoch, step, 1]),
+                                    augment_cfg, mean, std)
+    yield {"image": batch, "label": split.labels[idx]}
+
+
+def search_batches(weight_split: Split, arch_split: Split, batch_size: int, seed: int,
+                   epoch: int, augment_cfg: AugmentConfig | None, mean, std,
+                   start_step: int = 0) -> Iterator[tuple[dict, dict]]:
+  """The (training batch, validation batch) pairs of one search epoch: the weights train
+  on `weight_split` (the first part of the training set), the architecture on
+  `arch_split` (the rest), each in its own order (seeds `seed` and `seed + 1`)."""
+  return zip(epoch_batches(weight_split, batch_size, seed, epoch, augment_cfg, mean, std,
+                           start_step=start_step),
+             epoch_batches(arch_split, batch_size, seed + 1, epoch, augment_cfg, mean, std,
+                           start_step=start_step))
 
 
 def eval_batches(split: Split, batch_size: int, mean, std) -> Iterator[dict[str, np.ndarray]]:

@@ -17,8 +17,13 @@ def _images(n=16, h=12, w=10, c=3, seed=0):
   return np.random.default_rng(seed).integers(1, 256, (n, h, w, c), dtype=np.uint8)
 
 
-def reference_augment(images, rng, cfg):
-  """Per-image loop; the same random draws, in the same order, as `augment`."""
+MEAN, STD = np.array([0.3, 0.5, 0.7]), np.array([0.2, 0.25, 0.3])
+
+
+def reference_augment(images, rng, cfg, mean=MEAN, std=STD):
+  """Per-image loop, float64, written from DARTS's transforms: RandomCrop (zero
+  padding), RandomHorizontalFlip, ToTensor, Normalize, then Cutout (the square set to 0
+  in the normalised image). The same random draws, in the same order, as the pipeline."""
   n, h, w, _ = images.shape
   p = cfg.crop_padding
   dy = rng.integers(0, 2 * p + 1, n) if p else np.zeros(n, int)
@@ -26,18 +31,18 @@ def reference_augment(images, rng, cfg):
   flip = rng.random(n) < 0.5 if cfg.flip else np.zeros(n, bool)
   if cfg.cutout:
     cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
-  out = np.empty_like(images)
+  out = np.empty(images.shape, np.float64)
   for b in range(n):
     padded = np.pad(images[b], ((p, p), (p, p), (0, 0)))
     crop = padded[dy[b]:dy[b] + h, dx[b]:dx[b] + w]
     if flip[b]:
       crop = crop[:, ::-1]
-    crop = crop.copy()
+    x = (crop / 255.0 - mean) / std
     if cfg.cutout:
       half = cfg.cutout // 2
-      crop[max(0, cy[b] - half):max(0, cy[b] + half),
-           max(0, cx[b] - half):max(0, cx[b] + half)] = 0
-    out[b] = crop
+      x[max(0, cy[b] - half):max(0, cy[b] + half),
+        max(0, cx[b] - half):max(0, cx[b] + half)] = 0.0
+    out[b] = x
   return out
 
 
@@ -49,11 +54,16 @@ def reference_augment(images, rng, cfg):
     ip.AugmentConfig(crop_padding=3, flip=True, cutout=6),
     ip.AugmentConfig(crop_padding=1, cutout=5),  # odd cutout: a 4×4 square (DARTS)
 ])
-def test_augment_matches_per_image_reference(cfg):
+def test_augment_and_normalize_matches_per_image_reference(cfg):
   x = _images()
-  out = ip.augment(x, np.random.default_rng(7), cfg)
-  assert out.shape == x.shape and out.dtype == np.uint8
-  np.testing.assert_array_equal(out, reference_augment(x, np.random.default_rng(7), cfg))
+  out = ip.augment_and_normalize(x, np.random.default_rng(7), cfg, MEAN, STD)
+  assert out.shape == x.shape and out.dtype == np.float32
+  np.testing.assert_allclose(out, reference_augment(x, np.random.default_rng(7), cfg),
+                             rtol=1e-5, atol=1e-5)
+  if not cfg.cutout:  # the uint8 geometric part alone, normalised, is the same
+    geo = ip.augment(x, np.random.default_rng(7), cfg)
+    assert geo.dtype == np.uint8
+    np.testing.assert_array_equal(ip.normalize(geo, MEAN, STD), out)
 
 
 def test_crop_moves_content_and_pads_with_zeros():
@@ -80,18 +90,33 @@ def test_flip_only_mirrors_some_images():
   assert 10 < sum(mirrored) < 54
 
 
-def test_cutout_zeroes_one_square():
+def test_cutout_sets_one_square_to_the_normalised_mean():
+  # DARTS normalises first and cuts out after: inside the square the value is 0, the
+  # normalised image's mean (not (0 - mean) / std, about -2, as cutting the uint8 image
+  # would give); outside it is the normalised pixel.
   x = np.full((200, 20, 20, 3), 255, np.uint8)
-  out = ip.augment(x, np.random.default_rng(3), ip.AugmentConfig(cutout=8))
+  mean, std = np.array([0.49, 0.48, 0.45]), np.array([0.25, 0.24, 0.26])
+  out = ip.augment_and_normalize(x, np.random.default_rng(3), ip.AugmentConfig(cutout=8),
+                                 mean, std)
+  white = (1.0 - mean) / std
   for o in out:
-    zero = (o == 0)
-    assert (zero.all(-1) | ~zero.any(-1)).all()  # all channels or none
-    ys, xs = np.nonzero(zero[..., 0])
+    inside = (o == 0.0)
+    assert (inside.all(-1) | ~inside.any(-1)).all()  # all channels or none
+    np.testing.assert_allclose(o[~inside.any(-1)], np.broadcast_to(white, o[~inside.any(-1)].shape),
+                               rtol=1e-6)
+    ys, xs = np.nonzero(inside[..., 0])
     if len(ys):
-      box = zero[ys.min():ys.max() + 1, xs.min():xs.max() + 1, 0]
+      box = inside[ys.min():ys.max() + 1, xs.min():xs.max() + 1, 0]
       assert box.all() and box.shape[0] <= 8 and box.shape[1] <= 8
   full = [(o[..., 0] == 0).sum() for o in out]
   assert max(full) == 64  # an interior centre zeroes the whole 8×8 square
+  # A black image: cutting out after normalising is 0 in the square, where cutting the
+  # uint8 image first would have given -mean/std (about -2).
+  black = ip.augment_and_normalize(np.zeros((50, 20, 20, 3), np.uint8),
+                                   np.random.default_rng(4), ip.AugmentConfig(cutout=8),
+                                   mean, std)
+  assert (black == 0.0).any() and np.isclose(black.min(), (-mean / std).min())
+  np.testing.assert_allclose(np.unique(black[..., 0]), [-mean[0] / std[0], 0.0], rtol=1e-6)
 
 
 class _FixedAngle:
@@ -194,3 +219,19 @@ def test_throughput_benchmark_runs_and_prints_json(capsys):
   record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert record["batch_size"] == 64 and record["images_per_s"] > 0
   assert record["augment"]["cutout"] == 16 and record["image_shape"] == [32, 32, 3]
+
+
+def test_search_batches_train_weights_on_the_first_half_and_architecture_on_the_second():
+  ds = datasets.load_synthetic(num_train=64, num_test=8, image_size=4)
+  weight_split, arch_split = ip.search_splits(ds, 0.5)
+  first = {ds.train_images[i].tobytes() for i in range(32)}
+  second = {ds.train_images[i].tobytes() for i in range(32, 64)}
+  assert not first & second
+  seen_train, seen_val = set(), set()
+  for epoch in range(2):
+    for train, val in ip.search_batches(weight_split, arch_split, 8, 0, epoch, None,
+                                        0.0, 1 / 255.0):
+      # mean 0, std 1/255: normalising gives back the uint8 values as floats.
+      seen_train |= {np.rint(im).astype(np.uint8).tobytes() for im in train["image"]}
+      seen_val |= {np.rint(im).astype(np.uint8).tobytes() for im in val["image"]}
+  assert seen_train == first and seen_val == second
