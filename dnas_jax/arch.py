@@ -22,6 +22,32 @@ choice is an option, the paper's reading being the default:
   independent weights) or ``"softmax"`` (over operations). ``beta_activation``:
   ``"softmax"`` (default, over the β domain) or ``"sigmoid"``.
 
+Edge weights (PC-DARTS's edge normalisation). On a partial-channel edge only 1/K of the
+channels go through the operations; the rest bypass them. PC-DARTS multiplies the whole
+edge output, bypassed channels included, by the edge's weight. So every parameterisation
+returns two arrays (`ArchWeights`):
+
+* ``psi`` [L, C, Op]: the weight that multiplies operation j's output on connection i
+  of layer k (formula 5); it already contains the edge weight;
+* ``edge`` [L, C]: the weight that multiplies the bypassed channels of that connection.
+
+==============================  ===============================  ========================
+kind                            ``edge[k, i]``                   ``psi[k, i, j]``
+==============================  ===============================  ========================
+``decoupled``                   σβ(β[k])[i]                      σα(α[i,j]) · edge[k,i] · σγ(γ[k,j])
+``iam``                         1                                softmax_j(α_type(k))[i,j]
+``iam``, edge_normalization     node_softmax(β_type(k))[i]       softmax_j(α_type(k))[i,j] · edge[k,i]
+``full``                        1                                softmax_j(Ψ[k,i,:])[j]
+``full``, edge_normalization    node_softmax(β[k])[i]            softmax_j(Ψ[k,i,:])[j] · edge[k,i]
+==============================  ===============================  ========================
+
+so the whole edge is edge[k,i] · shuffle(concat(Σ_j (psi[k,i,j] / edge[k,i]) O_j(x₁), x₂))
+(PC-DARTS's cell, `model_search.py`). For DNAS the connection factor σβ is the edge
+weight; with ``beta_domain="node"`` it is exactly PC-DARTS's edge normalisation (a softmax
+over each node's incoming edges). The derivation uses ``psi`` (edge weight included), as
+PC-DARTS's `genotype()` multiplies the operation weights by the edge weights. With K = 1
+there is no bypass and ``edge`` multiplies nothing.
+
 The zero-one loss of FairDARTS, ``-mean((s - 0.5)**2)``, is taken over all entries of
 the factors whose activation is a sigmoid; for parameterisations with no sigmoid
 factor it is 0.
@@ -30,7 +56,7 @@ factor it is 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +70,13 @@ ALPHA_SHARINGS = ("global", "cell_type")
 ACTIVATIONS = ("sigmoid", "softmax")
 
 ArchParams = dict[str, jax.Array]
+
+
+class ArchWeights(NamedTuple):
+  """What the supernet takes: ψ [L, C, Op] for the operations (edge weight included)
+  and the edge weights [L, C] for the bypassed channels."""
+  psi: jax.Array
+  edge: jax.Array
 
 
 def _check(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -60,6 +93,15 @@ def node_softmax(beta: jax.Array) -> jax.Array:
 
 def _activate(x: jax.Array, activation: str, axis: int = -1) -> jax.Array:
   return jax.nn.sigmoid(x) if activation == "sigmoid" else jax.nn.softmax(x, axis=axis)
+
+
+def beta_factor(beta: jax.Array, beta_domain: str = "layer",
+                beta_activation: str = "softmax") -> jax.Array:
+  """σβ(β) [L, C]: the connection factor of formula (4), DNAS's edge weight."""
+  _check("beta_domain", beta_domain, BETA_DOMAINS)
+  if beta_activation == "softmax":
+    return node_softmax(beta) if beta_domain == "node" else jax.nn.softmax(beta, axis=-1)
+  return jax.nn.sigmoid(beta)
 
 
 def decoupled_psi(alpha: jax.Array, beta: jax.Array, gamma: jax.Array, *,
@@ -80,7 +122,6 @@ def decoupled_psi(alpha: jax.Array, beta: jax.Array, gamma: jax.Array, *,
   Returns:
     ψ [L, C, Op].
   """
-  _check("beta_domain", beta_domain, BETA_DOMAINS)
   a = _activate(alpha, alpha_activation)
   if a.ndim == 3:
     if reduction is None:
@@ -88,10 +129,7 @@ def decoupled_psi(alpha: jax.Array, beta: jax.Array, gamma: jax.Array, *,
     a = a[jnp.asarray(reduction, jnp.int32)]  # [L, C, Op]
   else:
     a = a[None]
-  if beta_activation == "softmax":
-    b = node_softmax(beta) if beta_domain == "node" else jax.nn.softmax(beta, axis=-1)
-  else:
-    b = jax.nn.sigmoid(beta)
+  b = beta_factor(beta, beta_domain, beta_activation)
   g = _activate(gamma, gamma_activation)
   return a * b[:, :, None] * g[:, None, :]
 
@@ -106,7 +144,14 @@ def zero_one_loss(values: list[jax.Array]) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-  """Static description of one parameterisation of ψ for an L-layer network."""
+  """Static description of one parameterisation of ψ for an L-layer network.
+
+  `edge_normalization` (kinds ``iam`` and ``full``) adds PC-DARTS's edge weights: β
+  [C] per cell type (``iam``: `beta_normal`, `beta_reduce`, as PC-DARTS's
+  `betas_normal`, `betas_reduce`) or β [L, C] (``full``), a softmax over each node's
+  incoming edges that multiplies the whole edge. The decoupled kind always has them:
+  its β is the edge weight.
+  """
   kind: str
   num_layers: int
   num_ops: int
@@ -116,6 +161,7 @@ class ArchSpec:
   beta_activation: str = "softmax"
   gamma_activation: str = "sigmoid"
   init_scale: float = 1e-3
+  edge_normalization: bool = False
 
   def __post_init__(self):
     _check("kind", self.kind, KINDS)
@@ -124,6 +170,12 @@ class ArchSpec:
     _check("alpha_activation", self.alpha_activation, ACTIVATIONS)
     _check("beta_activation", self.beta_activation, ACTIVATIONS)
     _check("gamma_activation", self.gamma_activation, ACTIVATIONS)
+    if not isinstance(self.edge_normalization, bool):
+      raise ValueError(f"arch.edge_normalization={self.edge_normalization!r} must be "
+                       "True or False")
+    if self.edge_normalization and self.kind == "decoupled":
+      raise ValueError("arch.edge_normalization=True applies to the kinds 'iam' and "
+                       "'full'; the decoupled kind's β is always its edge weight")
 
   @property
   def num_connections(self) -> int:
@@ -136,9 +188,15 @@ class ArchSpec:
   def shapes(self) -> dict[str, tuple[int, ...]]:
     L, C, O = self.num_layers, self.num_connections, self.num_ops
     if self.kind == "iam":
-      return {"alpha_normal": (C, O), "alpha_reduce": (C, O)}
+      out = {"alpha_normal": (C, O), "alpha_reduce": (C, O)}
+      if self.edge_normalization:
+        out.update(beta_normal=(C,), beta_reduce=(C,))
+      return out
     if self.kind == "full":
-      return {"psi_logits": (L, C, O)}
+      out = {"psi_logits": (L, C, O)}
+      if self.edge_normalization:
+        out["beta"] = (L, C)
+      return out
     alpha = (2, C, O) if self.alpha_sharing == "cell_type" else (C, O)
     return {"alpha": alpha, "beta": (L, C), "gamma": (L, O)}
 
@@ -153,20 +211,38 @@ class ArchSpec:
     """Trainable architecture numbers (decoupled, global α: L·C + L·Op + C·Op)."""
     return int(sum(np.prod(s) for s in self.shapes().values()))
 
-  def psi(self, params: Mapping[str, jax.Array]) -> jax.Array:
-    """ψ [L, C, Op] from the parameters."""
+  def _per_layer(self, per_type: jax.Array) -> jax.Array:
+    """[2, ...] (normal, reduction) → [L, ...] by each layer's cell type."""
+    return per_type[jnp.asarray(self.reduction, jnp.int32)]
+
+  def weights(self, params: Mapping[str, jax.Array]) -> ArchWeights:
+    """ψ [L, C, Op] and the edge weights [L, C] from the parameters (table above)."""
+    L, C = self.num_layers, self.num_connections
+    if self.kind == "decoupled":
+      edge = beta_factor(params["beta"], self.beta_domain, self.beta_activation)
+      psi = decoupled_psi(params["alpha"], params["beta"], params["gamma"],
+                          beta_domain=self.beta_domain,
+                          alpha_activation=self.alpha_activation,
+                          beta_activation=self.beta_activation,
+                          gamma_activation=self.gamma_activation,
+                          reduction=self.reduction)
+      return ArchWeights(psi, edge)
     if self.kind == "iam":
-      per_type = jnp.stack([jax.nn.softmax(params["alpha_normal"], axis=-1),
-                            jax.nn.softmax(params["alpha_reduce"], axis=-1)])
-      return per_type[jnp.asarray(self.reduction, jnp.int32)]
-    if self.kind == "full":
-      return jax.nn.softmax(params["psi_logits"], axis=-1)
-    return decoupled_psi(params["alpha"], params["beta"], params["gamma"],
-                         beta_domain=self.beta_domain,
-                         alpha_activation=self.alpha_activation,
-                         beta_activation=self.beta_activation,
-                         gamma_activation=self.gamma_activation,
-                         reduction=self.reduction)
+      ops = self._per_layer(jnp.stack([jax.nn.softmax(params["alpha_normal"], axis=-1),
+                                       jax.nn.softmax(params["alpha_reduce"], axis=-1)]))
+      edge = (self._per_layer(node_softmax(jnp.stack([params["beta_normal"],
+                                                      params["beta_reduce"]])))
+              if self.edge_normalization else None)
+    else:
+      ops = jax.nn.softmax(params["psi_logits"], axis=-1)
+      edge = node_softmax(params["beta"]) if self.edge_normalization else None
+    if edge is None:
+      return ArchWeights(ops, jnp.ones((L, C), ops.dtype))
+    return ArchWeights(ops * edge[:, :, None], edge)
+
+  def psi(self, params: Mapping[str, jax.Array]) -> jax.Array:
+    """ψ [L, C, Op] from the parameters: the weight of each operation's output."""
+    return self.weights(params).psi
 
   def sigmoid_factors(self, params: Mapping[str, jax.Array]) -> list[jax.Array]:
     """The factors of ψ that pass through a sigmoid (for the zero-one loss)."""

@@ -46,6 +46,12 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   for name in ("alpha_activation", "beta_activation", "gamma_activation"):
     _choice(config, f"arch.{name}", arch_lib.ACTIVATIONS)
   _choice(config, "model.dtype", DTYPES)
+  edge_norm = config.arch.get("edge_normalization", False)
+  if not isinstance(edge_norm, bool):
+    raise ConfigError(f"config.arch.edge_normalization={edge_norm!r} must be True or False")
+  if edge_norm and _get(config, "arch.kind") == "decoupled":
+    raise ConfigError("config.arch.edge_normalization=True applies to arch.kind 'iam' "
+                      "and 'full'; the decoupled kind's β is always its edge weight")
   for path in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
                "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
                "model.num_layers", "model.channels", "model.partial_k",

@@ -7,8 +7,8 @@ One `search_step` does, as DARTS / PC-DARTS:
    the cross-entropy plus `zero_one_weight` × the zero-one loss of FairDARTS. Only the
    architecture parameters are differentiated, so XLA drops the weight-gradient
    convolutions. `second_order` differentiates exactly through the virtual weight step
-   w' = w − ξ(∇_w L_train(w, α) + wd·w), ξ the current weight learning rate (DARTS's
-   unrolled step; the momentum buffer, constant in α, is left out);
+   w' = w − ξ(μ·buf + ∇_w L_train(w, α) + wd·w), ξ the current weight learning rate and
+   buf the weight optimiser's momentum buffer (DARTS's `architect.py`, unrolled step);
 2. the weight update on a training batch with the new ψ: SGD momentum 0.9, coupled L2,
    global-norm clipping, cosine learning rate.
 
@@ -92,50 +92,66 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def _forward(net: nn.Module, params, batch_stats, images, psi, rng):
+def _forward(net: nn.Module, params, batch_stats, images, weights: arch_lib.ArchWeights,
+             rng):
   """Training-mode forward: logits and the updated batch statistics."""
-  logits, updates = net.apply({"params": params, "batch_stats": batch_stats}, images, psi,
-                              mutable=["batch_stats"], rngs={"dropout": rng})
+  logits, updates = net.apply({"params": params, "batch_stats": batch_stats}, images,
+                              *weights, mutable=["batch_stats"], rngs={"dropout": rng})
   return logits, updates["batch_stats"]
 
 
-def weight_loss_fn(net, params, batch_stats, psi, batch, rng):
-  logits, new_stats = _forward(net, params, batch_stats, batch["image"], psi, rng)
+def weight_loss_fn(net, params, batch_stats, weights, batch, rng):
+  logits, new_stats = _forward(net, params, batch_stats, batch["image"], weights, rng)
   return cross_entropy(logits, batch["label"]), (logits, new_stats)
 
 
 def arch_objective(arch_params, params, batch_stats, val_batch, rng, *, net,
                    spec: arch_lib.ArchSpec, zero_one_weight: float):
   """The architecture loss on a validation batch: CE + w · zero-one loss."""
-  psi = spec.psi(arch_params)
-  logits, _ = _forward(net, params, batch_stats, val_batch["image"], psi, rng)
+  logits, _ = _forward(net, params, batch_stats, val_batch["image"],
+                       spec.weights(arch_params), rng)
   ce = cross_entropy(logits, val_batch["label"])
   z = spec.zero_one_loss(arch_params)
   return ce + zero_one_weight * z, (ce, accuracy(logits, val_batch["label"]), z)
 
 
+def momentum_buffer(weight_opt_state):
+  """The SGD momentum buffer (optax's `trace`, PyTorch's `momentum_buffer`) of the
+  weight optimiser's state: a pytree like the weights."""
+  return optax.tree_utils.tree_get(weight_opt_state, "trace")
+
+
 def unrolled_arch_objective(arch_params, params, batch_stats, train_batch, val_batch,
-                            rng, *, net, spec, zero_one_weight, xi, weight_decay):
+                            rng, *, net, spec, zero_one_weight, xi, weight_decay,
+                            momentum=0.0, buffer=None):
   """The second-order objective: the architecture loss at the virtual weights
-  w' = w − ξ(∇_w L_train(w, α) + wd·w), differentiable in α through w'."""
+  w' = w − ξ(μ·buf + ∇_w L_train(w, α) + wd·w), differentiable in α through w'
+  (DARTS's `_compute_unrolled_model`; buf is the weight optimiser's momentum buffer,
+  constant in α; None: zeros, as DARTS before the first weight step)."""
   rng_train, rng_val = jax.random.split(rng)
-  psi = spec.psi(arch_params)
-  grads = jax.grad(lambda p: weight_loss_fn(net, p, batch_stats, psi, train_batch,
+  weights = spec.weights(arch_params)
+  grads = jax.grad(lambda p: weight_loss_fn(net, p, batch_stats, weights, train_batch,
                                             rng_train)[0])(params)
-  virtual = jax.tree.map(lambda w, g: w - xi * (g + weight_decay * w), params, grads)
+  if buffer is None:
+    buffer = jax.tree.map(jnp.zeros_like, params)
+  virtual = jax.tree.map(lambda w, g, m: w - xi * (momentum * m + g + weight_decay * w),
+                         params, grads, buffer)
   return arch_objective(arch_params, virtual, batch_stats, val_batch, rng_val, net=net,
                         spec=spec, zero_one_weight=zero_one_weight)
 
 
 def arch_gradient(state: SearchState, train_batch, val_batch, rng, *, net, spec,
-                  zero_one_weight: float, second_order: bool, xi, weight_decay: float):
+                  zero_one_weight: float, second_order: bool, xi, weight_decay: float,
+                  momentum: float = 0.0):
   """∇_α of the architecture objective, and (ce, accuracy, zero-one)."""
   if second_order:
     fn = functools.partial(unrolled_arch_objective, params=state.params,
                            batch_stats=state.batch_stats, train_batch=train_batch,
                            val_batch=val_batch, rng=rng, net=net, spec=spec,
                            zero_one_weight=zero_one_weight, xi=xi,
-                           weight_decay=weight_decay)
+                           weight_decay=weight_decay, momentum=momentum,
+                           buffer=momentum_buffer(state.weight_opt_state)
+                           if momentum else None)
   else:
     fn = functools.partial(arch_objective, params=state.params,
                            batch_stats=state.batch_stats, val_batch=val_batch, rng=rng,
@@ -144,14 +160,15 @@ def arch_gradient(state: SearchState, train_batch, val_batch, rng, *, net, spec,
 
 
 def arch_update(state: SearchState, train_batch, val_batch, rng, *, net, spec, arch_tx,
-                lr, zero_one_weight: float, second_order: bool, weight_decay: float):
+                lr, zero_one_weight: float, second_order: bool, weight_decay: float,
+                momentum: float = 0.0):
   """The architecture half of a step; returns (state, [ce, accuracy, zero-one]).
 
   Only `arch_params` and `arch_opt_state` change."""
   grads, (ce, acc, z) = arch_gradient(
       state, train_batch, val_batch, rng, net=net, spec=spec,
       zero_one_weight=zero_one_weight, second_order=second_order, xi=lr,
-      weight_decay=weight_decay)
+      weight_decay=weight_decay, momentum=momentum)
   updates, opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch_params)
   return (state.replace(arch_params=optax.apply_updates(state.arch_params, updates),
                         arch_opt_state=opt_state), jnp.stack([ce, acc, z]))
@@ -161,10 +178,10 @@ def weight_update(state: SearchState, train_batch, rng, *, net, spec, weight_tx)
   """The weight half of a step at the current ψ; returns (state, (loss, logits)).
 
   Only `params`, `batch_stats` and `weight_opt_state` change."""
-  psi = jax.lax.stop_gradient(spec.psi(state.arch_params))
+  weights = jax.lax.stop_gradient(spec.weights(state.arch_params))
   (loss, (logits, new_stats)), grads = jax.value_and_grad(
-      weight_loss_fn, argnums=1, has_aux=True)(net, state.params, state.batch_stats, psi,
-                                               train_batch, rng)
+      weight_loss_fn, argnums=1, has_aux=True)(net, state.params, state.batch_stats,
+                                               weights, train_batch, rng)
   updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
   return state.replace(params=optax.apply_updates(state.params, updates),
                        batch_stats=new_stats, weight_opt_state=opt_state), (loss, logits)
@@ -174,7 +191,8 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
                 spec: arch_lib.ArchSpec, weight_tx: optax.GradientTransformation,
                 arch_tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                 arch_warmup_steps: int, zero_one_weight: float, second_order: bool,
-                weight_decay: float) -> tuple[SearchState, SearchMetrics]:
+                weight_decay: float, momentum: float
+                ) -> tuple[SearchState, SearchMetrics]:
   """One bi-level step: architecture update (val batch), then weight update (train)."""
   rng = jax.random.fold_in(rng, state.step)
   rng_arch, rng_weight = jax.random.split(rng)
@@ -183,7 +201,8 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
   def update(state):
     state, out = arch_update(state, train_batch, val_batch, rng_arch, net=net, spec=spec,
                              arch_tx=arch_tx, lr=lr, zero_one_weight=zero_one_weight,
-                             second_order=second_order, weight_decay=weight_decay)
+                             second_order=second_order, weight_decay=weight_decay,
+                             momentum=momentum)
     return state, jnp.concatenate([out, jnp.ones(1)])
 
   def skip(state):
@@ -199,9 +218,11 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
   return state.replace(step=state.step + 1), step_metrics
 
 
-def eval_step(params, batch_stats, psi, batch, *, net: nn.Module) -> EvalMetrics:
+def eval_step(params, batch_stats, weights: arch_lib.ArchWeights, batch, *,
+              net: nn.Module) -> EvalMetrics:
   """Evaluation with running batch statistics; `batch['mask']` marks real examples."""
-  logits = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"], psi)
+  logits = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                     *weights)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   return EvalMetrics.single_from_model_output(loss=loss, accuracy=correct,
@@ -216,12 +237,12 @@ def create_search_state(params, batch_stats, arch_params, weight_tx, arch_tx) ->
 
 def make_step_fns(*, net_train, net_eval, spec, weight_tx, arch_tx, lr_schedule,
                   arch_warmup_steps, zero_one_weight, second_order, weight_decay,
-                  ) -> tuple[Callable, Callable]:
+                  momentum) -> tuple[Callable, Callable]:
   """The jitted search step (state donated) and evaluation step."""
   step = jax.jit(functools.partial(
       search_step, net=net_train, spec=spec, weight_tx=weight_tx, arch_tx=arch_tx,
       lr_schedule=lr_schedule, arch_warmup_steps=arch_warmup_steps,
       zero_one_weight=zero_one_weight, second_order=second_order,
-      weight_decay=weight_decay), donate_argnums=(0,))
+      weight_decay=weight_decay, momentum=momentum), donate_argnums=(0,))
   evaluate = jax.jit(functools.partial(eval_step, net=net_eval))
   return step, evaluate

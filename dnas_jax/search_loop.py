@@ -143,7 +143,7 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
       arch_tx=arch_tx, lr_schedule=lr_schedule,
       arch_warmup_steps=o.arch_warmup_epochs * steps_per_epoch,
       zero_one_weight=o.zero_one_weight, second_order=o.second_order,
-      weight_decay=o.weight_decay)
+      weight_decay=o.weight_decay, momentum=o.momentum)
   return SearchSetup(sharding.replicate(state, mesh), spec, tuple(primitives), net_train,
                      net_eval, step_fn, eval_fn)
 
@@ -186,16 +186,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
 
   step_fn, eval_fn = setup.step_fn, setup.eval_fn
-  psi_fn = jax.jit(spec.psi)
+  weights_fn = jax.jit(spec.weights)
   writer = metric_writers.MetricWriter(workdir)
   rng = jax.random.key(config.seed + 2)
 
   def evaluate(state) -> dict[str, float]:
-    psi = psi_fn(state.arch_params)
+    weights = weights_fn(state.arch_params)
     acc = None
     for batch in input_pipeline.eval_batches(arch_split, config.eval_batch_size, ds.mean,
                                              ds.std):
-      m = eval_fn(state.params, state.batch_stats, psi, sharding.shard_batch(batch, mesh))
+      m = eval_fn(state.params, state.batch_stats, weights,
+                  sharding.shard_batch(batch, mesh))
       acc = m if acc is None else acc.merge(m)
     return {f"val_{k}": float(v) for k, v in acc.compute().items()}
 
@@ -203,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step = int(state.step)
     checkpoints.save(manager, step, state, meta)
     if epoch_done or step == total_steps:
-      psi = np.asarray(psi_fn(state.arch_params))
+      psi = np.asarray(weights_fn(state.arch_params).psi)
       geno = write_artifacts(workdir, psi, primitives,
                              {"step": step, "epoch": step // steps_per_epoch,
                               "dataset": ds.name, "arch_kind": spec.kind})
@@ -221,11 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
-      batches = zip(
-          input_pipeline.epoch_batches(weight_split, config.batch_size, config.seed, epoch,
-                                       aug, ds.mean, ds.std, start_step=offset),
-          input_pipeline.epoch_batches(arch_split, config.batch_size, config.seed + 1, epoch,
-                                       aug, ds.mean, ds.std, start_step=offset))
+      batches = input_pipeline.search_batches(weight_split, arch_split, config.batch_size,
+                                              config.seed, epoch, aug, ds.mean, ds.std,
+                                              start_step=offset)
       for train_batch, val_batch in batches:
         state, m = step_fn(state, sharding.shard_batch(train_batch, mesh),
                            sharding.shard_batch(val_batch, mesh), rng)

@@ -2,14 +2,17 @@
 
 * `MixedOp`: one mixed edge, formula (5): X = Σ_j ψ[k,i,j] · O_j(x), computed on the
   first 1/K of the channels (PC-DARTS); the other channels bypass (max-pooled on
-  reduction edges) and the result is channel-shuffled. K = 1 turns this off.
+  reduction edges), multiplied by the edge weight e[k,i], and the result is
+  channel-shuffled: shuffle(concat(Σ_j ψ[k,i,j]·O_j(x₁), e[k,i]·x₂)). Since ψ already
+  holds the edge weight (`arch.ArchWeights`), the whole edge carries it, as in PC-DARTS's
+  edge normalisation. K = 1 turns partial channels off (no bypass).
 * `SearchCell`: a DARTS cell whose edges into a node are batched: the 2 to 5 inputs of
   a node are stacked and every operation is `vmap`-ed over them (with per-edge weights
   and batch statistics), so a cell traces 4 nodes × Op operations, not 14 × Op.
 * `SearchNetwork`: stem, L cells, global pooling, linear classifier. The normal cells of
   a stage whose inputs share one shape (all but the first after a reduction, and the
   first two of the network) run under one `nn.scan` over layers, with weights stacked
-  on a leading layer axis and ψ[k] as the scanned input. The program therefore has the
+  on a leading layer axis and (ψ[k], e[k]) as the scanned input. The program therefore has the
   same size for any depth: per-layer architectures are data, not code.
 
 Batch norms of the cells have no scale or bias; the stem's BN is affine, as in PC-DARTS's
@@ -31,7 +34,8 @@ Dtype = Any
 
 
 class MixedOp(nn.Module):
-  """One mixed edge on a partial channel slice; x [B,H,W,Cin], weights [Op]."""
+  """One mixed edge on a partial channel slice; x [B,H,W,Cin], weights [Op] (ψ[k,i]),
+  edge_weight [] (e[k,i], multiplies the bypassed channels; None: 1)."""
   channels: int
   stride: int
   primitives: Sequence[str]
@@ -41,7 +45,7 @@ class MixedOp(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, weights):
+  def __call__(self, x, weights, edge_weight=None):
     k = self.partial_k
     if x.shape[-1] % k:
       raise ValueError(f"channels {x.shape[-1]} not divisible by partial_k={k}")
@@ -60,6 +64,8 @@ class MixedOp(nn.Module):
     rest = x[..., c:]
     if self.stride == 2:
       rest = nn.max_pool(rest, (2, 2), (2, 2))
+    if edge_weight is not None:
+      rest = edge_weight.astype(rest.dtype) * rest
     return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
 
 
@@ -74,17 +80,19 @@ class _EdgeGroup(nn.Module):
   dtype: Dtype
 
   @nn.compact
-  def __call__(self, xs, weights):  # xs [E,B,H,W,C], weights [E,Op]
-    batched = nn.vmap(MixedOp, in_axes=(0, 0), out_axes=0,
+  def __call__(self, xs, weights, edge):  # xs [E,B,H,W,C], weights [E,Op], edge [E]
+    batched = nn.vmap(MixedOp, in_axes=(0, 0, 0), out_axes=0,
                       variable_axes={"params": 0, "batch_stats": 0},
                       split_rngs={"params": True, "dropout": True})
     ys = batched(self.channels, self.stride, tuple(self.primitives), self.partial_k,
-                 self.skip_dropout, self.train, self.dtype, name="edges")(xs, weights)
+                 self.skip_dropout, self.train, self.dtype, name="edges")(xs, weights,
+                                                                         edge)
     return jnp.sum(ys, axis=0)
 
 
 class SearchCell(nn.Module):
-  """A search cell: s0, s1 and ψ[k] [14, Op] in, the 4 nodes concatenated out."""
+  """A search cell: s0, s1, ψ[k] [14, Op] and e[k] [14] in, the 4 nodes concatenated
+  out."""
   channels: int
   reduction: bool
   reduction_prev: bool
@@ -95,7 +103,7 @@ class SearchCell(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, s0, s1, psi_k):
+  def __call__(self, s0, s1, psi_k, edge_k):
     c = self.channels
     if self.reduction_prev:
       s0 = ops.FactorizedReduce(c, False, self.train, self.dtype, name="pre0")(s0)
@@ -108,6 +116,7 @@ class SearchCell(nn.Module):
     for node in range(search_space.NUM_NODES):
       edges = search_space.node_edges(node)
       w = psi_k[edges.start:edges.stop]
+      e = edge_k[edges.start:edges.stop]
       # On a reduction cell the edges from s0 and s1 have stride 2, the others 1.
       n_strided = search_space.NUM_INPUTS if self.reduction else 0
       groups = [(2, range(0, n_strided)), (1, range(n_strided, len(states)))]
@@ -118,14 +127,15 @@ class SearchCell(nn.Module):
         xs = jnp.stack([states[i] for i in inputs])
         y = _EdgeGroup(c, stride, tuple(self.primitives), self.partial_k,
                        self.skip_dropout, self.train, self.dtype,
-                       name=f"node{node}_stride{stride}")(xs, w[inputs.start:inputs.stop])
+                       name=f"node{node}_stride{stride}")(
+                           xs, w[inputs.start:inputs.stop], e[inputs.start:inputs.stop])
         total = y if total is None else total + y
       states.append(total)
     return jnp.concatenate(states[search_space.NUM_INPUTS:], axis=-1)
 
 
 class _ScannedCell(nn.Module):
-  """Scan body: carry (s0, s1), scanned input ψ[k]."""
+  """Scan body: carry (s0, s1), scanned input (ψ[k], e[k])."""
   channels: int
   primitives: Sequence[str]
   partial_k: int
@@ -134,10 +144,11 @@ class _ScannedCell(nn.Module):
   dtype: Dtype
 
   @nn.compact
-  def __call__(self, carry, psi_k):
+  def __call__(self, carry, weights_k):
     s0, s1 = carry
     out = SearchCell(self.channels, False, False, self.primitives, self.partial_k,
-                     self.skip_dropout, self.train, self.dtype, name="cell")(s0, s1, psi_k)
+                     self.skip_dropout, self.train, self.dtype, name="cell")(
+                         s0, s1, *weights_k)
     return (s1, out), None
 
 
@@ -162,7 +173,9 @@ def layer_plan(num_layers: int) -> list[tuple[str, int, int]]:
 class SearchNetwork(nn.Module):
   """Stem, L search cells, global average pooling, linear classifier.
 
-  `__call__(images [B,H,W,3], psi [L,14,Op])` returns logits [B, num_classes].
+  `__call__(images [B,H,W,3], psi [L,14,Op], edge_weights [L,14])` returns logits
+  [B, num_classes]; ψ and the edge weights come from `arch.ArchSpec.weights`.
+  `edge_weights=None` leaves the bypassed channels unweighted (all ones).
   """
   num_classes: int
   num_layers: int
@@ -175,11 +188,16 @@ class SearchNetwork(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images, psi):
+  def __call__(self, images, psi, edge_weights=None):
     L = self.num_layers
     expected = (L, search_space.NUM_CONNECTIONS, len(self.primitives))
     if tuple(psi.shape) != expected:
       raise ValueError(f"psi has shape {tuple(psi.shape)}, expected {expected}")
+    if edge_weights is None:
+      edge_weights = jnp.ones(expected[:2], psi.dtype)
+    if tuple(edge_weights.shape) != expected[:2]:
+      raise ValueError(f"edge_weights has shape {tuple(edge_weights.shape)}, "
+                       f"expected {expected[:2]}")
     reduction = search_space.is_reduction(L)
     x = images.astype(self.dtype)
     x = ops.conv(self.stem_multiplier * self.channels, 3, 1, 1, dtype=self.dtype,
@@ -193,14 +211,15 @@ class SearchNetwork(nn.Module):
         cell = SearchCell(c, reduction[a], a > 0 and reduction[a - 1], prims,
                           self.partial_k, self.skip_dropout, self.train, self.dtype,
                           name=f"cell{a}")
-        s0, s1 = s1, cell(s0, s1, psi[a])
+        s0, s1 = s1, cell(s0, s1, psi[a], edge_weights[a])
       elif b > a:
         scan = nn.scan(_ScannedCell,
                        variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
                        split_rngs={"params": True, "dropout": True},
                        in_axes=0, length=b - a)
         (s0, s1), _ = scan(c, prims, self.partial_k, self.skip_dropout, self.train,
-                           self.dtype, name=f"cells{a}_{b}")((s0, s1), psi[a:b])
+                           self.dtype, name=f"cells{a}_{b}")((s0, s1),
+                                                       (psi[a:b], edge_weights[a:b]))
     x = jnp.mean(s1, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
     return logits.astype(jnp.promote_types(self.dtype, jnp.float32))

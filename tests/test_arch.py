@@ -140,3 +140,69 @@ def test_bad_values_name_the_field_and_valid_values():
     arch.ArchSpec("fancy", 8, 7)
   with pytest.raises(ValueError, match=r"arch.beta_domain='edge'.*layer.*node"):
     arch.ArchSpec("decoupled", 8, 7, beta_domain="edge")
+
+
+def test_edge_weights_of_every_kind_against_numpy_loops():
+  """PC-DARTS's edge normalisation (iam, full) and DNAS's σβ: the edge weight is a
+  softmax over each node's incoming connections (or over the layer, for DNAS's default
+  domain), and ψ = (weight inside the edge) × (edge weight)."""
+  rng = np.random.default_rng(6)
+  red = search_space.is_reduction(L)
+  # iam with edge normalisation: β per cell type, as PC-DARTS's betas_normal/_reduce.
+  spec = arch.ArchSpec("iam", L, OP, edge_normalization=True)
+  params = {"alpha_normal": rng.normal(size=(C, OP)), "alpha_reduce": rng.normal(size=(C, OP)),
+            "beta_normal": rng.normal(size=(C,)), "beta_reduce": rng.normal(size=(C,))}
+  w = spec.weights(params)
+  for k in range(L):
+    kind = "reduce" if red[k] else "normal"
+    for i in range(C):
+      lo, hi = _node_of_connection(i)
+      e = _softmax(params[f"beta_{kind}"][lo:hi])[i - lo]
+      np.testing.assert_allclose(float(w.edge[k, i]), e, rtol=1e-5)
+      np.testing.assert_allclose(np.asarray(w.psi[k, i]),
+                                 _softmax(params[f"alpha_{kind}"][i]) * e, rtol=1e-5)
+  # full with edge normalisation: β per layer.
+  spec = arch.ArchSpec("full", L, OP, edge_normalization=True)
+  params = {"psi_logits": rng.normal(size=(L, C, OP)), "beta": rng.normal(size=(L, C))}
+  w = spec.weights(params)
+  for k in range(L):
+    for i in range(C):
+      lo, hi = _node_of_connection(i)
+      e = _softmax(params["beta"][k, lo:hi])[i - lo]
+      np.testing.assert_allclose(float(w.edge[k, i]), e, rtol=1e-5)
+      np.testing.assert_allclose(np.asarray(w.psi[k, i]),
+                                 _softmax(params["psi_logits"][k, i]) * e, rtol=1e-5)
+  # Without edge normalisation the edge weight is 1 and ψ the softmax alone.
+  spec = arch.ArchSpec("full", L, OP)
+  w = spec.weights({"psi_logits": params["psi_logits"]})
+  np.testing.assert_array_equal(np.asarray(w.edge), np.ones((L, C)))
+  # DNAS: the edge weight is σβ, in either β domain; ψ / edge = σα · σγ.
+  for domain in ("layer", "node"):
+    spec = arch.ArchSpec("decoupled", L, OP, beta_domain=domain)
+    params = {"alpha": rng.normal(size=(C, OP)), "beta": rng.normal(size=(L, C)),
+              "gamma": rng.normal(size=(L, OP))}
+    w = spec.weights(params)
+    psi = numpy_decoupled(params["alpha"], params["beta"], params["gamma"], domain)
+    np.testing.assert_allclose(np.asarray(w.psi), psi, rtol=1e-5, atol=1e-7)
+    for k in range(L):
+      for i in range(C):
+        if domain == "layer":
+          e = _softmax(params["beta"][k])[i]
+        else:
+          lo, hi = _node_of_connection(i)
+          e = _softmax(params["beta"][k, lo:hi])[i - lo]
+        np.testing.assert_allclose(float(w.edge[k, i]), e, rtol=1e-5)
+
+
+def test_edge_normalization_parameters_and_errors():
+  assert arch.ArchSpec("iam", 8, 8, edge_normalization=True).num_params() == 2 * 14 * 8 + 2 * 14
+  assert arch.ArchSpec("full", 20, 8, edge_normalization=True).num_params() == 20 * 14 * 9
+  for kind in ("iam", "full"):
+    spec = arch.ArchSpec(kind, 8, 7, edge_normalization=True)
+    params = spec.init(jax.random.key(0))
+    assert sum(v.size for v in params.values()) == spec.num_params()
+    assert float(np.abs(np.asarray(params["beta" if kind == "full" else "beta_normal"])).max()) < 0.01
+  with pytest.raises(ValueError, match="edge_normalization=True applies to"):
+    arch.ArchSpec("decoupled", 8, 7, edge_normalization=True)
+  with pytest.raises(ValueError, match="must be True or False"):
+    arch.ArchSpec("iam", 8, 7, edge_normalization="yes")

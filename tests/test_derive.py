@@ -135,3 +135,52 @@ def test_psi_from_the_checkpoint_when_psi_npy_is_absent(tmp_path):
   assert result["genotype"] == genotype_lib.derive_genotype(psi, PRIMS)
   assert result["mapped"] is None
   assert os.path.isfile(os.path.join(search_dir, "psi_heatmaps.png"))
+
+
+def _pc_darts_parse(weights, weights2, primitives):
+  """PC-DARTS's `Network.genotype()._parse` (yuhuixu1993/PC-DARTS model_search.py),
+  written out: W = softmax(α) rows times the edge weights; per node, the two edges with
+  the largest non-`none` weight, each with its arg-max non-`none` operation."""
+  gene, start, n = [], 0, 2
+  none = primitives.index("none") if "none" in primitives else -1
+  for i in range(4):
+    end = start + n
+    W = weights[start:end].copy()
+    for j in range(n):
+      W[j, :] = W[j, :] * weights2[start + j]
+    edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x]))
+                                                    if k != none))[:2]
+    for j in edges:
+      k_best = None
+      for k in range(len(W[j])):
+        if k != none and (k_best is None or W[j][k] > W[j][k_best]):
+          k_best = k
+      gene.append((primitives[k_best], j))
+    start, n = end, n + 1
+  return gene
+
+
+def test_pc_darts_derivation_uses_the_edge_weights():
+  """Deriving from ψ of the block search with edge normalisation is PC-DARTS's parse of
+  (softmax(α), node-softmax(β)); without the edge weights it can differ."""
+  dprims = search_space.DARTS_PRIMITIVES
+  spec = arch_lib.ArchSpec("iam", 8, len(dprims), edge_normalization=True)
+  rng = np.random.default_rng(0)
+  differs = 0
+  for trial in range(5):
+    params = {k: rng.normal(size=v.shape) for k, v in spec.init(jax.random.key(trial)).items()}
+    psi = np.asarray(spec.psi(params))
+    geno = genotype_lib.derive_genotype(psi, dprims)
+    for k, cell in enumerate(geno.cells):
+      kind = "reduce" if cell.reduction else "normal"
+      soft = np.exp(params[f"alpha_{kind}"])
+      soft /= soft.sum(-1, keepdims=True)
+      edge = np.concatenate([np.exp(params[f"beta_{kind}"][r.start:r.stop]) /
+                             np.exp(params[f"beta_{kind}"][r.start:r.stop]).sum()
+                             for r in map(search_space.node_edges, range(4))])
+      want = _pc_darts_parse(soft, edge, list(dprims))
+      assert [sorted(node) for node in cell.nodes] == [
+          sorted(want[2 * n:2 * n + 2]) for n in range(4)], (trial, k)
+      without = _pc_darts_parse(soft, np.ones(14), list(dprims))
+      differs += sorted(without) != sorted(want)
+  assert differs > 0  # the edge weights change the choice somewhere

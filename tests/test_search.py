@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from dnas_jax import arch
 from dnas_jax import genotype as genotype_lib
@@ -65,48 +66,161 @@ def test_arch_update_leaves_weights_and_weight_update_leaves_arch_bit_identical(
   assert not _trees_equal(after_weights.batch_stats, state.batch_stats)
 
 
-def test_second_order_gradient_matches_finite_differences_and_first_order_at_zero_lr():
+def test_momentum_buffer_is_the_sgd_buffer_of_the_weight_step():
+  """PyTorch's SGD: buf = μ·buf + (g + wd·w); w -= lr·buf. After one weight step from
+  a zero buffer, the buffer that the second-order step reads is (w_old - w_new) / lr."""
+  net, spec, wtx, atx, state, tb, vb = _tiny_setup()
+  assert all(not np.asarray(b).any()
+             for b in jax.tree.leaves(search.momentum_buffer(state.weight_opt_state)))
+  after, _ = jax.jit(functools.partial(search.weight_update, net=net, spec=spec,
+                                       weight_tx=wtx))(state, tb, jax.random.key(0))
+  lr = 0.025  # the schedule's value at step 0
+  buf = search.momentum_buffer(after.weight_opt_state)
+  for b, w0, w1 in zip(jax.tree.leaves(buf), jax.tree.leaves(state.params),
+                       jax.tree.leaves(after.params)):
+    np.testing.assert_allclose(np.asarray(b), (np.asarray(w0) - np.asarray(w1)) / lr,
+                               rtol=2e-3, atol=1e-5)
+  assert any(np.asarray(b).any() for b in jax.tree.leaves(buf))
+
+
+def test_second_order_is_darts_unrolled_step_with_momentum():
+  """DARTS's architect.py: w' = w − ξ(μ·buf + ∇_w L_train(w, α) + wd·w), then the
+  validation loss at w'. The value against that formula computed here; the exact
+  gradient in α against central differences (float64); at ξ = 0 the first-order
+  gradient; the buffer is the one in the weight optimiser's state."""
   with jax.enable_x64(True):
     net, spec, wtx, atx, state, tb, vb = _tiny_setup(primitives=FD_PRIMS, dtype=jnp.float64)
     to64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
                                   if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
     state, tb, vb = to64(state), to64(tb), to64(vb)
+    r = np.random.default_rng(11)
+    buffer = jax.tree.map(lambda a: jnp.asarray(r.normal(size=a.shape)), state.params)
+    state = state.replace(weight_opt_state=optax.tree_utils.tree_set(
+        state.weight_opt_state, trace=buffer))
     rng = jax.random.key(0)
+    mu, wd, xi = 0.9, 3e-4, 0.5  # a large virtual step, so that the unrolled term matters
     common = dict(params=state.params, batch_stats=state.batch_stats, val_batch=vb,
                   rng=rng, net=net, spec=spec, zero_one_weight=10.0)
 
-    def second_order(arch_params, xi):
+    def second_order(arch_params, xi, mu):
       return search.unrolled_arch_objective(arch_params, train_batch=tb, xi=xi,
-                                            weight_decay=3e-4, **common)[0]
+                                            weight_decay=wd, momentum=mu, buffer=buffer,
+                                            **common)[0]
 
-    def first_order(arch_params):
-      return search.arch_objective(arch_params, **common)[0]
+    @jax.jit
+    def darts_formula(arch_params):
+      rng_train, rng_val = jax.random.split(rng)
+      weights = spec.weights(arch_params)
+      g = jax.grad(lambda p: search.weight_loss_fn(net, p, state.batch_stats, weights, tb,
+                                                   rng_train)[0])(state.params)
+      w_virtual = jax.tree.map(lambda w, gw, m: w - xi * (mu * m + gw + wd * w),
+                               state.params, g, buffer)
+      return search.arch_objective(arch_params, **{**common, "params": w_virtual,
+                                                   "rng": rng_val})[0]
 
     value_and_grad = jax.jit(jax.value_and_grad(second_order))
-    xi = 0.5  # a large virtual step, so that the second-order term matters
-    _, grads = value_and_grad(state.arch_params, xi)
+    value, grads = value_and_grad(state.arch_params, xi, mu)
+    want = darts_formula(state.arch_params)
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-12)
+    # Leaving the momentum term out (the old step) gives another value.
+    assert abs(float(value_and_grad(state.arch_params, xi, 0.0)[0]) - float(want)) > 1e-6
+    # The step reads that buffer from the weight optimiser's state.
+    assert search.momentum_buffer(state.weight_opt_state) is buffer
+
     # ReLU and max-pool gradients are piecewise constant, so w'(α) jumps where an
     # activation changes sign: the objective is piecewise smooth, and the central
     # difference uses a step small enough not to straddle a jump.
-    r = np.random.default_rng(7)
     eps = 1e-7
     for _ in range(3):
       d = jax.tree.map(lambda a: jnp.asarray(r.normal(size=a.shape)), state.arch_params)
       plus = jax.tree.map(lambda a, b: a + eps * b, state.arch_params, d)
       minus = jax.tree.map(lambda a, b: a - eps * b, state.arch_params, d)
-      fd = (float(value_and_grad(plus, xi)[0]) - float(value_and_grad(minus, xi)[0])) / (
-          2 * eps)
+      fd = (float(value_and_grad(plus, xi, mu)[0]) - float(value_and_grad(minus, xi, mu)[0])
+            ) / (2 * eps)
       ad = sum(float(jnp.vdot(g, b)) for g, b in zip(jax.tree.leaves(grads),
                                                       jax.tree.leaves(d)))
       np.testing.assert_allclose(ad, fd, rtol=1e-5, atol=1e-8)
 
     # With a zero virtual step the second-order gradient is the first-order one.
-    g1 = jax.jit(jax.grad(first_order))(state.arch_params)
-    _, g0 = value_and_grad(state.arch_params, 0.0)
+    g1 = jax.jit(jax.grad(lambda a: search.arch_objective(a, **common)[0]))(
+        state.arch_params)
+    _, g0 = value_and_grad(state.arch_params, 0.0, mu)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
     # And with a non-zero step it differs (the unrolled term is real).
     assert not np.allclose(np.asarray(grads["beta"]), np.asarray(g1["beta"]), rtol=1e-3)
+
+
+def test_architecture_loss_adds_the_zero_one_term_with_its_sign_and_weight():
+  """arch loss = CE + w · (−mean((σ − 0.5)²)) over the sigmoid factors σ(α), σ(γ) (β
+  goes through a softmax, so it is not in the term): computed here in NumPy."""
+  net, spec, wtx, atx, state, tb, vb = _tiny_setup()
+  common = dict(params=state.params, batch_stats=state.batch_stats, val_batch=vb,
+                rng=jax.random.key(0), net=net, spec=spec)
+  objective = jax.jit(lambda a, w: search.arch_objective(a, zero_one_weight=w, **common))
+  loss0, (ce0, _, _) = objective(state.arch_params, 0.0)
+  loss10, (ce10, _, z) = objective(state.arch_params, 10.0)
+  sig = lambda x: 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+  s = np.concatenate([sig(state.arch_params["alpha"]).ravel(),
+                      sig(state.arch_params["gamma"]).ravel()])
+  zero_one = -np.mean((s - 0.5) ** 2)
+  assert zero_one < 0
+  np.testing.assert_allclose(float(z), zero_one, rtol=1e-5)
+  np.testing.assert_allclose(float(ce0), float(loss0), rtol=1e-6)
+  np.testing.assert_allclose(float(loss10) - float(ce10), 10 * zero_one, rtol=1e-4)
+  # Its gradient pushes every sigmoid factor away from 1/2 (toward 0 or 1).
+  grad_z = jax.grad(lambda a: spec.zero_one_loss(a))(state.arch_params)
+  for name in ("alpha", "gamma"):
+    x, g = np.asarray(state.arch_params[name]), np.asarray(grad_z[name])
+    assert np.all(np.sign(-g) == np.sign(x)), name  # descent increases |x|
+  assert not np.asarray(grad_z["beta"]).any()
+
+
+def test_warmup_gates_the_architecture_update_and_each_half_uses_its_batch():
+  """Before `arch_warmup_steps` a step leaves ψ's parameters bit-identical; from it on
+  they move. The weight update reads only the training batch and the (first-order)
+  architecture update only the validation batch."""
+  net, spec, wtx, atx, state, tb, vb = _tiny_setup()
+  other = {"image": tb["image"][::-1] * 0.5, "label": tb["label"][::-1]}
+  step = jax.jit(functools.partial(
+      search.search_step, net=net, spec=spec, weight_tx=wtx, arch_tx=atx,
+      lr_schedule=search.weight_lr_schedule(0.025, 0.001, 10, 5), arch_warmup_steps=3,
+      zero_one_weight=10.0, second_order=False, weight_decay=3e-4, momentum=0.9))
+  rng = jax.random.key(0)
+  before = state.replace(step=jnp.int32(2))  # the last warm-up step
+  after = state.replace(step=jnp.int32(3))  # the first step with an update
+
+  s, m = step(before, tb, vb, rng)
+  assert _trees_equal(s.arch_params, state.arch_params)
+  assert _trees_equal(s.arch_opt_state, state.arch_opt_state)
+  assert float(m.compute()["arch_updates"]) == 0.0
+  s_other_val, _ = step(before, tb, other, rng)
+  assert _trees_equal(s_other_val.params, s.params)  # val batch unused by the weights
+  s_other_train, _ = step(before, other, vb, rng)
+  assert not _trees_equal(s_other_train.params, s.params)
+
+  s, m = step(after, tb, vb, rng)
+  assert not _trees_equal(s.arch_params, state.arch_params)
+  assert float(m.compute()["arch_updates"]) == 1.0
+  s_other_train, _ = step(after, other, vb, rng)
+  assert _trees_equal(s_other_train.arch_params, s.arch_params)  # train batch unused
+  s_other_val, _ = step(after, tb, other, rng)
+  assert not _trees_equal(s_other_val.arch_params, s.arch_params)
+
+
+def test_weight_learning_rate_is_darts_cosine_stepped_per_epoch():
+  """PyTorch's CosineAnnealingLR(T_max=50, eta_min) stepped once per epoch, computed by
+  its recursive definition, against the schedule at each step of 4-step epochs."""
+  base, low, epochs, per_epoch = 0.025, 0.001, 50, 4
+  schedule = search.weight_lr_schedule(base, low, epochs, per_epoch)
+  lr = [base]
+  for t in range(1, epochs):  # torch/optim/lr_scheduler.py, recursive form
+    prev = lr[-1]
+    lr.append(low + (prev - low) * (1 + np.cos(np.pi * t / epochs))
+              / (1 + np.cos(np.pi * (t - 1) / epochs)))
+  got = np.asarray([schedule(s) for s in range(epochs * per_epoch)])
+  np.testing.assert_allclose(got, np.repeat(lr, per_epoch), rtol=1e-5)
+  assert got[0] == np.float32(base) and abs(got[25 * per_epoch] - 0.013) < 1e-6
 
 
 def test_derivation_on_hand_written_psi():

@@ -54,14 +54,22 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path, tiny_search):
                                 np.load(tmp_path / "resumed" / "psi.npy"))
 
 
-@pytest.mark.parametrize("kind", ["iam", "full"])
-def test_every_parameterisation_runs_by_config(tmp_path, kind):
-  result = _run(tmp_path, **{"arch.kind": kind, "optim.zero_one_weight": 0.0})
+@pytest.mark.parametrize("kind,edge_normalization", [("iam", False), ("full", True)])
+def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalization):
+  result = _run(tmp_path, **{"arch.kind": kind, "optim.zero_one_weight": 0.0,
+                             "arch.edge_normalization": edge_normalization})
   meta = json.loads((tmp_path / "genotype.json").read_text())["meta"]
   assert meta["arch_kind"] == kind
   psi = np.load(tmp_path / "psi.npy")
   assert psi.shape == (5, 14, 3)
-  np.testing.assert_allclose(psi.sum(-1), 1.0, rtol=1e-5)  # softmax over ops
+  if edge_normalization:  # ψ = softmax over ops × edge weight (a softmax per node)
+    for edges in map(search_space.node_edges, range(4)):
+      np.testing.assert_allclose(psi[:, edges.start:edges.stop].sum((-1, -2)), 1.0,
+                                 rtol=1e-5)
+    assert not np.allclose(psi.sum(-1), 1.0, rtol=1e-3)
+    assert set(result["state"].arch_params) == {"psi_logits", "beta"}
+  else:
+    np.testing.assert_allclose(psi.sum(-1), 1.0, rtol=1e-5)  # softmax over ops
   if kind == "iam":  # block search: every normal cell is the same
     red = search_space.is_reduction(5)
     normals = [psi[k] for k in range(5) if not red[k]]
@@ -82,3 +90,25 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
   monkeypatch.setattr(search_loop.input_pipeline, "normalize", poisoned)
   with pytest.raises(search_loop.NonFiniteLossError, match=r"at step 4;"):
     _run(tmp_path)
+
+
+def test_no_architecture_update_during_the_warmup_epochs():
+  """configs/test.py: 8 steps an epoch, 1 warm-up epoch. The loop's step leaves the
+  architecture parameters at their initial values for steps 0-7 and moves them at
+  step 8 (epochs are converted to steps where the step is built)."""
+  from dnas_jax import sharding  # pylint: disable=g-import-not-at-top
+  config = test_config.get_config()
+  mesh = sharding.create_mesh()
+  setup = search_loop.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
+  initial = jax.tree.map(np.asarray, setup.state.arch_params)
+  state = setup.state
+  r = np.random.default_rng(0)
+  for step in range(9):
+    batches = [sharding.shard_batch(
+        {"image": r.normal(size=(16, 8, 8, 3)).astype(np.float32),
+         "label": r.integers(0, 10, 16).astype(np.int32)}, mesh) for _ in range(2)]
+    state, m = setup.step_fn(state, *batches, jax.random.key(0))
+    moved = any(not np.array_equal(np.asarray(a), b) for a, b in zip(
+        jax.tree.leaves(state.arch_params), jax.tree.leaves(initial)))
+    assert moved == (step == 8), step
+    assert float(m.compute()["arch_updates"]) == float(step == 8)

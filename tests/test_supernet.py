@@ -50,7 +50,8 @@ def test_partial_channels_shape_and_bypass(stride):
   w = jax.random.uniform(jax.random.key(3), (len(PRIMS),))
   mixed = supernet.MixedOp(c // k, stride, PRIMS, partial_k=k)
   variables = _mixed_variables(mixed, x, w)
-  y, _ = mixed.apply(variables, x, w, mutable=["batch_stats"])
+  edge = jnp.float32(0.3)  # the edge weight multiplies the bypassed channels
+  y, _ = mixed.apply(variables, x, w, edge, mutable=["batch_stats"])
   assert y.shape == (2, 8 // stride, 8 // stride, c)
   # Input channel m >= c/k bypasses the ops; after the shuffle of the concatenation
   # [ops (c/k channels), bypass] it sits at (m mod c/k)·k + m div c/k.
@@ -59,16 +60,21 @@ def test_partial_channels_shape_and_bypass(stride):
   for m in range(group, c):
     pos = (m % group) * k + m // group
     if stride == 1:
-      np.testing.assert_array_equal(y_np[..., pos], x_np[..., m])
+      np.testing.assert_allclose(y_np[..., pos], 0.3 * x_np[..., m], rtol=1e-6)
     else:  # reduction edge: 2×2 max pool of the bypassed channel
       pooled = x_np[..., m].reshape(2, 4, 2, 4, 2).max(axis=(2, 4))
-      np.testing.assert_allclose(y_np[..., pos], pooled, rtol=1e-6)
-  # The other channels are computed from the first c/k input channels only.
+      np.testing.assert_allclose(y_np[..., pos], 0.3 * pooled, rtol=1e-6)
+  # The other channels are computed from the first c/k input channels only, and the
+  # edge weight does not touch them (ψ already holds it).
   ops_positions = [(m % group) * k + m // group for m in range(group)]
   x2 = x.at[..., group:].set(0.0)
-  y2, _ = mixed.apply(variables, x2, w, mutable=["batch_stats"])
+  y2, _ = mixed.apply(variables, x2, w, jnp.float32(1.0), mutable=["batch_stats"])
   np.testing.assert_allclose(np.asarray(y2)[..., ops_positions], y_np[..., ops_positions],
                              rtol=1e-5, atol=1e-6)
+  # Without an edge weight the bypass passes unweighted.
+  y1, _ = mixed.apply(variables, x, w, mutable=["batch_stats"])
+  pos = (group % group) * k + group // group
+  assert not np.allclose(np.asarray(y1)[..., pos], y_np[..., pos])
 
 
 def _cell_output_shapes(num_layers, channels=16, size=32):
@@ -196,3 +202,35 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
   net32 = supernet.SearchNetwork(4, 3, 8, prims, partial_k=2)
   logits32, _ = jax.jit(lambda v: net32.apply(v, x, psi, mutable=["batch_stats"]))(variables)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(logits32), rtol=0.1, atol=0.1)
+
+
+def test_skip_connect_dropout_only_on_identity_edges_in_training():
+  """Skip dropout (rate p) zeroes each element of the identity op's output with
+  probability p and scales the rest by 1/(1-p), during training only; a stride-2 skip
+  (a factorized reduce) is never dropped."""
+  p = 0.3
+  x = jax.random.normal(jax.random.key(5), (4, 8, 8, 8)) + 5.0  # no exact zeros
+  prims = ("max_pool_3x3", "skip_connect")
+  w = jnp.array([0.0, 1.0])
+  mixed = supernet.MixedOp(8, 1, prims, partial_k=1, skip_dropout=p)
+  variables = _mixed_variables(mixed, x, w)
+  y, _ = mixed.apply(variables, x, w, mutable=["batch_stats"],
+                     rngs={"dropout": jax.random.key(0)})
+  y, x_np = np.asarray(y), np.asarray(x)
+  dropped = y == 0
+  np.testing.assert_allclose(y[~dropped], x_np[~dropped] / (1 - p), rtol=1e-6)
+  n = y.size  # 2,048 draws: the dropped share is within 4.5 standard deviations of p
+  assert abs(dropped.mean() - p) < 4.5 * np.sqrt(p * (1 - p) / n)
+  other, _ = mixed.apply(variables, x, w, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.key(1)})
+  assert not np.array_equal(np.asarray(other) == 0, dropped)  # a new mask per key
+  # Evaluation: the identity.
+  out = mixed.clone(train=False).apply(variables, x, w)
+  np.testing.assert_array_equal(np.asarray(out), x_np)
+  # Stride 2: the skip is a factorized reduce and has no dropout.
+  reduce = supernet.MixedOp(8, 2, prims, partial_k=1, skip_dropout=p)
+  v2 = _mixed_variables(reduce, x, w)
+  a, _ = reduce.apply(v2, x, w, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+  b, _ = reduce.apply(v2, x, w, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (np.asarray(a) != 0).mean() > 0.9

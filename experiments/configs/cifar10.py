@@ -50,12 +50,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Architecture parameterisation (dnas_jax/arch.py).
   config.arch = ml_collections.ConfigDict()
   config.arch.kind = "decoupled"  # decoupled (DNAS) | iam (DARTS) | full (global)
-  config.arch.beta_domain = "layer"  # layer (formula 4) | node (PC-DARTS edge norm.)
+  # The β softmax over a layer's 14 connections (formula 4) or over each node's incoming
+  # ones (PC-DARTS's edge normalisation); σβ(β) also weights the bypassed channels.
+  config.arch.beta_domain = "layer"  # layer | node
   config.arch.alpha_sharing = "global"  # global | cell_type
   config.arch.alpha_activation = "sigmoid"
   config.arch.beta_activation = "softmax"
   config.arch.gamma_activation = "sigmoid"
   config.arch.init_scale = 1e-3
+  # iam | full only: PC-DARTS's edge weights (a softmax per node, the whole edge).
+  config.arch.edge_normalization = False
 
   # Optimisation.
   config.optim = ml_collections.ConfigDict()
