@@ -1,16 +1,43 @@
 """The paper's comparison under one budget: search → derive → retrain → evaluate.
 
-Each row is a search method (`ROWS`: DARTS block search first and second order, naive
-global search, DNAS, DNAS with the node-wise β softmax), run over several seeds with
-the same search and retraining configs; only the row's overrides differ. A comparison
-config (experiments/configs/compare_*.py) holds:
+Each row is a search method run as its authors defined it (`ROWS`), over several seeds;
+every derived genotype is retrained with the same retraining config. A row fixes every
+setting that defines the method, at its paper's scale:
 
-* `search`, `retrain`: the base search and retraining configs; the retraining config's
-  `genotype` is replaced by each run's `genotype.json`.
+=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
+row                kind    K    ops    edge norm  weight lr    arch  warm-up     skip    batch
+                                                               lr    (of 50 ep)  drop.
+=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
+darts_1st, _2nd    iam     1    8 +    no         0.025→0.001  3e-4  0           0       64
+                                none
+pc_darts           iam     4    8 +    yes        0.1→0        6e-4  15          0       256
+                                none
+pc_darts_global    full    4    8 +    yes        0.1→0        6e-4  15          0       256
+                                none
+dnas, dnas_node    decoup  4    7      σβ(β)      0.025→0.001  6e-4  15          0.2     96
+=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
+
+Search depth: DARTS and PC-DARTS search an 8-cell network (L = 8) and stack the cell;
+the global searches (PC-DARTS global, the paper's Table 1 row, and DNAS) search the
+whole L = 20 network. All: C = 16, 50 epochs, momentum 0.9, weight decay 3e-4, clip 5,
+Adam (0.5, 0.999) with L2 1e-3 for the architecture, first order except `darts_2nd`;
+zero-one loss (weight 10) only for DNAS's sigmoid factors. Sources: DARTS's and
+PC-DARTS's `train_search.py` and `model_search.py` (PC-DARTS has no skip dropout during
+the search; DNAS's 0.2 is this project's DNAS default).
+
+A comparison config (experiments/configs/compare_*.py) holds:
+
+* `search`, `retrain`: the base search and retraining configs (data, logging, the
+  settings no row names); the retraining config's `genotype` is replaced by each
+  run's `genotype.json`.
 * `rows`: comma-separated keys of `ROWS`; `seeds`: comma-separated ints;
   `row_seeds` (optional): per row, the subset of `seeds` it runs (a slow row with fewer).
-* `darts_primitives`: the candidate operations of the DARTS rows (`darts`: 8 with
-  `none`; the tiny config uses a short list).
+* `budget` (optional): a partial search config applied to every row after the row's
+  own settings, to shrink the comparison for a CPU (epochs, depth, channels, batch).
+  The warm-up keeps its fraction of the search: a row's 15 of 50 epochs becomes
+  round(15 · E / 50) of E epochs.
+* `row_overrides` (optional): per row, a partial search config applied last (the tiny
+  test config shortens the operation lists this way).
 
 Layout of the comparison folder `DIR`: `DIR/<row>/seed_<s>/search` (a search workdir),
 `DIR/<row>/seed_<s>/retrain` (a retraining workdir), `DIR/<row>/seed_<s>/result.json`
@@ -38,21 +65,34 @@ from absl import logging
 
 from dnas_jax import config_validation as cv
 
-# key: (label, overrides of the search config as dotted paths). The DARTS rows'
-# primitives come from `config.darts_primitives`.
+PAPER_EPOCHS = 50  # every method's search length; warm-ups are given out of it
+
+_DARTS = {"arch.kind": "iam", "arch.edge_normalization": False, "model.partial_k": 1,
+          "model.primitives": "darts", "model.num_layers": 8, "model.channels": 16,
+          "model.skip_dropout": 0.0, "optim.weight_lr": 0.025,
+          "optim.weight_min_lr": 0.001, "optim.arch_lr": 3e-4,
+          "optim.arch_warmup_epochs": 0, "optim.zero_one_weight": 0.0,
+          "optim.second_order": False, "batch_size": 64, "num_epochs": PAPER_EPOCHS}
+_PC_DARTS = {**_DARTS, "arch.edge_normalization": True, "model.partial_k": 4,
+             "optim.weight_lr": 0.1, "optim.weight_min_lr": 0.0, "optim.arch_lr": 6e-4,
+             "optim.arch_warmup_epochs": 15, "batch_size": 256}
+_DNAS = {"arch.kind": "decoupled", "arch.edge_normalization": False,
+         "arch.beta_domain": "layer", "model.partial_k": 4, "model.primitives": "dnas",
+         "model.num_layers": 20, "model.channels": 16, "model.skip_dropout": 0.2,
+         "optim.weight_lr": 0.025, "optim.weight_min_lr": 0.001, "optim.arch_lr": 6e-4,
+         "optim.arch_warmup_epochs": 15, "optim.zero_one_weight": 10.0,
+         "optim.second_order": False, "batch_size": 96, "num_epochs": PAPER_EPOCHS}
+
+# key: (label, the method's settings as dotted paths of the search config).
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "darts_1st": ("DARTS block search, 1st order",
-                  {"arch.kind": "iam", "optim.zero_one_weight": 0.0}),
-    "darts_2nd": ("DARTS block search, 2nd order",
-                  {"arch.kind": "iam", "optim.zero_one_weight": 0.0,
-                   "optim.second_order": True}),
-    "global": ("Naive global search (full Ψ)",
-               {"arch.kind": "full", "optim.zero_one_weight": 0.0}),
-    "dnas": ("DNAS (decoupled global search)", {"arch.kind": "decoupled"}),
-    "dnas_node": ("DNAS, β softmax per node",
-                  {"arch.kind": "decoupled", "arch.beta_domain": "node"}),
+    "darts_1st": ("DARTS (block, 1st order)", _DARTS),
+    "darts_2nd": ("DARTS (block, 2nd order)", {**_DARTS, "optim.second_order": True}),
+    "pc_darts": ("PC-DARTS (block)", _PC_DARTS),
+    "pc_darts_global": ("PC-DARTS, global (per-layer Ψ, edge norm.)",
+                        {**_PC_DARTS, "arch.kind": "full", "model.num_layers": 20}),
+    "dnas": ("DNAS (decoupled global)", _DNAS),
+    "dnas_node": ("DNAS, β softmax per node", {**_DNAS, "arch.beta_domain": "node"}),
 }
-DARTS_ROWS = ("darts_1st", "darts_2nd")
 RESULT = "result.json"
 
 
@@ -83,15 +123,58 @@ def _set(config: ml_collections.ConfigDict, path: str, value) -> None:
   node[leaf] = value
 
 
+def _flatten(tree: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in dict(tree).items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def method_name(config: ml_collections.ConfigDict) -> str:
+  """The method a search config runs, as the rows name it: dnas, darts, pc_darts (`iam`
+  with edge weights), global or pc_darts_global (`full`, without or with them)."""
+  edge = bool(config.arch.get("edge_normalization", False))
+  names = {"decoupled": "dnas", "iam": "pc_darts" if edge else "darts",
+           "full": "pc_darts_global" if edge else "global"}
+  # An unknown kind passes through: the config validation names it and the valid ones.
+  return names.get(config.arch.kind, config.arch.kind)
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """workdirs/<dataset>_<method>: where the retraining configs look for the genotype
+  (cifar10_retrain.py reads workdirs/cifar10_dnas/genotype.json)."""
+  return os.path.join("workdirs", f"{config.data.dataset}_{method_name(config)}")
+
+
+def apply_method(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
+  """Sets every setting of the method `row` (a key of `ROWS`) in a search config, in
+  place; returns it. The baseline configs (configs/darts_cifar10.py, ...) use this."""
+  for path, value in ROWS[row][1].items():
+    _set(config, path, value)
+  return config
+
+
 def search_config(config: ml_collections.ConfigDict, row: str, seed: int
                   ) -> ml_collections.ConfigDict:
-  """The search config of (row, seed): the base search config plus the row's
-  overrides."""
-  cfg = ml_collections.ConfigDict(config.search.to_dict())
-  for path, value in ROWS[row][1].items():
+  """The search config of (row, seed): the base search config, the row's settings,
+  the comparison's `budget` (warm-up rescaled to keep its fraction of the epochs),
+  then the row's `row_overrides`."""
+  cfg = apply_method(ml_collections.ConfigDict(config.search.to_dict()), row)
+  settings = ROWS[row][1]
+  budget = _flatten(config.get("budget", {}))
+  for path, value in budget.items():
+    if path == "optim.arch_warmup_epochs":
+      raise cv.ConfigError("config.budget.optim.arch_warmup_epochs: the warm-up is the "
+                           "row's (rescaled with num_epochs); set it per row in "
+                           "config.row_overrides")
     _set(cfg, path, value)
-  if row in DARTS_ROWS:
-    cfg.model.primitives = config.darts_primitives
+  cfg.optim.arch_warmup_epochs = int(round(
+      settings["optim.arch_warmup_epochs"] * cfg.num_epochs / PAPER_EPOCHS))
+  for path, value in _flatten(config.get("row_overrides", {}).get(row, {})).items():
+    _set(cfg, path, value)
   cfg.seed = seed
   return cfg
 

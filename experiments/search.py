@@ -14,32 +14,21 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dnas_jax import compare
 from dnas_jax import search_loop
 from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: "
-                               "workdirs/<dataset>_<dnas|darts|global>).")
-
-# The method each parameterisation is named after in the paper's comparison.
-METHOD_NAMES = {"decoupled": "dnas", "iam": "darts", "full": "global"}
-
-
-def default_workdir(config) -> str:
-  """workdirs/<dataset>_<method>: where the retraining configs look for the genotype
-  (cifar10_retrain.py reads workdirs/cifar10_dnas/genotype.json)."""
-  # An unknown kind passes through: the config validation names it and the valid ones.
-  method = METHOD_NAMES.get(config.arch.kind, config.arch.kind)
-  return os.path.join("workdirs", f"{config.data.dataset}_{method}")
-
+                               "workdirs/<dataset>_<method>, e.g. cifar10_dnas).")
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   with cli.user_errors():
-    workdir = _WORKDIR.value or default_workdir(config)
+    workdir = _WORKDIR.value or compare.default_workdir(config)
     logging.info("workdir: %s", os.path.abspath(workdir))
     search_loop.train_and_evaluate(config, workdir)
 

@@ -40,9 +40,10 @@ def test_missing_cifar_says_where_to_put_it(tmp_path):
 
 
 def test_default_search_workdirs_are_where_the_retraining_configs_look():
-  from experiments import search as search_main  # pylint: disable=g-import-not-at-top
+  from dnas_jax import compare as search_main  # pylint: disable=g-import-not-at-top
   from experiments.configs import cifar10, cifar10_retrain, cifar100, cifar100_retrain
-  from experiments.configs import darts_cifar10, global_cifar10, tiny_imagenet_retrain
+  from experiments.configs import darts_cifar10, global_cifar10, pc_darts_cifar10
+  from experiments.configs import tiny_imagenet_retrain
   expected = os.path.join("workdirs", "cifar10_dnas")
   assert search_main.default_workdir(cifar10.get_config()) == expected
   assert os.path.dirname(cifar10_retrain.get_config().genotype) == expected
@@ -52,4 +53,7 @@ def test_default_search_workdirs_are_where_the_retraining_configs_look():
       search_main.default_workdir(cifar100.get_config()))
   # The compared methods do not overwrite each other's runs.
   assert search_main.default_workdir(darts_cifar10.get_config()).endswith("cifar10_darts")
-  assert search_main.default_workdir(global_cifar10.get_config()).endswith("cifar10_global")
+  assert search_main.default_workdir(pc_darts_cifar10.get_config()).endswith(
+      "cifar10_pc_darts")
+  assert search_main.default_workdir(global_cifar10.get_config()).endswith(
+      "cifar10_pc_darts_global")
