@@ -12,7 +12,7 @@ validation batch of the same size.
 """
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -108,12 +108,87 @@ def benchmark_search_step(config: ml_collections.ConfigDict, image_shape=(32, 32
   result = time_compiled(setup.step_fn, (setup.state, train, val, jax.random.key(0)),
                          steps=steps, warmup=warmup, carry_state=True)
   m = config.model
+  from dnas_jax import program as program_lib  # pylint: disable=g-import-not-at-top
   return {"what": "search_step", "arch_kind": config.arch.kind, "num_layers": m.num_layers,
+          "program": program_lib.resolve_program(config),
           "channels": m.channels, "partial_k": m.partial_k, "num_ops": setup.spec.num_ops,
           "batch_size": b, "dtype": m.dtype, "second_order": bool(config.optim.second_order),
           "image_shape": list(image_shape), **result,
           "images_per_s": round(b / (result["ms_per_step"] / 1e3), 1),
           "peak_memory_bytes": peak_memory_bytes(), **device_facts()}
+
+
+def search_programs(config: ml_collections.ConfigDict, image_shape, num_classes: int,
+                    mesh, backend: str | None = None
+                    ) -> dict[str, tuple[Callable, tuple, tuple]]:
+  """The search's jitted programs (written for `backend`) on random inputs of the
+  config's sizes: name -> (jitted fn, args, roles), each role "state" (replicated) or
+  "batch" (sharded)."""
+  setup = search_loop.create_search_setup(config, image_shape, num_classes, 100, mesh,
+                                          backend)
+  b, e = config.batch_size, config.eval_batch_size
+  train = random_batch(b, image_shape, num_classes, 0)
+  val = random_batch(b, image_shape, num_classes, 1)
+  evaluation = {**random_batch(e, image_shape, num_classes, 2), "mask": np.ones(e, bool)}
+  weights = setup.spec.weights(setup.state.arch_params)
+  state = setup.state
+  return {
+      "search_step": (setup.step_fn, (state, train, val, jax.random.key(0)),
+                      ("state", "batch", "batch", "state")),
+      "search_eval_step": (setup.eval_fn, (state.params, state.batch_stats, weights,
+                                           evaluation),
+                           ("state", "state", "state", "batch")),
+  }
+
+
+def edge_program(config: ml_collections.ConfigDict, image_shape, backend: str | None = None
+                 ) -> tuple[Callable, tuple, tuple]:
+  """The smallest piece of the search step: one mixed edge of the first cell (the
+  config's operations, partial channels and formulation), forward and backward in its
+  weights, input, ψ and edge weight, at the config's batch size."""
+  from dnas_jax import init as init_lib  # pylint: disable=g-import-not-at-top
+  from dnas_jax import ops  # pylint: disable=g-import-not-at-top
+  from dnas_jax import program as program_lib  # pylint: disable=g-import-not-at-top
+  from dnas_jax import supernet  # pylint: disable=g-import-not-at-top
+  m = config.model
+  prims = search_loop.resolve_primitives(m.primitives)
+  p = program_lib.resolve_program(config, backend)
+  edge = supernet.MixedOp(m.channels, 1, prims, m.partial_k, m.skip_dropout, True,
+                          jnp.dtype(m.dtype),
+                          ops.Formulation(p["depthwise"], p["pointwise"]))
+  x = np.zeros((config.batch_size,) + tuple(image_shape[:2]) + (m.channels,), np.float32)
+  w, e = np.full(len(prims), 0.1, np.float32), np.float32(0.5)
+  variables = init_lib.init_from_shapes(edge, 0, x, w, e)
+
+  def loss(params, x, w, e, rng):
+    out, _ = edge.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, w,
+                        e, mutable=["batch_stats"], rngs={"dropout": rng})
+    return jnp.sum(out ** 2)
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+  return (fn, (variables["params"], x, w, e, jax.random.key(0)),
+          ("state", "batch", "state", "state", "state"))
+
+
+def train_program(config: ml_collections.ConfigDict, image_shape, num_classes: int, mesh
+                  ) -> tuple[Callable, tuple, tuple]:
+  """The retraining step of a retrain config (its genotype, drop path 0.2) on random
+  data: (jitted fn, args, roles) as `search_programs`."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from dnas_jax import init as init_lib  # pylint: disable=g-import-not-at-top
+  from dnas_jax import train  # pylint: disable=g-import-not-at-top
+  geno = train.resolve_genotype(config.genotype, config.model.num_layers)
+  net = train.create_network(config, geno, num_classes, True)
+  tx, schedule = train.create_tx(config, 100)
+  variables = init_lib.init_from_shapes(net, config.seed,
+                                        jnp.zeros((1,) + tuple(image_shape)))
+  state = sharding.replicate(
+      train.create_train_state(variables["params"], variables["batch_stats"], tx), mesh)
+  step_fn = jax.jit(functools.partial(train.train_step, net=net, tx=tx, lr_schedule=schedule,
+                                      auxiliary_weight=config.optim.auxiliary_weight),
+                    donate_argnums=(0,))
+  batch = random_batch(config.batch_size, image_shape, num_classes, 0)
+  return (step_fn, (state, batch, jax.random.key(0), jnp.float32(0.2)),
+          ("state", "batch", "state", "state"))
 
 
 def count_convolutions(config: ml_collections.ConfigDict, image_shape=(8, 8, 3),
@@ -131,24 +206,13 @@ def benchmark_train_step(config: ml_collections.ConfigDict, image_shape=(32, 32,
                          ) -> dict[str, Any]:
   """The retraining step of a retrain config (its genotype, drop path 0.2) on random
   data of the config's batch size."""
-  import functools  # pylint: disable=g-import-not-at-top
-  from dnas_jax import init as init_lib  # pylint: disable=g-import-not-at-top
-  from dnas_jax import train  # pylint: disable=g-import-not-at-top
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  geno = train.resolve_genotype(config.genotype, config.model.num_layers)
-  net = train.create_network(config, geno, num_classes, True)
-  tx, schedule = train.create_tx(config, 100)
-  variables = init_lib.init_from_shapes(net, config.seed,
-                                        jnp.zeros((1,) + tuple(image_shape)))
-  state = sharding.replicate(
-      train.create_train_state(variables["params"], variables["batch_stats"], tx), mesh)
-  step_fn = jax.jit(functools.partial(train.train_step, net=net, tx=tx, lr_schedule=schedule,
-                                      auxiliary_weight=config.optim.auxiliary_weight),
-                    donate_argnums=(0,))
+  step_fn, (state, batch, rng, drop), _ = train_program(config, image_shape, num_classes,
+                                                         mesh)
   b = config.batch_size
-  batch = sharding.shard_batch(random_batch(b, image_shape, num_classes, 0), mesh)
-  result = time_compiled(step_fn, (state, batch, jax.random.key(0), jnp.float32(0.2)),
+  batch = sharding.shard_batch(batch, mesh)
+  result = time_compiled(step_fn, (state, batch, rng, drop),
                          steps=steps, warmup=warmup, carry_state=True)
   return {"what": "train_step", "genotype": str(config.genotype),
           "num_layers": config.model.num_layers, "channels": config.model.channels,
@@ -156,3 +220,51 @@ def benchmark_train_step(config: ml_collections.ConfigDict, image_shape=(32, 32,
           "dtype": config.model.dtype, "image_shape": list(image_shape), **result,
           "images_per_s": round(b / (result["ms_per_step"] / 1e3), 1),
           "peak_memory_bytes": peak_memory_bytes(), **device_facts()}
+
+
+def aot_compile(config: ml_collections.ConfigDict | None,
+                retrain_config: ml_collections.ConfigDict | None, topology: str,
+                image_shape=(32, 32, 3), num_classes: int = 10, num_chips: int = 1,
+                programs: Sequence[str] = ("search_step", "search_eval_step", "train_step")
+                ) -> list[dict[str, Any]]:
+  """Compiles the search step, the search's evaluation step and the retraining step (or
+  `mixed_edge`, one mixed edge of the search: `edge_program`) for `num_chips` chips of
+  a TPU `topology` from this (CPU) host: one record each (trace + lower and compile
+  seconds, memory analysis against the chip's HBM, convolutions and fusions in the
+  compiled HLO). `aot.prepare_environment` must have run first."""
+  from dnas_jax import aot  # pylint: disable=g-import-not-at-top
+  devices = aot.topology_devices(topology)[:num_chips]
+  tpu_mesh = aot.mesh_of(devices)
+  host_mesh = sharding.create_mesh(jax.devices()[:1])
+  roles = {"state": aot.replicated(tpu_mesh), "batch": aot.batch_sharded(tpu_mesh)}
+  todo = {}
+  if config is not None and "mixed_edge" in programs:
+    todo["mixed_edge"] = edge_program(config, image_shape, "tpu")
+  if config is not None and {"search_step", "search_eval_step"} & set(programs):
+    todo.update(search_programs(config, image_shape, num_classes, host_mesh, "tpu"))
+  if retrain_config is not None and "train_step" in programs:
+    todo["train_step"] = train_program(retrain_config, image_shape, num_classes, host_mesh)
+  records = []
+  for name in programs:
+    if name not in todo:
+      continue
+    fn, args, arg_roles = todo[name]
+    abstract = tuple(aot.abstract(a, roles[r]) for a, r in zip(args, arg_roles))
+    c = retrain_config if name == "train_step" else config
+    record = {"what": f"aot_{name}", "topology": topology, "num_chips": num_chips,
+              "device_kind": devices[0].device_kind, "num_layers": c.model.num_layers,
+              "channels": c.model.channels, "batch_size": c.batch_size,
+              "dtype": c.model.dtype, "image_shape": list(image_shape),
+              **aot.compile_report(fn, abstract, hbm=aot.hbm_bytes(topology)),
+              "jax": jax.__version__}
+    if name == "train_step":
+      record["genotype"] = str(c.genotype)
+    else:
+      from dnas_jax import program as program_lib  # pylint: disable=g-import-not-at-top
+      record.update(arch_kind=c.arch.kind, partial_k=c.model.partial_k,
+                    primitives=str(c.model.primitives),
+                    program=program_lib.resolve_program(c, "tpu"))
+      if name == "search_eval_step":
+        record["batch_size"] = c.eval_batch_size
+    records.append(record)
+  return records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from dnas_jax import arch as arch_lib
+from dnas_jax import program as program_lib
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic")
 SOURCES = ("auto", "tfds", "archive", "digits", "synthetic")
@@ -46,6 +47,13 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   for name in ("alpha_activation", "beta_activation", "gamma_activation"):
     _choice(config, f"arch.{name}", arch_lib.ACTIVATIONS)
   _choice(config, "model.dtype", DTYPES)
+  for name, valid in program_lib.PROGRAM_CHOICES.items():
+    if "program" in config and name in config.program:
+      _choice(config, f"program.{name}", valid)
+  if (config.get("program", {}).get("halves") == "shared"
+      and _get(config, "optim.second_order")):
+    raise ConfigError("config.program.halves='shared' is first order only; with "
+                      "config.optim.second_order=True use 'separate' or 'auto'")
   edge_norm = config.arch.get("edge_normalization", False)
   if not isinstance(edge_norm, bool):
     raise ConfigError(f"config.arch.edge_normalization={edge_norm!r} must be True or False")

@@ -187,16 +187,86 @@ def weight_update(state: SearchState, train_batch, rng, *, net, spec, weight_tx)
                        batch_stats=new_stats, weight_opt_state=opt_state), (loss, logits)
 
 
+HALVES = ("separate", "shared")
+
+
+def shared_halves(state: SearchState, train_batch, val_batch, rng_arch, rng_weight, *,
+                  net, spec, weight_tx, arch_tx, arch_warmup_steps: int,
+                  zero_one_weight: float):
+  """Both halves of a first-order step from ONE traced body, run twice by a scan: the
+  body differentiates the loss in the weights and the architecture at once, and keeps
+  the architecture update in its first pass (validation batch, after the warm-up) and
+  the weight update in its second (training batch, with the new ψ). The network is
+  traced and compiled once instead of twice, for the price of weight gradients that
+  the architecture pass computes and drops. Returns (state, [ce, accuracy, zero-one,
+  updated] of the architecture pass, (loss, accuracy) of the weight pass)."""
+  batches = jax.tree.map(lambda v, t: jnp.stack([v, t]), val_batch, train_batch)
+  keys = jnp.stack([rng_arch, rng_weight])
+  is_arch = jnp.array([True, False])
+
+  def body(state, xs):
+    batch, key, arch = xs
+
+    def loss_fn(params, arch_params):
+      logits, new_stats = _forward(net, params, state.batch_stats, batch["image"],
+                                   spec.weights(arch_params), key)
+      ce = cross_entropy(logits, batch["label"])
+      z = spec.zero_one_loss(arch_params)
+      return ce + jnp.where(arch, zero_one_weight, 0.0) * z, (logits, new_stats, ce, z)
+
+    def run(state):
+      (_, (logits, new_stats, ce, z)), (g_w, g_a) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(state.params, state.arch_params)
+      w_updates, w_opt = weight_tx.update(g_w, state.weight_opt_state, state.params)
+      a_updates, a_opt = arch_tx.update(g_a, state.arch_opt_state, state.arch_params)
+      keep_if_arch = lambda old, new: jax.tree.map(
+          lambda o, n: jnp.where(arch, o, n), old, new)
+      new = state.replace(
+          params=keep_if_arch(state.params, optax.apply_updates(state.params, w_updates)),
+          batch_stats=keep_if_arch(state.batch_stats, new_stats),
+          weight_opt_state=keep_if_arch(state.weight_opt_state, w_opt),
+          arch_params=keep_if_arch(optax.apply_updates(state.arch_params, a_updates),
+                                   state.arch_params),
+          arch_opt_state=keep_if_arch(a_opt, state.arch_opt_state))
+      return new, jnp.stack([ce, accuracy(logits, batch["label"]), z, jnp.float32(1.0)])
+
+    def skip(state):
+      return state, jnp.zeros(4, jnp.float32)
+
+    active = jnp.logical_or(jnp.logical_not(arch), state.step >= arch_warmup_steps)
+    return jax.lax.cond(active, run, skip, state)
+
+  state, outs = jax.lax.scan(body, state, (batches, keys, is_arch))
+  return state, outs[0], (outs[1, 0], outs[1, 1])
+
+
 def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Module,
                 spec: arch_lib.ArchSpec, weight_tx: optax.GradientTransformation,
                 arch_tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                 arch_warmup_steps: int, zero_one_weight: float, second_order: bool,
-                weight_decay: float, momentum: float
+                weight_decay: float, momentum: float, halves: str = "separate"
                 ) -> tuple[SearchState, SearchMetrics]:
-  """One bi-level step: architecture update (val batch), then weight update (train)."""
+  """One bi-level step: architecture update (val batch), then weight update (train).
+
+  `halves="shared"` (first order only) runs both halves from one traced body
+  (`shared_halves`); "separate" traces the architecture half and the weight half one
+  after the other. Both give the same updates."""
   rng = jax.random.fold_in(rng, state.step)
   rng_arch, rng_weight = jax.random.split(rng)
   lr = lr_schedule(state.step)
+  if halves == "shared":
+    if second_order:
+      raise ValueError("halves='shared' is first order only; the second-order step "
+                       "needs halves='separate'")
+    state, arch_out, (loss, train_acc) = shared_halves(
+        state, train_batch, val_batch, rng_arch, rng_weight, net=net, spec=spec,
+        weight_tx=weight_tx, arch_tx=arch_tx, arch_warmup_steps=arch_warmup_steps,
+        zero_one_weight=zero_one_weight)
+    step_metrics = SearchMetrics.single_from_model_output(
+        train_loss=loss, train_accuracy=train_acc, arch_loss=arch_out[0],
+        arch_accuracy=arch_out[1], zero_one_loss=arch_out[2], arch_updated=arch_out[3],
+        weight_lr=lr)
+    return state.replace(step=state.step + 1), step_metrics
 
   def update(state):
     state, out = arch_update(state, train_batch, val_batch, rng_arch, net=net, spec=spec,
@@ -237,12 +307,13 @@ def create_search_state(params, batch_stats, arch_params, weight_tx, arch_tx) ->
 
 def make_step_fns(*, net_train, net_eval, spec, weight_tx, arch_tx, lr_schedule,
                   arch_warmup_steps, zero_one_weight, second_order, weight_decay,
-                  momentum) -> tuple[Callable, Callable]:
+                  momentum, halves="separate") -> tuple[Callable, Callable]:
   """The jitted search step (state donated) and evaluation step."""
   step = jax.jit(functools.partial(
       search_step, net=net_train, spec=spec, weight_tx=weight_tx, arch_tx=arch_tx,
       lr_schedule=lr_schedule, arch_warmup_steps=arch_warmup_steps,
       zero_one_weight=zero_one_weight, second_order=second_order,
-      weight_decay=weight_decay, momentum=momentum), donate_argnums=(0,))
+      weight_decay=weight_decay, momentum=momentum, halves=halves),
+      donate_argnums=(0,))
   evaluate = jax.jit(functools.partial(eval_step, net=net_eval))
   return step, evaluate

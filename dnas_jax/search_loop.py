@@ -23,6 +23,7 @@ from absl import logging
 
 from dnas_jax import arch as arch_lib
 from dnas_jax import checkpoints
+from dnas_jax import compilation
 from dnas_jax import config_validation
 from dnas_jax import datasets
 from dnas_jax import genotype as genotype_lib
@@ -30,6 +31,8 @@ from dnas_jax import init as init_lib
 from dnas_jax import input_pipeline
 from dnas_jax import loop_monitor
 from dnas_jax import metric_writers
+from dnas_jax import ops
+from dnas_jax import program as program_lib
 from dnas_jax import search
 from dnas_jax import search_space
 from dnas_jax import sharding
@@ -53,12 +56,16 @@ def resolve_primitives(spec: str) -> tuple[str, ...]:
 
 
 def create_supernet(config: ml_collections.ConfigDict, num_classes: int, train: bool,
-                    primitives: Sequence[str]) -> supernet.SearchNetwork:
+                    primitives: Sequence[str], backend: str | None = None
+                    ) -> supernet.SearchNetwork:
   m = config.model
+  program = program_lib.resolve_program(config, backend)
   return supernet.SearchNetwork(
       num_classes=num_classes, num_layers=m.num_layers, channels=m.channels,
       primitives=tuple(primitives), partial_k=m.partial_k,
-      skip_dropout=m.skip_dropout, train=train, dtype=jnp.dtype(m.dtype))
+      skip_dropout=m.skip_dropout, train=train, dtype=jnp.dtype(m.dtype),
+      formulation=ops.Formulation(program["depthwise"], program["pointwise"]),
+      remat=program["remat"] == "convs", scan_stages=program["scan"] == "stages")
 
 
 def psi_summary(psi: np.ndarray, primitives: Sequence[str]) -> dict[str, float]:
@@ -121,12 +128,14 @@ class SearchSetup:
 
 
 def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_classes: int,
-                        steps_per_epoch: int, mesh) -> SearchSetup:
-  """Supernet, ψ parameterisation, optimizers, initial state and jitted steps."""
+                        steps_per_epoch: int, mesh, backend: str | None = None
+                        ) -> SearchSetup:
+  """Supernet, ψ parameterisation, optimizers, initial state and jitted steps, written
+  for `backend` (default: JAX's default backend; see `resolve_program`)."""
   primitives = resolve_primitives(config.model.primitives)
   spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
-  net_train = create_supernet(config, num_classes, True, primitives)
-  net_eval = create_supernet(config, num_classes, False, primitives)
+  net_train = create_supernet(config, num_classes, True, primitives, backend)
+  net_eval = create_supernet(config, num_classes, False, primitives, backend)
   o = config.optim
   lr_schedule = search.weight_lr_schedule(o.weight_lr, o.weight_min_lr, config.num_epochs,
                                           steps_per_epoch)
@@ -143,7 +152,8 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
       arch_tx=arch_tx, lr_schedule=lr_schedule,
       arch_warmup_steps=o.arch_warmup_epochs * steps_per_epoch,
       zero_one_weight=o.zero_one_weight, second_order=o.second_order,
-      weight_decay=o.weight_decay, momentum=o.momentum)
+      weight_decay=o.weight_decay, momentum=o.momentum,
+      halves=program_lib.resolve_program(config, backend)["halves"])
   return SearchSetup(sharding.replicate(state, mesh), spec, tuple(primitives), net_train,
                      net_eval, step_fn, eval_fn)
 
@@ -169,14 +179,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
                                      flip=config.data.flip)
 
+  manager = checkpoints.create_manager(os.path.join(workdir, "checkpoints"),
+                                       config.keep_checkpoints)
+  # "auto" program fields: as stored with the checkpoints when resuming (another
+  # backend's choice may have another parameter tree), else this backend's.
+  stored = (checkpoints.restore_meta(os.path.join(workdir, "checkpoints"))["config"].get(
+      "program") if manager.latest_step() is not None else None)
+  config = program_lib.with_resolved_program(config, stored=stored)
+  logging.info("program: %s", ", ".join(f"{k}={v}" for k, v in config.program.items()))
   setup = create_search_setup(config, ds.image_shape, ds.num_classes, steps_per_epoch, mesh)
   state, spec, primitives = setup.state, setup.spec, setup.primitives
   logging.info("supernet: %d weight parameters, %d architecture parameters (%s)",
                sum(x.size for x in jax.tree.leaves(state.params)), spec.num_params(),
                spec.kind)
 
-  manager = checkpoints.create_manager(os.path.join(workdir, "checkpoints"),
-                                       config.keep_checkpoints)
   restored = checkpoints.restore(manager, checkpoints.abstract_like(state))
   if restored is not None:
     state = restored[0]
@@ -185,10 +201,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "num_classes": ds.num_classes, "primitives": list(primitives),
           "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
 
-  step_fn, eval_fn = setup.step_fn, setup.eval_fn
   weights_fn = jax.jit(spec.weights)
   writer = metric_writers.MetricWriter(workdir)
-  rng = jax.random.key(config.seed + 2)
+  rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
+  batch_spec = sharding.batch_sharding(mesh)
+  train_batch_shape = compilation.abstract_batch(config.batch_size, ds.image_shape,
+                                                 batch_spec)
+  eval_batch_shape = compilation.abstract_batch(config.eval_batch_size, ds.image_shape,
+                                                batch_spec, mask=True)
+  (step_fn, eval_fn), _ = compilation.compile_all([
+      (f"search step ({spec.kind}, L={config.model.num_layers}, batch "
+       f"{config.batch_size})", setup.step_fn,
+       (state, train_batch_shape, train_batch_shape, rng)),
+      ("evaluation step", setup.eval_fn,
+       (state.params, state.batch_stats, weights_fn(state.arch_params), eval_batch_shape))])
 
   def evaluate(state) -> dict[str, float]:
     weights = weights_fn(state.arch_params)

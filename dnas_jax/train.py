@@ -32,6 +32,7 @@ from absl import logging
 from clu import metrics
 
 from dnas_jax import checkpoints
+from dnas_jax import compilation
 from dnas_jax import config_validation as cv
 from dnas_jax import datasets
 from dnas_jax import genotype as genotype_lib
@@ -293,10 +294,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step_fn = jax.jit(functools.partial(
       train_step, net=net_train, tx=tx, lr_schedule=lr_schedule,
       auxiliary_weight=config.optim.auxiliary_weight), donate_argnums=(0,))
-  eval_fn = make_eval_fn(net_eval)
   writer = metric_writers.MetricWriter(workdir)
   writer.write_texts(0, {"genotype": geno.describe()})
-  rng = jax.random.key(config.seed + 2)
+  rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
+  batch_spec = sharding.batch_sharding(mesh)
+  (step_fn, eval_fn), _ = compilation.compile_all([
+      (f"retraining step (L={geno.num_layers}, C={config.model.channels}, batch "
+       f"{config.batch_size})", step_fn,
+       (state, compilation.abstract_batch(config.batch_size, ds.image_shape, batch_spec),
+        rng, jnp.float32(0.0))),
+      ("evaluation step", make_eval_fn(net_eval),
+       (state.params, state.batch_stats,
+        compilation.abstract_batch(config.eval_batch_size, ds.image_shape, batch_spec,
+                                   mask=True)))])
 
   monitor = loop_monitor.LoopMonitor(writer, total_steps=total_steps,
                                      steps_per_epoch=steps_per_epoch,

@@ -14,7 +14,14 @@
 * `input`: the host input pipeline's own images/s (crop, flip, normalise) at the
   search batch size.
 * `convs`: convolution instructions of the lowered search step for each depth (the
-  supernet's program does not grow with depth: DESIGN.md §4).
+  supernet's program does not grow with depth).
+* `aot`: compiles the search step, the search's evaluation step and (with
+  `--retrain_config`) the retraining step for `--aot_chips` chips of the TPU topology
+  `--aot_topology` (default v5e:2x2) from this CPU host, without a TPU
+  (`--aot_programs`: search_step, search_eval_step, train_step, mixed_edge): trace + lower
+  and compile seconds, the executable's memory (argument, output, temporary bytes)
+  against the chip's HBM, convolutions and fusions in the compiled HLO. Needs
+  `pip install -e ".[tpu-aot]"`; nothing else may be measured in the same run.
 Images are random, of the dataset's shape (`--image_size`, default 32).
 """
 
@@ -37,6 +44,12 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
 _IMAGE = flags.DEFINE_integer("image_size", 32, "Image height and width.")
 _CHANNELS = flags.DEFINE_integer("image_channels", 3, "Image channels.")
+_TOPOLOGY = flags.DEFINE_string("aot_topology", "v5e:2x2", "TPU topology for --what=aot.")
+_CHIPS = flags.DEFINE_integer("aot_chips", 1, "Chips of the topology the program uses "
+                              "(data parallel) for --what=aot.")
+_PROGRAMS = flags.DEFINE_list("aot_programs", ["search_step", "search_eval_step",
+                                               "train_step"],
+                              "Programs to compile for --what=aot.")
 
 
 def _emit(record):
@@ -51,6 +64,20 @@ def main(argv):
   batches = [int(b) for b in _BATCHES.value] or [config.batch_size] * len(depths)
   if len(batches) != len(depths):
     raise app.UsageError("--batch_sizes needs one value per --depths value")
+  if "aot" in _WHAT.value:
+    if _WHAT.value != ["aot"]:
+      raise app.UsageError("--what=aot compiles for a TPU on the CPU: measure it alone")
+    from dnas_jax import aot  # pylint: disable=g-import-not-at-top
+    with cli.user_errors():
+      aot.prepare_environment(_TOPOLOGY.value)
+      for depth, batch in zip(depths, batches):
+        c = config.copy_and_resolve_references()
+        c.model.num_layers, c.batch_size = depth, batch
+        for record in benchmarking.aot_compile(
+            c, _RETRAIN.value if depth == depths[0] else None, _TOPOLOGY.value, shape,
+            num_chips=_CHIPS.value, programs=_PROGRAMS.value):
+          _emit(record)
+    return
   with cli.user_errors():
     for depth, batch in zip(depths, batches):
       c = config.copy_and_resolve_references()

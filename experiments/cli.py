@@ -9,11 +9,19 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dnas_jax import aot
+from dnas_jax import compilation
 from dnas_jax import config_validation
 from dnas_jax import datasets
 from dnas_jax import search_loop
 
-USER_ERRORS = (config_validation.ConfigError, datasets.DatasetNotFoundError,
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Folder of the persistent compilation cache: a second run of "
+    "the same command, or a resume, reads its compiled programs from there (default: "
+    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/dnas_jax/xla; empty: no cache).")
+
+USER_ERRORS = (config_validation.ConfigError, aot.AotUnavailableError,
+               datasets.DatasetNotFoundError,
                datasets.DatasetFormatError, search_loop.NonFiniteLossError)
 
 
@@ -87,4 +95,11 @@ def run(main):
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  app.run(main, flags_parser=_parse_flags)
+
+  def with_cache(argv):
+    compilation.skip_absent_tpu()
+    folder = _COMPILE_CACHE.value
+    compilation.enable_persistent_cache(
+        compilation.default_cache_dir() if folder is None else folder)
+    return main(argv)
+  app.run(with_cache, flags_parser=_parse_flags)

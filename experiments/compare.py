@@ -10,9 +10,9 @@ command continues an interrupted comparison. Writes DIR/comparison.md (test erro
 mean ± std, params in M as DARTS counts them, search cost in device-hours),
 DIR/comparison.png and DIR/results.json. See dnas_jax/compare.py.
 
-Runs reuse compiled programs through JAX's persistent compilation cache in
-DIR/.jax_cache (`--compile_cache=` turns it off); `--fast_compile` compiles with
-XLA's cheap settings (what the digits comparison on a 2-core CPU uses).
+Runs reuse compiled programs through JAX's persistent compilation cache
+(`--compile_cache`, as every entry point); `--fast_compile` compiles with XLA's cheap
+settings (what the digits comparison on a 2-core CPU uses).
 """
 
 import os
@@ -32,8 +32,6 @@ _FAST_COMPILE = flags.DEFINE_bool(
     "fast_compile", False, "Compile with XLA's cheap settings (as tests/conftest.py "
     "does): much faster compiles, somewhat slower steps; for small CPU runs where "
     "compiling each row's steps dominates.")
-_CACHE = flags.DEFINE_string("compile_cache", "DEFAULT", "Persistent compilation cache "
-                             "folder (default: WORKDIR/.jax_cache; empty: none).")
 
 
 def _interrupt(signum, frame):
@@ -64,11 +62,6 @@ def _compare(config, workdir):
   if _FAST_COMPILE.value:
     jax.config.update("jax_disable_most_optimizations", True)
   from dnas_jax import compare  # pylint: disable=g-import-not-at-top
-  cache = (os.path.join(workdir, ".jax_cache") if _CACHE.value == "DEFAULT"
-           else _CACHE.value)
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   logging.info("comparison in %s on %s", os.path.abspath(workdir), compare.device_info())
   with cli.user_errors():
     results = compare.run_comparison(config, workdir)

@@ -19,17 +19,24 @@ def _conv_count(num_layers):
   config.model.num_layers = num_layers
   # One operation is enough to see whether depth grows the program (and traces fast).
   config.model.primitives = "sep_conv_3x3"
+  config.program.scan = "stages"  # the CPU's `auto` traces every cell on its own
   return benchmarking.count_convolutions(config)
 
 
 def test_lowered_search_step_has_the_same_convolutions_at_every_depth():
-  # From L = 9 on, every stage has at least one cell under its scan, and the program is
-  # the same size for any depth: 2 cells traced on their own per stage, 1 scan body.
-  counts = {L: _conv_count(L) for L in (9, 20)}
+  # Every stage's normal cells run under one scan (the irregular preprocessing of the
+  # first cells computed outside it): 3 scan bodies and 2 reduction cells at any depth.
+  # From L = 9 on the program is the same; at L = 8 the first stage's 2 cells both take
+  # their s0 preprocessing from outside the scan, so the in-scan one has no weights and
+  # its weight gradient (one convolution) disappears.
+  counts = {L: _conv_count(L) for L in (8, 9, 20)}
   assert counts[9] == counts[20], counts
-  # L = 8's first stage holds only cells 0 and 1, whose inputs have distinct shapes,
-  # so it has no scan body there: a smaller program, never a larger one.
-  assert _conv_count(8) < counts[20]
+  assert counts[8] == counts[20] - 1, counts
+  config = test_config.get_config()
+  config.model.primitives = "sep_conv_3x3"
+  config.program.scan = "none"  # cell by cell: the program grows with depth
+  config.model.num_layers = 9
+  assert benchmarking.count_convolutions(config) > counts[9]
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():

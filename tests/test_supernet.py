@@ -1,6 +1,7 @@
 """The partial-channel supernet: mixed edges, shapes, gradients, parameter counts."""
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,52 +78,99 @@ def test_partial_channels_shape_and_bypass(stride):
   assert not np.allclose(np.asarray(y1)[..., pos], y_np[..., pos])
 
 
-def _cell_output_shapes(num_layers, channels=16, size=32):
-  net = supernet.SearchNetwork(10, num_layers, channels, PRIMS, partial_k=4)
-  x = jnp.zeros((2, size, size, 3))
-  psi = jnp.zeros((num_layers, 14, len(PRIMS)))
+class _CellByCell(nn.Module):
+  """DARTS's search network written cell by cell (no scan), with SearchCell for every
+  layer: the reference the scanned network must equal."""
+  num_layers: int
+  channels: int
+  primitives: tuple
 
-  def run():
-    v = net.init(jax.random.key(0), x, psi)
-    return net.apply(v, x, psi, mutable=["batch_stats", "intermediates"],
-                     capture_intermediates=lambda mdl, _: isinstance(mdl, supernet.SearchCell))
-  (logits, state) = jax.eval_shape(run)
-  shapes = {}
-  for path, value in flax.traverse_util.flatten_dict(state["intermediates"]).items():
-    top = path[0]
-    shape = value[0].shape
-    if top.startswith("cell") and not top.startswith("cells"):
-      shapes[int(top[4:])] = shape
-    else:  # a scan over layers a..b-1: outputs stacked on a leading axis
-      a, b = map(int, top[5:].split("_"))
-      assert shape[0] == b - a
-      for k in range(a, b):
-        shapes[k] = shape[1:]
-  return logits.shape, [shapes[k] for k in range(num_layers)]
+  @nn.compact
+  def __call__(self, images, psi, edge):
+    x = ops.conv(3 * self.channels, 3, 1, 1, name="stem_conv")(images)
+    s0 = s1 = ops.BatchNorm(True, True, name="stem_bn")(x)
+    red = search_space.is_reduction(self.num_layers)
+    c = self.channels
+    for k in range(self.num_layers):
+      c = c * 2 if red[k] else c
+      cell = supernet.SearchCell(c, red[k], k > 0 and red[k - 1], self.primitives, 4,
+                                 name=f"cell{k}")
+      s0, s1 = s1, cell(s0, s1, psi[k], edge[k])
+    return nn.Dense(10, name="classifier")(jnp.mean(s1, axis=(1, 2)))
 
 
-@pytest.mark.parametrize("num_layers", [5, 8])
-def test_network_output_and_cell_shapes(num_layers):
-  out, shapes = _cell_output_shapes(num_layers)
-  assert out == (2, 10)
-  r1, r2 = num_layers // 3, 2 * num_layers // 3
-  for k, shape in enumerate(shapes):
-    stage = (k >= r1) + (k >= r2)
-    assert shape == (2, 32 >> stage, 32 >> stage, 4 * 16 * 2 ** stage), (k, shape)
+def _to_cell_by_cell(params, num_layers):
+  """The scanned network's parameters rearranged into _CellByCell's tree."""
+  out = {k: params[k] for k in ("stem_conv", "stem_bn", "classifier")}
+  for stage, (reduction, a, b) in enumerate(supernet.stage_plan(num_layers)):
+    if reduction is not None:
+      out[f"cell{reduction}"] = params[f"cell{reduction}"]
+    if b <= a:
+      continue
+    body = params[f"cells{a}_{b}"]
+    outside0 = ([k for k in (a, a + 1) if k < b] if stage == 0 else [a])
+    outside1 = [a] if stage == 0 else []
+    regular0 = [k for k in range(a, b) if k not in outside0]
+    regular1 = [k for k in range(a, b) if k not in outside1]
+    for k in range(a, b):
+      cell = {name: jax.tree.map(lambda x: x[k - a], tree)  # pylint: disable=cell-var-from-loop
+              for name, tree in body.items() if name.startswith("node")}
+      if k in outside0:
+        cell["pre0"] = params[f"cell{k if stage == 0 else a}_pre0"]
+      else:
+        cell["pre0"] = {"Conv_0": {"kernel": params[f"stage{stage}_pre0"]["kernel"][
+            regular0.index(k)]}}
+      if k in outside1:
+        cell["pre1"] = params[f"cell{a}_pre1"]
+      else:
+        cell["pre1"] = {"Conv_0": {"kernel": params[f"stage{stage}_pre1"]["kernel"][
+            regular1.index(k)]}}
+      out[f"cell{k}"] = cell
+  return out
 
 
-def test_layer_plan_covers_every_layer_once_and_scans_only_normal_cells():
+@pytest.mark.parametrize("num_layers", [4, 5, 8])
+def test_scanned_network_equals_the_cell_by_cell_network(num_layers):
+  """Every stage's normal cells run under one scan (preprocessing from the stem or
+  through a factorized reduce computed outside it); the logits equal those of DARTS's
+  cell-by-cell network with the same parameters, and every layer is used."""
+  prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  net = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4)
+  ref = _CellByCell(num_layers, 8, prims)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  psi = jax.random.uniform(jax.random.key(1), (num_layers, 14, len(prims)))
+  edge = jax.random.uniform(jax.random.key(2), (num_layers, 14))
+  v = init_lib.init_from_shapes(net, 0, x, psi, edge)
+  v_ref = init_lib.init_from_shapes(ref, 0, x, psi, edge)
+  params = _to_cell_by_cell(v["params"], num_layers)
+  assert jax.tree.structure(params) == jax.tree.structure(v_ref["params"])
+  got, _ = jax.jit(lambda v: net.apply(v, x, psi, edge, mutable=["batch_stats"]))(v)
+  want, _ = jax.jit(lambda p: ref.apply({"params": p, "batch_stats": v_ref["batch_stats"]},
+                                        x, psi, edge, mutable=["batch_stats"]))(params)
+  assert got.shape == (2, 10)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+  # `scan_stages=False` is that cell-by-cell network, with its parameter tree.
+  flat = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4, scan_stages=False)
+  got_flat, _ = jax.jit(lambda p: flat.apply(
+      {"params": p, "batch_stats": v_ref["batch_stats"]}, x, psi, edge,
+      mutable=["batch_stats"]))(params)
+  np.testing.assert_allclose(np.asarray(got_flat), np.asarray(want), rtol=2e-5, atol=2e-5)
+  # Each layer's ψ matters: changing the last layer's ψ changes the logits.
+  other, _ = net.apply(v, x, psi.at[-1].set(0.0), edge, mutable=["batch_stats"])
+  assert not np.allclose(np.asarray(other), np.asarray(got))
+
+
+def test_stage_plan_scans_every_normal_cell():
   for num_layers in (3, 5, 8, 14, 20, 29):
     red = search_space.is_reduction(num_layers)
     seen = []
-    for kind, a, b in supernet.layer_plan(num_layers):
+    for reduction, a, b in supernet.stage_plan(num_layers):
+      if reduction is not None:
+        seen.append(reduction)
       seen.extend(range(a, b))
-      if kind == "scan":
-        assert all(not red[k] and not red[k - 1] and k >= 2 for k in range(a, b))
+      assert not any(red[k] for k in range(a, b))
     assert seen == list(range(num_layers))
-  assert sum(kind == "cell" for kind, *_ in supernet.layer_plan(20)) == 6
-  assert [p for p in supernet.layer_plan(20) if p[0] == "scan"] == [
-      ("scan", 2, 6), ("scan", 8, 13), ("scan", 15, 20)]
+  assert supernet.stage_plan(20) == [(None, 0, 6), (6, 7, 13), (13, 14, 20)]
 
 
 def _pc_darts_search_param_count(num_layers, c=16, k=4, num_classes=10, steps=4,

@@ -76,6 +76,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.zero_one_weight = 10.0
   config.optim.second_order = False
 
+  # How the step is written for XLA: the same numbers (up to float rounding), different
+  # compile and step times. "auto": the measured best for the backend the run is on
+  # (dnas_jax/search_loop.py AUTO_PROGRAM; README, Performance).
+  config.program = ml_collections.ConfigDict()
+  config.program.depthwise = "auto"  # auto | conv (grouped conv) | shifted (k² taps)
+  config.program.pointwise = "auto"  # auto | conv (1×1 conv) | einsum
+  config.program.halves = "auto"  # auto | shared (one traced body) | separate
+  config.program.remat = "auto"  # auto | none | convs (keep only conv outputs)
+  config.program.scan = "auto"  # auto | stages (one scan per stage) | none (per cell)
+
   # Loop.
   config.num_epochs = 50
   config.batch_size = 96

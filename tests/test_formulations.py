@@ -1,0 +1,151 @@
+"""The program formulations (`config.program`) compute the same numbers as the plain
+convolution formulation: forward values and gradients with respect to the inputs, the
+weights and ψ, to float32 tolerance; and a search step with one shared body for both
+halves gives the same updates as the two separate halves."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnas_jax import arch
+from dnas_jax import init as init_lib
+from dnas_jax import ops
+from dnas_jax import search
+from dnas_jax import search_space
+from dnas_jax import supernet
+
+
+def _close(a, b, rtol=2e-5, atol=2e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    scale = max(float(np.abs(np.asarray(y)).max()), 1e-3)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation",
+                         [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)])
+def test_shifted_depthwise_equals_the_grouped_convolution(k, stride, padding, dilation):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 6))
+  conv = ops.DepthwiseConv(k, stride, padding, dilation, "conv")
+  shifted = ops.DepthwiseConv(k, stride, padding, dilation, "shifted")
+  params = conv.init(jax.random.key(1), x)
+  r = jax.random.normal(jax.random.key(2), conv.apply(params, x).shape)
+  f = lambda m: jax.jit(jax.value_and_grad(
+      lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1)))(params, x)
+  (v_conv, g_conv), (v_shift, g_shift) = f(conv), f(shifted)
+  np.testing.assert_allclose(float(v_shift), float(v_conv), rtol=1e-5)
+  _close(g_shift, g_conv)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("formulation", ["einsum", "broadcast"])
+def test_pointwise_formulations_equal_the_1x1_convolution(stride, formulation):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 6))
+  conv = ops.PointwiseConv(5, stride, "conv")
+  einsum = ops.PointwiseConv(5, stride, formulation)
+  params = conv.init(jax.random.key(1), x)
+  r = jax.random.normal(jax.random.key(2), conv.apply(params, x).shape)
+  f = lambda m: jax.jit(jax.value_and_grad(
+      lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1)))(params, x)
+  (v_conv, g_conv), (v_ein, g_ein) = f(conv), f(einsum)
+  np.testing.assert_allclose(float(v_ein), float(v_conv), rtol=1e-5)
+  _close(g_ein, g_conv)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_edge_group_of_every_operation_is_the_same_in_every_formulation(stride):
+  """A node's edges (vmapped), all 7 operations, partial channels, edge weights: the
+  value and the gradients in the input, the weights, ψ and the edge weights."""
+  prims = search_space.PRIMITIVES
+  xs = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 8))
+  w = jax.random.uniform(jax.random.key(1), (3, len(prims)))
+  e = jax.random.uniform(jax.random.key(2), (3,))
+  make = lambda f: supernet._EdgeGroup(8, stride, prims, 4, 0.0, True, jnp.float32, f)  # pylint: disable=protected-access
+  plain = make(ops.CONV)
+  variables = init_lib.init_from_shapes(plain, 0, xs, w, e)
+  r = jax.random.normal(jax.random.key(3), (2, 8 // stride, 8 // stride, 8))
+
+  def run(module):
+    def loss(params, xs, w, e):
+      out, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                            xs, w, e, mutable=["batch_stats"])
+      return jnp.sum(out * r)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(
+        variables["params"], xs, w, e)
+
+  v_plain, g_plain = run(plain)
+  v_alt, g_alt = run(make(ops.Formulation("shifted", "einsum")))
+  np.testing.assert_allclose(float(v_alt), float(v_plain), rtol=1e-5)
+  _close(g_alt, g_plain)
+
+
+def _tiny(num_layers=3, prims=("max_pool_3x3", "skip_connect", "sep_conv_3x3",
+                                "dil_conv_3x3")):
+  net = supernet.SearchNetwork(4, num_layers, 8, prims, partial_k=2, skip_dropout=0.2)
+  spec = arch.ArchSpec("decoupled", num_layers, len(prims))
+  r = np.random.default_rng(0)
+  batch = lambda: {"image": jnp.asarray(r.normal(size=(4, 8, 8, 3)), jnp.float32),
+                   "label": jnp.asarray(r.integers(0, 4, 4), jnp.int32)}
+  tb, vb = batch(), batch()
+  v = init_lib.init_from_shapes(net, 0, tb["image"], jnp.zeros((num_layers, 14, len(prims))))
+  sched = search.weight_lr_schedule(0.025, 0.001, 10, 5)
+  wtx = search.create_weight_tx(sched, 0.9, 3e-4, 5.0)
+  atx = search.create_arch_tx(6e-4, 0.5, 0.999, 1e-3)
+  arch_params = jax.tree.map(lambda a: a + jnp.asarray(r.normal(size=a.shape), a.dtype),
+                             spec.init(jax.random.key(0)))
+  state = search.create_search_state(v["params"], v["batch_stats"], arch_params, wtx, atx)
+  kwargs = dict(net=net, spec=spec, weight_tx=wtx, arch_tx=atx, lr_schedule=sched,
+                arch_warmup_steps=1, zero_one_weight=10.0, second_order=False,
+                weight_decay=3e-4, momentum=0.9)
+  return state, tb, vb, kwargs
+
+
+def test_shared_halves_step_equals_separate_halves():
+  state, tb, vb, kwargs = _tiny()
+  separate = jax.jit(functools.partial(search.search_step, halves="separate", **kwargs))
+  shared = jax.jit(functools.partial(search.search_step, halves="shared", **kwargs))
+  rng = jax.random.key(3)
+  for step in (0, 1):  # in the warm-up (no architecture update), then with it
+    s = state.replace(step=jnp.int32(step))
+    a, ma = separate(s, tb, vb, rng)
+    b, mb = shared(s, tb, vb, rng)
+    _close(b.params, a.params)
+    _close(b.batch_stats, a.batch_stats)
+    _close(b.weight_opt_state, a.weight_opt_state)
+    _close(b.arch_params, a.arch_params, rtol=1e-5, atol=1e-6)
+    _close(b.arch_opt_state, a.arch_opt_state)
+    for k, v in ma.compute().items():
+      np.testing.assert_allclose(float(mb.compute()[k]), float(v), rtol=1e-5, atol=1e-6,
+                                 err_msg=k)
+    moved = any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(
+        jax.tree.leaves(b.arch_params), jax.tree.leaves(state.arch_params)))
+    assert moved == (step == 1)
+  # The architecture pass leaves the weights bit-identical: only the weight pass, on
+  # the training batch, changes them (a step with another validation batch agrees).
+  other = {"image": vb["image"][::-1], "label": vb["label"][::-1]}
+  b1, _ = shared(state.replace(step=jnp.int32(1)), tb, vb, rng)
+  b2, _ = shared(state.replace(step=jnp.int32(1)), tb, other, rng)
+  assert not np.array_equal(np.asarray(jax.tree.leaves(b1.arch_params)[0]),
+                            np.asarray(jax.tree.leaves(b2.arch_params)[0]))
+
+
+def test_rematerialised_cells_give_the_same_gradients():
+  prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  psi = jax.random.uniform(jax.random.key(1), (8, 14, len(prims)))
+  edge = jax.random.uniform(jax.random.key(2), (8, 14))
+  nets = [supernet.SearchNetwork(4, 8, 8, prims, partial_k=4, remat=r) for r in (False, True)]
+  v = init_lib.init_from_shapes(nets[0], 0, x, psi, edge)
+
+  def grads(net):
+    def loss(params, psi, edge):
+      out, _ = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x, psi, edge,
+                         mutable=["batch_stats"])
+      return jnp.sum(out ** 2)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(v["params"], psi, edge)
+
+  (v0, g0), (v1, g1) = grads(nets[0]), grads(nets[1])
+  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+  _close(g1, g0)
