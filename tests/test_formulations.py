@@ -24,34 +24,33 @@ def _close(a, b, rtol=2e-5, atol=2e-5):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol * scale)
 
 
+def _assert_same_value_and_gradients(plain, alternative, x):
+  """Σ(out · R) and its gradients in the parameters and the input, for two modules
+  with the same parameters."""
+  params = plain.init(jax.random.key(1), x)
+  r = jax.random.normal(jax.random.key(2), plain.apply(params, x).shape)
+  f = lambda m: jax.jit(jax.value_and_grad(
+      lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1)))(params, x)
+  (v_plain, g_plain), (v_alt, g_alt) = f(plain), f(alternative)
+  np.testing.assert_allclose(float(v_alt), float(v_plain), rtol=1e-5)
+  _close(g_alt, g_plain)
+
+
 @pytest.mark.parametrize("k,stride,padding,dilation",
                          [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)])
 def test_shifted_depthwise_equals_the_grouped_convolution(k, stride, padding, dilation):
-  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 6))
-  conv = ops.DepthwiseConv(k, stride, padding, dilation, "conv")
-  shifted = ops.DepthwiseConv(k, stride, padding, dilation, "shifted")
-  params = conv.init(jax.random.key(1), x)
-  r = jax.random.normal(jax.random.key(2), conv.apply(params, x).shape)
-  f = lambda m: jax.jit(jax.value_and_grad(
-      lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1)))(params, x)
-  (v_conv, g_conv), (v_shift, g_shift) = f(conv), f(shifted)
-  np.testing.assert_allclose(float(v_shift), float(v_conv), rtol=1e-5)
-  _close(g_shift, g_conv)
+  _assert_same_value_and_gradients(
+      ops.DepthwiseConv(k, stride, padding, dilation, "conv"),
+      ops.DepthwiseConv(k, stride, padding, dilation, "shifted"),
+      jax.random.normal(jax.random.key(0), (2, 9, 8, 6)))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("formulation", ["einsum", "broadcast"])
 def test_pointwise_formulations_equal_the_1x1_convolution(stride, formulation):
-  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 6))
-  conv = ops.PointwiseConv(5, stride, "conv")
-  einsum = ops.PointwiseConv(5, stride, formulation)
-  params = conv.init(jax.random.key(1), x)
-  r = jax.random.normal(jax.random.key(2), conv.apply(params, x).shape)
-  f = lambda m: jax.jit(jax.value_and_grad(
-      lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1)))(params, x)
-  (v_conv, g_conv), (v_ein, g_ein) = f(conv), f(einsum)
-  np.testing.assert_allclose(float(v_ein), float(v_conv), rtol=1e-5)
-  _close(g_ein, g_conv)
+  _assert_same_value_and_gradients(
+      ops.PointwiseConv(5, stride, "conv"), ops.PointwiseConv(5, stride, formulation),
+      jax.random.normal(jax.random.key(0), (2, 7, 8, 6)))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
