@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dnas_jax import config_validation
 from dnas_jax import flops as flops_lib
 from dnas_jax import search_loop
 from dnas_jax import sharding
@@ -151,7 +152,7 @@ def edge_program(config: ml_collections.ConfigDict, image_shape, backend: str | 
   from dnas_jax import program as program_lib  # pylint: disable=g-import-not-at-top
   from dnas_jax import supernet  # pylint: disable=g-import-not-at-top
   m = config.model
-  prims = search_loop.resolve_primitives(m.primitives)
+  prims = config_validation.primitives_of(m.primitives)
   p = program_lib.resolve_program(config, backend)
   edge = supernet.MixedOp(m.channels, 1, prims, m.partial_k, m.skip_dropout, True,
                           jnp.dtype(m.dtype),

@@ -29,6 +29,10 @@ from dnas_jax import search_space
 SCHEMA_VERSION = 1
 
 
+class GenotypeFormatError(ValueError):
+  """A genotype.json that does not follow the schema; the message names what is wrong."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CellGenotype:
   nodes: tuple[tuple[tuple[str, int], ...], ...]
@@ -84,11 +88,28 @@ class GlobalGenotype:
 
   @classmethod
   def from_json(cls, text: str) -> "GlobalGenotype":
-    d = json.loads(text)
+    """Parses the schema of the module docstring; GenotypeFormatError says where a
+    document departs from it."""
+    try:
+      d = json.loads(text)
+    except ValueError as e:
+      raise GenotypeFormatError(f"not JSON ({e})") from None
+    if not isinstance(d, dict):
+      raise GenotypeFormatError(f"the top level is a {type(d).__name__}, not an object "
+                                "with 'version' and 'cells'")
     if d.get("version") != SCHEMA_VERSION:
-      raise ValueError(f"genotype.json version {d.get('version')!r} is not "
-                       f"{SCHEMA_VERSION}")
-    return cls(tuple(CellGenotype.from_dict(c) for c in d["cells"]))
+      raise GenotypeFormatError(f"version {d.get('version')!r} is not {SCHEMA_VERSION}")
+    if not isinstance(d.get("cells"), list) or not d["cells"]:
+      raise GenotypeFormatError("it has no 'cells' list (one cell per layer)")
+    cells = []
+    for k, c in enumerate(d["cells"]):
+      try:
+        cells.append(CellGenotype.from_dict(c))
+      except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise GenotypeFormatError(f"cells[{k}]: {what} (expected {{'reduction': bool, "
+                                  "'nodes': [[[op, input], ...], ...]}})") from None
+    return cls(tuple(cells))
 
   def save(self, path: str, **kwargs) -> None:
     with open(path, "w") as f:

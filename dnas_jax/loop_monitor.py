@@ -52,8 +52,8 @@ class LoopMonitor:
     for step, loss in self._pending:
       if not np.isfinite(float(loss)):
         raise NonFiniteLossError(
-            f"the training loss is not finite ({float(loss)}) at step {step}; lower "
-            "config.optim.weight_lr or check the data")
+            f"the training loss is not finite ({float(loss)}) at step {step}: lower "
+            "the learning rates in config.optim or check the data")
     self._pending = []
 
   def _log(self, step: int) -> None:

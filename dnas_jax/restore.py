@@ -36,6 +36,7 @@ from dnas_jax import metric_writers
 from dnas_jax import network
 from dnas_jax import sharding
 from dnas_jax import train
+from dnas_jax import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -73,10 +74,10 @@ def _checkpoint_dir(workdir: str) -> str:
 def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
   """The retraining run in `workdir` at checkpoint `step` (default: the latest)."""
   manager = checkpoints.create_manager(_checkpoint_dir(workdir))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise WorkdirError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  newest = checkpoints.newest_readable_meta(manager)
+  if newest is None:
+    raise WorkdirError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+  meta = newest[1] if step is None else checkpoints.read_meta(manager, step)
   if "genotype" not in meta:
     raise WorkdirError(f"{workdir} is not a retraining workdir (its checkpoint meta has "
                        "no genotype; for a search workdir use experiments.derive)")
@@ -86,7 +87,10 @@ def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> Resto
   net_train = train.create_network(config, geno, meta["num_classes"], True)
   tx, _ = train.create_tx(config, meta["steps_per_epoch"])
   target = train.abstract_state(net_train, meta["image_shape"], tx, mesh)
-  state, _ = checkpoints.restore(manager, target, step)
+  if step is None:  # the newest intact checkpoint, verified against its digest
+    state, meta, _ = checkpoints.restore_verified(manager, target, move_damaged=False)
+  else:
+    state, _ = checkpoints.restore(manager, target, step)
   return RestoredRun(config, meta, geno, net_train.clone(train=False), state, mesh)
 
 
@@ -106,32 +110,58 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None)
   return {**out, "step": run.step}
 
 
+def _search_step_of_psi(workdir: str) -> tuple[np.ndarray, dict]:
+  """psi.npy and the step/epoch the search recorded for it in genotype.json's meta (it
+  writes psi.npy first, then genotype.json): read around psi.npy until both agree, so
+  a search writing them meanwhile is never mixed."""
+  def recorded():
+    try:
+      with open(os.path.join(workdir, "genotype.json")) as f:
+        meta = json.load(f).get("meta", {})
+      return {k: meta[k] for k in ("step", "epoch") if k in meta}
+    except (OSError, ValueError, AttributeError):
+      return {}
+  for _ in range(5):
+    before = recorded()
+    psi = np.load(os.path.join(workdir, "psi.npy"))
+    if recorded() == before:
+      return psi, before
+  return psi, {}
+
+
 def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
-  """(ψ, primitives, info) of a search workdir; info has 'source' and, when a
-  checkpoint is there, its 'step' and 'meta'."""
+  """(ψ, primitives, info) of a search workdir; info has 'source', the step of ψ when
+  known ('step', 'epoch') and, when a checkpoint is there, its 'meta'."""
   info: dict[str, Any] = {}
   ckpt = os.path.join(workdir, CHECKPOINT_DIR)
   manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
-  if manager is not None and manager.latest_step() is not None:
-    info["step"] = manager.latest_step()
-    info["meta"] = manager.restore(info["step"], args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
+  newest = checkpoints.newest_readable_meta(manager) if manager is not None else None
+  if newest is not None:
+    ckpt_step, info["meta"] = newest
+    if "genotype" in info["meta"]:
+      raise WorkdirError(f"{workdir} is a retraining workdir (its checkpoints hold a "
+                         "genotype, not architecture parameters); derive reads a "
+                         "search's workdir")
   primitives = _primitives(workdir, info.get("meta"))
   psi_path = os.path.join(workdir, "psi.npy")
   if os.path.isfile(psi_path):
-    info["source"] = psi_path
-    return np.load(psi_path), primitives, info
-  if "meta" not in info:
+    psi, recorded = _search_step_of_psi(workdir)
+    info.update(source=psi_path, **recorded)
+    return psi, primitives, info
+  if newest is None:
     raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a "
                        "search workdir?")
   meta = info["meta"]
   # Restore without a target: plain nested dicts; only the architecture part is used.
-  restored = manager.restore(info["step"], args=ocp.args.Composite(
+  restored = manager.restore(ckpt_step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))
   arch_params = restored.state["arch_params"]
   spec = arch_lib.create_arch_spec(meta["config"]["arch"],
                                    meta["config"]["model"]["num_layers"], len(primitives))
-  info["source"] = f"{ckpt} (step {info['step']})"
+  info["source"] = f"{ckpt} (step {ckpt_step})"
+  info["step"] = ckpt_step
+  if "steps_per_epoch" in meta:
+    info["epoch"] = ckpt_step // meta["steps_per_epoch"]
   return np.asarray(jax.jit(spec.psi)(arch_params)), primitives, info
 
 
@@ -166,19 +196,26 @@ def derive_from_search(workdir: str, edges_per_node: int = 2,
     raise ValueError(f"--edges_per_node={edges_per_node} must be at least 1")
   if num_layers is not None and num_layers < 3:
     raise ValueError(f"--num_layers={num_layers} must be at least 3 (two reductions)")
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"no workdir {workdir}")
   out = out or workdir
-  os.makedirs(out, exist_ok=True)
+  holder = workdir_lib.lock_holder(workdir)
+  if holder is not None and os.path.abspath(out) == os.path.abspath(workdir):
+    raise WorkdirError(
+        f"the search in {workdir} is still running (pid {holder.get('pid')} on "
+        f"{holder.get('host')}): its genotype.json is its own; derive into another folder "
+        "with --out=DIR, or wait for it to end")
   from dnas_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
   psi, primitives, info = search_psi(workdir)
+  os.makedirs(out, exist_ok=True)
   geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
   meta = {"source": info["source"], "edges_per_node": edges_per_node,
           "search_layers": geno.num_layers}
+  meta.update({k: info[k] for k in ("step", "epoch") if k in info})
   if "meta" in info:  # what the search's own genotype.json records
     search_meta = info["meta"]
-    meta.update(step=info["step"], dataset=search_meta.get("dataset"),
+    meta.update(dataset=search_meta.get("dataset"),
                 arch_kind=search_meta.get("config", {}).get("arch", {}).get("kind"))
-    if "steps_per_epoch" in search_meta:
-      meta["epoch"] = info["step"] // search_meta["steps_per_epoch"]
   files = [_write_genotype(out, "genotype", geno, primitives, meta)]
   figures = {"global_architecture": plots.plot_global_architecture(
                  geno, title=f"derived from {workdir}", primitives=primitives),

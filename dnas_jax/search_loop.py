@@ -37,22 +37,10 @@ from dnas_jax import search
 from dnas_jax import search_space
 from dnas_jax import sharding
 from dnas_jax import supernet
+from dnas_jax import workdir as workdir_lib
 
 
 NonFiniteLossError = loop_monitor.NonFiniteLossError
-
-
-def resolve_primitives(spec: str) -> tuple[str, ...]:
-  """'dnas' (7 ops), 'darts' (8, with none), or a comma-separated list of op names."""
-  if spec in search_space.PRIMITIVE_SETS:
-    return search_space.PRIMITIVE_SETS[spec]
-  ops = tuple(p.strip() for p in spec.split(",") if p.strip())
-  try:
-    search_space.check_primitives(ops)
-  except ValueError as e:
-    raise ValueError(f"config.model.primitives={spec!r}: {e}; or one of "
-                     f"{sorted(search_space.PRIMITIVE_SETS)}") from None
-  return ops
 
 
 def create_supernet(config: ml_collections.ConfigDict, num_classes: int, train: bool,
@@ -86,18 +74,20 @@ def psi_summary(psi: np.ndarray, primitives: Sequence[str]) -> dict[str, float]:
 
 def write_artifacts(workdir: str, psi: np.ndarray, primitives: Sequence[str],
                     meta: dict) -> genotype_lib.GlobalGenotype:
-  """genotype.json, genotype.txt and psi.npy (written atomically)."""
+  """psi.npy, genotype.json and genotype.txt (each written atomically)."""
   geno = genotype_lib.derive_genotype(psi, primitives)
   def atomic(name, write):
     tmp = os.path.join(workdir, f".{name}.tmp")
     write(tmp)
     os.replace(tmp, os.path.join(workdir, name))
-  atomic("genotype.json", lambda p: geno.save(p, primitives=primitives, meta=meta))
-  atomic("genotype.txt", lambda p: open(p, "w").write(geno.describe() + "\n"))
   def save_npy(p):
     with open(p, "wb") as f:
       np.save(f, psi)
+  # psi.npy first: genotype.json's meta then names the step of the psi.npy beside it
+  # (what experiments.derive reads while a search runs).
   atomic("psi.npy", save_npy)
+  atomic("genotype.json", lambda p: geno.save(p, primitives=primitives, meta=meta))
+  atomic("genotype.txt", lambda p: open(p, "w").write(geno.describe() + "\n"))
   return geno
 
 
@@ -132,7 +122,7 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
                         ) -> SearchSetup:
   """Supernet, ψ parameterisation, optimizers, initial state and jitted steps, written
   for `backend` (default: JAX's default backend; see `resolve_program`)."""
-  primitives = resolve_primitives(config.model.primitives)
+  primitives = config_validation.primitives_of(config.model.primitives)
   spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
   net_train = create_supernet(config, num_classes, True, primitives, backend)
   net_eval = create_supernet(config, num_classes, False, primitives, backend)
@@ -159,33 +149,44 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       hooks: Sequence[Callable[[int], None]] = ()) -> dict:
-  """Runs (or resumes) the search of `config` in `workdir`; returns final metrics."""
+                       hooks: Sequence[Callable[[int], None]] = (),
+                       allow_config_changes: bool = False) -> dict:
+  """Runs (or resumes) the search of `config` in `workdir`; returns final metrics.
+
+  A resume with a config of another meaning is refused unless `allow_config_changes`
+  (see `dnas_jax.workdir`); every way out waits for pending checkpoint writes.
+  """
   config_validation.validate_search_config(config)
   sharding.maybe_initialize_distributed(config.distributed)
-  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.create_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+  config_validation.check_devices(config, mesh.devices.size)
 
   ds = datasets.load_dataset(config.data.dataset, config.data.source,
                              config.data.data_dir or None)
   logging.info("dataset %s from %s: %d training images of shape %s, %d classes",
                ds.name, ds.source, len(ds.train_labels), ds.image_shape, ds.num_classes)
   weight_split, arch_split = input_pipeline.search_splits(ds, config.data.train_portion)
+  config_validation.check_batch_fits(config.batch_size,
+                                     min(len(weight_split), len(arch_split)),
+                                     "images of the smaller search split")
   steps_per_epoch = min(input_pipeline.steps_per_epoch(len(weight_split), config.batch_size),
                         input_pipeline.steps_per_epoch(len(arch_split), config.batch_size))
+  with workdir_lib.RunDir(workdir, config.keep_checkpoints, allow_config_changes) as run:
+    # "auto" program fields: as stored with the checkpoints when resuming (another
+    # backend's choice may have another parameter tree), else this backend's.
+    stored = (run.stored_meta or {}).get("config", {}).get("program")
+    config = program_lib.with_resolved_program(config, stored=stored)
+    run.check_config(config.to_dict())
+    return _search(config, run, ds, weight_split, arch_split, steps_per_epoch, mesh,
+                   hooks)
+
+
+def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
+            steps_per_epoch, mesh, hooks) -> dict:
+  workdir = run.workdir
   total_steps = steps_per_epoch * config.num_epochs
   aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
                                      flip=config.data.flip)
-
-  manager = checkpoints.create_manager(os.path.join(workdir, "checkpoints"),
-                                       config.keep_checkpoints)
-  # "auto" program fields: as stored with the checkpoints when resuming (another
-  # backend's choice may have another parameter tree), else this backend's.
-  stored = (checkpoints.restore_meta(os.path.join(workdir, "checkpoints"))["config"].get(
-      "program") if manager.latest_step() is not None else None)
-  config = program_lib.with_resolved_program(config, stored=stored)
   logging.info("program: %s", ", ".join(f"{k}={v}" for k, v in config.program.items()))
   setup = create_search_setup(config, ds.image_shape, ds.num_classes, steps_per_epoch, mesh)
   state, spec, primitives = setup.state, setup.spec, setup.primitives
@@ -193,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                sum(x.size for x in jax.tree.leaves(state.params)), spec.num_params(),
                spec.kind)
 
-  restored = checkpoints.restore(manager, checkpoints.abstract_like(state))
+  restored = run.restore(checkpoints.abstract_like(state))
   if restored is not None:
     state = restored[0]
     logging.info("resumed from the checkpoint at step %d", int(state.step))
@@ -228,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def checkpoint(state, epoch_done: bool):
     step = int(state.step)
-    checkpoints.save(manager, step, state, meta)
+    run.save(step, state, meta)
     if epoch_done or step == total_steps:
       psi = np.asarray(weights_fn(state.arch_params).psi)
       geno = write_artifacts(workdir, psi, primitives,
@@ -266,15 +267,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           geno, _ = checkpoint(state, epoch_done)
           if geno is not None:
             logging.info("epoch %d genotype:\n%s", step // steps_per_epoch, geno.describe())
+    monitor.check_finite()
+    geno, psi = checkpoint(state, epoch_done=True)
   except KeyboardInterrupt:
     logging.warning("interrupted at step %d: saving a checkpoint", step)
     checkpoint(state, epoch_done=False)
-    manager.wait_until_finished()
     writer.close()
     raise
-  monitor.check_finite()
-  geno, psi = checkpoint(state, epoch_done=True)
-  manager.wait_until_finished()
+  except (NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
+    writer.close()
+    raise type(e)(f"{e}; {run.kept_checkpoint()}") from None
+  run.manager.wait_until_finished()
   _plot_figures(workdir, psi, primitives, geno, writer, step)
   if not last_eval:
     last_eval = evaluate(state)

@@ -44,6 +44,7 @@ from dnas_jax import metric_writers
 from dnas_jax import network
 from dnas_jax import search
 from dnas_jax import sharding
+from dnas_jax import workdir as workdir_lib
 
 # Input shape and number of classes of each dataset, known without loading it (for
 # --dry_run); `train_and_evaluate` checks them against the loaded data.
@@ -67,32 +68,6 @@ class TrainMetrics(metrics.Collection):
   train_accuracy: metrics.Average.from_output("train_accuracy")
   learning_rate: metrics.LastValue.from_output("learning_rate")
   drop_prob: metrics.LastValue.from_output("drop_prob")
-
-
-def validate_train_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError on the first bad field of a retraining config."""
-  # pylint: disable=protected-access
-  cv._choice(config, "data.dataset", cv.DATASETS)
-  cv._choice(config, "data.source", cv.SOURCES)
-  cv._choice(config, "model.network", tuple(network.NETWORKS))
-  cv._choice(config, "model.dtype", cv.DTYPES)
-  for path in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
-               "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
-               "model.num_layers", "model.channels", "optim.weight_lr"):
-    cv._positive(config, path)
-  for path in ("optim.weight_min_lr", "optim.weight_decay", "optim.grad_clip",
-               "optim.auxiliary_weight", "data.crop_padding", "data.cutout",
-               "data.rotate_degrees"):
-    cv._positive(config, path, allow_zero=True)
-  dp = cv._get(config, "optim.drop_path_prob")
-  if not 0 <= dp < 1:
-    raise cv.ConfigError(f"config.optim.drop_path_prob={dp!r} must be in [0, 1)")
-  if cv._get(config, "model.num_layers") < 3:
-    raise cv.ConfigError("config.model.num_layers must be at least 3 (two reductions)")
-  if not isinstance(cv._get(config, "genotype"), str) or not config.genotype:
-    raise cv.ConfigError("config.genotype must be a known genotype name "
-                         f"{sorted(known_genotypes.KNOWN_GENOTYPES)} or a genotype.json "
-                         "path")
 
 
 def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
@@ -131,7 +106,7 @@ def create_network(config: ml_collections.ConfigDict, geno: genotype_lib.GlobalG
 def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(parameters excluding the auxiliary head, all parameters) of the config's network,
   from shapes only: no data is read and nothing is compiled."""
-  validate_train_config(config)
+  cv.validate_train_config(config)
   image_shape, num_classes = DATASET_SHAPES[config.data.dataset]
   geno = resolve_genotype(config.genotype, config.model.num_layers)
   shapes = network.variable_shapes(create_network(config, geno, num_classes, True),
@@ -243,24 +218,30 @@ def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       hooks: Sequence[Callable[[int], None]] = ()) -> dict:
-  """Retrains (or resumes) `config.genotype` in `workdir`; returns the final metrics."""
-  validate_train_config(config)
+                       hooks: Sequence[Callable[[int], None]] = (),
+                       allow_config_changes: bool = False) -> dict:
+  """Retrains (or resumes) `config.genotype` in `workdir`; returns the final metrics.
+
+  A resume with a config of another meaning is refused unless `allow_config_changes`
+  (see `dnas_jax.workdir`); every way out waits for pending checkpoint writes.
+  """
+  cv.validate_train_config(config)
   sharding.maybe_initialize_distributed(config.distributed)
-  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.create_mesh()
+  cv.check_devices(config, mesh.devices.size)
   geno = resolve_genotype(config.genotype, config.model.num_layers)
   ds = load_data(config)
   train_split = input_pipeline.Split(ds.train_images, ds.train_labels)
   test_split = input_pipeline.Split(ds.test_images, ds.test_labels)
-  try:  # ValueErrors that name the field: user errors, printed without a traceback.
-    sharding.check_batch_size(config.batch_size, mesh)
-    sharding.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
-  except ValueError as e:
-    raise cv.ConfigError(str(e)) from None
-  if config.batch_size > len(train_split):
-    raise cv.ConfigError(f"config.batch_size={config.batch_size} is larger than the "
-                         f"{len(train_split)} training images")
+  cv.check_batch_fits(config.batch_size, len(train_split), "training images")
+  with workdir_lib.RunDir(workdir, config.keep_checkpoints, allow_config_changes) as run:
+    run.check_config(config.to_dict())
+    return _retrain(config, run, geno, ds, train_split, test_split, mesh, hooks)
+
+
+def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split, mesh,
+             hooks) -> dict:
+  workdir = run.workdir
   steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
   aug = input_pipeline.AugmentConfig(
@@ -279,9 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("network: %d parameters (%d with the auxiliary head), %d layers, C=%d",
                num_params, num_params_total, geno.num_layers, config.model.channels)
 
-  manager = checkpoints.create_manager(os.path.join(workdir, "checkpoints"),
-                                       config.keep_checkpoints)
-  restored = checkpoints.restore(manager, checkpoints.abstract_like(state))
+  restored = run.restore(checkpoints.abstract_like(state))
   if restored is not None:
     state = restored[0]
     logging.info("resumed from the checkpoint at step %d", int(state.step))
@@ -332,16 +311,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write_scalars(step, last_eval)
         if epoch_done or step % config.checkpoint_every_steps == 0:
           monitor.check_finite()
-          checkpoints.save(manager, step, state, meta)
+          run.save(step, state, meta)
+    monitor.check_finite()
+    run.save(step, state, meta)
   except KeyboardInterrupt:
     logging.warning("interrupted at step %d: saving a checkpoint", step)
-    checkpoints.save(manager, step, state, meta)
-    manager.wait_until_finished()
+    run.save(step, state, meta)
     writer.close()
     raise
-  monitor.check_finite()
-  checkpoints.save(manager, step, state, meta)
-  manager.wait_until_finished()
+  except (loop_monitor.NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
+    writer.close()
+    raise type(e)(f"{e}; {run.kept_checkpoint()}") from None
+  run.manager.wait_until_finished()
   if not last_eval:
     last_eval = evaluate(eval_fn, state, test_split, config.eval_batch_size, ds, mesh)
     writer.write_scalars(step, last_eval)

@@ -58,7 +58,7 @@ def _emit(record):
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   shape = (_IMAGE.value, _IMAGE.value, _CHANNELS.value)
   depths = [int(d) for d in _DEPTHS.value] or [config.model.num_layers]
   batches = [int(b) for b in _BATCHES.value] or [config.batch_size] * len(depths)

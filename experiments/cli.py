@@ -10,10 +10,14 @@ from absl import flags
 from absl import logging
 
 from dnas_jax import aot
+from dnas_jax import checkpoints
 from dnas_jax import compilation
 from dnas_jax import config_validation
 from dnas_jax import datasets
+from dnas_jax import genotype
+from dnas_jax import restore
 from dnas_jax import search_loop
+from dnas_jax import workdir
 
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", None, "Folder of the persistent compilation cache: a second run of "
@@ -21,8 +25,30 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/dnas_jax/xla; empty: no cache).")
 
 USER_ERRORS = (config_validation.ConfigError, aot.AotUnavailableError,
-               datasets.DatasetNotFoundError,
-               datasets.DatasetFormatError, search_loop.NonFiniteLossError)
+               datasets.DatasetNotFoundError, datasets.DatasetFormatError,
+               search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
+               checkpoints.CheckpointError, workdir.WorkdirError, restore.WorkdirError,
+               genotype.GenotypeFormatError)
+
+
+def define_resume_flag():
+  return flags.DEFINE_bool(
+      "resume_with_changes", False, "Resume the run in --workdir although the config "
+      "differs from the one it was started with (the differences are listed; a change "
+      "of shape cannot resume).")
+
+
+def config_value(flag):
+  """The value of a config-file flag; a file that cannot be loaded is one line."""
+  try:
+    value = flag.value
+    value.keys()  # a file that failed to load raises here, not above
+    return value
+  except OSError as e:
+    cause = e.__cause__ or e
+    last = str(cause).strip().splitlines()[-1].strip()
+    print(f"error: --config: cannot load the config file ({last})", file=sys.stderr)
+    sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -73,13 +99,14 @@ def _unknown_override(argv) -> str | None:
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
+  except (AttributeError, KeyError, flags.Error) as e:
     message = None
     try:
       message = _unknown_override(argv)
     except Exception:  # pylint: disable=broad-except
       pass
-    print(f"error: {message or e}", file=sys.stderr)
+    text = message or str(e).strip().splitlines()[0]
+    print(f"error: {text}", file=sys.stderr)
     sys.exit(2)
 
 

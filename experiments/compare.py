@@ -47,7 +47,7 @@ def main(argv):
   previous = {sig: signal.signal(sig, handler) for sig, handler in (
       (signal.SIGTERM, _interrupt), (signal.SIGINT, signal.default_int_handler))}
   try:
-    _compare(_CONFIG.value, _WORKDIR.value)
+    _compare(cli.config_value(_CONFIG), _WORKDIR.value)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)

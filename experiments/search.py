@@ -20,17 +20,19 @@ from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.",
                                           lock_config=True)
+_RESUME_WITH_CHANGES = cli.define_resume_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: "
                                "workdirs/<dataset>_<method>, e.g. cifar10_dnas).")
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   with cli.user_errors():
     workdir = _WORKDIR.value or compare.default_workdir(config)
     logging.info("workdir: %s", os.path.abspath(workdir))
-    search_loop.train_and_evaluate(config, workdir)
+    search_loop.train_and_evaluate(config, workdir,
+        allow_config_changes=_RESUME_WITH_CHANGES.value)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining config file.",
                                           lock_config=True)
+_RESUME_WITH_CHANGES = cli.define_resume_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: "
                                "workdirs/<dataset>_retrain).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the parameter counts and exit.")
@@ -31,14 +32,15 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the parameter counts and e
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   with cli.user_errors():
     if _DRY_RUN.value:
       print("\n".join(train.parameter_count_lines(config)))
       return
     workdir = _WORKDIR.value or os.path.join("workdirs", f"{config.data.dataset}_retrain")
     logging.info("workdir: %s", os.path.abspath(workdir))
-    result = train.train_and_evaluate(config, workdir)
+    result = train.train_and_evaluate(config, workdir,
+        allow_config_changes=_RESUME_WITH_CHANGES.value)
   print(f"test accuracy: {result['test_accuracy']:.4f}  test error: "
         f"{100 * result['test_error']:.2f} %  ({result['num_params']} parameters)")
 

@@ -32,6 +32,54 @@ def test_bad_config_is_one_clear_error(tmp_path, args, message):
   assert "Traceback" not in out.stderr
 
 
+def _run(module, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _list_genotype(tmp_path):
+  path = tmp_path / "list.json"
+  path.write_text("[1, 2]")
+  return str(path)
+
+
+TEST_SEARCH = "--config=experiments/configs/test.py"
+TEST_RETRAIN = "--config=experiments/configs/test_retrain.py"
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("experiments.search", [TEST_SEARCH, "--config.model.primitives=max_pool_3x3,foo"],
+     "error: config.model.primitives='max_pool_3x3,foo': Unknown operations ['foo']"),
+    ("experiments.search", [TEST_SEARCH, "--config.batch_size=200"],
+     "error: config.batch_size=200 is larger than the 128 images of the smaller search "
+     "split"),
+    ("experiments.search", [TEST_SEARCH, "--config.batch_size=2.5"],
+     "error: flag --config.batch_size=2.5: invalid literal for int()"),
+    ("experiments.search", ["--config=experiments/configs/nope.py"],
+     "error: --config: cannot load the config file ([Errno 2] No such file"),
+    ("experiments.search", [], "error: flag --config=None: Flag --config must have a "
+     "value"),
+    ("experiments.derive", [], "error: flag --workdir=None: Flag --workdir must have a "
+     "value"),
+    ("experiments.train", [TEST_RETRAIN, "--config.genotype={list_genotype}"],
+     "is not a valid genotype.json: the top level is a list"),
+    ("experiments.search", [TEST_SEARCH, "--config.optim.arch_lr=nan"],
+     "error: config.optim.arch_lr=nan must be a finite positive number"),
+])
+def test_user_errors_are_one_line_before_any_work(tmp_path, module, args, message):
+  """Each refused before data, compile or workdir: the last line says why."""
+  workdir = tmp_path / "run"
+  args = [a.replace("{list_genotype}", _list_genotype(tmp_path)) for a in args]
+  if module != "experiments.derive":  # its case is the missing --workdir
+    args.append(f"--workdir={workdir}")
+  out = _run(module, *args)
+  assert out.returncode != 0
+  assert message in out.stderr.strip().splitlines()[-1], out.stderr[-1500:]
+  assert "Traceback" not in out.stderr
+  assert not workdir.exists()
+
+
 def test_missing_cifar_says_where_to_put_it(tmp_path):
   out = _search(tmp_path, f"--config.data.data_dir={tmp_path}")
   assert out.returncode == 1

@@ -89,7 +89,7 @@ def test_edge_weights_reach_the_network_only_where_the_method_has_them():
   config = compare_cifar10.get_config()
   for row in EXPECTED:
     cfg = compare.search_config(config, row, 0)
-    prims = search_loop.resolve_primitives(cfg.model.primitives)
+    prims = config_validation.primitives_of(cfg.model.primitives)
     spec = arch.create_arch_spec(cfg.arch, cfg.model.num_layers, len(prims))
     params = jax.tree.map(lambda a: a + np.random.default_rng(0).normal(size=a.shape),
                           spec.init(jax.random.key(0)))

@@ -88,8 +88,10 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
     out = normalize(images, mean, std)
     return out * np.nan if calls["n"] >= 7 else out
   monkeypatch.setattr(search_loop.input_pipeline, "normalize", poisoned)
-  with pytest.raises(search_loop.NonFiniteLossError, match=r"at step 4;"):
+  with pytest.raises(search_loop.NonFiniteLossError,
+                     match=r"at step 4: .*the last finished checkpoint, step 2, is kept"):
     _run(tmp_path)
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
 
 
 def test_no_architecture_update_during_the_warmup_epochs():

@@ -73,7 +73,7 @@ def test_config_errors_name_the_field(field, value, match):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(config_validation.ConfigError, match=match):
-    train.validate_train_config(config)
+    config_validation.validate_train_config(config)
 
 
 def test_drop_path_ramps_linearly_per_epoch():
