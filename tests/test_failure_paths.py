@@ -104,6 +104,17 @@ def test_nan_stop_of_retraining_keeps_the_last_checkpoint(tmp_path, monkeypatch)
   assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
 
 
+def test_any_exception_waits_for_pending_writes_and_releases_the_lock(tmp_path):
+  def fail(step):
+    if step == 3:  # the checkpoint of step 2 may still be being written
+      raise RuntimeError("boom")
+  with pytest.raises(RuntimeError, match="boom"):
+    search_loop.train_and_evaluate(test_config.get_config(), str(tmp_path), hooks=[fail])
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  assert os.path.isfile(tmp_path / "checkpoints" / "2" / "_CHECKPOINT_METADATA")
+  assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
+
+
 # 2. A resume compares configs.
 
 
