@@ -83,6 +83,10 @@ def _common(config, integers, rates, non_negative):
                "data.crop_padding") + non_negative:
     _positive(config, path, allow_zero=True)
   _in_range(config, "optim.momentum", 0, 1)
+  for path in ("prefetch", "profile.first_step", "profile.num_steps"):
+    value = _get(config, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(f"config.{path}={value!r} must be a non-negative integer")
   if _get(config, "model.num_layers") < 3:
     raise ConfigError("config.model.num_layers must be at least 3 (two reduction cells)")
 

@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+import queue
+import threading
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -213,3 +215,48 @@ def eval_batches(split: Split, batch_size: int, mean, std) -> Iterator[dict[str,
       labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
       mask[-pad:] = False
     yield {"image": normalize(images, mean, std), "label": labels, "mask": mask}
+
+
+def prefetch(iterable: Iterable, size: int) -> Iterator:
+  """The items of `iterable`, produced up to `size` ahead by a background thread (so
+  that the host prepares and places batch n + 1 while the device runs step n); the
+  same items in the same order. size 0: the iterable itself. An exception in the
+  producer is raised here; leaving the loop early stops the thread."""
+  if size <= 0:
+    yield from iterable
+    return
+  items: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def put(entry) -> bool:
+    while not stop.is_set():
+      try:
+        items.put(entry, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def produce():
+    try:
+      for item in iterable:
+        if not put((item, None)):
+          return
+      put((done, None))
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised below)
+      put((done, e))
+
+  thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+  thread.start()
+  try:
+    while True:
+      item, error = items.get()
+      if error is not None:
+        raise error
+      if item is done:
+        return
+      yield item
+  finally:
+    stop.set()
+    thread.join(timeout=5)

@@ -9,6 +9,7 @@ import time
 from typing import Callable, Sequence
 
 from absl import logging
+import jax
 import numpy as np
 
 from dnas_jax import metric_writers
@@ -66,3 +67,31 @@ class LoopMonitor:
                  step // self._per_epoch, self._epochs, rate,
                  format_seconds((self._total - step) / max(rate, 1e-9)))
     self._metrics, self._window_start, self._window_steps = None, time.time(), 0
+
+
+class StepProfiler:
+  """A `jax.profiler` trace of the steps [first_step, first_step + num_steps) into
+  `logdir` (`plugins/profile/<run>/`: TensorBoard's profile tab reads the .xplane.pb,
+  Perfetto the .trace.json.gz); num_steps 0: none. Call `before_step(i)` with the
+  number of steps done before a step, `after_step(i, outputs)` after it."""
+
+  def __init__(self, logdir: str, first_step: int, num_steps: int):
+    self._logdir, self._first, self._last = logdir, first_step, first_step + num_steps
+    self._enabled, self._active = num_steps > 0, False
+
+  def before_step(self, done: int) -> None:
+    if self._enabled and done == self._first and not self._active:
+      jax.profiler.start_trace(self._logdir, create_perfetto_trace=True)
+      self._active = True
+
+  def after_step(self, done: int, outputs) -> None:
+    if self._active and done >= self._last:
+      jax.block_until_ready(outputs)
+      self.close()
+      logging.info("profile of steps %d-%d written to %s/plugins/profile", self._first + 1,
+                   done, self._logdir)
+
+  def close(self) -> None:
+    if self._active:
+      jax.profiler.stop_trace()
+      self._active = False

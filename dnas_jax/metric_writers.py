@@ -20,31 +20,36 @@ def _fmt(value: float) -> str:
 
 
 class MetricWriter:
-  """Writes scalars, images and texts to `logdir` (TensorBoard) and the log."""
+  """Writes scalars, images and texts to `logdir` (TensorBoard) and the log. With
+  `events=False` (every process but the first of a multi-process run) only the log."""
 
-  def __init__(self, logdir: str, console: bool = True):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
+  def __init__(self, logdir: str, console: bool = True, events: bool = True):
+    self._tb = None
+    if events:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
     self._console = console
 
   def write_scalars(self, step: int, scalars: Mapping[str, float],
                     console: bool = True) -> None:
-    for name, value in scalars.items():
+    for name, value in (scalars.items() if self._tb else ()):
       self._tb.add_scalar(name, float(value), global_step=int(step))
     if self._console and console:
       logging.info("[%d] %s", step, ", ".join(f"{k}={_fmt(float(v))}"
                                               for k, v in sorted(scalars.items())))
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    for name, image in images.items():
+    for name, image in (images.items() if self._tb else ()):
       self._tb.add_image(name, np.asarray(image), global_step=int(step), dataformats="HWC")
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-    for name, text in texts.items():
+    for name, text in (texts.items() if self._tb else ()):
       self._tb.add_text(name, text, global_step=int(step))
 
   def flush(self) -> None:
-    self._tb.flush()
+    if self._tb:
+      self._tb.flush()
 
   def close(self) -> None:
-    self._tb.close()
+    if self._tb:
+      self._tb.close()

@@ -203,7 +203,8 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
           "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
 
   weights_fn = jax.jit(spec.weights)
-  writer = metric_writers.MetricWriter(workdir)
+  lead = sharding.is_lead_process()  # writes artifacts and metrics; all checkpoint
+  writer = metric_writers.MetricWriter(workdir, events=lead)
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
   train_batch_shape = compilation.abstract_batch(config.batch_size, ds.image_shape,
@@ -231,10 +232,11 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
     step = int(state.step)
     run.save(step, state, meta)
     if epoch_done or step == total_steps:
-      psi = np.asarray(weights_fn(state.arch_params).psi)
-      geno = write_artifacts(workdir, psi, primitives,
-                             {"step": step, "epoch": step // steps_per_epoch,
-                              "dataset": ds.name, "arch_kind": spec.kind})
+      psi = np.asarray(weights_fn(state.arch_params).psi)  # on every process: SPMD
+      artifact_meta = {"step": step, "epoch": step // steps_per_epoch,
+                       "dataset": ds.name, "arch_kind": spec.kind}
+      geno = (write_artifacts(workdir, psi, primitives, artifact_meta) if lead
+              else genotype_lib.derive_genotype(psi, primitives))
       writer.write_scalars(step, psi_summary(psi, primitives), console=False)
       writer.write_texts(step, {"genotype": geno.describe()})
       return geno, psi
@@ -244,6 +246,8 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
                                      steps_per_epoch=steps_per_epoch,
                                      num_epochs=config.num_epochs,
                                      log_every=config.log_every_steps, hooks=hooks)
+  profiler = loop_monitor.StepProfiler(workdir, config.profile.first_step,
+                                       config.profile.num_steps)
   step = int(state.step)
   last_eval = {}
   try:
@@ -252,10 +256,14 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
       batches = input_pipeline.search_batches(weight_split, arch_split, config.batch_size,
                                               config.seed, epoch, aug, ds.mean, ds.std,
                                               start_step=offset)
-      for train_batch, val_batch in batches:
-        state, m = step_fn(state, sharding.shard_batch(train_batch, mesh),
-                           sharding.shard_batch(val_batch, mesh), rng)
+      placed = ((sharding.shard_batch(t, mesh), sharding.shard_batch(v, mesh))
+                for t, v in batches)
+      for train_batch, val_batch in input_pipeline.prefetch(placed, config.prefetch):
+        profiler.before_step(step)
+        with jax.profiler.StepTraceAnnotation("search_step", step_num=step):
+          state, m = step_fn(state, train_batch, val_batch, rng)
         step += 1
+        profiler.after_step(step, state)
         monitor.record(step, m, m.train_loss.total)
         epoch_done = step % steps_per_epoch == 0
         if epoch_done and ((step // steps_per_epoch) % config.eval_every_epochs == 0
@@ -267,6 +275,7 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
           geno, _ = checkpoint(state, epoch_done)
           if geno is not None:
             logging.info("epoch %d genotype:\n%s", step // steps_per_epoch, geno.describe())
+        run.check_preemption(step)
     monitor.check_finite()
     geno, psi = checkpoint(state, epoch_done=True)
   except KeyboardInterrupt:
@@ -277,13 +286,16 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   except (NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
     writer.close()
     raise type(e)(f"{e}; {run.kept_checkpoint()}") from None
+  finally:
+    profiler.close()
   run.manager.wait_until_finished()
-  _plot_figures(workdir, psi, primitives, geno, writer, step)
   if not last_eval:
     last_eval = evaluate(state)
+  if lead:
+    _plot_figures(workdir, psi, primitives, geno, writer, step)
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(last_eval, f, indent=1)
   writer.close()
-  with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-    json.dump(last_eval, f, indent=1)
   logging.info("search done: %s; genotype in %s", last_eval,
                os.path.join(workdir, "genotype.json"))
   return {"state": state, "genotype": geno, "psi": psi, **last_eval}

@@ -9,6 +9,7 @@ global batch (a mean over a sharded axis is a global mean).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -19,9 +20,26 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:
-  """Calls `jax.distributed.initialize()` once, for multi-host runs (config.distributed)."""
-  if enabled and jax.process_count() == 1:
-    jax.distributed.initialize()
+  """Joins the multi-process JAX runtime once (config.distributed), before any JAX
+  computation. On a TPU pod slice or a cluster JAX detects (SLURM, Open MPI, ...) it
+  finds its peers itself; elsewhere each process is told by the environment:
+  JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID. On CPUs the processes exchange data with gloo."""
+  if not enabled or jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if "JAX_NUM_PROCESSES" in os.environ:
+    kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+  if "JAX_PROCESS_ID" in os.environ:
+    kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+
+
+def is_lead_process() -> bool:
+  """Process 0 writes the run's artifacts and metrics; every process checkpoints."""
+  return jax.process_index() == 0
 
 
 def create_mesh(devices=None) -> Mesh:
@@ -45,16 +63,42 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str = "config.batch_siz
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  """`tree` (host values or single-device arrays, the same on every process) as arrays
+  replicated over the mesh, which may span several processes."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree.map(put, tree)
+
+
+def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:
+  """The rows of a global batch that this process's devices hold (contiguous: the
+  mesh lists each process's devices together)."""
+  spans = {(i[0].start or 0, global_shape[0] if i[0].stop is None else i[0].stop)
+           for i in sharding.addressable_devices_indices_map(global_shape).values()}
+  start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ValueError(f"this process's rows of the batch are not contiguous: {sorted(spans)}")
+  return slice(start, stop)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Puts a host batch (the global batch, on a single host) onto the mesh.
+  """Puts a host batch, the global batch, onto the mesh.
 
-  On several hosts each host passes its own slice and the global array is assembled.
+  Every process computes the same global batch (same order and augmentation as on one
+  host); on several processes each one passes only its own rows, and the global array
+  is assembled with the global shape.
   """
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+      lambda x: jax.make_array_from_process_local_data(
+          sharding, x[local_rows(sharding, x.shape)], global_shape=x.shape), batch)

@@ -273,7 +273,8 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
   step_fn = jax.jit(functools.partial(
       train_step, net=net_train, tx=tx, lr_schedule=lr_schedule,
       auxiliary_weight=config.optim.auxiliary_weight), donate_argnums=(0,))
-  writer = metric_writers.MetricWriter(workdir)
+  lead = sharding.is_lead_process()  # writes metrics and final_metrics.json
+  writer = metric_writers.MetricWriter(workdir, events=lead)
   writer.write_texts(0, {"genotype": geno.describe()})
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
@@ -291,17 +292,24 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
                                      steps_per_epoch=steps_per_epoch,
                                      num_epochs=config.num_epochs,
                                      log_every=config.log_every_steps, hooks=hooks)
+  profiler = loop_monitor.StepProfiler(workdir, config.profile.first_step,
+                                       config.profile.num_steps)
   step = int(state.step)
   last_eval = {}
   try:
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
       drop_prob = jnp.float32(drop_path_prob(config, step, steps_per_epoch))
-      for batch in input_pipeline.epoch_batches(train_split, config.batch_size,
-                                                config.seed, epoch, aug, ds.mean, ds.std,
-                                                start_step=offset):
-        state, m = step_fn(state, sharding.shard_batch(batch, mesh), rng, drop_prob)
+      batches = input_pipeline.epoch_batches(train_split, config.batch_size, config.seed,
+                                             epoch, aug, ds.mean, ds.std,
+                                             start_step=offset)
+      placed = (sharding.shard_batch(b, mesh) for b in batches)
+      for batch in input_pipeline.prefetch(placed, config.prefetch):
+        profiler.before_step(step)
+        with jax.profiler.StepTraceAnnotation("train_step", step_num=step):
+          state, m = step_fn(state, batch, rng, drop_prob)
         step += 1
+        profiler.after_step(step, state)
         monitor.record(step, m, m.train_loss.total)
         epoch_done = step % steps_per_epoch == 0
         if epoch_done and ((step // steps_per_epoch) % config.eval_every_epochs == 0
@@ -312,6 +320,7 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
         if epoch_done or step % config.checkpoint_every_steps == 0:
           monitor.check_finite()
           run.save(step, state, meta)
+        run.check_preemption(step)
     monitor.check_finite()
     run.save(step, state, meta)
   except KeyboardInterrupt:
@@ -322,6 +331,8 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
   except (loop_monitor.NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
     writer.close()
     raise type(e)(f"{e}; {run.kept_checkpoint()}") from None
+  finally:
+    profiler.close()
   run.manager.wait_until_finished()
   if not last_eval:
     last_eval = evaluate(eval_fn, state, test_split, config.eval_batch_size, ds, mesh)
@@ -329,8 +340,9 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
   writer.close()
   final = {**last_eval, "step": step, "epochs": config.num_epochs,
            "num_params": num_params, "num_params_total": num_params_total}
-  with open(os.path.join(workdir, FINAL_METRICS), "w") as f:
-    json.dump(final, f, indent=1)
+  if lead:
+    with open(os.path.join(workdir, FINAL_METRICS), "w") as f:
+      json.dump(final, f, indent=1)
   logging.info("retraining done: test accuracy %.4f, test error %.2f %% (%s)",
                final["test_accuracy"], 100 * final["test_error"],
                os.path.join(workdir, FINAL_METRICS))

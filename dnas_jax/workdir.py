@@ -36,7 +36,8 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
 # Config fields that do not change what a run computes: a resume may change them.
 HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-            "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed")
+            "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
+            "prefetch", "profile")
 
 
 class WorkdirError(RuntimeError):
@@ -49,6 +50,11 @@ class WorkdirBusyError(WorkdirError):
 
 class ConfigChangedError(WorkdirError):
   """A resume with a config whose meaning differs from the stored one."""
+
+
+class Preempted(KeyboardInterrupt):
+  """Every process reached the preemption sync point at the same step; the loops save a
+  checkpoint there (as on Ctrl-C) and stop."""
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +245,14 @@ class RunDir:
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     checkpoints.save(self.manager, step, state, meta)
+
+  def check_preemption(self, step: int) -> None:
+    """Raises Preempted on every process at the same step once any of them was told
+    to stop (SIGTERM, a TPU maintenance event: JAX's preemption service, several
+    processes only; one process handles SIGTERM as Ctrl-C)."""
+    if jax.process_count() > 1 and self.manager.reached_preemption(step):
+      raise Preempted(f"preempted at step {step}: every process saved a checkpoint "
+                      "there; run the same command again to resume")
 
   def kept_checkpoint(self) -> str:
     """What a stopped run leaves to resume from (after its pending writes), for its

@@ -60,6 +60,9 @@ def user_errors():
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except workdir.Preempted as e:
+    print(f"{e}", file=sys.stderr)
+    sys.exit(143)
   except KeyboardInterrupt:
     print("interrupted; run the same command again to resume", file=sys.stderr)
     sys.exit(130)

@@ -95,4 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
+  # Batches prepared ahead by a host thread while the device runs a step (0: none).
+  config.prefetch = 2
+  # A jax.profiler trace of `num_steps` steps from `first_step` into WORKDIR/plugins/
+  # profile (TensorBoard's profile tab, or the .trace.json.gz in Perfetto); 0: none.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.first_step = 10
+  config.profile.num_steps = 0
   return config

@@ -1,0 +1,144 @@
+"""Two JAX processes of 4 fake CPU devices each (jax.distributed, coordinator on
+127.0.0.1, gloo collectives), as on a TPU pod slice or several GPU hosts, against one
+process of 8 devices: the same global batches, the same result. The search is also
+killed (both processes, SIGKILL) and resumed, and preempted (SIGTERM to one process:
+both save at the same step) and resumed.
+
+Each command runs under a time limit; on failure or timeout every process is killed
+(tests/jax_processes.py).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+import jax_processes as mp  # tests/jax_processes.py
+
+SEARCH = ["--config=experiments/configs/test.py", "--config.num_epochs=1",
+          "--config.optim.arch_warmup_epochs=0", "--config.eval_batch_size=16"]
+# One retraining step of the whole training set (256 images): over more steps the
+# retraining's rounding differences grow (measured: 3e-6 of an array's largest value
+# after one step of 64 images, 1e-3 after three; near-ties in max pooling flip).
+RETRAIN = ["--config=experiments/configs/test_retrain.py", "--config.num_epochs=1",
+           "--config.batch_size=256"]
+LIMIT = 420  # seconds per command
+
+
+def _single(module, args, workdir):
+  out = subprocess.run([sys.executable, "-m", module, *args, f"--workdir={workdir}"],
+                       cwd=mp.ROOT, env=mp.env_for(8), capture_output=True, text=True,
+                       timeout=LIMIT)
+  assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _state(workdir):
+  """The newest checkpoint's state as nested dicts of arrays, and its step."""
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
+  step = manager.latest_step()
+  # Saved over 8 devices; restored here onto this process's one device.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target))).state
+  manager.close()
+  return state, step
+
+
+def _assert_same_state(a, b):
+  """Equal to float32 rounding: the gradient all-reduce sums in another order over two
+  processes (gloo) than within one, so each array may differ by a few ulps of its
+  largest value (measured: at most 3e-6 of it after 8 search steps)."""
+  flat_a = ocp.tree.to_flat_dict(a)
+  flat_b = ocp.tree.to_flat_dict(b)
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    x, y = np.asarray(flat_a[key]), np.asarray(flat_b[key])
+    if x.dtype.kind != "f":
+      np.testing.assert_array_equal(x, y, err_msg=str(key))
+    else:
+      assert np.abs(x - y).max() <= 1e-4 * np.abs(x).max() + 1e-7, key
+
+
+def _finished_steps(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(s) for s in os.listdir(folder)
+                if s.isdigit() and os.path.isfile(os.path.join(folder, s,
+                                                               "_CHECKPOINT_METADATA")))
+
+
+def _wait_for_checkpoint(procs, workdir, after: int):
+  deadline = time.time() + LIMIT
+  while time.time() < deadline:
+    steps = _finished_steps(workdir)
+    if steps and steps[-1] > after:
+      return steps[-1]
+    if any(p.poll() is not None for p in procs.procs):
+      raise AssertionError(f"a process ended early:\n{procs.output()}")
+    time.sleep(0.05)
+  procs.kill()
+  raise TimeoutError(f"no checkpoint after step {after} in {LIMIT} s:\n{procs.output()}")
+
+
+def test_two_processes_search_like_one_and_resume_after_kill_and_preemption(tmp_path):
+  ref, run = tmp_path / "one_process", tmp_path / "two_processes"
+  _single("experiments.search", SEARCH, ref)
+  args = SEARCH + [f"--workdir={run}"]
+  logs = tmp_path / "logs"
+  for attempt in ("killed", "preempted", "finished"):
+    (logs / attempt).mkdir(parents=True)
+    with mp.Processes("experiments.search", args, 2, 4, str(logs / attempt)) as procs:
+      if attempt == "killed":  # both processes, kill -9, after their first checkpoint
+        killed_after = _wait_for_checkpoint(procs, str(run), 0)
+        procs.kill()
+        assert not os.path.exists(run / "final_metrics.json")
+      elif attempt == "preempted":  # SIGTERM to process 1 only
+        _wait_for_checkpoint(procs, str(run), killed_after)
+        procs.signal(signal.SIGTERM, which=1)
+        codes = procs.wait(LIMIT)
+        assert codes == [143, 143], procs.output()
+        steps = _finished_steps(str(run))
+        assert f"preempted at step {steps[-1]}" in procs.output()
+        assert steps[-1] < 8, steps
+      else:
+        assert procs.wait(LIMIT) == [0, 0], procs.output()
+  ref_state, ref_step = _state(str(ref))
+  state, step = _state(str(run))
+  assert step == ref_step == 8
+  _assert_same_state(state, ref_state)
+  np.testing.assert_allclose(np.load(run / "psi.npy"), np.load(ref / "psi.npy"),
+                             rtol=1e-5)
+  assert (json.loads((run / "genotype.json").read_text())["cells"]
+          == json.loads((ref / "genotype.json").read_text())["cells"])
+  # Only process 0 wrote the artifacts and event files: one set, no temporaries.
+  events = [n for n in os.listdir(run) if n.startswith("events.out.tfevents")]
+  assert len(events) == 3  # one per launch
+  assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
+
+
+def test_two_processes_retrain_like_one(tmp_path):
+  ref, run = tmp_path / "one_process", tmp_path / "two_processes"
+  _single("experiments.train", RETRAIN, ref)
+  with mp.Processes("experiments.train", RETRAIN + [f"--workdir={run}"], 2, 4,
+                    str(tmp_path)) as procs:
+    assert procs.wait(LIMIT) == [0, 0], procs.output()
+  ref_state, ref_step = _state(str(ref))
+  state, step = _state(str(run))
+  assert step == ref_step == 1
+  _assert_same_state(state, ref_state)
+  ref_final = json.loads((ref / "final_metrics.json").read_text())
+  final = json.loads((run / "final_metrics.json").read_text())
+  assert abs(final["test_accuracy"] - ref_final["test_accuracy"]) <= 1 / 64
+  assert [n for n in os.listdir(run) if n.startswith("events.out")]
