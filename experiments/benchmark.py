@@ -13,6 +13,9 @@
 * `train`: the retraining step of `--retrain_config`.
 * `input`: the host input pipeline's own images/s (crop, flip, normalise) at the
   search batch size.
+* `prefetch`: search steps/s fed through the loop's input path (augmentation,
+  sharding) without and with `--prefetch` batches prepared ahead by a host thread, and
+  their ratio, measured in the same run.
 * `convs`: convolution instructions of the lowered search step for each depth (the
   supernet's program does not grow with depth).
 * `aot`: compiles the search step, the search's evaluation step and (with
@@ -44,6 +47,7 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
 _IMAGE = flags.DEFINE_integer("image_size", 32, "Image height and width.")
 _CHANNELS = flags.DEFINE_integer("image_channels", 3, "Image channels.")
+_PREFETCH = flags.DEFINE_integer("prefetch", 2, "Batches ahead for --what=prefetch.")
 _TOPOLOGY = flags.DEFINE_string("aot_topology", "v5e:2x2", "TPU topology for --what=aot.")
 _CHIPS = flags.DEFINE_integer("aot_chips", 1, "Chips of the topology the program uses "
                               "(data parallel) for --what=aot.")
@@ -88,6 +92,10 @@ def main(argv):
       if "search" in _WHAT.value:
         _emit(benchmarking.benchmark_search_step(c, shape, steps=_STEPS.value,
                                                  warmup=_WARMUP.value))
+      if "prefetch" in _WHAT.value:
+        _emit(benchmarking.benchmark_prefetch(c, shape, steps=_STEPS.value,
+                                              warmup=_WARMUP.value,
+                                              prefetch=_PREFETCH.value))
     if "train" in _WHAT.value and _RETRAIN.value is not None:
       _emit(benchmarking.benchmark_train_step(_RETRAIN.value, shape, steps=_STEPS.value,
                                               warmup=_WARMUP.value))

@@ -235,3 +235,22 @@ def test_search_batches_train_weights_on_the_first_half_and_architecture_on_the_
       seen_train |= {np.rint(im).astype(np.uint8).tobytes() for im in train["image"]}
       seen_val |= {np.rint(im).astype(np.uint8).tobytes() for im in val["image"]}
   assert seen_train == first and seen_val == second
+
+
+def test_prefetch_yields_the_same_items_and_stops_its_thread():
+  import threading  # pylint: disable=g-import-not-at-top
+  items = [{"x": np.full(3, i)} for i in range(20)]
+  for size in (0, 1, 3):
+    out = list(ip.prefetch(iter(items), size))
+    assert [int(o["x"][0]) for o in out] == list(range(20))
+  before = threading.active_count()
+  for i, _ in enumerate(ip.prefetch(iter(items), 2)):
+    if i == 4:
+      break  # leaving early: the producer thread ends
+  assert threading.active_count() == before
+
+  def failing():
+    yield 1
+    raise OSError("disk gone")
+  with pytest.raises(OSError, match="disk gone"):
+    list(ip.prefetch(failing(), 2))

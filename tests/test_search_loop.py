@@ -114,3 +114,19 @@ def test_no_architecture_update_during_the_warmup_epochs():
         jax.tree.leaves(state.arch_params), jax.tree.leaves(initial)))
     assert moved == (step == 8), step
     assert float(m.compute()["arch_updates"]) == float(step == 8)
+
+
+def test_prefetch_and_profiling_leave_the_result_unchanged(tmp_path, tiny_search):
+  """tiny_search ran with configs/test.py's prefetch of 2 and no profile; without
+  prefetch and with a profile of steps 4-5 the run ends bitwise in the same state, and
+  the trace is in the workdir."""
+  _, full = tiny_search
+  result = _run(tmp_path, prefetch=0, **{"profile.first_step": 3, "profile.num_steps": 2})
+  for a, b in ((full["state"].params, result["state"].params),
+               (full["state"].arch_params, result["state"].arch_params)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  runs = list((tmp_path / "plugins" / "profile").iterdir())
+  assert len(runs) == 1
+  names = os.listdir(runs[0])
+  assert any(n.endswith(".xplane.pb") for n in names), names
+  assert any(n.endswith(".trace.json.gz") for n in names), names
