@@ -1,6 +1,6 @@
 """Architecture weights ψ[layer, connection, operation]: three parameterisations.
 
-All functions here are pure functions of small pytrees (DESIGN.md §1):
+All functions here are pure functions of small pytrees (docs/design.md §1):
 
 =============  ===========================================  ==================================
 name           trainable arrays                             ψ[k, i, j]

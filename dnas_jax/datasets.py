@@ -1,4 +1,5 @@
-"""Datasets held in memory as uint8 NHWC arrays, from the sources DESIGN.md §3 lists.
+"""Datasets held in memory as uint8 NHWC arrays, from the sources listed below (and in
+the README's Data section).
 
 `load_dataset(name, source, data_dir)` returns a `Dataset`.
 

@@ -1,4 +1,4 @@
-"""Global genotypes: one discrete cell per layer, derived from ψ (DESIGN.md §1).
+"""Global genotypes: one discrete cell per layer, derived from ψ (docs/design.md §1).
 
 A `CellGenotype` lists, per intermediate node, the (operation, input) pairs it sums;
 inputs are numbered as in DARTS (0 = s0, 1 = s1, 2 + n = node n). A `GlobalGenotype`

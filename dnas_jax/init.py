@@ -1,7 +1,7 @@
 """Variables of a Flax module from shapes only: no network is run or compiled.
 
 `jax.jit(module.init)` of the search network compiles the whole network with a random
-number generator per parameter, which takes minutes on a CPU (DESIGN.md §4). Here the
+number generator per parameter, which takes minutes on a CPU (docs/design.md §5). Here the
 shapes come from `jax.eval_shape` and each leaf is filled on the host with PyTorch's
 default initialisation, the one DARTS and PC-DARTS train with:
 

@@ -1,6 +1,6 @@
 """Metric writing at the edge of the loop: TensorBoard event files and console lines.
 
-clu's `metric_writers` import TensorFlow at package import (ECOSYSTEM.md), which users
+clu's `metric_writers` import TensorFlow at package import (clu 0.0.12), which users
 without TensorFlow do not have; this writer has the same small interface
 (`write_scalars`, `write_images`, `write_texts`, `flush`, `close`) on top of
 tensorboardX, whose event files TensorBoard reads. clu's `metrics` are used for the

@@ -1,4 +1,4 @@
-"""Discrete networks built from a global genotype (DESIGN.md §1, Retraining).
+"""Discrete networks built from a global genotype (docs/design.md §1, Retraining).
 
 `NetworkCIFAR` is DARTS's `NetworkCIFAR` (quark0/darts `cnn/model.py`) with one cell
 per layer taken from a `GlobalGenotype`: a 3×3 stem convolution to 3C channels and an

@@ -1,4 +1,4 @@
-"""The DARTS cell search space, per layer (DESIGN.md §1).
+"""The DARTS cell search space, per layer (docs/design.md §1).
 
 A network is a stem and ``L`` cells. Cells at ``L // 3`` and ``2 * L // 3`` are
 reduction cells (stride 2, channels doubled); the others are normal cells. A cell

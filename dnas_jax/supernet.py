@@ -1,4 +1,4 @@
-"""The partial-channel supernet of the search, with ψ as an input (DESIGN.md §1, §4).
+"""The partial-channel supernet of the search, with ψ as an input (docs/design.md §1, §5).
 
 * `MixedOp`: one mixed edge, formula (5): X = Σ_j ψ[k,i,j] · O_j(x), computed on the
   first 1/K of the channels (PC-DARTS); the other channels bypass (max-pooled on

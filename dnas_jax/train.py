@@ -1,4 +1,4 @@
-"""Retraining a global genotype from scratch, and its evaluation (DESIGN.md §1).
+"""Retraining a global genotype from scratch, and its evaluation (docs/design.md §1).
 
 Config → genotype (a published name or a `genotype.json`, mapped to the network's depth
 with `genotype.map_to_depth`) → dataset → discrete network (`network.create_network`)

@@ -7,7 +7,7 @@ Reads ψ [L, 14, Op] from SEARCH_DIR/psi.npy, or, when that is absent, computes 
 the architecture parameters of the latest checkpoint (`dnas_jax.restore.search_psi`;
 the work is `dnas_jax.restore.derive_from_search`).
 Derives the global genotype (per layer and node, the `edges_per_node` strongest
-incoming connections, each with its arg-max operation; DESIGN.md §1) and writes, into
+incoming connections, each with its arg-max operation; docs/design.md §1) and writes, into
 DIR (default SEARCH_DIR):
 
 * `genotype.json` and `genotype.txt`: the genotype at the search depth L;

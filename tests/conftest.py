@@ -1,6 +1,6 @@
 """Test-session settings, applied before JAX is imported anywhere.
 
-Compile time dominates this suite on a CPU (DESIGN.md §4), so tests compile with XLA's
+Compile time dominates this suite on a CPU (docs/design.md §5), so tests compile with XLA's
 cheap settings (the numbers are the same programs, less optimised) and share a
 persistent compilation cache within a run.
 """

@@ -8,7 +8,7 @@ Produces in the workdir: Orbax checkpoints (resumed automatically), TensorBoard 
 files, `genotype.json` (one cell per layer), `genotype.txt`, `psi.npy` [20, 14, 7] and
 the figures `global_architecture.png`, `psi_heatmaps.png`.
 
-Why these values (Xu & He 2022, §4 and DESIGN.md §1):
+Why these values (Xu & He 2022, §4; docs/design.md §1):
 * The paper searches the entire model directly, so the search network has the depth it
   is retrained at: L = 20 cells, C = 16 initial channels, partial channels K = 4.
 * "The same hyperparameter setting as DARTS": 50 epochs; weights by SGD, lr 0.025
