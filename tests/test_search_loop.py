@@ -1,6 +1,7 @@
 """The search loop end to end on configs/test.py: artifacts, interruption and resume,
 every parameterisation by config, a non-finite loss."""
 
+import gzip
 import json
 import os
 import pathlib
@@ -130,3 +131,6 @@ def test_prefetch_and_profiling_leave_the_result_unchanged(tmp_path, tiny_search
   names = os.listdir(runs[0])
   assert any(n.endswith(".xplane.pb") for n in names), names
   assert any(n.endswith(".trace.json.gz") for n in names), names
+  trace = next(n for n in names if n.endswith(".trace.json.gz"))
+  with gzip.open(runs[0] / trace) as f:
+    assert b'"search_step"' in f.read()  # the step annotation
