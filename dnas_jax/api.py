@@ -14,26 +14,23 @@ machine, a notebook or a colleague needs only the workdir, not the config file::
     clf = api.load_classifier("workdirs/digits_retrain")
     clf.predict(images_uint8)   # [N] class ids; uint8 (0..255) or float (0..1) NHWC
 
-`load_search` reads the latest checkpoint of a search workdir (or the one at `step`);
-`load_classifier` that of a retraining workdir. Both raise `restore.WorkdirError` with
-a message saying what is missing.
+`load_search` reads the newest intact checkpoint of a search workdir (or the one at
+`step`); `load_classifier` that of a retraining workdir. The reading itself, verified
+against each checkpoint's digest, is `dnas_jax.restore`'s. Both raise
+`restore.WorkdirError` with a message saying what is missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from dnas_jax import arch as arch_lib
-from dnas_jax import checkpoints
 from dnas_jax import genotype as genotype_lib
 from dnas_jax import network
 from dnas_jax import restore
@@ -65,37 +62,17 @@ class SearchResult:
     return self.step // self.meta.get("steps_per_epoch", 1)
 
 
-def _manager(workdir: str) -> ocp.CheckpointManager:
-  path = os.path.join(workdir, restore.CHECKPOINT_DIR)
-  if not os.path.isdir(path):
-    raise WorkdirError(f"no checkpoint folder {path}: is {workdir} a run's workdir?")
-  return checkpoints.create_manager(path)
-
-
 def load_search(workdir: str, step: int | None = None,
                 edges_per_node: int = 2) -> SearchResult:
   """ψ, the architecture parameters and the derived global genotype of a search
-  workdir's checkpoint `step` (default: the latest)."""
-  manager = _manager(workdir)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise WorkdirError(f"no checkpoint in {os.path.join(workdir, restore.CHECKPOINT_DIR)}")
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  if "primitives" not in meta or "genotype" in meta:
-    raise WorkdirError(f"{workdir} is not a search workdir (its checkpoint meta has no "
-                       "candidate operations; for a retraining workdir use "
-                       "load_classifier)")
-  # Without a target the state comes back as nested dicts of arrays; only the
-  # architecture parameters are kept.
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore())).state
-  arch_params = jax.tree.map(np.asarray, state["arch_params"])
-  config = ml_collections.ConfigDict(meta["config"])
+  workdir's checkpoint `step` (default: the newest intact one)."""
+  state, meta, step = restore.restore_search_run(workdir, step)
+  arch_params = jax.tree.map(np.asarray, jax.device_get(state.arch_params))
+  psi = restore.search_psi_of(meta, arch_params)
   primitives = tuple(meta["primitives"])
-  spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
-  psi = np.asarray(jax.jit(spec.psi)(arch_params), np.float32)
   geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
-  return SearchResult(psi, arch_params, geno, primitives, config, int(step), meta)
+  return SearchResult(psi, arch_params, geno, primitives,
+                      ml_collections.ConfigDict(meta["config"]), int(step), meta)
 
 
 @dataclasses.dataclass(frozen=True)

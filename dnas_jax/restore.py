@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from dnas_jax import arch as arch_lib
 from dnas_jax import checkpoints
@@ -64,20 +63,61 @@ class RestoredRun:
     return {"params": self.state.params, "batch_stats": self.state.batch_stats}
 
 
-def _checkpoint_dir(workdir: str) -> str:
+def checkpoint_manager(workdir: str):
+  """The Orbax manager of a run's workdir; WorkdirError when it has no checkpoints."""
   path = os.path.join(workdir, CHECKPOINT_DIR)
   if not os.path.isdir(path):
     raise WorkdirError(f"no checkpoint folder {path}: is {workdir} a run's workdir?")
-  return path
+  return checkpoints.create_manager(path)
 
 
-def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
-  """The retraining run in `workdir` at checkpoint `step` (default: the latest)."""
-  manager = checkpoints.create_manager(_checkpoint_dir(workdir))
+def _meta(manager, workdir: str, step: int | None) -> dict:
+  """The meta of checkpoint `step`, or of the newest readable one."""
+  if step is not None:
+    return checkpoints.read_meta(manager, step)
   newest = checkpoints.newest_readable_meta(manager)
   if newest is None:
     raise WorkdirError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
-  meta = newest[1] if step is None else checkpoints.read_meta(manager, step)
+  return newest[1]
+
+
+def _restore_state(manager, target, step: int | None):
+  """(state, meta, step): checkpoint `step`, or the newest intact one (verified against
+  its digest; damaged newer ones are skipped, not moved: this only reads)."""
+  if step is None:
+    restored = checkpoints.restore_verified(manager, target, move_damaged=False)
+    if restored is None:
+      raise WorkdirError(f"no checkpoint in {manager.directory}")
+    return restored
+  state, meta = checkpoints.restore(manager, target, step)
+  return state, meta, step
+
+
+def restore_search_run(workdir: str, step: int | None = None, mesh=None
+                       ) -> tuple[Any, dict, int]:
+  """(state, meta, step) of a search workdir's checkpoint `step` (default: the newest
+  intact one). The restore target is the search state rebuilt from the meta (shapes
+  only: nothing runs or compiles)."""
+  from dnas_jax import search_loop  # pylint: disable=g-import-not-at-top  (heavy)
+  manager = checkpoint_manager(workdir)
+  meta = _meta(manager, workdir, step)
+  if "primitives" not in meta or "genotype" in meta:
+    raise WorkdirError(f"{workdir} is not a search workdir (its checkpoint meta has no "
+                       "candidate operations; for a retraining workdir use "
+                       "restore_train_run or api.load_classifier)")
+  config = ml_collections.ConfigDict(meta["config"])
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  setup = search_loop.create_search_setup(config, tuple(meta["image_shape"]),
+                                          meta["num_classes"], meta["steps_per_epoch"],
+                                          mesh)
+  return _restore_state(manager, checkpoints.abstract_like(setup.state), step)
+
+
+def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
+  """The retraining run in `workdir` at checkpoint `step` (default: the newest intact
+  one)."""
+  manager = checkpoint_manager(workdir)
+  meta = _meta(manager, workdir, step)
   if "genotype" not in meta:
     raise WorkdirError(f"{workdir} is not a retraining workdir (its checkpoint meta has "
                        "no genotype; for a search workdir use experiments.derive)")
@@ -87,10 +127,7 @@ def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> Resto
   net_train = train.create_network(config, geno, meta["num_classes"], True)
   tx, _ = train.create_tx(config, meta["steps_per_epoch"])
   target = train.abstract_state(net_train, meta["image_shape"], tx, mesh)
-  if step is None:  # the newest intact checkpoint, verified against its digest
-    state, meta, _ = checkpoints.restore_verified(manager, target, move_damaged=False)
-  else:
-    state, _ = checkpoints.restore(manager, target, step)
+  state, meta, _ = _restore_state(manager, target, step)
   return RestoredRun(config, meta, geno, net_train.clone(train=False), state, mesh)
 
 
@@ -137,7 +174,7 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
   newest = checkpoints.newest_readable_meta(manager) if manager is not None else None
   if newest is not None:
-    ckpt_step, info["meta"] = newest
+    info["meta"] = newest[1]
     if "genotype" in info["meta"]:
       raise WorkdirError(f"{workdir} is a retraining workdir (its checkpoints hold a "
                          "genotype, not architecture parameters); derive reads a "
@@ -151,18 +188,18 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   if newest is None:
     raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a "
                        "search workdir?")
-  meta = info["meta"]
-  # Restore without a target: plain nested dicts; only the architecture part is used.
-  restored = manager.restore(ckpt_step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  arch_params = restored.state["arch_params"]
-  spec = arch_lib.create_arch_spec(meta["config"]["arch"],
-                                   meta["config"]["model"]["num_layers"], len(primitives))
-  info["source"] = f"{ckpt} (step {ckpt_step})"
-  info["step"] = ckpt_step
-  if "steps_per_epoch" in meta:
-    info["epoch"] = ckpt_step // meta["steps_per_epoch"]
-  return np.asarray(jax.jit(spec.psi)(arch_params)), primitives, info
+  state, meta, step = restore_search_run(workdir)
+  info.update(meta=meta, step=step, source=f"{ckpt} (step {step})",
+              epoch=step // meta["steps_per_epoch"])
+  return search_psi_of(meta, state.arch_params), primitives, info
+
+
+def search_psi_of(meta: dict, arch_params) -> np.ndarray:
+  """ψ [L, 14, Op] (float32) of a search checkpoint's architecture parameters."""
+  config = meta["config"]
+  spec = arch_lib.create_arch_spec(config["arch"], config["model"]["num_layers"],
+                                   len(meta["primitives"]))
+  return np.asarray(jax.jit(spec.psi)(arch_params), np.float32)
 
 
 def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ restore.search_psi and restore.derive_from_search)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 
 from dnas_jax import arch as arch_lib
-from dnas_jax import checkpoints
 from dnas_jax import genotype as genotype_lib
 from dnas_jax import network
 from dnas_jax import restore
@@ -114,25 +114,20 @@ def test_derive_command_writes_genotypes_and_pngs(tmp_path):
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(out))
 
 
-def test_psi_from_the_checkpoint_when_psi_npy_is_absent(tmp_path):
+def test_psi_from_the_checkpoint_when_psi_npy_is_absent(tmp_path, tiny_search):
+  """Without psi.npy, ψ comes from the newest intact checkpoint's architecture
+  parameters (the search state restored and verified): the ψ the search wrote."""
+  src, _ = tiny_search
   search_dir = str(tmp_path / "search")
-  _fake_search_workdir(search_dir, with_psi=False)
-  arch_config = {"kind": "decoupled", "beta_domain": "layer", "alpha_sharing": "global",
-                 "alpha_activation": "sigmoid", "beta_activation": "softmax",
-                 "gamma_activation": "sigmoid", "init_scale": 1.0}
-  spec = arch_lib.create_arch_spec(arch_config, L_SEARCH, len(PRIMS))
-  arch_params = spec.init(jax.random.key(0))
-  manager = checkpoints.create_manager(os.path.join(search_dir, "checkpoints"))
-  meta = {"config": {"arch": arch_config, "model": {"num_layers": L_SEARCH}},
-          "primitives": list(PRIMS)}
-  checkpoints.save(manager, 12, {"arch_params": arch_params,
-                                 "params": {"w": np.ones(3, np.float32)}}, meta)
-  manager.wait_until_finished()
+  shutil.copytree(src, search_dir)
+  written = np.load(os.path.join(search_dir, "psi.npy"))
+  os.remove(os.path.join(search_dir, "psi.npy"))
   psi, primitives, info = restore.search_psi(search_dir)
-  assert primitives == PRIMS and info["step"] == 12
-  np.testing.assert_allclose(psi, spec.psi(arch_params), rtol=1e-6)
+  assert primitives == ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  assert (info["step"], info["epoch"]) == (16, 2)
+  np.testing.assert_allclose(psi, written, rtol=1e-6, atol=1e-7)
   result = restore.derive_from_search(search_dir, edges_per_node=2)
-  assert result["genotype"] == genotype_lib.derive_genotype(psi, PRIMS)
+  assert result["genotype"] == genotype_lib.derive_genotype(psi, primitives)
   assert result["mapped"] is None
   assert os.path.isfile(os.path.join(search_dir, "psi_heatmaps.png"))
 

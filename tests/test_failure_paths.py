@@ -281,6 +281,17 @@ def test_search_resumes_past_a_damaged_checkpoint_to_the_same_result(run_copy):
   jax.tree.map(np.testing.assert_array_equal, result["state"].params, state.params)
 
 
+def test_readers_skip_a_damaged_checkpoint_without_moving_it(run_copy):
+  from dnas_jax import api  # pylint: disable=g-import-not-at-top
+  workdir, state = run_copy
+  _damage(workdir, "bytes_overwritten")
+  result = api.load_search(workdir)
+  assert result.step == PREVIOUS
+  restored, _, step = restore.restore_search_run(workdir)
+  assert step == PREVIOUS and int(restored.step) == PREVIOUS
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "14", "16"]
+
+
 def test_leftovers_of_interrupted_writes_and_deletions_are_cleaned_quietly(run_copy,
                                                                           caplog):
   workdir, _ = run_copy
