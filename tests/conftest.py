@@ -36,3 +36,22 @@ def tiny_search(tmp_path_factory):
   from experiments.configs import test as test_config  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("tiny_search") / "run")
   return workdir, search_loop.train_and_evaluate(test_config.get_config(), workdir)
+
+
+@pytest.fixture
+def nan_images_from(monkeypatch):
+  """`nan_images_from(n)`: from the n-th host batch normalised on (training and
+  validation batches alike, in the loop's order), the images are NaN."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dnas_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  def install(first: int):
+    calls = {"n": 0}
+    normalize = input_pipeline.normalize
+
+    def poisoned(images, mean, std):
+      calls["n"] += 1
+      out = normalize(images, mean, std)
+      return out * np.nan if calls["n"] >= first else out
+    monkeypatch.setattr(input_pipeline, "normalize", poisoned)
+  return install

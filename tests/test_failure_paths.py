@@ -86,17 +86,10 @@ def test_nan_stop_keeps_the_last_checkpoint_and_ends_with_one_line(tmp_path):
   assert os.path.isfile(run / "checkpoints" / "2" / "_CHECKPOINT_METADATA")
 
 
-def test_nan_stop_of_retraining_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-  # From the 7th batch on the images are NaN: steps 7.. have a NaN loss; the
-  # checkpoint at step 5 (checkpoint_every_steps) is the last finite one.
-  calls = {"n": 0}
-  normalize = train.input_pipeline.normalize
-
-  def poisoned(images, mean, std):
-    calls["n"] += 1
-    out = normalize(images, mean, std)
-    return out * np.nan if calls["n"] >= 7 else out
-  monkeypatch.setattr(train.input_pipeline, "normalize", poisoned)
+def test_nan_stop_of_retraining_keeps_the_last_checkpoint(tmp_path, nan_images_from):
+  # Steps 7.. have a NaN loss; the checkpoint at step 5 (checkpoint_every_steps) is
+  # the last finite one.
+  nan_images_from(7)
   with pytest.raises((search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError),
                      match="the last finished checkpoint, step 5, is kept"):
     train.train_and_evaluate(test_retrain.get_config(), str(tmp_path))

@@ -79,16 +79,8 @@ def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalizatio
   assert np.isfinite(result["val_loss"])
 
 
-def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
-  # From the 7th host batch on (the training batch of step 4) the images are NaN.
-  calls = {"n": 0}
-  normalize = search_loop.input_pipeline.normalize
-
-  def poisoned(images, mean, std):
-    calls["n"] += 1
-    out = normalize(images, mean, std)
-    return out * np.nan if calls["n"] >= 7 else out
-  monkeypatch.setattr(search_loop.input_pipeline, "normalize", poisoned)
+def test_non_finite_loss_stops_with_the_step(tmp_path, nan_images_from):
+  nan_images_from(7)  # the 7th host batch is the training batch of step 4
   with pytest.raises(search_loop.NonFiniteLossError,
                      match=r"at step 4: .*the last finished checkpoint, step 2, is kept"):
     _run(tmp_path)
