@@ -21,8 +21,12 @@ import orbax.checkpoint as ocp
 
 import jax_processes as mp  # tests/jax_processes.py
 
+# The test config with two cheap operations (the runtime, not the network, is under
+# test: this keeps each process's compile short), one epoch of 8 steps with
+# architecture updates from the first.
 SEARCH = ["--config=experiments/configs/test.py", "--config.num_epochs=1",
-          "--config.optim.arch_warmup_epochs=0", "--config.eval_batch_size=16"]
+          "--config.optim.arch_warmup_epochs=0", "--config.eval_batch_size=16",
+          "--config.model.primitives=max_pool_3x3,skip_connect"]
 # One retraining step of the whole training set (256 images): over more steps the
 # retraining's rounding differences grow (measured: 3e-6 of an array's largest value
 # after one step of 64 images, 1e-3 after three; near-ties in max pooling flip).
@@ -58,7 +62,7 @@ def _state(workdir):
 def _assert_same_state(a, b):
   """Equal to float32 rounding: the gradient all-reduce sums in another order over two
   processes (gloo) than within one, so each array may differ by a few ulps of its
-  largest value (measured: at most 3e-6 of it after 8 search steps)."""
+  largest value (measured: at most 3.3e-6 of it after the 8 search steps)."""
   flat_a = ocp.tree.to_flat_dict(a)
   flat_b = ocp.tree.to_flat_dict(b)
   assert flat_a.keys() == flat_b.keys()
