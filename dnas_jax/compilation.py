@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np

@@ -85,7 +85,6 @@ def test_edge_weights_reach_the_network_only_where_the_method_has_them():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dnas_jax import arch  # pylint: disable=g-import-not-at-top
-  from dnas_jax import search_loop  # pylint: disable=g-import-not-at-top
   config = compare_cifar10.get_config()
   for row in EXPECTED:
     cfg = compare.search_config(config, row, 0)

@@ -18,7 +18,6 @@ lists (PyTorch's order of modules).
 
 from __future__ import annotations
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,5 @@
 """The partial-channel supernet: mixed edges, shapes, gradients, parameter counts."""
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
