@@ -17,13 +17,7 @@ from experiments.configs import test as test_config
 
 def _run(workdir, hooks=(), **overrides):
   config = test_config.get_config()
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # {"optim.arch_lr": 1e-3, ...}
   return search_loop.train_and_evaluate(config, str(workdir), hooks=hooks)
 
 
