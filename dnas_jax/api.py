@@ -15,15 +15,28 @@ machine, a notebook or a colleague needs only the workdir, not the config file::
     clf.predict(images_uint8)   # [N] class ids; uint8 (0..255) or float (0..1) NHWC
 
 `load_search` reads the newest intact checkpoint of a search workdir (or the one at
-`step`); `load_classifier` that of a retraining workdir. The reading itself, verified
-against each checkpoint's digest, is `dnas_jax.restore`'s. Both raise
-`restore.WorkdirError` with a message saying what is missing.
+`step`); `load_classifier` that of a retraining workdir. Both read the newest intact
+checkpoint (verified against its SHA-256 digest; damaged newer ones are skipped, not
+moved: this module only reads) and raise `WorkdirError` saying what is missing.
+
+This is the one module that reads runs back; the entry points use it too:
+
+* `restore_search_run` / `restore_train_run`: a checkpoint's state and meta, the
+  restore target rebuilt from the meta (shapes only: nothing runs or compiles);
+* `evaluate_workdir(workdir, split)`: a retraining run's loss, accuracy and error
+  (experiments/evaluate.py);
+* `search_psi(workdir)`: ψ [L, 14, Op] and the candidate operations of a search
+  workdir, from its `psi.npy` or, when that is absent, its newest checkpoint;
+  `derive_from_search` derives and writes its global genotype and figures
+  (experiments/derive.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any
 
 import jax
@@ -31,11 +44,261 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import network
-from dnas_jax import restore
+from dnas_jax.data import input_pipeline
+from dnas_jax.models import arch as arch_lib
+from dnas_jax.models import network
+from dnas_jax.retrain import setup as retrain_setup
+from dnas_jax.retrain import steps as retrain_steps
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.training import checkpoints
+from dnas_jax.training import evaluation
+from dnas_jax.training import metric_writers
+from dnas_jax.training import sharding
+from dnas_jax.training import workdir as workdir_lib
 
-WorkdirError = restore.WorkdirError
+CHECKPOINT_DIR = "checkpoints"
+
+
+class WorkdirError(FileNotFoundError):
+  """A workdir lacks what is asked of it (checkpoint, psi.npy, meta); the message says
+  what is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+  config: ml_collections.ConfigDict
+  meta: dict
+  genotype: genotype_lib.GlobalGenotype
+  net_eval: network.NetworkCIFAR
+  state: retrain_steps.TrainState
+  mesh: Any
+
+  @property
+  def step(self) -> int:
+    return int(self.state.step)
+
+  @property
+  def variables(self) -> dict:
+    return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+
+def checkpoint_manager(workdir: str):
+  """The Orbax manager of a run's workdir; WorkdirError when it has no checkpoints."""
+  path = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(path):
+    raise WorkdirError(f"no checkpoint folder {path}: is {workdir} a run's workdir?")
+  return checkpoints.create_manager(path)
+
+
+def _meta(manager, workdir: str, step: int | None) -> dict:
+  """The meta of checkpoint `step`, or of the newest readable one."""
+  if step is not None:
+    return checkpoints.read_meta(manager, step)
+  newest = checkpoints.newest_readable_meta(manager)
+  if newest is None:
+    raise WorkdirError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+  return newest[1]
+
+
+def _restore_state(manager, target, step: int | None):
+  """(state, meta, step): checkpoint `step`, or the newest intact one (verified against
+  its digest; damaged newer ones are skipped, not moved: this only reads)."""
+  if step is None:
+    restored = checkpoints.restore_verified(manager, target, move_damaged=False)
+    if restored is None:
+      raise WorkdirError(f"no checkpoint in {manager.directory}")
+    return restored
+  state, meta = checkpoints.restore(manager, target, step)
+  return state, meta, step
+
+
+def restore_search_run(workdir: str, step: int | None = None, mesh=None
+                       ) -> tuple[Any, dict, int]:
+  """(state, meta, step) of a search workdir's checkpoint `step` (default: the newest
+  intact one). The restore target is the search state rebuilt from the meta (shapes
+  only: nothing runs or compiles)."""
+  from dnas_jax.search import setup as search_setup  # pylint: disable=g-import-not-at-top  (heavy)
+  manager = checkpoint_manager(workdir)
+  meta = _meta(manager, workdir, step)
+  if "primitives" not in meta or "genotype" in meta:
+    raise WorkdirError(f"{workdir} is not a search workdir (its checkpoint meta has no "
+                       "candidate operations; for a retraining workdir use "
+                       "restore_train_run or api.load_classifier)")
+  config = ml_collections.ConfigDict(meta["config"])
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  setup = search_setup.create_search_setup(config, tuple(meta["image_shape"]),
+                                           meta["num_classes"], meta["steps_per_epoch"],
+                                           mesh)
+  return _restore_state(manager, checkpoints.abstract_like(setup.state), step)
+
+
+def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> RestoredRun:
+  """The retraining run in `workdir` at checkpoint `step` (default: the newest intact
+  one)."""
+  manager = checkpoint_manager(workdir)
+  meta = _meta(manager, workdir, step)
+  if "genotype" not in meta:
+    raise WorkdirError(f"{workdir} is not a retraining workdir (its checkpoint meta has "
+                       "no genotype; for a search workdir use experiments.derive)")
+  config = ml_collections.ConfigDict(meta["config"])
+  geno = genotype_lib.GlobalGenotype.from_json(json.dumps(meta["genotype"]))
+  mesh = sharding.create_mesh() if mesh is None else mesh
+  net_train = retrain_setup.create_network(config, geno, meta["num_classes"], True)
+  tx, _ = retrain_setup.create_tx(config, meta["steps_per_epoch"])
+  target = retrain_setup.abstract_state(net_train, meta["image_shape"], tx, mesh)
+  state, meta, _ = _restore_state(manager, target, step)
+  return RestoredRun(config, meta, geno, net_train.clone(train=False), state, mesh)
+
+
+def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None) -> dict:
+  """{split}_loss, _accuracy, _error of the checkpoint, plus 'step'; `split` is 'test'
+  or 'train' (without augmentation)."""
+  if split not in ("test", "train"):
+    raise ValueError(f"split={split!r}; valid values: ['test', 'train']")
+  run = restore_train_run(workdir, step)
+  ds = retrain_setup.load_data(run.config)
+  if split == "test":
+    data = input_pipeline.Split(ds.test_images, ds.test_labels)
+  else:
+    data = input_pipeline.Split(ds.train_images, ds.train_labels)
+  eval_fn = jax.jit(functools.partial(evaluation.eval_step, net=run.net_eval))
+  out = evaluation.evaluate(eval_fn, run.state.params, run.state.batch_stats, data,
+                            run.config.eval_batch_size, ds.mean, ds.std, run.mesh,
+                            prefix=split)
+  return {**out, "step": run.step}
+
+
+def _search_step_of_psi(workdir: str) -> tuple[np.ndarray, dict]:
+  """psi.npy and the step/epoch the search recorded for it in genotype.json's meta (it
+  writes psi.npy first, then genotype.json): read around psi.npy until both agree, so
+  a search writing them meanwhile is never mixed."""
+  def recorded():
+    try:
+      with open(os.path.join(workdir, "genotype.json")) as f:
+        meta = json.load(f).get("meta", {})
+      return {k: meta[k] for k in ("step", "epoch") if k in meta}
+    except (OSError, ValueError, AttributeError):
+      return {}
+  for _ in range(5):
+    before = recorded()
+    psi = np.load(os.path.join(workdir, "psi.npy"))
+    if recorded() == before:
+      return psi, before
+  return psi, {}
+
+
+def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
+  """(ψ, primitives, info) of a search workdir; info has 'source', the step of ψ when
+  known ('step', 'epoch') and, when a checkpoint is there, its 'meta'."""
+  info: dict[str, Any] = {}
+  ckpt = os.path.join(workdir, CHECKPOINT_DIR)
+  manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
+  newest = checkpoints.newest_readable_meta(manager) if manager is not None else None
+  if newest is not None:
+    info["meta"] = newest[1]
+    if "genotype" in info["meta"]:
+      raise WorkdirError(f"{workdir} is a retraining workdir (its checkpoints hold a "
+                         "genotype, not architecture parameters); derive reads a "
+                         "search's workdir")
+  primitives = _primitives(workdir, info.get("meta"))
+  psi_path = os.path.join(workdir, "psi.npy")
+  if os.path.isfile(psi_path):
+    psi, recorded = _search_step_of_psi(workdir)
+    info.update(source=psi_path, **recorded)
+    return psi, primitives, info
+  if newest is None:
+    raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a "
+                       "search workdir?")
+  state, meta, step = restore_search_run(workdir)
+  info.update(meta=meta, step=step, source=f"{ckpt} (step {step})",
+              epoch=step // meta["steps_per_epoch"])
+  return search_psi_of(meta, state.arch_params), primitives, info
+
+
+def search_psi_of(meta: dict, arch_params) -> np.ndarray:
+  """ψ [L, 14, Op] (float32) of a search checkpoint's architecture parameters."""
+  config = meta["config"]
+  spec = arch_lib.create_arch_spec(config["arch"], config["model"]["num_layers"],
+                                   len(meta["primitives"]))
+  return np.asarray(jax.jit(spec.psi)(arch_params), np.float32)
+
+
+def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
+  if meta is not None and "primitives" in meta:
+    return tuple(meta["primitives"])
+  path = os.path.join(workdir, "genotype.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      primitives = json.load(f).get("primitives")
+    if primitives:
+      return tuple(primitives)
+  raise WorkdirError(f"cannot tell the candidate operations of {workdir}: no "
+                     "checkpoint meta and no genotype.json with 'primitives'")
+
+
+def _write_genotype(out: str, stem: str, geno, primitives, meta) -> str:
+  path = os.path.join(out, f"{stem}.json")
+  geno.save(path, primitives=primitives, meta=meta)
+  with open(os.path.join(out, f"{stem}.txt"), "w") as f:
+    f.write(geno.describe() + "\n")
+  return path
+
+
+def derive_from_search(workdir: str, edges_per_node: int = 2,
+                       num_layers: int | None = None, out: str | None = None) -> dict:
+  """Derives the global genotype of a search workdir's ψ and writes it, with figures
+  and TensorBoard images, into `out` (default `workdir`); experiments/derive.py says
+  which files. Returns {'genotype', 'mapped' (None unless `num_layers` differs from the
+  search depth), 'files'}."""
+  if edges_per_node < 1:
+    raise ValueError(f"--edges_per_node={edges_per_node} must be at least 1")
+  if num_layers is not None and num_layers < 3:
+    raise ValueError(f"--num_layers={num_layers} must be at least 3 (two reductions)")
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"no workdir {workdir}")
+  out = out or workdir
+  holder = workdir_lib.lock_holder(workdir)
+  if holder is not None and os.path.abspath(out) == os.path.abspath(workdir):
+    raise WorkdirError(
+        f"the search in {workdir} is still running (pid {holder.get('pid')} on "
+        f"{holder.get('host')}): its genotype.json is its own; derive into another folder "
+        "with --out=DIR, or wait for it to end")
+  from dnas_jax.search import figures as plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+  psi, primitives, info = search_psi(workdir)
+  os.makedirs(out, exist_ok=True)
+  geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
+  meta = {"source": info["source"], "edges_per_node": edges_per_node,
+          "search_layers": geno.num_layers}
+  meta.update({k: info[k] for k in ("step", "epoch") if k in info})
+  if "meta" in info:  # what the search's own genotype.json records
+    search_meta = info["meta"]
+    meta.update(dataset=search_meta.get("dataset"),
+                arch_kind=search_meta.get("config", {}).get("arch", {}).get("kind"))
+  files = [_write_genotype(out, "genotype", geno, primitives, meta)]
+  figures = {"global_architecture": plots.plot_global_architecture(
+                 geno, title=f"derived from {workdir}", primitives=primitives),
+             "psi_heatmaps": plots.plot_psi_heatmaps(psi, primitives)}
+  mapped = None
+  if num_layers is not None and num_layers != geno.num_layers:
+    mapped = genotype_lib.map_to_depth(geno, num_layers)
+    network.check_genotype(mapped)
+    name = f"genotype_L{num_layers}"
+    files.append(_write_genotype(out, name, mapped, primitives,
+                                 {**meta, "mapped_to_layers": num_layers}))
+    figures[f"global_architecture_L{num_layers}"] = plots.plot_global_architecture(
+        mapped, title=f"mapped to {num_layers} layers", primitives=primitives)
+  writer = metric_writers.MetricWriter(out, console=False)
+  images = {}
+  for name, fig in figures.items():
+    images[name] = plots.figure_to_image(fig)
+    path = os.path.join(out, f"{name}.png")
+    plots.save_figure(fig, path)
+    files.append(path)
+  step = int(info.get("step", 0))
+  writer.write_images(step, images)
+  writer.write_texts(step, {"derived_genotype": (mapped or geno).describe()})
+  writer.close()
+  return {"genotype": geno, "mapped": mapped, "files": files}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +329,9 @@ def load_search(workdir: str, step: int | None = None,
                 edges_per_node: int = 2) -> SearchResult:
   """ψ, the architecture parameters and the derived global genotype of a search
   workdir's checkpoint `step` (default: the newest intact one)."""
-  state, meta, step = restore.restore_search_run(workdir, step)
+  state, meta, step = restore_search_run(workdir, step)
   arch_params = jax.tree.map(np.asarray, jax.device_get(state.arch_params))
-  psi = restore.search_psi_of(meta, arch_params)
+  psi = search_psi_of(meta, arch_params)
   primitives = tuple(meta["primitives"])
   geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
   return SearchResult(psi, arch_params, geno, primitives,
@@ -134,13 +397,12 @@ class Classifier:
 def load_classifier(workdir: str, step: int | None = None) -> Classifier:
   """The retrained network of a retraining workdir's checkpoint `step` (default: the
   latest), ready to classify images."""
-  run = restore.restore_train_run(workdir, step)
+  run = restore_train_run(workdir, step)
   meta = run.meta
   if "mean" in meta and "std" in meta:
     mean, std = tuple(meta["mean"]), tuple(meta["std"])
   else:  # checkpoints written before the normalisation was saved in meta
-    from dnas_jax import train  # pylint: disable=g-import-not-at-top
-    ds = train.load_data(run.config)
+    ds = retrain_setup.load_data(run.config)
     mean, std = ds.mean, ds.std
   variables = jax.device_get(run.variables)
   variables = jax.tree.map(jnp.asarray, variables)  # on the default device, unsharded

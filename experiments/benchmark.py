@@ -7,7 +7,7 @@
 * `search`: the search step (architecture + weight update) for each depth in
   `--depths` (paired with `--batch_sizes` when given): images/s, ms/step, trace and
   compile seconds, FLOPs per step (convolutions and matrix products, every loop body
-  times its trip count: `dnas_jax/flops.py`) and the achieved FLOP/s, XLA's own cost
+  times its trip count: `dnas_jax/models/flops.py`) and the achieved FLOP/s, XLA's own cost
   analysis beside them (it counts a loop body once), peak device memory, device kind
   and count.
 * `train`: the retraining step of `--retrain_config`.
@@ -34,8 +34,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dnas_jax import benchmarking
-from dnas_jax import input_pipeline
+from dnas_jax.data import input_pipeline
+from dnas_jax.tools import benchmarking
 from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config.")
@@ -71,7 +71,7 @@ def main(argv):
   if "aot" in _WHAT.value:
     if _WHAT.value != ["aot"]:
       raise app.UsageError("--what=aot compiles for a TPU on the CPU: measure it alone")
-    from dnas_jax import aot  # pylint: disable=g-import-not-at-top
+    from dnas_jax.tools import aot  # pylint: disable=g-import-not-at-top
     with cli.user_errors():
       aot.prepare_environment(_TOPOLOGY.value)
       for depth, batch in zip(depths, batches):
@@ -100,7 +100,7 @@ def main(argv):
       _emit(benchmarking.benchmark_train_step(_RETRAIN.value, shape, steps=_STEPS.value,
                                               warmup=_WARMUP.value))
     if "input" in _WHAT.value:
-      from dnas_jax import data_benchmark  # pylint: disable=g-import-not-at-top
+      from dnas_jax.tools import data_benchmark  # pylint: disable=g-import-not-at-top
       ds = data_benchmark.random_dataset(10_000, shape[0], shape[2])
       aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
                                          flip=config.data.flip)

@@ -1,33 +1,33 @@
 """What the entry points share: logging to stderr and user errors without tracebacks."""
 
 import contextlib
-import importlib.util
 import signal
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections.config_flags import config_flags as ml_config_flags
 
-from dnas_jax import aot
-from dnas_jax import checkpoints
-from dnas_jax import compilation
-from dnas_jax import config_validation
-from dnas_jax import datasets
-from dnas_jax import genotype
-from dnas_jax import restore
-from dnas_jax import search_loop
-from dnas_jax import workdir
+from dnas_jax import api
+from dnas_jax.data import datasets
+from dnas_jax.search import loop as search_loop
+from dnas_jax.space import genotype
+from dnas_jax.tools import aot
+from dnas_jax.training import checkpoints
+from dnas_jax.training import compilation
+from dnas_jax.training import validation
+from dnas_jax.training import workdir
 
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", None, "Folder of the persistent compilation cache: a second run of "
     "the same command, or a resume, reads its compiled programs from there (default: "
     "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/dnas_jax/xla; empty: no cache).")
 
-USER_ERRORS = (config_validation.ConfigError, aot.AotUnavailableError,
+USER_ERRORS = (validation.ConfigError, aot.AotUnavailableError,
                datasets.DatasetNotFoundError, datasets.DatasetFormatError,
                search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
-               checkpoints.CheckpointError, workdir.WorkdirError, restore.WorkdirError,
+               checkpoints.CheckpointError, workdir.WorkdirError, api.WorkdirError,
                genotype.GenotypeFormatError)
 
 
@@ -76,39 +76,44 @@ class _QuietLibraries:
         f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
 
 
-def _unknown_override(argv) -> str | None:
+def _remember_loaded_configs() -> dict:
+  """{flag name: the ConfigDict its file gave}, filled as the config flags load their
+  files (each file runs once, as ml_collections runs it): what an error about an
+  override is checked against."""
+  loaded = {}
+  for name, flag in flags.FLAGS._flags().items():  # pylint: disable=protected-access
+    if isinstance(flag.parser, ml_config_flags.ConfigFileFlagParser) and not hasattr(
+        flag.parser, "dnas_loaded"):
+      def parse(argument, inner=flag.parser.parse, name=name):
+        loaded[name] = inner(argument)
+        return loaded[name]
+      flag.parser.parse, flag.parser.dnas_loaded = parse, loaded
+  return loaded
+
+
+def _unknown_override(argv, loaded: dict) -> str | None:
   """For `--config.a.b=v` overrides naming no field: which one, and the valid names."""
-  paths = {a.split("=", 1)[0]: a for a in argv if a.startswith("--")}
-  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if config_path is None:
-    return None
-  spec = importlib.util.spec_from_file_location("_dnas_user_config", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  for flag_name in paths:
-    for prefix in ("--config.", "--retrain_config."):
-      if not flag_name.startswith(prefix):
-        continue
-      node, parts = module.get_config(), flag_name[len(prefix):].split(".")
-      for i, part in enumerate(parts):
-        if not hasattr(node, "keys") or part not in node:
-          where = "config" + "".join(f".{p}" for p in parts[:i])
-          valid = sorted(node.keys()) if hasattr(node, "keys") else []
-          return (f"{flag_name}: {where} has no field {part!r}; valid fields: {valid}")
-        node = node[part]
+  for arg in argv:
+    name = arg.split("=", 1)[0][2:] if arg.startswith("--") else ""
+    root, _, path = name.partition(".")
+    if not path or loaded.get(root) is None:
+      continue
+    node, parts = loaded[root], path.split(".")
+    for i, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        where = root + "".join(f".{p}" for p in parts[:i])
+        valid = sorted(node.keys()) if hasattr(node, "keys") else []
+        return f"--{name}: {where} has no field {part!r}; valid fields: {valid}"
+      node = node[part]
   return None
 
 
 def _parse_flags(argv):
+  loaded = _remember_loaded_configs()
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError, flags.Error) as e:
-    message = None
-    try:
-      message = _unknown_override(argv)
-    except Exception:  # pylint: disable=broad-except
-      pass
-    text = message or str(e).strip().splitlines()[0]
+    text = _unknown_override(argv, loaded) or str(e).strip().splitlines()[0]
     print(f"error: {text}", file=sys.stderr)
     sys.exit(2)
 

@@ -8,7 +8,7 @@ For each row (search method) and seed: search → derive → retrain → evaluat
 DIR/<row>/seed_<s>/; finished runs are skipped and unfinished ones resume, so the same
 command continues an interrupted comparison. Writes DIR/comparison.md (test error
 mean ± std, params in M as DARTS counts them, search cost in device-hours),
-DIR/comparison.png and DIR/results.json. See dnas_jax/compare.py.
+DIR/comparison.png and DIR/results.json. See dnas_jax/tools/compare.py.
 
 Runs reuse compiled programs through JAX's persistent compilation cache
 (`--compile_cache`, as every entry point); `--fast_compile` compiles with XLA's cheap
@@ -61,7 +61,7 @@ def _compare(config, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   if _FAST_COMPILE.value:
     jax.config.update("jax_disable_most_optimizations", True)
-  from dnas_jax import compare  # pylint: disable=g-import-not-at-top
+  from dnas_jax.tools import compare  # pylint: disable=g-import-not-at-top
   logging.info("comparison in %s on %s", os.path.abspath(workdir), compare.device_info())
   with cli.user_errors():
     results = compare.run_comparison(config, workdir)

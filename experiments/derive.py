@@ -4,8 +4,8 @@
       [--num_layers=L_t] [--out=DIR]
 
 Reads ψ [L, 14, Op] from SEARCH_DIR/psi.npy, or, when that is absent, computes it from
-the architecture parameters of the latest checkpoint (`dnas_jax.restore.search_psi`;
-the work is `dnas_jax.restore.derive_from_search`).
+the architecture parameters of the latest checkpoint (`dnas_jax.api.search_psi`;
+the work is `dnas_jax.api.derive_from_search`).
 Derives the global genotype (per layer and node, the `edges_per_node` strongest
 incoming connections, each with its arg-max operation; docs/design.md §1) and writes, into
 DIR (default SEARCH_DIR):
@@ -23,7 +23,7 @@ Prints the genotype (the mapped one when --num_layers is given).
 from absl import app
 from absl import flags
 
-from dnas_jax import restore
+from dnas_jax import api
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Search run directory.")
@@ -38,9 +38,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   with cli.user_errors():
     try:
-      result = restore.derive_from_search(_WORKDIR.value, _EDGES.value, _NUM_LAYERS.value,
+      result = api.derive_from_search(_WORKDIR.value, _EDGES.value, _NUM_LAYERS.value,
                                           _OUT.value)
-    except (restore.WorkdirError, ValueError) as e:
+    except (api.WorkdirError, ValueError) as e:
       raise SystemExit(f"error: {e}") from None
   geno = result["mapped"] or result["genotype"]
   print(geno.describe())

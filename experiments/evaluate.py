@@ -4,8 +4,8 @@
 
 Rebuilds the network, the state and the dataset from the checkpoint's meta (config,
 image shape, number of classes, genotype), restores the state and evaluates it with the
-evaluation function and batches of training (`dnas_jax.train.evaluate`, through
-`dnas_jax.restore.evaluate_workdir`), so the test accuracy of the last checkpoint
+evaluation function and batches of training (`dnas_jax.training.evaluation`, through
+`dnas_jax.api.evaluate_workdir`), so the test accuracy of the last checkpoint
 equals the one in RETRAIN_DIR/final_metrics.json exactly. Prints loss, accuracy and
 error; `--split=train` evaluates the training set (no augmentation).
 """
@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from dnas_jax import restore
+from dnas_jax import api
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Retraining run directory.")
@@ -29,8 +29,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   with cli.user_errors():
     try:
-      result = restore.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value)
-    except restore.WorkdirError as e:
+      result = api.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value)
+    except api.WorkdirError as e:
       logging.error("%s", e)
       raise SystemExit(f"error: {e}") from None
   split = _SPLIT.value

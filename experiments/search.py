@@ -4,7 +4,7 @@
       [--config.FIELD=value ...]
 
 Searches (resuming from DIR's checkpoint when there is one) and writes DIR/genotype.json,
-DIR/psi.npy, figures and TensorBoard event files. See dnas_jax/search_loop.py.
+DIR/psi.npy, figures and TensorBoard event files. See dnas_jax/search/loop.py.
 """
 
 import os
@@ -14,8 +14,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dnas_jax import compare
-from dnas_jax import search_loop
+from dnas_jax.search import loop as search_loop
+from dnas_jax.tools import compare
 from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.",

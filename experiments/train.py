@@ -5,7 +5,7 @@
   python -m experiments.train --config=experiments/configs/cifar10_retrain.py --dry_run
 
 Retrains `config.genotype` from scratch (resuming from DIR's checkpoint when there is
-one) and writes DIR/final_metrics.json with the test error; see dnas_jax/train.py.
+one) and writes DIR/final_metrics.json with the test error; see dnas_jax/retrain/loop.py.
 `--dry_run` builds the network from shapes only (no data is read, nothing is compiled)
 and prints exactly two lines: `params_excluding_auxiliary: N` (as DARTS counts) and
 `params_total: N`.
@@ -18,7 +18,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dnas_jax import train
+from dnas_jax.retrain import loop as retrain_loop
+from dnas_jax.retrain import setup as retrain_setup
 from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining config file.",
@@ -35,11 +36,11 @@ def main(argv):
   config = cli.config_value(_CONFIG)
   with cli.user_errors():
     if _DRY_RUN.value:
-      print("\n".join(train.parameter_count_lines(config)))
+      print("\n".join(retrain_setup.parameter_count_lines(config)))
       return
     workdir = _WORKDIR.value or os.path.join("workdirs", f"{config.data.dataset}_retrain")
     logging.info("workdir: %s", os.path.abspath(workdir))
-    result = train.train_and_evaluate(config, workdir,
+    result = retrain_loop.train_and_evaluate(config, workdir,
         allow_config_changes=_RESUME_WITH_CHANGES.value)
   print(f"test accuracy: {result['test_accuracy']:.4f}  test error: "
         f"{100 * result['test_error']:.2f} %  ({result['num_params']} parameters)")

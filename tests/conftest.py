@@ -32,8 +32,8 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 def tiny_search(tmp_path_factory):
   """One uninterrupted search with configs/test.py, shared by the tests that only read
   it (each search costs tens of seconds of tracing here): (workdir, result)."""
-  from dnas_jax import search_loop  # pylint: disable=g-import-not-at-top
-  from experiments.configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from dnas_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
+  from dnas_jax.search import loop as search_loop  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("tiny_search") / "run")
   return workdir, search_loop.train_and_evaluate(test_config.get_config(), workdir)
 
@@ -43,7 +43,7 @@ def nan_images_from(monkeypatch):
   """`nan_images_from(n)`: from the n-th host batch normalised on (training and
   validation batches alike, in the loop's order), the images are NaN."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dnas_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dnas_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
   def install(first: int):
     calls = {"n": 0}

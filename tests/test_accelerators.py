@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from dnas_jax import benchmarking
-from experiments.configs import test as test_config
+from dnas_jax.configs import test as test_config
+from dnas_jax.tools import benchmarking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,7 @@ def test_lowered_search_step_has_the_same_convolutions_at_every_depth():
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   import jax  # pylint: disable=g-import-not-at-top
-  from dnas_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dnas_jax.training import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.create_mesh(jax.devices()[:1])
   sharding.check_batch_size(7, mesh)  # one device divides everything
 

@@ -19,7 +19,7 @@ def _benchmark(*args):
 
 
 def test_aot_compiles_a_mixed_edge_for_a_tpu_v5e_chip():
-  from dnas_jax import program  # pylint: disable=g-import-not-at-top
+  from dnas_jax.models import program  # pylint: disable=g-import-not-at-top
   proc = _benchmark("--aot_programs=mixed_edge")
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]

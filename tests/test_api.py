@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from dnas_jax import api
-from dnas_jax import train
-from experiments.configs import test_retrain
+from dnas_jax.configs import test_retrain
+from dnas_jax.retrain import loop as retrain_loop
 
 # The README's "Restoring a run" example, executed exactly as printed there.
 README_EXAMPLE = '''\
@@ -41,7 +41,7 @@ def runs(tmp_path_factory, tiny_search):
   config = test_retrain.get_config()
   config.genotype = os.path.join(search_dir, "genotype.json")
   config.num_epochs = 1
-  final = train.train_and_evaluate(config, retrain_dir)
+  final = retrain_loop.train_and_evaluate(config, retrain_dir)
   return root, search_dir, retrain_dir, final
 
 

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from dnas_jax import arch
-from dnas_jax import search_space
+from dnas_jax.models import arch
+from dnas_jax.space import search_space
 
 L, C, OP = 6, search_space.NUM_CONNECTIONS, 7
 

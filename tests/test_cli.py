@@ -32,6 +32,25 @@ def test_bad_config_is_one_clear_error(tmp_path, args, message):
   assert "Traceback" not in out.stderr
 
 
+def test_bad_override_names_the_field_and_runs_the_config_file_once(tmp_path):
+  runs = tmp_path / "runs.txt"
+  config = tmp_path / "counting.py"
+  config.write_text(
+      "from dnas_jax.configs import test\n"
+      f"open({str(runs)!r}, 'a').write('ran\\n')\n"
+      "def get_config():\n  return test.get_config()\n")
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.search", f"--config={config}",
+       f"--workdir={tmp_path / 'run'}", "--config.model.nope=3"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 2
+  assert ("error: --config.model.nope: config.model has no field 'nope'; valid fields: "
+          "['channels', 'dtype', 'num_layers'") in out.stderr
+  assert "Traceback" not in out.stderr
+  assert runs.read_text() == "ran\n"  # the error was built from the loaded config
+
+
 def _run(module, *args):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
@@ -88,10 +107,10 @@ def test_missing_cifar_says_where_to_put_it(tmp_path):
 
 
 def test_default_search_workdirs_are_where_the_retraining_configs_look():
-  from dnas_jax import compare as search_main  # pylint: disable=g-import-not-at-top
-  from experiments.configs import cifar10, cifar10_retrain, cifar100, cifar100_retrain
-  from experiments.configs import darts_cifar10, global_cifar10, pc_darts_cifar10
-  from experiments.configs import tiny_imagenet_retrain
+  from dnas_jax.configs import cifar10, cifar10_retrain, cifar100, cifar100_retrain
+  from dnas_jax.configs import darts_cifar10, global_cifar10, pc_darts_cifar10
+  from dnas_jax.configs import tiny_imagenet_retrain
+  from dnas_jax.tools import compare as search_main  # pylint: disable=g-import-not-at-top
   expected = os.path.join("workdirs", "cifar10_dnas")
   assert search_main.default_workdir(cifar10.get_config()) == expected
   assert os.path.dirname(cifar10_retrain.get_config().genotype) == expected

@@ -1,4 +1,4 @@
-"""The comparison (dnas_jax/compare.py, experiments/compare.py): each row's effective
+"""The comparison (dnas_jax/tools/compare.py, experiments/compare.py): each row's effective
 settings, written out here from the DARTS and PC-DARTS papers' code; the tiny config end
 to end (PC-DARTS global against DNAS, one seed each: the table, the plot and the
 skipping of finished runs); the report helpers on hand-made results.
@@ -9,11 +9,11 @@ import os
 import pytest
 from absl.testing import flagsaver
 
-from dnas_jax import compare
-from dnas_jax import config_validation
-from experiments.configs import compare_cifar10
-from experiments.configs import compare_digits
-from experiments.configs import compare_test
+from dnas_jax.configs import compare_cifar10
+from dnas_jax.configs import compare_digits
+from dnas_jax.configs import compare_test
+from dnas_jax.tools import compare
+from dnas_jax.training import validation
 
 
 def _result(row, seed, err, params=1.5e6, hours=0.01):
@@ -65,7 +65,7 @@ def test_each_row_runs_its_method_with_its_authors_settings():
   assert set(compare.parse_rows(config.rows)) == set(EXPECTED)
   for row, expected in EXPECTED.items():
     cfg = compare.search_config(config, row, 3)
-    config_validation.validate_search_config(cfg)
+    validation.validate_search_config(cfg)
     assert _effective(cfg) == expected, row
     assert cfg.seed == 3 and cfg.num_epochs == 50 and cfg.model.channels == 16
     # Shared by all (DARTS and PC-DARTS alike): SGD momentum 0.9, wd 3e-4, clip 5,
@@ -76,7 +76,7 @@ def test_each_row_runs_its_method_with_its_authors_settings():
   assert compare.search_config(config, "dnas_node", 0).arch.beta_domain == "node"
   assert compare.search_config(config, "dnas", 0).arch.beta_domain == "layer"
   # The DNAS row is the main config, unchanged.
-  from experiments.configs import cifar10  # pylint: disable=g-import-not-at-top
+  from dnas_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
   assert compare.search_config(config, "dnas", 0).to_dict() == {
       **cifar10.get_config().to_dict(), "seed": 0}
 
@@ -84,11 +84,11 @@ def test_each_row_runs_its_method_with_its_authors_settings():
 def test_edge_weights_reach_the_network_only_where_the_method_has_them():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dnas_jax import arch  # pylint: disable=g-import-not-at-top
+  from dnas_jax.models import arch  # pylint: disable=g-import-not-at-top
   config = compare_cifar10.get_config()
   for row in EXPECTED:
     cfg = compare.search_config(config, row, 0)
-    prims = config_validation.primitives_of(cfg.model.primitives)
+    prims = validation.primitives_of(cfg.model.primitives)
     spec = arch.create_arch_spec(cfg.arch, cfg.model.num_layers, len(prims))
     params = jax.tree.map(lambda a: a + np.random.default_rng(0).normal(size=a.shape),
                           spec.init(jax.random.key(0)))
@@ -101,7 +101,7 @@ def test_budget_shrinks_every_row_alike_and_keeps_the_warmup_fraction():
   config = compare_digits.get_config()
   for row in compare.parse_rows(config.rows):
     cfg = compare.search_config(config, row, 0)
-    config_validation.validate_search_config(cfg)
+    validation.validate_search_config(cfg)
     assert (cfg.num_epochs, cfg.batch_size, cfg.model.num_layers, cfg.model.channels) == (
         6, 64, 5, 8)
     full = EXPECTED[row]
@@ -114,16 +114,16 @@ def test_budget_shrinks_every_row_alike_and_keeps_the_warmup_fraction():
       "max_pool_3x3,skip_connect,sep_conv_3x3")
   assert compare.search_config(tiny, "pc_darts_global", 0).model.primitives.startswith(
       "none,")
-  with pytest.raises(config_validation.ConfigError, match="valid rows"):
+  with pytest.raises(validation.ConfigError, match="valid rows"):
     compare.parse_rows("dnas,global")
-  with pytest.raises(config_validation.ConfigError, match="warm-up is the row's"):
+  with pytest.raises(validation.ConfigError, match="warm-up is the row's"):
     bad = compare_digits.get_config()
     bad.budget.optim = {"arch_warmup_epochs": 1}
     compare.search_config(bad, "dnas", 0)
 
 
 def test_baseline_configs_are_the_rows():
-  from experiments.configs import darts_cifar10, global_cifar10, pc_darts_cifar10  # pylint: disable=g-import-not-at-top
+  from dnas_jax.configs import darts_cifar10, global_cifar10, pc_darts_cifar10  # pylint: disable=g-import-not-at-top
   for module, row in ((darts_cifar10, "darts_1st"), (pc_darts_cifar10, "pc_darts"),
                       (global_cifar10, "pc_darts_global")):
     assert _effective(module.get_config()) == EXPECTED[row]

@@ -24,8 +24,10 @@ def _run_script(code, devices):
 
 SEARCH_STEP_ON_MESHES = """
 import jax, numpy as np, json
-from dnas_jax import benchmarking, search_loop, sharding
-from experiments.configs import test
+from dnas_jax.configs import test
+from dnas_jax.search import setup as search_setup
+from dnas_jax.tools import benchmarking
+from dnas_jax.training import sharding
 config = test.get_config()
 assert jax.device_count() == 8
 out = {}
@@ -35,7 +37,7 @@ for n in (1, 8):
   mesh = sharding.create_mesh(jax.devices()[:n])
   # The test config's program (8 steps per epoch, 1 warm-up epoch), from step 8 on so
   # that both the architecture and the weight update run.
-  setup = search_loop.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
+  setup = search_setup.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
   start = setup.state.replace(step=jax.device_put(jax.numpy.int32(8),
                                                   sharding.replicated(mesh)))
   state, m = setup.step_fn(start, sharding.shard_batch(batch, mesh),
@@ -60,21 +62,25 @@ def test_search_step_on_8_devices_equals_1_device():
 
 TRAIN_STEP_ON_MESHES = """
 import functools, jax, jax.numpy as jnp, numpy as np, json
-from dnas_jax import benchmarking, init as init_lib, sharding, train
-from experiments.configs import test_retrain
+from dnas_jax.configs import test_retrain
+from dnas_jax.models import init as init_lib
+from dnas_jax.retrain import setup as retrain_setup
+from dnas_jax.retrain import steps as retrain_steps
+from dnas_jax.tools import benchmarking
+from dnas_jax.training import sharding
 config = test_retrain.get_config()
-geno = train.resolve_genotype(config.genotype, config.model.num_layers)
-net = train.create_network(config, geno, 10, True)
-tx, schedule = train.create_tx(config, 16)
+geno = retrain_setup.resolve_genotype(config.genotype, config.model.num_layers)
+net = retrain_setup.create_network(config, geno, 10, True)
+tx, schedule = retrain_setup.create_tx(config, 16)
 variables = init_lib.init_from_shapes(net, 0, jnp.zeros((1, 8, 8, 3)))
-step = jax.jit(functools.partial(train.train_step, net=net, tx=tx, lr_schedule=schedule,
+step = jax.jit(functools.partial(retrain_steps.train_step, net=net, tx=tx, lr_schedule=schedule,
                                  auxiliary_weight=0.4))
 batch = benchmarking.random_batch(16, (8, 8, 3), 10, 0)
 out = {}
 for n in (1, 8):
   mesh = sharding.create_mesh(jax.devices()[:n])
   state = sharding.replicate(
-      train.create_train_state(variables["params"], variables["batch_stats"], tx), mesh)
+      retrain_steps.create_train_state(variables["params"], variables["batch_stats"], tx), mesh)
   for _ in range(2):
     state, m = step(state, sharding.shard_batch(batch, mesh), jax.random.key(0),
                     jnp.float32(0.0))

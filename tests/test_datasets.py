@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dnas_jax import datasets
-from dnas_jax.datasets import DatasetFormatError, DatasetNotFoundError, load_dataset
+from dnas_jax.data import datasets
+from dnas_jax.data.datasets import DatasetFormatError, DatasetNotFoundError, load_dataset
 
 # ---------------------------------------------------------------------------
 # Writers of the published formats.

@@ -1,5 +1,5 @@
 """Tests of derivation from a search workdir (experiments/derive.py,
-restore.search_psi and restore.derive_from_search)."""
+api.search_psi and api.derive_from_search)."""
 
 import json
 import os
@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from dnas_jax import arch as arch_lib
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import network
-from dnas_jax import restore
-from dnas_jax import search_space
+from dnas_jax import api
+from dnas_jax.models import arch as arch_lib
+from dnas_jax.models import network
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import search_space
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIMS = search_space.PRIMITIVES
@@ -122,11 +122,11 @@ def test_psi_from_the_checkpoint_when_psi_npy_is_absent(tmp_path, tiny_search):
   shutil.copytree(src, search_dir)
   written = np.load(os.path.join(search_dir, "psi.npy"))
   os.remove(os.path.join(search_dir, "psi.npy"))
-  psi, primitives, info = restore.search_psi(search_dir)
+  psi, primitives, info = api.search_psi(search_dir)
   assert primitives == ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
   assert (info["step"], info["epoch"]) == (16, 2)
   np.testing.assert_allclose(psi, written, rtol=1e-6, atol=1e-7)
-  result = restore.derive_from_search(search_dir, edges_per_node=2)
+  result = api.derive_from_search(search_dir, edges_per_node=2)
   assert result["genotype"] == genotype_lib.derive_genotype(psi, primitives)
   assert result["mapped"] is None
   assert os.path.isfile(os.path.join(search_dir, "psi_heatmaps.png"))

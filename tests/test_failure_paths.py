@@ -16,15 +16,16 @@ import jax
 import numpy as np
 import pytest
 
-from dnas_jax import checkpoints
-from dnas_jax import config_validation
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import restore
-from dnas_jax import search_loop
-from dnas_jax import train
-from dnas_jax import workdir as workdir_lib
-from experiments.configs import test as test_config
-from experiments.configs import test_retrain
+from dnas_jax import api
+from dnas_jax.configs import test as test_config
+from dnas_jax.configs import test_retrain
+from dnas_jax.retrain import loop as retrain_loop
+from dnas_jax.retrain import setup as retrain_setup
+from dnas_jax.search import loop as search_loop
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.training import checkpoints
+from dnas_jax.training import validation
+from dnas_jax.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEWEST, PREVIOUS = 16, 14  # the tiny search's last two checkpoints
@@ -86,7 +87,7 @@ def test_nan_stop_of_retraining_keeps_the_last_checkpoint(tmp_path, nan_images_f
   nan_images_from(7)
   with pytest.raises((search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError),
                      match="the last finished checkpoint, step 5, is kept"):
-    train.train_and_evaluate(test_retrain.get_config(), str(tmp_path))
+    retrain_loop.train_and_evaluate(test_retrain.get_config(), str(tmp_path))
   assert os.listdir(tmp_path / "checkpoints") == ["5"]
   assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
 
@@ -281,7 +282,7 @@ def test_readers_skip_a_damaged_checkpoint_without_moving_it(run_copy):
   _damage(workdir, "bytes_overwritten")
   result = api.load_search(workdir)
   assert result.step == PREVIOUS
-  restored, _, step = restore.restore_search_run(workdir)
+  restored, _, step = api.restore_search_run(workdir)
   assert step == PREVIOUS and int(restored.step) == PREVIOUS
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "14", "16"]
 
@@ -307,7 +308,7 @@ def test_leftovers_of_interrupted_writes_and_deletions_are_cleaned_quietly(run_c
 def _hold_lock(workdir):
   """A process that takes the workdir's lock and waits."""
   proc = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom dnas_jax import workdir\n"
+      [sys.executable, "-c", "import sys, time\nfrom dnas_jax.training import workdir\n"
        "workdir.acquire_lock(sys.argv[1]); print('locked', flush=True); time.sleep(300)",
        workdir], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
       stdout=subprocess.PIPE, text=True)
@@ -364,8 +365,8 @@ def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
                                    "data.train_portion", "arch.init_scale"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
 def test_search_rates_must_be_finite_and_in_range(field, value):
-  with pytest.raises(config_validation.ConfigError, match=f"config.{field}="):
-    config_validation.validate_search_config(_config(**{field: value}))
+  with pytest.raises(validation.ConfigError, match=f"config.{field}="):
+    validation.validate_search_config(_config(**{field: value}))
 
 
 @pytest.mark.parametrize("field", ["optim.weight_lr", "optim.weight_min_lr",
@@ -374,8 +375,8 @@ def test_search_rates_must_be_finite_and_in_range(field, value):
                                    "optim.drop_path_prob"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
 def test_retraining_rates_must_be_finite_and_in_range(field, value):
-  with pytest.raises(config_validation.ConfigError, match=f"config.{field}="):
-    config_validation.validate_train_config(_config(test_retrain.get_config(),
+  with pytest.raises(validation.ConfigError, match=f"config.{field}="):
+    validation.validate_train_config(_config(test_retrain.get_config(),
                                                     **{field: value}))
 
 
@@ -397,10 +398,10 @@ def test_derive_leaves_a_running_search_alone_and_labels_psi_by_its_own_step(tmp
   holder = _hold_lock(str(search))
   try:
     before = (search / "genotype.json").read_text()
-    with pytest.raises(restore.WorkdirError, match="is still running"):
-      restore.derive_from_search(str(search))
+    with pytest.raises(api.WorkdirError, match="is still running"):
+      api.derive_from_search(str(search))
     assert (search / "genotype.json").read_text() == before
-    restore.derive_from_search(str(search), out=str(tmp_path / "out"))
+    api.derive_from_search(str(search), out=str(tmp_path / "out"))
   finally:
     holder.kill()
     holder.wait(timeout=30)
@@ -413,8 +414,8 @@ def test_derive_on_a_retraining_workdir_says_what_it_is(tmp_path):
   checkpoints.save(manager, 3, {"w": np.ones(2, np.float32)},
                    {"genotype": {"version": 1, "cells": []}, "config": {}})
   manager.wait_until_finished()
-  with pytest.raises(restore.WorkdirError, match="is a retraining workdir"):
-    restore.derive_from_search(str(tmp_path))
+  with pytest.raises(api.WorkdirError, match="is a retraining workdir"):
+    api.derive_from_search(str(tmp_path))
 
 
 def test_failed_derive_and_train_create_no_workdir(tmp_path):
@@ -422,8 +423,8 @@ def test_failed_derive_and_train_create_no_workdir(tmp_path):
              f"--out={tmp_path / 'out'}")
   assert out.returncode == 1 and _last_line(out).startswith("error: no workdir")
   assert not os.path.exists(tmp_path / "out")
-  with pytest.raises(config_validation.ConfigError):
-    train.train_and_evaluate(_config(test_retrain.get_config(), genotype="NOPE"),
+  with pytest.raises(validation.ConfigError):
+    retrain_loop.train_and_evaluate(_config(test_retrain.get_config(), genotype="NOPE"),
                              str(tmp_path / "train"))
   assert not os.path.exists(tmp_path / "train")
 
@@ -437,8 +438,8 @@ def test_failed_derive_and_train_create_no_workdir(tmp_path):
 def test_malformed_genotype_json_names_what_is_wrong(tmp_path, document, message):
   path = tmp_path / "genotype.json"
   path.write_text(json.dumps(document))
-  with pytest.raises(config_validation.ConfigError) as e:
-    train.resolve_genotype(str(path), 5)
+  with pytest.raises(validation.ConfigError) as e:
+    retrain_setup.resolve_genotype(str(path), 5)
   assert message in str(e.value) and str(path) in str(e.value)
 
 

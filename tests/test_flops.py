@@ -8,9 +8,9 @@ from jax import lax
 import numpy as np
 import pytest
 
-from dnas_jax import flops
-from dnas_jax import search_space
-from dnas_jax import supernet
+from dnas_jax.models import flops
+from dnas_jax.models import supernet
+from dnas_jax.space import search_space
 
 
 def _conv(x, w, stride=1, dilation=1, groups=1, padding="SAME"):

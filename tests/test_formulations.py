@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnas_jax import arch
-from dnas_jax import init as init_lib
-from dnas_jax import ops
-from dnas_jax import search
-from dnas_jax import search_space
-from dnas_jax import supernet
+from dnas_jax.models import arch
+from dnas_jax.models import init as init_lib
+from dnas_jax.models import supernet
+from dnas_jax.search import steps as search_steps
+from dnas_jax.space import ops
+from dnas_jax.space import search_space
+from dnas_jax.training import optimizers
 
 
 def _close(a, b, rtol=2e-5, atol=2e-5):
@@ -89,12 +90,12 @@ def _tiny(num_layers=3, prims=("max_pool_3x3", "skip_connect", "sep_conv_3x3",
                    "label": jnp.asarray(r.integers(0, 4, 4), jnp.int32)}
   tb, vb = batch(), batch()
   v = init_lib.init_from_shapes(net, 0, tb["image"], jnp.zeros((num_layers, 14, len(prims))))
-  sched = search.weight_lr_schedule(0.025, 0.001, 10, 5)
-  wtx = search.create_weight_tx(sched, 0.9, 3e-4, 5.0)
-  atx = search.create_arch_tx(6e-4, 0.5, 0.999, 1e-3)
+  sched = optimizers.weight_lr_schedule(0.025, 0.001, 10, 5)
+  wtx = optimizers.create_weight_tx(sched, 0.9, 3e-4, 5.0)
+  atx = optimizers.create_arch_tx(6e-4, 0.5, 0.999, 1e-3)
   arch_params = jax.tree.map(lambda a: a + jnp.asarray(r.normal(size=a.shape), a.dtype),
                              spec.init(jax.random.key(0)))
-  state = search.create_search_state(v["params"], v["batch_stats"], arch_params, wtx, atx)
+  state = search_steps.create_search_state(v["params"], v["batch_stats"], arch_params, wtx, atx)
   kwargs = dict(net=net, spec=spec, weight_tx=wtx, arch_tx=atx, lr_schedule=sched,
                 arch_warmup_steps=1, zero_one_weight=10.0, second_order=False,
                 weight_decay=3e-4, momentum=0.9)
@@ -103,8 +104,8 @@ def _tiny(num_layers=3, prims=("max_pool_3x3", "skip_connect", "sep_conv_3x3",
 
 def test_shared_halves_step_equals_separate_halves():
   state, tb, vb, kwargs = _tiny()
-  separate = jax.jit(functools.partial(search.search_step, halves="separate", **kwargs))
-  shared = jax.jit(functools.partial(search.search_step, halves="shared", **kwargs))
+  separate = jax.jit(functools.partial(search_steps.search_step, halves="separate", **kwargs))
+  shared = jax.jit(functools.partial(search_steps.search_step, halves="shared", **kwargs))
   rng = jax.random.key(3)
   for step in (0, 1):  # in the warm-up (no architecture update), then with it
     s = state.replace(step=jnp.int32(step))

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from dnas_jax import data_benchmark
-from dnas_jax import datasets
-from dnas_jax import input_pipeline as ip
+from dnas_jax.data import datasets
+from dnas_jax.data import input_pipeline as ip
+from dnas_jax.tools import data_benchmark
 
 
 def _images(n=16, h=12, w=10, c=3, seed=0):

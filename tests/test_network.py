@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import init as init_lib
-from dnas_jax import known_genotypes
-from dnas_jax import network
+from dnas_jax.models import init as init_lib
+from dnas_jax.models import network
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import known_genotypes
 
 # Official counts, obtained by transcribing quark0/darts `cnn/model.py` (NetworkCIFAR,
 # Cell, AuxiliaryHeadCIFAR), `cnn/operations.py` and the genotypes of quark0/darts

@@ -1,4 +1,4 @@
-"""Tests for dnas_jax.plots: every figure renders to a valid, non-blank PNG."""
+"""Tests for dnas_jax.search.figures: every figure renders to a valid, non-blank PNG."""
 
 from matplotlib import backend_bases
 from matplotlib import colors as mcolors
@@ -7,9 +7,9 @@ from matplotlib.figure import Figure
 import numpy as np
 import pytest
 
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import plots
-from dnas_jax import search_space
+from dnas_jax.search import figures as plots
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import search_space
 
 
 def _random_psi(num_layers, primitives, seed=0):

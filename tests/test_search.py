@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dnas_jax import arch
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import init as init_lib
-from dnas_jax import search
-from dnas_jax import search_loop
-from dnas_jax import search_space
+from dnas_jax.models import arch
+from dnas_jax.models import init as init_lib
+from dnas_jax.models import supernet
+from dnas_jax.search import steps as search_steps
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import search_space
+from dnas_jax.training import optimizers
 
 PRIMS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
 FD_PRIMS = ("max_pool_3x3", "sep_conv_3x3")  # the cheapest set with a conv and a max-pool
@@ -21,7 +22,7 @@ FD_PRIMS = ("max_pool_3x3", "sep_conv_3x3")  # the cheapest set with a conv and 
 
 def _tiny_setup(num_layers=3, channels=4, partial_k=1, primitives=PRIMS, batch=4, size=8,
                 dtype=jnp.float32):
-  net = search_loop.supernet.SearchNetwork(4, num_layers, channels, primitives,
+  net = supernet.SearchNetwork(4, num_layers, channels, primitives,
                                            partial_k=partial_k, dtype=dtype)
   spec = arch.ArchSpec("decoupled", num_layers, len(primitives))
   rng = np.random.default_rng(0)
@@ -31,12 +32,12 @@ def _tiny_setup(num_layers=3, channels=4, partial_k=1, primitives=PRIMS, batch=4
             "label": jnp.asarray(r.integers(0, 4, batch), jnp.int32)}
   v = init_lib.init_from_shapes(net, 0, batch_of(0)["image"],
                                 jnp.zeros((num_layers, 14, len(primitives))))
-  sched = search.weight_lr_schedule(0.025, 0.001, 10, 5)
-  wtx = search.create_weight_tx(sched, 0.9, 3e-4, 5.0)
-  atx = search.create_arch_tx(6e-4, 0.5, 0.999, 1e-3)
+  sched = optimizers.weight_lr_schedule(0.025, 0.001, 10, 5)
+  wtx = optimizers.create_weight_tx(sched, 0.9, 3e-4, 5.0)
+  atx = optimizers.create_arch_tx(6e-4, 0.5, 0.999, 1e-3)
   arch_params = jax.tree.map(lambda a: a + jnp.asarray(rng.normal(size=a.shape), a.dtype),
                              spec.init(jax.random.key(0)))
-  state = search.create_search_state(v["params"], v["batch_stats"], arch_params, wtx, atx)
+  state = search_steps.create_search_state(v["params"], v["batch_stats"], arch_params, wtx, atx)
   return net, spec, wtx, atx, state, batch_of(1), batch_of(2)
 
 
@@ -49,7 +50,7 @@ def test_arch_update_leaves_weights_and_weight_update_leaves_arch_bit_identical(
   net, spec, wtx, atx, state, tb, vb = _tiny_setup()
   rng = jax.random.key(0)
   arch_step = jax.jit(functools.partial(
-      search.arch_update, net=net, spec=spec, arch_tx=atx, lr=0.025, zero_one_weight=10.0,
+      search_steps.arch_update, net=net, spec=spec, arch_tx=atx, lr=0.025, zero_one_weight=10.0,
       second_order=False, weight_decay=3e-4))
   after_arch, _ = arch_step(state, tb, vb, rng)
   assert _trees_equal(after_arch.params, state.params)
@@ -57,7 +58,7 @@ def test_arch_update_leaves_weights_and_weight_update_leaves_arch_bit_identical(
   assert _trees_equal(after_arch.weight_opt_state, state.weight_opt_state)
   assert not _trees_equal(after_arch.arch_params, state.arch_params)
 
-  weight_step = jax.jit(functools.partial(search.weight_update, net=net, spec=spec,
+  weight_step = jax.jit(functools.partial(search_steps.weight_update, net=net, spec=spec,
                                           weight_tx=wtx))
   after_weights, _ = weight_step(state, tb, rng)
   assert _trees_equal(after_weights.arch_params, state.arch_params)
@@ -71,11 +72,11 @@ def test_momentum_buffer_is_the_sgd_buffer_of_the_weight_step():
   a zero buffer, the buffer that the second-order step reads is (w_old - w_new) / lr."""
   net, spec, wtx, atx, state, tb, vb = _tiny_setup()
   assert all(not np.asarray(b).any()
-             for b in jax.tree.leaves(search.momentum_buffer(state.weight_opt_state)))
-  after, _ = jax.jit(functools.partial(search.weight_update, net=net, spec=spec,
+             for b in jax.tree.leaves(search_steps.momentum_buffer(state.weight_opt_state)))
+  after, _ = jax.jit(functools.partial(search_steps.weight_update, net=net, spec=spec,
                                        weight_tx=wtx))(state, tb, jax.random.key(0))
   lr = 0.025  # the schedule's value at step 0
-  buf = search.momentum_buffer(after.weight_opt_state)
+  buf = search_steps.momentum_buffer(after.weight_opt_state)
   for b, w0, w1 in zip(jax.tree.leaves(buf), jax.tree.leaves(state.params),
                        jax.tree.leaves(after.params)):
     np.testing.assert_allclose(np.asarray(b), (np.asarray(w0) - np.asarray(w1)) / lr,
@@ -103,7 +104,7 @@ def test_second_order_is_darts_unrolled_step_with_momentum():
                   rng=rng, net=net, spec=spec, zero_one_weight=10.0)
 
     def second_order(arch_params, xi, mu):
-      return search.unrolled_arch_objective(arch_params, train_batch=tb, xi=xi,
+      return search_steps.unrolled_arch_objective(arch_params, train_batch=tb, xi=xi,
                                             weight_decay=wd, momentum=mu, buffer=buffer,
                                             **common)[0]
 
@@ -111,11 +112,11 @@ def test_second_order_is_darts_unrolled_step_with_momentum():
     def darts_formula(arch_params):
       rng_train, rng_val = jax.random.split(rng)
       weights = spec.weights(arch_params)
-      g = jax.grad(lambda p: search.weight_loss_fn(net, p, state.batch_stats, weights, tb,
+      g = jax.grad(lambda p: search_steps.weight_loss_fn(net, p, state.batch_stats, weights, tb,
                                                    rng_train)[0])(state.params)
       w_virtual = jax.tree.map(lambda w, gw, m: w - xi * (mu * m + gw + wd * w),
                                state.params, g, buffer)
-      return search.arch_objective(arch_params, **{**common, "params": w_virtual,
+      return search_steps.arch_objective(arch_params, **{**common, "params": w_virtual,
                                                    "rng": rng_val})[0]
 
     value_and_grad = jax.jit(jax.value_and_grad(second_order))
@@ -125,7 +126,7 @@ def test_second_order_is_darts_unrolled_step_with_momentum():
     # Leaving the momentum term out (the old step) gives another value.
     assert abs(float(value_and_grad(state.arch_params, xi, 0.0)[0]) - float(want)) > 1e-6
     # The step reads that buffer from the weight optimiser's state.
-    assert search.momentum_buffer(state.weight_opt_state) is buffer
+    assert search_steps.momentum_buffer(state.weight_opt_state) is buffer
 
     # ReLU and max-pool gradients are piecewise constant, so w'(α) jumps where an
     # activation changes sign: the objective is piecewise smooth, and the central
@@ -142,7 +143,7 @@ def test_second_order_is_darts_unrolled_step_with_momentum():
       np.testing.assert_allclose(ad, fd, rtol=1e-5, atol=1e-8)
 
     # With a zero virtual step the second-order gradient is the first-order one.
-    g1 = jax.jit(jax.grad(lambda a: search.arch_objective(a, **common)[0]))(
+    g1 = jax.jit(jax.grad(lambda a: search_steps.arch_objective(a, **common)[0]))(
         state.arch_params)
     _, g0 = value_and_grad(state.arch_params, 0.0, mu)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
@@ -157,7 +158,7 @@ def test_architecture_loss_adds_the_zero_one_term_with_its_sign_and_weight():
   net, spec, wtx, atx, state, tb, vb = _tiny_setup()
   common = dict(params=state.params, batch_stats=state.batch_stats, val_batch=vb,
                 rng=jax.random.key(0), net=net, spec=spec)
-  objective = jax.jit(lambda a, w: search.arch_objective(a, zero_one_weight=w, **common))
+  objective = jax.jit(lambda a, w: search_steps.arch_objective(a, zero_one_weight=w, **common))
   loss0, (ce0, _, _) = objective(state.arch_params, 0.0)
   loss10, (ce10, _, z) = objective(state.arch_params, 10.0)
   sig = lambda x: 1 / (1 + np.exp(-np.asarray(x, np.float64)))
@@ -183,8 +184,8 @@ def test_warmup_gates_the_architecture_update_and_each_half_uses_its_batch():
   net, spec, wtx, atx, state, tb, vb = _tiny_setup()
   other = {"image": tb["image"][::-1] * 0.5, "label": tb["label"][::-1]}
   step = jax.jit(functools.partial(
-      search.search_step, net=net, spec=spec, weight_tx=wtx, arch_tx=atx,
-      lr_schedule=search.weight_lr_schedule(0.025, 0.001, 10, 5), arch_warmup_steps=3,
+      search_steps.search_step, net=net, spec=spec, weight_tx=wtx, arch_tx=atx,
+      lr_schedule=optimizers.weight_lr_schedule(0.025, 0.001, 10, 5), arch_warmup_steps=3,
       zero_one_weight=10.0, second_order=False, weight_decay=3e-4, momentum=0.9))
   rng = jax.random.key(0)
   before = state.replace(step=jnp.int32(2))  # the last warm-up step
@@ -212,7 +213,7 @@ def test_weight_learning_rate_is_darts_cosine_stepped_per_epoch():
   """PyTorch's CosineAnnealingLR(T_max=50, eta_min) stepped once per epoch, computed by
   its recursive definition, against the schedule at each step of 4-step epochs."""
   base, low, epochs, per_epoch = 0.025, 0.001, 50, 4
-  schedule = search.weight_lr_schedule(base, low, epochs, per_epoch)
+  schedule = optimizers.weight_lr_schedule(base, low, epochs, per_epoch)
   lr = [base]
   for t in range(1, epochs):  # torch/optim/lr_scheduler.py, recursive form
     prev = lr[-1]

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from dnas_jax import search_loop
-from dnas_jax import search_space
-from experiments.configs import test as test_config
+from dnas_jax.configs import test as test_config
+from dnas_jax.search import loop as search_loop
+from dnas_jax.search import setup as search_setup
+from dnas_jax.space import search_space
 
 
 def _run(workdir, hooks=(), **overrides):
@@ -85,10 +86,10 @@ def test_no_architecture_update_during_the_warmup_epochs():
   """configs/test.py: 8 steps an epoch, 1 warm-up epoch. The loop's step leaves the
   architecture parameters at their initial values for steps 0-7 and moves them at
   step 8 (epochs are converted to steps where the step is built)."""
-  from dnas_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dnas_jax.training import sharding  # pylint: disable=g-import-not-at-top
   config = test_config.get_config()
   mesh = sharding.create_mesh()
-  setup = search_loop.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
+  setup = search_setup.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
   initial = jax.tree.map(np.asarray, setup.state.arch_params)
   state = setup.state
   r = np.random.default_rng(0)

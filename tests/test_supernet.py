@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnas_jax import arch
-from dnas_jax import init as init_lib
-from dnas_jax import ops
-from dnas_jax import search_space
-from dnas_jax import supernet
+from dnas_jax.models import arch
+from dnas_jax.models import init as init_lib
+from dnas_jax.models import supernet
+from dnas_jax.space import ops
+from dnas_jax.space import search_space
 
 PRIMS = search_space.PRIMITIVES
 

@@ -1,4 +1,4 @@
-"""Tests of retraining (dnas_jax/train.py) and evaluation (experiments/evaluate.py).
+"""Tests of retraining (dnas_jax/retrain/loop.py) and evaluation (experiments/evaluate.py).
 
 The end-to-end tests share one tiny config (configs/test_retrain.py) and three runs
 made once per module: an uninterrupted one, and one interrupted by a hook then resumed.
@@ -16,13 +16,15 @@ import numpy as np
 import optax
 import pytest
 
-from dnas_jax import config_validation
-from dnas_jax import genotype as genotype_lib
-from dnas_jax import known_genotypes
-from dnas_jax import restore
-from dnas_jax import train
-from experiments.configs import cifar10_retrain
-from experiments.configs import test_retrain
+from dnas_jax import api
+from dnas_jax.configs import cifar10_retrain
+from dnas_jax.configs import test_retrain
+from dnas_jax.retrain import loop as retrain_loop
+from dnas_jax.retrain import setup as retrain_setup
+from dnas_jax.retrain import steps as retrain_steps
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import known_genotypes
+from dnas_jax.training import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # quark0/darts and yuhuixu1993/PC-DARTS NetworkCIFAR(36, 10, 20, auxiliary=True), counted
@@ -35,7 +37,7 @@ INTERRUPT_STEP = 7  # mid-epoch (16 steps per epoch), after the checkpoint at st
 def test_dry_run_parameter_counts_equal_official_code(name):
   config = cifar10_retrain.get_config()
   config.genotype = name
-  lines = train.parameter_count_lines(config)
+  lines = retrain_setup.parameter_count_lines(config)
   assert lines[0] == f"params_excluding_auxiliary: {OFFICIAL_COUNTS[name]}"
   assert lines[1].startswith("params_total: ")
   assert int(lines[1].split()[1]) > OFFICIAL_COUNTS[name]
@@ -52,15 +54,15 @@ def test_dry_run_command_prints_exactly_two_lines():
 
 
 def test_resolve_genotype_by_name_and_by_file_with_depth_mapping(tmp_path):
-  geno = train.resolve_genotype("DARTS_V2", 8)
+  geno = retrain_setup.resolve_genotype("DARTS_V2", 8)
   assert geno == known_genotypes.get_genotype("DARTS_V2", 8)
   path = str(tmp_path / "genotype.json")
   known_genotypes.get_genotype("PC_DARTS", 20).save(path)
-  mapped = train.resolve_genotype(path, 8)
+  mapped = retrain_setup.resolve_genotype(path, 8)
   assert mapped == genotype_lib.map_to_depth(genotype_lib.GlobalGenotype.load(path), 8)
   assert [c.reduction for c in mapped.cells] == [k in (2, 5) for k in range(8)]
-  with pytest.raises(config_validation.ConfigError, match="config.genotype='NOPE'"):
-    train.resolve_genotype("NOPE", 8)
+  with pytest.raises(validation.ConfigError, match="config.genotype='NOPE'"):
+    retrain_setup.resolve_genotype("NOPE", 8)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -72,13 +74,13 @@ def test_config_errors_name_the_field(field, value, match):
   config = test_retrain.get_config()
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(config_validation.ConfigError, match=match):
-    config_validation.validate_train_config(config)
+  with pytest.raises(validation.ConfigError, match=match):
+    validation.validate_train_config(config)
 
 
 def test_drop_path_ramps_linearly_per_epoch():
   config = cifar10_retrain.get_config()
-  probs = [train.drop_path_prob(config, step, 10) for step in (0, 9, 10, 3000, 5999)]
+  probs = [retrain_steps.drop_path_prob(config, step, 10) for step in (0, 9, 10, 3000, 5999)]
   np.testing.assert_allclose(probs, [0.0, 0.0, 0.2 / 600, 0.2 * 300 / 600,
                                      0.2 * 599 / 600])
 
@@ -103,7 +105,7 @@ def test_loss_adds_weighted_auxiliary_cross_entropy():
   variables = {"params": {}, "batch_stats": {"count": jnp.zeros(())}}
   for aux_value, expected in ((aux, ce(logits).mean() + 0.4 * ce(aux).mean()),
                               (None, ce(logits).mean())):
-    loss, _ = train.loss_fn(variables["params"], variables["batch_stats"], batch, 0.0,
+    loss, _ = retrain_steps.loss_fn(variables["params"], variables["batch_stats"], batch, 0.0,
                             jax.random.key(0), net=_FixedNet(logits, aux_value),
                             auxiliary_weight=0.4)
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
@@ -113,7 +115,7 @@ def test_loss_adds_weighted_auxiliary_cross_entropy():
 def runs(tmp_path_factory):
   config = test_retrain.get_config()
   full = str(tmp_path_factory.mktemp("full"))
-  result = train.train_and_evaluate(config, full)
+  result = retrain_loop.train_and_evaluate(config, full)
 
   def interrupt(step):
     if step == INTERRUPT_STEP:
@@ -121,15 +123,15 @@ def runs(tmp_path_factory):
 
   resumed = str(tmp_path_factory.mktemp("resumed"))
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, resumed, hooks=[interrupt])
-  steps_saved = restore.restore_train_run(resumed).step
-  resumed_result = train.train_and_evaluate(config, resumed)
+    retrain_loop.train_and_evaluate(config, resumed, hooks=[interrupt])
+  steps_saved = api.restore_train_run(resumed).step
+  resumed_result = retrain_loop.train_and_evaluate(config, resumed)
   return {"config": config, "full": full, "result": result, "resumed": resumed,
           "resumed_result": resumed_result, "interrupted_at": steps_saved}
 
 
 def test_tiny_retraining_writes_final_metrics(runs):
-  with open(os.path.join(runs["full"], train.FINAL_METRICS)) as f:
+  with open(os.path.join(runs["full"], retrain_loop.FINAL_METRICS)) as f:
     final = json.load(f)
   config = runs["config"]
   assert final["step"] == 16 * config.num_epochs
@@ -141,13 +143,13 @@ def test_tiny_retraining_writes_final_metrics(runs):
 
 
 def test_evaluate_reproduces_the_reported_test_accuracy_exactly(runs):
-  with open(os.path.join(runs["full"], train.FINAL_METRICS)) as f:
+  with open(os.path.join(runs["full"], retrain_loop.FINAL_METRICS)) as f:
     final = json.load(f)
-  out = restore.evaluate_workdir(runs["full"])
+  out = api.evaluate_workdir(runs["full"])
   assert out["step"] == final["step"]
   assert out["test_accuracy"] == final["test_accuracy"]
   assert out["test_loss"] == final["test_loss"]
-  run = restore.restore_train_run(runs["full"])
+  run = api.restore_train_run(runs["full"])
   assert run.genotype == known_genotypes.get_genotype("DARTS_V1", 5)
   assert run.config.model.channels == runs["config"].model.channels
 
@@ -171,7 +173,7 @@ def test_data_parallel_commands_on_two_devices_reproduce_accuracy(tmp_path):
   out = subprocess.run([sys.executable, "-m", "experiments.evaluate",
                         f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
                        text=True, check=True)
-  with open(os.path.join(tmp_path, train.FINAL_METRICS)) as f:
+  with open(os.path.join(tmp_path, retrain_loop.FINAL_METRICS)) as f:
     final = json.load(f)
   assert final["step"] == 16
   reported = json.loads(out.stdout[:out.stdout.rindex("}") + 1])

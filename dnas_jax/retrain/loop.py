@@ -1,0 +1,129 @@
+"""`train_and_evaluate` for the retraining: a global genotype trained from scratch.
+
+Config → genotype and dataset → `setup.create_train_setup` (network, optimizer, state,
+steps) → state restored from the workdir's newest intact checkpoint when there is one
+→ compiled steps → `training.loop.run_loop`, which checkpoints, evaluates on the test
+split and logs → `final_metrics.json`. The data order, augmentation and step keys
+depend only on (seed, step), so a resumed run ends with the parameters of an
+uninterrupted one. Ctrl-C saves a checkpoint before stopping.
+
+The evaluation is `training.evaluation.evaluate`, the function `experiments/evaluate.py`
+(through `dnas_jax.api.evaluate_workdir`) calls too, on the same batches, so a restored
+checkpoint reproduces the reported accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from dnas_jax.data import input_pipeline
+from dnas_jax.retrain import setup as setup_lib
+from dnas_jax.retrain import steps
+from dnas_jax.training import checkpoints
+from dnas_jax.training import compilation
+from dnas_jax.training import evaluation
+from dnas_jax.training import loop as loop_lib
+from dnas_jax.training import metric_writers
+from dnas_jax.training import sharding
+from dnas_jax.training import validation
+from dnas_jax.training import workdir as workdir_lib
+
+FINAL_METRICS = "final_metrics.json"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Sequence[Callable[[int], None]] = (),
+                       allow_config_changes: bool = False) -> dict:
+  """Retrains (or resumes) `config.genotype` in `workdir`; returns the final state,
+  genotype and metrics.
+
+  `hooks` are called with the step count after every step. A resume with a config of
+  another meaning is refused unless `allow_config_changes` (see
+  `dnas_jax.training.workdir`); every way out waits for pending checkpoint writes.
+  """
+  validation.validate_train_config(config)
+  sharding.maybe_initialize_distributed(config.distributed)
+  mesh = sharding.create_mesh()
+  validation.check_devices(config, mesh.devices.size)
+  geno = setup_lib.resolve_genotype(config.genotype, config.model.num_layers)
+  ds = setup_lib.load_data(config)
+  train_split = input_pipeline.Split(ds.train_images, ds.train_labels)
+  test_split = input_pipeline.Split(ds.test_images, ds.test_labels)
+  validation.check_batch_fits(config.batch_size, len(train_split), "training images")
+  with workdir_lib.RunDir(workdir, config.keep_checkpoints, allow_config_changes) as run:
+    run.check_config(config.to_dict())
+    return _retrain(config, run, geno, ds, train_split, test_split, mesh, hooks)
+
+
+def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split, mesh,
+             hooks) -> dict:
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), config.batch_size)
+  setup = setup_lib.create_train_setup(config, geno, ds.image_shape, ds.num_classes,
+                                       steps_per_epoch, mesh)
+  state = setup.state
+  logging.info("network: %d parameters (%d with the auxiliary head), %d layers, C=%d",
+               setup.num_params, setup.num_params_total, geno.num_layers,
+               config.model.channels)
+  restored = run.restore(checkpoints.abstract_like(state))
+  if restored is not None:
+    state = restored[0]
+    logging.info("resumed from the checkpoint at step %d", int(state.step))
+
+  rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
+  batch_spec = sharding.batch_sharding(mesh)
+  (step_fn, eval_fn), _ = compilation.compile_all([
+      (f"retraining step (L={geno.num_layers}, C={config.model.channels}, batch "
+       f"{config.batch_size})", setup.step_fn,
+       (state, compilation.abstract_batch(config.batch_size, ds.image_shape, batch_spec),
+        rng, jnp.float32(0.0))),
+      ("evaluation step", setup.eval_fn,
+       (state.params, state.batch_stats,
+        compilation.abstract_batch(config.eval_batch_size, ds.image_shape, batch_spec,
+                                   mask=True), ()))])
+
+  aug = input_pipeline.AugmentConfig(
+      crop_padding=config.data.crop_padding, flip=config.data.flip,
+      cutout=config.data.cutout, rotate_degrees=config.data.rotate_degrees)
+
+  def epoch_inputs(epoch: int, offset: int):
+    drop_prob = jnp.float32(steps.drop_path_prob(config, epoch * steps_per_epoch,
+                                                 steps_per_epoch))
+    batches = input_pipeline.epoch_batches(train_split, config.batch_size, config.seed,
+                                           epoch, aug, ds.mean, ds.std, start_step=offset)
+    return ((sharding.shard_batch(b, mesh), rng, drop_prob) for b in batches)
+
+  def evaluate(state) -> dict[str, float]:
+    return evaluation.evaluate(eval_fn, state.params, state.batch_stats, test_split,
+                               config.eval_batch_size, ds.mean, ds.std, mesh)
+
+  phase = loop_lib.Phase(
+      name="train_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
+      meta={"config": config.to_dict(), "image_shape": list(ds.image_shape),
+            "num_classes": ds.num_classes, "genotype": json.loads(geno.to_json()),
+            "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch,
+            "num_params": setup.num_params, "num_params_total": setup.num_params_total,
+            "mean": list(ds.mean), "std": list(ds.std)})  # input normalisation (api)
+  lead = sharding.is_lead_process()  # writes metrics and final_metrics.json
+  writer = metric_writers.MetricWriter(run.workdir, events=lead)
+  try:
+    writer.write_texts(0, {"genotype": geno.describe()})
+    state, last_eval, step = loop_lib.run_loop(phase, state, run, writer, config,
+                                               steps_per_epoch, hooks)
+  finally:
+    writer.close()
+  final = {**last_eval, "step": step, "epochs": config.num_epochs,
+           "num_params": setup.num_params, "num_params_total": setup.num_params_total}
+  if lead:
+    with open(os.path.join(run.workdir, FINAL_METRICS), "w") as f:
+      json.dump(final, f, indent=1)
+  logging.info("retraining done: test accuracy %.4f, test error %.2f %% (%s)",
+               final["test_accuracy"], 100 * final["test_error"],
+               os.path.join(run.workdir, FINAL_METRICS))
+  return {"state": state, "genotype": geno, **final}

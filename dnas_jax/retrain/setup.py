@@ -1,0 +1,143 @@
+"""From a retraining config to its network and state: the genotype (a published name
+or a `genotype.json`, mapped to the network's depth with `genotype.map_to_depth`), the
+discrete network (`network.create_network`), the optimizer, the initial state and the
+jitted steps (`create_train_setup`); also the parameter counts of `--dry_run`, and the
+restore target of a retraining run (`abstract_state`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from dnas_jax.data import datasets
+from dnas_jax.models import init as init_lib
+from dnas_jax.models import network
+from dnas_jax.retrain import steps
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import known_genotypes
+from dnas_jax.training import optimizers
+from dnas_jax.training import sharding
+from dnas_jax.training import validation
+
+# Input shape and number of classes of each dataset, known without loading it (for
+# --dry_run); `load_data` checks them against the loaded data.
+DATASET_SHAPES = {"cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100),
+                  "tiny_imagenet": ((64, 64, 3), 200), "digits": ((8, 8, 1), 10),
+                  "synthetic": ((8, 8, 3), 10)}
+
+
+def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
+  """The genotype named by `config.genotype` for a `num_layers`-layer network: a known
+  name stacked over the layers, or a genotype.json mapped to that depth."""
+  if spec in known_genotypes.KNOWN_GENOTYPES:
+    return known_genotypes.get_genotype(spec, num_layers)
+  if not os.path.isfile(spec):
+    raise validation.ConfigError(
+        f"config.genotype={spec!r} is neither a known genotype "
+        f"{sorted(known_genotypes.KNOWN_GENOTYPES)} nor an existing genotype.json file "
+        "(run the search, or experiments.derive, first)")
+  try:
+    geno = genotype_lib.GlobalGenotype.load(spec)
+  except (ValueError, KeyError, TypeError) as e:
+    raise validation.ConfigError(f"config.genotype={spec!r} is not a valid "
+                                 f"genotype.json: {e}") from None
+  try:
+    if geno.num_layers != num_layers:
+      logging.info("mapping the %d-layer genotype %s to %d layers", geno.num_layers,
+                   spec, num_layers)
+      geno = genotype_lib.map_to_depth(geno, num_layers)
+    network.check_genotype(geno)
+  except ValueError as e:
+    raise validation.ConfigError(f"config.genotype={spec!r}: {e}") from None
+  return geno
+
+
+def create_network(config: ml_collections.ConfigDict, geno: genotype_lib.GlobalGenotype,
+                   num_classes: int, train: bool) -> network.NetworkCIFAR:
+  m = config.model
+  return network.create_network(geno, num_classes, m.channels, m.auxiliary, m.network,
+                                train=train, dtype=jnp.dtype(m.dtype))
+
+
+def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(parameters excluding the auxiliary head, all parameters) of the config's network,
+  from shapes only: no data is read and nothing is compiled."""
+  validation.validate_train_config(config)
+  image_shape, num_classes = DATASET_SHAPES[config.data.dataset]
+  geno = resolve_genotype(config.genotype, config.model.num_layers)
+  shapes = network.variable_shapes(create_network(config, geno, num_classes, True),
+                                   image_shape)
+  return (network.count_params(shapes),
+          network.count_params(shapes, exclude_auxiliary=False))
+
+
+def parameter_count_lines(config: ml_collections.ConfigDict) -> list[str]:
+  """The two lines `experiments.train --dry_run` prints."""
+  excluding, total = count_parameters(config)
+  return [f"params_excluding_auxiliary: {excluding}", f"params_total: {total}"]
+
+
+def create_tx(config: ml_collections.ConfigDict, steps_per_epoch: int
+              ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  return optimizers.weight_tx_of(config.optim, config.num_epochs, steps_per_epoch)
+
+
+def abstract_state(net: network.NetworkCIFAR, image_shape, tx, mesh) -> steps.TrainState:
+  """The state's shapes and (replicated) shardings, a restore target built without
+  running or compiling anything."""
+  shapes = network.variable_shapes(net, tuple(image_shape))
+  state = jax.eval_shape(
+      lambda v: steps.create_train_state(v["params"], v["batch_stats"], tx), shapes)
+  rep = sharding.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
+
+
+def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
+  ds = datasets.load_dataset(config.data.dataset, config.data.source,
+                             config.data.data_dir or None)
+  expected = DATASET_SHAPES.get(ds.name)
+  if expected and (ds.image_shape, ds.num_classes) != expected:
+    logging.warning("%s has images %s and %d classes, not %s and %d", ds.name,
+                    ds.image_shape, ds.num_classes, *expected)
+  return ds
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """What a retraining needs besides data: the initial (replicated) state and the steps.
+
+  step_fn: jitted `steps.train_step`, (state, batch, rng, drop_prob).
+  eval_fn: jitted `evaluation.eval_step`, (params, batch_stats, batch, ()).
+  """
+  state: steps.TrainState
+  net_train: network.NetworkCIFAR
+  net_eval: network.NetworkCIFAR
+  step_fn: Callable
+  eval_fn: Callable
+  num_params: int
+  num_params_total: int
+
+
+def create_train_setup(config: ml_collections.ConfigDict,
+                       geno: genotype_lib.GlobalGenotype, image_shape, num_classes: int,
+                       steps_per_epoch: int, mesh) -> TrainSetup:
+  """Network, optimizer, initial state and jitted steps of `geno`'s retraining."""
+  net_train = create_network(config, geno, num_classes, True)
+  net_eval = create_network(config, geno, num_classes, False)
+  tx, lr_schedule = create_tx(config, steps_per_epoch)
+  example = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = init_lib.init_from_shapes(net_train, config.seed, example)
+  state = steps.create_train_state(variables["params"], variables["batch_stats"], tx)
+  step_fn, eval_fn = steps.make_step_fns(
+      net_train=net_train, net_eval=net_eval, tx=tx, lr_schedule=lr_schedule,
+      auxiliary_weight=config.optim.auxiliary_weight)
+  return TrainSetup(sharding.replicate(state, mesh), net_train, net_eval, step_fn, eval_fn,
+                    network.count_params(variables),
+                    network.count_params(variables, exclude_auxiliary=False))

@@ -1,0 +1,360 @@
+"""The paper's comparison under one budget: search → derive → retrain → evaluate.
+
+Each row is a search method run as its authors defined it (`ROWS`), over several seeds;
+every derived genotype is retrained with the same retraining config. A row fixes every
+setting that defines the method, at its paper's scale:
+
+=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
+row                kind    K    ops    edge norm  weight lr    arch  warm-up     skip    batch
+                                                               lr    (of 50 ep)  drop.
+=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
+darts_1st, _2nd    iam     1    8 +    no         0.025→0.001  3e-4  0           0       64
+                                none
+pc_darts           iam     4    8 +    yes        0.1→0        6e-4  15          0       256
+                                none
+pc_darts_global    full    4    8 +    yes        0.1→0        6e-4  15          0       256
+                                none
+dnas, dnas_node    decoup  4    7      σβ(β)      0.025→0.001  6e-4  15          0.2     96
+=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
+
+Search depth: DARTS and PC-DARTS search an 8-cell network (L = 8) and stack the cell;
+the global searches (PC-DARTS global, the paper's Table 1 row, and DNAS) search the
+whole L = 20 network. All: C = 16, 50 epochs, momentum 0.9, weight decay 3e-4, clip 5,
+Adam (0.5, 0.999) with L2 1e-3 for the architecture, first order except `darts_2nd`;
+zero-one loss (weight 10) only for DNAS's sigmoid factors. Sources: DARTS's and
+PC-DARTS's `train_search.py` and `model_search.py` (PC-DARTS has no skip dropout during
+the search; DNAS's 0.2 is this project's DNAS default).
+
+A comparison config (experiments/configs/compare_*.py) holds:
+
+* `search`, `retrain`: the base search and retraining configs (data, logging, the
+  settings no row names); the retraining config's `genotype` is replaced by each
+  run's `genotype.json`.
+* `rows`: comma-separated keys of `ROWS`; `seeds`: comma-separated ints;
+  `row_seeds` (optional): per row, the subset of `seeds` it runs (a slow row with fewer).
+* `budget` (optional): a partial search config applied to every row after the row's
+  own settings, to shrink the comparison for a CPU (epochs, depth, channels, batch).
+  The warm-up keeps its fraction of the search: a row's 15 of 50 epochs becomes
+  round(15 · E / 50) of E epochs.
+* `row_overrides` (optional): per row, a partial search config applied last (the tiny
+  test config shortens the operation lists this way).
+
+Layout of the comparison folder `DIR`: `DIR/<row>/seed_<s>/search` (a search workdir),
+`DIR/<row>/seed_<s>/retrain` (a retraining workdir), `DIR/<row>/seed_<s>/result.json`
+(written last: a run with it is finished and skipped when the command is run again; an
+unfinished run resumes from its checkpoints), then `DIR/results.json`,
+`DIR/comparison.md` and `DIR/comparison.png`.
+
+Search cost is the search's measured wall time (compilation included; summed over
+resumed segments) times the number of devices, in device-hours of the device kind the
+search ran on. Parameters are counted as DARTS counts them (auxiliary head excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dnas_jax.training import validation
+
+PAPER_EPOCHS = 50  # every method's search length; warm-ups are given out of it
+
+_DARTS = {"arch.kind": "iam", "arch.edge_normalization": False, "model.partial_k": 1,
+          "model.primitives": "darts", "model.num_layers": 8, "model.channels": 16,
+          "model.skip_dropout": 0.0, "optim.weight_lr": 0.025,
+          "optim.weight_min_lr": 0.001, "optim.arch_lr": 3e-4,
+          "optim.arch_warmup_epochs": 0, "optim.zero_one_weight": 0.0,
+          "optim.second_order": False, "batch_size": 64, "num_epochs": PAPER_EPOCHS}
+_PC_DARTS = {**_DARTS, "arch.edge_normalization": True, "model.partial_k": 4,
+             "optim.weight_lr": 0.1, "optim.weight_min_lr": 0.0, "optim.arch_lr": 6e-4,
+             "optim.arch_warmup_epochs": 15, "batch_size": 256}
+_DNAS = {"arch.kind": "decoupled", "arch.edge_normalization": False,
+         "arch.beta_domain": "layer", "model.partial_k": 4, "model.primitives": "dnas",
+         "model.num_layers": 20, "model.channels": 16, "model.skip_dropout": 0.2,
+         "optim.weight_lr": 0.025, "optim.weight_min_lr": 0.001, "optim.arch_lr": 6e-4,
+         "optim.arch_warmup_epochs": 15, "optim.zero_one_weight": 10.0,
+         "optim.second_order": False, "batch_size": 96, "num_epochs": PAPER_EPOCHS}
+
+# key: (label, the method's settings as dotted paths of the search config).
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "darts_1st": ("DARTS (block, 1st order)", _DARTS),
+    "darts_2nd": ("DARTS (block, 2nd order)", {**_DARTS, "optim.second_order": True}),
+    "pc_darts": ("PC-DARTS (block)", _PC_DARTS),
+    "pc_darts_global": ("PC-DARTS, global (per-layer Ψ, edge norm.)",
+                        {**_PC_DARTS, "arch.kind": "full", "model.num_layers": 20}),
+    "dnas": ("DNAS (decoupled global)", _DNAS),
+    "dnas_node": ("DNAS, β softmax per node", {**_DNAS, "arch.beta_domain": "node"}),
+}
+RESULT = "result.json"
+
+
+def parse_list(spec: str, field: str, cast=str) -> list:
+  items = [s.strip() for s in str(spec).split(",") if s.strip()]
+  if not items:
+    raise validation.ConfigError(f"config.{field} is empty")
+  try:
+    return [cast(s) for s in items]
+  except ValueError:
+    raise validation.ConfigError(f"config.{field}={spec!r} is not a comma-separated list of "
+                         f"{cast.__name__}") from None
+
+
+def parse_rows(spec: str) -> list[str]:
+  rows = parse_list(spec, "rows")
+  for r in rows:
+    if r not in ROWS:
+      raise validation.ConfigError(f"config.rows: unknown row {r!r}; valid rows: {list(ROWS)}")
+  return rows
+
+
+def _set(config: ml_collections.ConfigDict, path: str, value) -> None:
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def _flatten(tree: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in dict(tree).items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def method_name(config: ml_collections.ConfigDict) -> str:
+  """The method a search config runs, as the rows name it: dnas, darts, pc_darts (`iam`
+  with edge weights), global or pc_darts_global (`full`, without or with them)."""
+  edge = bool(config.arch.get("edge_normalization", False))
+  names = {"decoupled": "dnas", "iam": "pc_darts" if edge else "darts",
+           "full": "pc_darts_global" if edge else "global"}
+  # An unknown kind passes through: the config validation names it and the valid ones.
+  return names.get(config.arch.kind, config.arch.kind)
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """workdirs/<dataset>_<method>: where the retraining configs look for the genotype
+  (cifar10_retrain.py reads workdirs/cifar10_dnas/genotype.json)."""
+  return os.path.join("workdirs", f"{config.data.dataset}_{method_name(config)}")
+
+
+def apply_method(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
+  """Sets every setting of the method `row` (a key of `ROWS`) in a search config, in
+  place; returns it. The baseline configs (configs/darts_cifar10.py, ...) use this."""
+  for path, value in ROWS[row][1].items():
+    _set(config, path, value)
+  return config
+
+
+def search_config(config: ml_collections.ConfigDict, row: str, seed: int
+                  ) -> ml_collections.ConfigDict:
+  """The search config of (row, seed): the base search config, the row's settings,
+  the comparison's `budget` (warm-up rescaled to keep its fraction of the epochs),
+  then the row's `row_overrides`."""
+  cfg = apply_method(ml_collections.ConfigDict(config.search.to_dict()), row)
+  settings = ROWS[row][1]
+  budget = _flatten(config.get("budget", {}))
+  for path, value in budget.items():
+    if path == "optim.arch_warmup_epochs":
+      raise validation.ConfigError("config.budget.optim.arch_warmup_epochs: the warm-up is the "
+                           "row's (rescaled with num_epochs); set it per row in "
+                           "config.row_overrides")
+    _set(cfg, path, value)
+  cfg.optim.arch_warmup_epochs = int(round(
+      settings["optim.arch_warmup_epochs"] * cfg.num_epochs / PAPER_EPOCHS))
+  for path, value in _flatten(config.get("row_overrides", {}).get(row, {})).items():
+    _set(cfg, path, value)
+  cfg.seed = seed
+  return cfg
+
+
+def retrain_config(config: ml_collections.ConfigDict, genotype_path: str, seed: int
+                   ) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(config.retrain.to_dict())
+  cfg.genotype = genotype_path
+  cfg.seed = seed
+  return cfg
+
+
+def device_info() -> dict[str, Any]:
+  """The device kind and count the runs use; for CPUs the host's model and cores."""
+  devices = jax.devices()
+  info = {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
+          "device_count": len(devices)}
+  if info["platform"] == "cpu":
+    info["cpu_model"] = _cpu_model()
+    info["nproc"] = os.cpu_count()
+  return info
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def run_one(config: ml_collections.ConfigDict, row: str, seed: int, run_dir: str
+            ) -> dict[str, Any]:
+  """Search, derive, retrain and evaluate (row, seed) in `run_dir`, resuming; returns
+  (and writes) its result."""
+  from dnas_jax.retrain import loop as retrain_loop  # pylint: disable=g-import-not-at-top
+  from dnas_jax.search import loop as search_loop  # pylint: disable=g-import-not-at-top
+  done = _read_json(os.path.join(run_dir, RESULT))
+  if done is not None:
+    logging.info("%s seed %d: finished earlier, skipped", row, seed)
+    return done
+  search_dir = os.path.join(run_dir, "search")
+  retrain_dir = os.path.join(run_dir, "retrain")
+  timing_path = os.path.join(run_dir, "search_time.json")
+  timing = _read_json(timing_path) or {"wall_s": 0.0, "finished": False}
+  os.makedirs(run_dir, exist_ok=True)
+  if not timing["finished"]:
+    logging.info("%s seed %d: searching in %s", row, seed, search_dir)
+    start = time.time()
+    try:
+      out = search_loop.train_and_evaluate(search_config(config, row, seed), search_dir)
+      timing["finished"] = True
+      timing["val_accuracy"] = out.get("val_accuracy")
+    finally:  # an interrupted search's time still counts when it resumes
+      timing["wall_s"] += time.time() - start
+      timing.update(device_info())
+      _write_json(timing_path, timing)
+  genotype_path = os.path.join(search_dir, "genotype.json")
+  logging.info("%s seed %d: retraining %s in %s", row, seed, genotype_path, retrain_dir)
+  start = time.time()
+  final = retrain_loop.train_and_evaluate(retrain_config(config, genotype_path, seed),
+                                   retrain_dir)
+  result = {"row": row, "label": ROWS[row][0], "seed": seed,
+            "test_error": final["test_error"], "num_params": final["num_params"],
+            "search_wall_s": timing["wall_s"],
+            "search_device_hours": timing["wall_s"] * timing["device_count"] / 3600,
+            "search_val_accuracy": timing.get("val_accuracy"),
+            "retrain_wall_s": time.time() - start,
+            "device": {k: timing[k] for k in ("platform", "device_kind", "device_count",
+                                              "cpu_model", "nproc") if k in timing}}
+  _write_json(os.path.join(run_dir, RESULT), result)
+  return result
+
+
+def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every (row, seed) not finished in `workdir`, then writes the table and plot."""
+  rows = parse_rows(config.rows)
+  seeds = parse_list(config.seeds, "seeds", int)
+  os.makedirs(workdir, exist_ok=True)
+  row_seeds = {row: parse_list(spec, f"row_seeds.{row}", int)
+               for row, spec in config.get("row_seeds", {}).items()}
+  results = []
+  for seed in seeds:  # seed-major: an early stop still has every row
+    for row in rows:
+      if seed not in row_seeds.get(row, seeds):
+        continue
+      results.append(run_one(config, row, seed,
+                             os.path.join(workdir, row, f"seed_{seed}")))
+      write_report(results, workdir, config)
+  return results
+
+
+def summarize(results: Sequence[dict]) -> list[dict]:
+  """Per row (in the order of `ROWS`): mean/std of test error (%), params (M),
+  search device-hours, and the number of seeds."""
+  by_row: dict[str, list[dict]] = {}
+  for r in sorted(results, key=lambda r: list(ROWS).index(r["row"])):
+    by_row.setdefault(r["row"], []).append(r)
+  out = []
+  for row, rs in by_row.items():
+    err = np.array([100 * r["test_error"] for r in rs])
+    params = np.array([r["num_params"] / 1e6 for r in rs])
+    hours = np.array([r["search_device_hours"] for r in rs])
+    out.append({"row": row, "label": rs[0]["label"], "seeds": [r["seed"] for r in rs],
+                "error_mean": float(err.mean()), "error_std": float(err.std()),
+                "params_mean": float(params.mean()), "params_std": float(params.std()),
+                "device_hours": float(hours.mean()), "device": rs[0]["device"]})
+  return out
+
+
+def _device_words(device: dict) -> str:
+  if device.get("platform") == "cpu":
+    return (f"{device.get('device_count', 1)} CPU device ({device.get('cpu_model')}, "
+            f"{device.get('nproc')} cores)")
+  return f"{device['device_count']} × {device['device_kind']}"
+
+
+def markdown_table(summary: Sequence[dict], title: str = "") -> str:
+  lines = ([f"### {title}", ""] if title else [])
+  lines += ["| method | test error (%) | params (M) | search cost (device-hours) | "
+            "seeds |", "|---|---|---|---|---|"]
+  for s in summary:
+    error = (f"{s['error_mean']:.2f} ± {s['error_std']:.2f}" if len(s["seeds"]) > 1
+             else f"{s['error_mean']:.2f}")
+    lines.append(f"| {s['label']} | {error} | "
+                 f"{s['params_mean']:.3f} | {s['device_hours']:.4f} | "
+                 f"{len(s['seeds'])} |")
+  if summary:
+    lines += ["", f"Device: {_device_words(summary[0]['device'])}. Error: mean ± std "
+              "(population) over seeds; params as DARTS counts them (auxiliary head "
+              "excluded), mean over seeds; search cost: measured search wall time "
+              "(compilation included) × device count, mean over seeds."]
+  return "\n".join(lines) + "\n"
+
+
+def plot_comparison(summary: Sequence[dict], path: str, title: str = "") -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(summary), 3.6))
+  x = np.arange(len(summary))
+  ax.bar(x, [s["error_mean"] for s in summary], yerr=[s["error_std"] for s in summary],
+         capsize=4, color=["#d62728" if s["row"].startswith("dnas") else "#7f7f7f"
+                           for s in summary])
+  ax.set_xticks(x, [s["label"].replace(" (", "\n(").replace(", ", ",\n")
+                    for s in summary], fontsize=7)
+  ax.set_ylabel("test error (%)")
+  ax.set_title(title or "test error after retraining (mean ± std over seeds)",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(results: Sequence[dict], workdir: str,
+                 config: ml_collections.ConfigDict | None = None) -> str:
+  """Writes results.json, comparison.md and comparison.png; returns the table."""
+  title = config.get("title", "") if config is not None else ""
+  summary = summarize(results)
+  _write_json(os.path.join(workdir, "results.json"),
+              {"runs": list(results), "summary": summary})
+  table = markdown_table(summary, title)
+  with open(os.path.join(workdir, "comparison.md"), "w") as f:
+    f.write(table)
+  plot_comparison(summary, os.path.join(workdir, "comparison.png"), title)
+  return table

@@ -1,0 +1,180 @@
+"""Host-side checks of the search and retraining configs, each error naming the field and
+the valid values. They run before any data is read, any folder is made or anything is
+compiled: a bad field costs a second, not a compile.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from dnas_jax.models import arch as arch_lib
+from dnas_jax.models import network
+from dnas_jax.models import program as program_lib
+from dnas_jax.space import known_genotypes
+from dnas_jax.space import search_space
+
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic")
+SOURCES = ("auto", "tfds", "archive", "digits", "synthetic")
+DTYPES = ("float32", "bfloat16")
+# Training images of each dataset, known without reading it (every source holds the
+# same images), so that a batch larger than a split is refused before loading.
+NUM_TRAIN = {"cifar10": 50_000, "cifar100": 50_000, "tiny_imagenet": 100_000,
+             "digits": 1_500, "synthetic": 256}
+
+
+class ConfigError(ValueError):
+  """A config field has a missing, mistyped or out-of-range value."""
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{path} is missing")
+    node = node[part]
+  return node
+
+
+def _choice(config, path, valid):
+  value = _get(config, path)
+  if value not in valid:
+    raise ConfigError(f"config.{path}={value!r} is not valid; valid values: {list(valid)}")
+
+
+def _positive(config, path, allow_zero=False):
+  """A finite number > 0 (>= 0 with `allow_zero`); NaN and inf are refused."""
+  value = _get(config, path)
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)):
+    raise ConfigError(f"config.{path}={value!r} must be a finite "
+                      f"{'non-negative' if allow_zero else 'positive'} number")
+
+
+def _positive_int(config, path):
+  value = _get(config, path)
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ConfigError(f"config.{path}={value!r} must be a positive integer")
+
+
+def _in_range(config, path, low, high):
+  """low <= value < high, finite."""
+  value = _get(config, path)
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or not low <= value < high):
+    raise ConfigError(f"config.{path}={value!r} must be in [{low}, {high})")
+
+
+def _common(config, integers, rates, non_negative):
+  """The fields search and retraining configs share."""
+  _choice(config, "data.dataset", DATASETS)
+  _choice(config, "data.source", SOURCES)
+  _choice(config, "model.dtype", DTYPES)
+  for path in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
+               "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
+               "model.num_layers", "model.channels") + integers:
+    _positive_int(config, path)
+  if not isinstance(_get(config, "seed"), int) or isinstance(config.seed, bool):
+    raise ConfigError(f"config.seed={config.seed!r} must be an integer")
+  for path in ("optim.weight_lr",) + rates:
+    _positive(config, path)
+  for path in ("optim.weight_min_lr", "optim.weight_decay", "optim.grad_clip",
+               "data.crop_padding") + non_negative:
+    _positive(config, path, allow_zero=True)
+  _in_range(config, "optim.momentum", 0, 1)
+  for path in ("prefetch", "profile.first_step", "profile.num_steps"):
+    value = _get(config, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(f"config.{path}={value!r} must be a non-negative integer")
+  if _get(config, "model.num_layers") < 3:
+    raise ConfigError("config.model.num_layers must be at least 3 (two reduction cells)")
+
+
+def check_batch_fits(batch_size: int, num_examples: int, what: str,
+                     field: str = "config.batch_size") -> None:
+  if batch_size > num_examples:
+    raise ConfigError(f"{field}={batch_size} is larger than the {num_examples} "
+                      f"{what}")
+
+
+def primitives_of(spec: str) -> tuple[str, ...]:
+  """config.model.primitives: 'dnas' (7 ops), 'darts' (8, with none), or a
+  comma-separated list of operation names."""
+  if spec in search_space.PRIMITIVE_SETS:
+    return search_space.PRIMITIVE_SETS[spec]
+  ops = tuple(p.strip() for p in str(spec).split(",") if p.strip())
+  try:
+    search_space.check_primitives(ops)
+  except ValueError as e:
+    raise ConfigError(f"config.model.primitives={spec!r}: {e}; or one of "
+                      f"{sorted(search_space.PRIMITIVE_SETS)}") from None
+  if not ops:
+    raise ConfigError(f"config.model.primitives={spec!r} names no operation")
+  return ops
+
+
+def validate_search_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field of a search config."""
+  _common(config, integers=("model.partial_k",), rates=("optim.arch_lr",),
+          non_negative=("optim.arch_weight_decay", "optim.zero_one_weight",
+                        "optim.arch_warmup_epochs"))
+  _choice(config, "arch.kind", arch_lib.KINDS)
+  _choice(config, "arch.beta_domain", arch_lib.BETA_DOMAINS)
+  _choice(config, "arch.alpha_sharing", arch_lib.ALPHA_SHARINGS)
+  for name in ("alpha_activation", "beta_activation", "gamma_activation"):
+    _choice(config, f"arch.{name}", arch_lib.ACTIVATIONS)
+  for name, valid in program_lib.PROGRAM_CHOICES.items():
+    if "program" in config and name in config.program:
+      _choice(config, f"program.{name}", valid)
+  if (config.get("program", {}).get("halves") == "shared"
+      and _get(config, "optim.second_order")):
+    raise ConfigError("config.program.halves='shared' is first order only; with "
+                      "config.optim.second_order=True use 'separate' or 'auto'")
+  edge_norm = config.arch.get("edge_normalization", False)
+  if not isinstance(edge_norm, bool):
+    raise ConfigError(f"config.arch.edge_normalization={edge_norm!r} must be True or False")
+  if edge_norm and _get(config, "arch.kind") == "decoupled":
+    raise ConfigError("config.arch.edge_normalization=True applies to arch.kind 'iam' "
+                      "and 'full'; the decoupled kind's β is always its edge weight")
+  _in_range(config, "optim.arch_b1", 0, 1)
+  _in_range(config, "optim.arch_b2", 0, 1)
+  _positive(config, "arch.init_scale", allow_zero=True)
+  tp = _get(config, "data.train_portion")
+  if (not isinstance(tp, (int, float)) or not math.isfinite(tp) or not 0 < tp < 1):
+    raise ConfigError(f"config.data.train_portion={tp!r} must be in (0, 1)")
+  _in_range(config, "model.skip_dropout", 0, 1)
+  primitives_of(_get(config, "model.primitives"))
+  num_train = NUM_TRAIN[config.data.dataset]
+  smaller = min(int(num_train * tp), num_train - int(num_train * tp))
+  check_batch_fits(config.batch_size, smaller,
+                   f"images of the smaller search split ({config.data.dataset}, "
+                   f"config.data.train_portion={tp})")
+  c, k = _get(config, "model.channels"), _get(config, "model.partial_k")
+  if c % k or (c // k) % 2:
+    raise ConfigError(f"config.model.channels={c} must be divisible by "
+                      f"config.model.partial_k={k} into an even number of channels "
+                      "(factorized reduce halves them)")
+
+
+def validate_train_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field of a retraining config."""
+  _common(config, integers=(), rates=(),
+          non_negative=("optim.auxiliary_weight", "data.cutout", "data.rotate_degrees"))
+  _choice(config, "model.network", tuple(network.NETWORKS))
+  _in_range(config, "optim.drop_path_prob", 0, 1)
+  if not isinstance(_get(config, "genotype"), str) or not config.genotype:
+    raise ConfigError("config.genotype must be a known genotype name "
+                      f"{sorted(known_genotypes.KNOWN_GENOTYPES)} or a genotype.json "
+                      "path")
+  check_batch_fits(config.batch_size, NUM_TRAIN[config.data.dataset],
+                   f"training images of {config.data.dataset}")
+
+
+def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """The batch sizes split evenly over the data-parallel devices."""
+  for field in ("batch_size", "eval_batch_size"):
+    value = _get(config, field)
+    if value % num_devices:
+      raise ConfigError(f"config.{field}={value} is not divisible by the {num_devices} "
+                        f"devices of the mesh; use a multiple of {num_devices}")
