@@ -97,13 +97,21 @@ def test_the_layer_check_sees_violations(tmp_path):
   ]
 
 
-def test_experiments_is_not_installed():
-  with open(os.path.join(ROOT, "setup.cfg")) as f:
-    text = f.read()
-  include = text.split("[options.packages.find]")[1].split("[")[0]
-  packages = [line.strip() for line in include.splitlines()
-              if line.strip() and not line.strip().startswith(("#", "include"))]
-  assert packages == ["dnas_jax", "dnas_jax.*"]
+def test_only_dnas_jax_is_installed_and_it_holds_the_configs():
+  """What `pip install` installs, as setuptools reads setup.cfg: the dnas_jax packages
+  (its configs among them, for the notebook after a pip install), no top-level
+  `experiments`."""
+  from setuptools.config import setupcfg  # pylint: disable=g-import-not-at-top
+  cwd = os.getcwd()
+  os.chdir(ROOT)  # find_packages runs relative to the project
+  try:
+    packages = setupcfg.read_configuration("setup.cfg")["options"]["packages"]
+  finally:
+    os.chdir(cwd)
+  assert {p.split(".")[0] for p in packages} == {"dnas_jax"}
+  assert {f"dnas_jax.{unit}" for unit in LAYERS if unit != "api"} <= set(packages)
+  assert os.path.realpath(os.path.join(ROOT, "experiments", "configs")) == os.path.join(
+      ROOT, "dnas_jax", "configs")
 
 
 def test_no_file_refers_to_a_document_the_repository_does_not_hold():
