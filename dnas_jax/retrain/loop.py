@@ -49,9 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `dnas_jax.training.workdir`); every way out waits for pending checkpoint writes.
   """
   validation.validate_train_config(config)
-  sharding.maybe_initialize_distributed(config.distributed)
-  mesh = sharding.create_mesh()
-  validation.check_devices(config, mesh.devices.size)
+  mesh = loop_lib.create_run_mesh(config)
   geno = setup_lib.resolve_genotype(config.genotype, config.model.num_layers)
   ds = setup_lib.load_data(config)
   train_split = input_pipeline.Split(ds.train_images, ds.train_labels)

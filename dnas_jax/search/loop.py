@@ -51,9 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `dnas_jax.training.workdir`); every way out waits for pending checkpoint writes.
   """
   validation.validate_search_config(config)
-  sharding.maybe_initialize_distributed(config.distributed)
-  mesh = sharding.create_mesh()
-  validation.check_devices(config, mesh.devices.size)
+  mesh = loop_lib.create_run_mesh(config)
 
   ds = datasets.load_dataset(config.data.dataset, config.data.source,
                              config.data.data_dir or None)

@@ -30,6 +30,8 @@ from dnas_jax.data import input_pipeline
 from dnas_jax.training import checkpoints
 from dnas_jax.training import metric_writers
 from dnas_jax.training import monitor as monitor_lib
+from dnas_jax.training import sharding
+from dnas_jax.training import validation
 from dnas_jax.training import workdir as workdir_lib
 
 
@@ -52,6 +54,15 @@ class Phase:
   evaluate: Callable[[Any], dict]
   meta: dict
   at_epoch_end: Callable[[Any, int], None] | None = None
+
+
+def create_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The devices of a run: `jax.distributed` first when `config.distributed`, then
+  the 1-D mesh over every device, the batch sizes checked against its size."""
+  sharding.maybe_initialize_distributed(config.distributed)
+  mesh = sharding.create_mesh()
+  validation.check_devices(config, mesh.devices.size)
+  return mesh
 
 
 def run_loop(phase: Phase, state: Any, run: workdir_lib.RunDir,
