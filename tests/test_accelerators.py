@@ -24,14 +24,11 @@ def _conv_count(num_layers):
 
 
 def test_lowered_search_step_has_the_same_convolutions_at_every_depth():
-  # Every stage's normal cells run under one scan (the irregular preprocessing of the
-  # first cells computed outside it): 3 scan bodies and 2 reduction cells at any depth.
-  # From L = 9 on the program is the same; at L = 8 the first stage's 2 cells both take
-  # their s0 preprocessing from outside the scan, so the in-scan one has no weights and
-  # its weight gradient (one convolution) disappears.
+  # Every stage's normal cells run under one scan, their preprocessing included (the
+  # stem's and the factorized reduce's as padded and block-diagonal kernels): 3 scan
+  # bodies and 2 reduction cells, the same program at any depth.
   counts = {L: _conv_count(L) for L in (8, 9, 20)}
-  assert counts[9] == counts[20], counts
-  assert counts[8] == counts[20] - 1, counts
+  assert counts[8] == counts[9] == counts[20], counts
   config = test_config.get_config()
   config.model.primitives = "sep_conv_3x3"
   config.program.scan = "none"  # cell by cell: the program grows with depth

@@ -83,19 +83,20 @@ class _CellByCell(nn.Module):
   num_layers: int
   channels: int
   primitives: tuple
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images, psi, edge):
-    x = ops.conv(3 * self.channels, 3, 1, 1, name="stem_conv")(images)
-    s0 = s1 = ops.BatchNorm(True, True, name="stem_bn")(x)
+    x = ops.conv(3 * self.channels, 3, 1, 1, dtype=self.dtype, name="stem_conv")(images)
+    s0 = s1 = ops.BatchNorm(True, True, self.dtype, name="stem_bn")(x)
     red = search_space.is_reduction(self.num_layers)
     c = self.channels
     for k in range(self.num_layers):
       c = c * 2 if red[k] else c
       cell = supernet.SearchCell(c, red[k], k > 0 and red[k - 1], self.primitives, 4,
-                                 name=f"cell{k}")
+                                 dtype=self.dtype, name=f"cell{k}")
       s0, s1 = s1, cell(s0, s1, psi[k], edge[k])
-    return nn.Dense(10, name="classifier")(jnp.mean(s1, axis=(1, 2)))
+    return nn.Dense(10, dtype=self.dtype, name="classifier")(jnp.mean(s1, axis=(1, 2)))
 
 
 def _to_cell_by_cell(params, num_layers):
@@ -107,56 +108,67 @@ def _to_cell_by_cell(params, num_layers):
     if b <= a:
       continue
     body = params[f"cells{a}_{b}"]
-    outside0 = ([k for k in (a, a + 1) if k < b] if stage == 0 else [a])
-    outside1 = [a] if stage == 0 else []
-    regular0 = [k for k in range(a, b) if k not in outside0]
-    regular1 = [k for k in range(a, b) if k not in outside1]
+    pre0, pre1 = params[f"stage{stage}_pre0"], params[f"stage{stage}_pre1"]
+    # Which layers keep which kind of kernel (see supernet._Kernels): the stem's width
+    # for layers 0 and 1 (s0) and layer 0 (s1) of stage 0, FactorizedReduce's two
+    # kernels for layer a's s0 in later stages, full ones otherwise.
+    narrow0 = [k for k in (a, a + 1) if k < b] if stage == 0 else []
+    narrow1 = [a] if stage == 0 else []
+    reduce0 = [a] if stage > 0 else []
+    regular0 = [k for k in range(a, b) if k not in narrow0 + reduce0]
+    regular1 = [k for k in range(a, b) if k not in narrow1]
     for k in range(a, b):
       cell = {name: jax.tree.map(lambda x: x[k - a], tree)  # pylint: disable=cell-var-from-loop
               for name, tree in body.items() if name.startswith("node")}
-      if k in outside0:
-        cell["pre0"] = params[f"cell{k if stage == 0 else a}_pre0"]
+      if k in narrow0:
+        cell["pre0"] = {"Conv_0": {"kernel": pre0["stem"]["kernel"][narrow0.index(k)]}}
+      elif k in reduce0:
+        grids = pre0["reduce"]["kernel"]
+        cell["pre0"] = {"Conv_0": {"kernel": grids[0]}, "Conv_1": {"kernel": grids[1]}}
       else:
-        cell["pre0"] = {"Conv_0": {"kernel": params[f"stage{stage}_pre0"]["kernel"][
-            regular0.index(k)]}}
-      if k in outside1:
-        cell["pre1"] = params[f"cell{a}_pre1"]
+        cell["pre0"] = {"Conv_0": {"kernel": pre0["kernel"][regular0.index(k)]}}
+      if k in narrow1:
+        cell["pre1"] = {"Conv_0": {"kernel": pre1["stem"]["kernel"][0]}}
       else:
-        cell["pre1"] = {"Conv_0": {"kernel": params[f"stage{stage}_pre1"]["kernel"][
-            regular1.index(k)]}}
+        cell["pre1"] = {"Conv_0": {"kernel": pre1["kernel"][regular1.index(k)]}}
       out[f"cell{k}"] = cell
   return out
 
 
 @pytest.mark.parametrize("num_layers", [4, 5, 8])
 def test_scanned_network_equals_the_cell_by_cell_network(num_layers):
-  """Every stage's normal cells run under one scan (preprocessing from the stem or
-  through a factorized reduce computed outside it); the logits equal those of DARTS's
-  cell-by-cell network with the same parameters, and every layer is used."""
+  """Every stage's normal cells run under one scan (the stem's preprocessing and the
+  factorized reduce inside it, as padded and block-diagonal kernels); the logits equal
+  those of DARTS's cell-by-cell network with the same parameters, and every layer is
+  used."""
   prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
-  net = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4)
-  ref = _CellByCell(num_layers, 8, prims)
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  psi = jax.random.uniform(jax.random.key(1), (num_layers, 14, len(prims)))
-  edge = jax.random.uniform(jax.random.key(2), (num_layers, 14))
-  v = init_lib.init_from_shapes(net, 0, x, psi, edge)
-  v_ref = init_lib.init_from_shapes(ref, 0, x, psi, edge)
-  params = _to_cell_by_cell(v["params"], num_layers)
-  assert jax.tree.structure(params) == jax.tree.structure(v_ref["params"])
-  got, _ = jax.jit(lambda v: net.apply(v, x, psi, edge, mutable=["batch_stats"]))(v)
-  want, _ = jax.jit(lambda p: ref.apply({"params": p, "batch_stats": v_ref["batch_stats"]},
-                                        x, psi, edge, mutable=["batch_stats"]))(params)
-  assert got.shape == (2, 10)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
-  # `scan_stages=False` is that cell-by-cell network, with its parameter tree.
-  flat = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4, scan_stages=False)
-  got_flat, _ = jax.jit(lambda p: flat.apply(
-      {"params": p, "batch_stats": v_ref["batch_stats"]}, x, psi, edge,
-      mutable=["batch_stats"]))(params)
-  np.testing.assert_allclose(np.asarray(got_flat), np.asarray(want), rtol=2e-5, atol=2e-5)
-  # Each layer's ψ matters: changing the last layer's ψ changes the logits.
-  other, _ = net.apply(v, x, psi.at[-1].set(0.0), edge, mutable=["batch_stats"])
-  assert not np.allclose(np.asarray(other), np.asarray(got))
+  with jax.enable_x64(True):  # float64: equal up to rounding, not up to BN's amplification
+    f64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+    net = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4, dtype=jnp.float64)
+    ref = _CellByCell(num_layers, 8, prims, jnp.float64)
+    x = f64(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)))
+    psi = f64(jax.random.uniform(jax.random.key(1), (num_layers, 14, len(prims))))
+    edge = f64(jax.random.uniform(jax.random.key(2), (num_layers, 14)))
+    v = f64(init_lib.init_from_shapes(net, 0, x, psi, edge))
+    stats_ref = f64(init_lib.init_from_shapes(ref, 0, x, psi, edge)["batch_stats"])
+    params = _to_cell_by_cell(v["params"], num_layers)
+    assert jax.tree.structure(params) == jax.tree.structure(
+        init_lib.init_from_shapes(ref, 0, x, psi, edge)["params"])
+    got, _ = net.apply(v, x, psi, edge, mutable=["batch_stats"])
+    want, _ = ref.apply({"params": params, "batch_stats": stats_ref}, x, psi, edge,
+                        mutable=["batch_stats"])
+    assert got.shape == (2, 10) and got.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
+    # `scan_stages=False` is that cell-by-cell network, with its parameter tree.
+    flat = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4,
+                                  scan_stages=False, dtype=jnp.float64)
+    got_flat, _ = flat.apply({"params": params, "batch_stats": stats_ref}, x, psi, edge,
+                             mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(got_flat), np.asarray(want), rtol=1e-10,
+                               atol=1e-10)
+    # Each layer's ψ matters: changing the last layer's ψ changes the logits.
+    other, _ = net.apply(v, x, psi.at[-1].set(0.0), edge, mutable=["batch_stats"])
+    assert not np.allclose(np.asarray(other), np.asarray(got))
 
 
 def test_stage_plan_scans_every_normal_cell():

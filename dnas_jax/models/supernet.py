@@ -158,13 +158,12 @@ def _relu_conv_bn(module: nn.Module, x, kernel, name: str):
 
 class _StageCell(nn.Module):
   """Scan body for the normal cells of a stage. Carry: the raw outputs (s0, s1) of the
-  two previous layers, [B, H, W, 4C] (zeros where a previous layer's output has another
-  shape). Scanned: ψ[k], e[k], the 1×1 preprocessing kernels of layer k, and which
-  preprocessed input comes from outside the scan (`use0`, `use1`: an index into
-  `outside0`/`outside1`, or -1). Layers whose preprocessing reads another shape (the
-  stem, or the output before a reduction, through a factorized reduce) get it computed
-  before the scan and selected here, so that every normal cell of a stage is this one
-  traced body."""
+  two previous layers as the body reads them, [B, H, W, 4C]. Scanned: ψ[k], e[k] and
+  the 1×1 preprocessing kernels of layer k (`_Kernels`). Inputs of another shape reach
+  the body already in this one (the stem zero-padded from 3C channels to 4C; the
+  output before a reduction as its two offset grids side by side, which a
+  block-diagonal kernel turns into a factorized reduce), so that every normal cell of
+  a stage is this one traced body and no preprocessing runs on placeholders."""
   channels: int
   primitives: Sequence[str]
   partial_k: int
@@ -174,36 +173,74 @@ class _StageCell(nn.Module):
   formulation: ops.Formulation
 
   @nn.compact
-  def __call__(self, carry, xs, outside):
+  def __call__(self, carry, xs):
     s0, s1 = carry
-    psi_k, edge_k, kernel0, kernel1, use0, use1 = xs
-    outside0, outside1 = outside
+    psi_k, edge_k, kernel0, kernel1 = xs
     p0 = _relu_conv_bn(self, s0, kernel0, "pre0")
     p1 = _relu_conv_bn(self, s1, kernel1, "pre1")
-    if outside0 is not None:
-      p0 = jnp.where(use0 >= 0, outside0[jnp.maximum(use0, 0)], p0)
-    if outside1 is not None:
-      p1 = jnp.where(use1 >= 0, outside1[jnp.maximum(use1, 0)], p1)
     out = _cell_nodes(self, p0, p1, psi_k, edge_k, reduction=False)
     return (s1, out), None
 
 
-class _Kernels(nn.Module):
-  """1×1 kernels [n, 1, 1, Cin, Cout] for the layers of a scan that preprocess inside
-  it, scattered into [length, ...] with zeros for the layers preprocessed outside."""
-  length: int
-  regular: tuple[int, ...]
-  cin: int
-  cout: int
+class _Kernel(nn.Module):
+  """One parameter, `kernel`, of the given shape (its name tells `init` the fan-in)."""
+  shape: tuple[int, ...]
 
   @nn.compact
   def __call__(self):
-    full = jnp.zeros((self.length, 1, 1, self.cin, self.cout), jnp.float32)
-    if not self.regular:
-      return full
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (len(self.regular), 1, 1, self.cin, self.cout))
-    return full.at[jnp.asarray(self.regular)].set(kernel)
+    return self.param("kernel", nn.initializers.lecun_normal(), self.shape)
+
+
+class _Kernels(nn.Module):
+  """The 1×1 preprocessing kernels [length, 1, 1, width, cout] of a scan's layers.
+
+  Most layers read a `width`-channel input and keep a full kernel (`kernel`). Layers
+  reading the stem (`narrow`: its `narrow_cin` channels, zero-padded to `width`) keep
+  a kernel of the stem's width (`stem/kernel`), padded here with zero rows: DARTS's
+  ReLUConvBN of the stem. With `factorized`, layer 0 reads the output before the
+  reduction as its two offset grids x[::2, ::2] and x[1::2, 1::2] side by side and
+  keeps FactorizedReduce's two kernels (`reduce/kernel`, [2, 1, 1, width/2, cout/2]) as
+  the diagonal blocks of its kernel: DARTS's FactorizedReduce."""
+  length: int
+  width: int
+  cout: int
+  narrow: tuple[int, ...] = ()
+  narrow_cin: int = 0
+  factorized: bool = False
+
+  @nn.compact
+  def __call__(self):
+    special = set(self.narrow) | ({0} if self.factorized else set())
+    regular = tuple(i for i in range(self.length) if i not in special)
+    parts = []  # (where in the full kernel, the kernel kept there)
+    if regular:
+      kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                          (len(regular), 1, 1, self.width, self.cout))
+      parts.append(((jnp.asarray(regular),), kernel))
+    if self.narrow:
+      stem = _Kernel((len(self.narrow), 1, 1, self.narrow_cin, self.cout), name="stem")()
+      parts.append(((jnp.asarray(self.narrow), slice(None), slice(None),
+                     slice(0, self.narrow_cin)), stem))
+    if self.factorized:
+      half_in, half_out = self.width // 2, self.cout // 2
+      grids = _Kernel((2, 1, 1, half_in, half_out), name="reduce")()
+      parts.append(((0, slice(None), slice(None), slice(0, half_in), slice(0, half_out)),
+                    grids[0]))
+      parts.append(((0, slice(None), slice(None), slice(half_in, None),
+                     slice(half_out, None)), grids[1]))
+    full = jnp.zeros((self.length, 1, 1, self.width, self.cout), parts[0][1].dtype)
+    for where, kernel in parts:
+      full = full.at[where].set(kernel)
+    return full
+
+
+def offset_grids(x: jax.Array) -> jax.Array:
+  """x[:, ::2, ::2] and x[:, 1::2, 1::2] side by side on the channel axis: what the two
+  stride-2 1×1 convolutions of a factorized reduce read."""
+  if x.shape[1] % 2 or x.shape[2] % 2:
+    raise ValueError(f"a factorized reduce needs an even height and width, got "
+                     f"{x.shape[1]}×{x.shape[2]}")
+  return jnp.concatenate([x[:, ::2, ::2], x[:, 1::2, 1::2]], axis=-1)
 
 
 def stage_plan(num_layers: int) -> list[tuple[int | None, int, int]]:
@@ -272,44 +309,36 @@ class SearchNetwork(nn.Module):
         before, last = last, out
       if b <= a:
         continue
-      # Preprocessed inputs that come from outside the scan: the stem's (stage 0,
-      # layers 0 and 1) and the factorized reduce of the output before the reduction.
-      outside0, outside1, use0, use1 = [], [], [-1] * (b - a), [-1] * (b - a)
-      if stage == 0:
-        for k in range(a, min(a + 2, b)):
-          use0[k - a] = len(outside0)
-          outside0.append(ops.ReLUConvBN(c, affine=False, train=self.train,
-                                         dtype=self.dtype, name=f"cell{k}_pre0")(stem))
-        use1[0] = 0
-        outside1.append(ops.ReLUConvBN(c, affine=False, train=self.train,
-                                       dtype=self.dtype, name=f"cell{a}_pre1")(stem))
-      else:
-        use0[0] = 0
-        outside0.append(ops.FactorizedReduce(c, False, self.train, self.dtype,
-                                             self.formulation, name=f"cell{a}_pre0")(before))
       width = 4 * c  # a normal cell's output channels
-      regular0 = tuple(i for i in range(b - a) if use0[i] < 0)
-      regular1 = tuple(i for i in range(b - a) if use1[i] < 0)
-      kernel0 = _Kernels(b - a, regular0, width, c, name=f"stage{stage}_pre0")()
-      kernel1 = _Kernels(b - a, regular1, width, c, name=f"stage{stage}_pre1")()
-      zeros = jnp.zeros(last.shape[:-1] + (width,), last.dtype) if stage == 0 else None
-      # Carry: s0 is only read through the in-scan preprocessing from layer a + 2 on
-      # (stage 0) or a + 1 on; a different shape before that is replaced by zeros.
-      s0 = jnp.zeros_like(last) if stage > 0 else zeros
-      s1 = last if stage > 0 else zeros
+      if stage == 0:
+        # Layers 0 and 1 read the stem (3C channels) through their s0, layer 0 also
+        # through its s1: the stem enters zero-padded to 4C, and their kernels are
+        # the stem's width, padded with zero rows.
+        if stem.shape[-1] > width:
+          raise ValueError(f"stem_multiplier={self.stem_multiplier} > 4: the stem is "
+                           "wider than a cell's output, which the stage scan needs")
+        padded = jnp.pad(stem, ((0, 0),) * 3 + ((0, width - stem.shape[-1]),))
+        s0 = s1 = padded
+        kernel0 = _Kernels(b - a, width, c, narrow=tuple(range(min(2, b - a))),
+                           narrow_cin=stem.shape[-1], name=f"stage{stage}_pre0")()
+        kernel1 = _Kernels(b - a, width, c, narrow=(0,), narrow_cin=stem.shape[-1],
+                           name=f"stage{stage}_pre1")()
+      else:
+        # Layer a reads the output before the reduction through a factorized reduce:
+        # its two offset grids (2 × 2C = 4C channels) and a block-diagonal kernel.
+        s0, s1 = offset_grids(before), last
+        kernel0 = _Kernels(b - a, width, c, factorized=True, name=f"stage{stage}_pre0")()
+        kernel1 = _Kernels(b - a, width, c, name=f"stage{stage}_pre1")()
       body = (nn.remat(_StageCell, policy=ops.REMAT_POLICY, prevent_cse=False)
               if self.remat else _StageCell)
       scan = nn.scan(body,
                      variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
                      split_rngs={"params": True, "dropout": True},
-                     in_axes=(0, nn.broadcast), length=b - a)
-      xs = (psi[a:b], edge_weights[a:b], kernel0, kernel1,
-            jnp.asarray(use0, jnp.int32), jnp.asarray(use1, jnp.int32))
-      outside = (jnp.stack(outside0) if outside0 else None,
-                 jnp.stack(outside1) if outside1 else None)
-      (before, last), _ = scan(c, *common, name=f"cells{a}_{b}")((s0, s1), xs, outside)
-      if stage == 0 and b - a == 1:  # the carry's s0 was a placeholder: the layer
-        before = stem                # before layer 0 is the stem
+                     in_axes=0, length=b - a)
+      xs = (psi[a:b], edge_weights[a:b], kernel0, kernel1)
+      (before, last), _ = scan(c, *common, name=f"cells{a}_{b}")((s0, s1), xs)
+      if stage == 0 and b - a == 1:  # the carry's s0 is the padded stem: the layer
+        before = stem                # before layer 0 is the stem itself
     return self._classify(last)
 
   def _classify(self, features):
