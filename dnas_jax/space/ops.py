@@ -96,7 +96,7 @@ REMAT_POLICY = jax.checkpoint_policies.save_only_these_names(SAVED)
 
 
 def _kernel_init(key, shape, dtype=jnp.float32):
-  # Only for `init`: the networks' variables come from shapes (`dnas_jax.init`), filled
+  # Only for `init`: the networks' variables come from shapes (`dnas_jax.models.init`), filled
   # with PyTorch's initialisation.
   return nn.initializers.lecun_normal()(key, shape, dtype)
 
