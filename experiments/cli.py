@@ -126,6 +126,7 @@ def _sigterm_as_interrupt(signum, frame):
 def run(main):
   """absl's app.run with quiet library logs, clear flag errors, and SIGTERM handled as
   Ctrl-C (the loops save a checkpoint before stopping)."""
+  compilation.avoid_slow_cache_loads()  # before JAX starts a backend
   signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()

@@ -23,6 +23,33 @@ import numpy as np
 from absl import logging
 
 
+# XLA:CPU hands convolutions, matrix products and some element-wise work to YNNPACK
+# ("YNN fusions"). Reading an executable with many of them back from the persistent
+# cache is slow in jaxlib 0.10 (perf: 96 % of the load in YnnFusionThunkFromProto →
+# HloInstruction::unique_id). Without them the digits quick start's search step loads
+# in 9 s instead of 31 s, and its 110 steps take 88 s instead of 91 s (README, Quick
+# start). The entry points set this flag on the jaxlib versions it was measured with;
+# passed per program (`compile(compiler_options=...)`) it did not take effect, so it
+# goes in XLA_FLAGS.
+NO_YNN_FLAG = ("--xla_cpu_experimental_ynn_fusion_type="
+               "-dot,-eltwise,-reduce,-individual_dot,-individual_convolution")
+NO_YNN_JAXLIB = ("0.10.",)  # the versions whose XLA knows the flag (an unknown flag
+                           # in XLA_FLAGS aborts the process)
+
+
+def avoid_slow_cache_loads() -> bool:
+  """Adds `NO_YNN_FLAG` to XLA_FLAGS for this process, before JAX starts its backends,
+  unless XLA_FLAGS already sets that flag or the jaxlib is not one it was measured
+  with. Returns whether it did."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  current = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_experimental_ynn_fusion_type" in current or not jaxlib.__version__.startswith(
+      NO_YNN_JAXLIB):
+    return False
+  os.environ["XLA_FLAGS"] = f"{current} {NO_YNN_FLAG}".strip()
+  return True
+
+
 def skip_absent_tpu() -> None:
   """With libtpu installed (the `tpu-aot` extra) on a machine without a TPU, JAX tries
   the TPU first and prints warnings about it. When no TPU device file exists, no GPU
