@@ -59,7 +59,7 @@ def _state(workdir):
   return state, step
 
 
-def _assert_same_state(a, b):
+def _assert_same_state(a, b, relative=1e-4):
   """Equal to float32 rounding: the gradient all-reduce sums in another order over two
   processes (gloo) than within one, so each array may differ by a few ulps of its
   largest value (measured: at most 3.3e-6 of it after the 8 search steps)."""
@@ -71,7 +71,7 @@ def _assert_same_state(a, b):
     if x.dtype.kind != "f":
       np.testing.assert_array_equal(x, y, err_msg=str(key))
     else:
-      assert np.abs(x - y).max() <= 1e-4 * np.abs(x).max() + 1e-7, key
+      assert np.abs(x - y).max() <= relative * np.abs(x).max() + 1e-7, key
 
 
 def _finished_steps(workdir):
@@ -141,7 +141,14 @@ def test_two_processes_retrain_like_one(tmp_path):
   ref_state, ref_step = _state(str(ref))
   state, step = _state(str(run))
   assert step == ref_step == 1
-  _assert_same_state(state, ref_state)
+  # Measured 2026-11-30 (20:22 UTC): with XLA:CPU's YNN fusions off, as the entry
+  # points run (compilation.NO_YNN_FLAG), the batch statistics agree to 4e-7 of each
+  # array's largest value, and the parameters and momentum to 2.6e-3 of it: the worst
+  # array is a batch-norm bias, 0 before the step and minus the learning rate times a
+  # gradient that sums 256 images with much cancellation, so the two layouts'
+  # reduction orders show. With the fusions on it was within 1e-4. A wrong batch,
+  # shard or key would differ by the whole value.
+  _assert_same_state(state, ref_state, relative=5e-3)
   ref_final = json.loads((ref / "final_metrics.json").read_text())
   final = json.loads((run / "final_metrics.json").read_text())
   assert abs(final["test_accuracy"] - ref_final["test_accuracy"]) <= 1 / 64
