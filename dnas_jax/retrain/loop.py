@@ -35,7 +35,7 @@ from dnas_jax.training import sharding
 from dnas_jax.training import validation
 from dnas_jax.training import workdir as workdir_lib
 
-FINAL_METRICS = "final_metrics.json"
+FINAL_METRICS = loop_lib.FINAL_METRICS
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -108,7 +108,7 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
             "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch,
             "num_params": setup.num_params, "num_params_total": setup.num_params_total,
             "mean": list(ds.mean), "std": list(ds.std)})  # input normalisation (api)
-  lead = sharding.is_lead_process()  # writes metrics and final_metrics.json
+  lead = sharding.is_lead_process()  # writes the event files
   writer = metric_writers.MetricWriter(run.workdir, events=lead)
   try:
     writer.write_texts(0, {"genotype": geno.describe()})
@@ -118,9 +118,7 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
     writer.close()
   final = {**last_eval, "step": step, "epochs": config.num_epochs,
            "num_params": setup.num_params, "num_params_total": setup.num_params_total}
-  if lead:
-    with open(os.path.join(run.workdir, FINAL_METRICS), "w") as f:
-      json.dump(final, f, indent=1)
+  loop_lib.write_final_metrics(run.workdir, final)
   logging.info("retraining done: test accuracy %.4f, test error %.2f %% (%s)",
                final["test_accuracy"], 100 * final["test_error"],
                os.path.join(run.workdir, FINAL_METRICS))

@@ -11,7 +11,6 @@ where an uninterrupted one does. Ctrl-C saves a checkpoint before stopping.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Sequence
 
@@ -37,7 +36,6 @@ from dnas_jax.training import validation
 from dnas_jax.training import workdir as workdir_lib
 
 NonFiniteLossError = monitor.NonFiniteLossError
-FINAL_METRICS = "final_metrics.json"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -140,8 +138,7 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
     if lead:
       artifacts.write_figures(run.workdir, found["psi"], primitives, found["genotype"],
                               writer, step)
-      with open(os.path.join(run.workdir, FINAL_METRICS), "w") as f:
-        json.dump(last_eval, f, indent=1)
+    loop_lib.write_final_metrics(run.workdir, last_eval)
   finally:
     writer.close()
   logging.info("search done: %s; genotype in %s", last_eval,

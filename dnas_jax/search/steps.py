@@ -31,7 +31,6 @@ import optax
 from clu import metrics
 
 from dnas_jax.models import arch as arch_lib
-from dnas_jax.models import program
 from dnas_jax.training import evaluation
 from dnas_jax.training import losses
 
@@ -150,9 +149,6 @@ def weight_update(state: SearchState, train_batch, rng, *, net, spec, weight_tx)
   updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
   return state.replace(params=optax.apply_updates(state.params, updates),
                        batch_stats=new_stats, weight_opt_state=opt_state), (loss, logits)
-
-
-HALVES = program.HALVES
 
 
 def shared_halves(state: SearchState, train_batch, val_batch, rng_arch, rng_weight, *,

@@ -20,6 +20,8 @@ Checkpoints hold the state and the phase's meta only; what a phase writes for pe
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -33,6 +35,16 @@ from dnas_jax.training import monitor as monitor_lib
 from dnas_jax.training import sharding
 from dnas_jax.training import validation
 from dnas_jax.training import workdir as workdir_lib
+
+
+FINAL_METRICS = "final_metrics.json"
+
+
+def write_final_metrics(workdir: str, metrics: dict) -> None:
+  """A finished run's metrics as WORKDIR/final_metrics.json (the lead process only)."""
+  if sharding.is_lead_process():
+    with open(os.path.join(workdir, FINAL_METRICS), "w") as f:
+      json.dump(metrics, f, indent=1)
 
 
 @dataclasses.dataclass
