@@ -1,8 +1,10 @@
 """The search loop end to end on configs/test.py: artifacts, interruption and resume,
 every parameterisation by config, a non-finite loss."""
 
+import functools
 import gzip
 import json
+import logging
 import os
 import pathlib
 
@@ -13,6 +15,7 @@ import pytest
 from dnas_jax.configs import test as test_config
 from dnas_jax.search import loop as search_loop
 from dnas_jax.search import setup as search_setup
+from dnas_jax.search import steps as search_steps
 from dnas_jax.space import search_space
 
 
@@ -48,6 +51,32 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path, tiny_search):
       tmp_path / "resumed" / "genotype.json").read_text()
   np.testing.assert_array_equal(np.load(full_dir / "psi.npy"),
                                 np.load(tmp_path / "resumed" / "psi.npy"))
+
+
+def test_a_second_run_loads_its_steps_without_tracing(tmp_path, fresh_compile_cache,
+                                                       monkeypatch, caplog):
+  """A first run with an empty compilation cache keeps its compiled steps; a second run
+  of the same config in another workdir loads them, never traces the search step, and
+  ends bitwise in the same state."""
+  first = _run(tmp_path / "first")
+  assert os.listdir(fresh_compile_cache / "executables")
+  traced = []
+  original = search_steps.search_step
+
+  @functools.wraps(original)  # the same name, as the cache key sees it
+  def counting(*args, **kwargs):
+    traced.append(1)
+    return original(*args, **kwargs)
+  monkeypatch.setattr(search_steps, "search_step", counting)
+  with caplog.at_level(logging.INFO):
+    second = _run(tmp_path / "second")
+  assert not traced
+  assert "loaded search step (decoupled, L=5, batch 16), evaluation step" in caplog.text
+  assert "compiling" not in caplog.text
+  for a, b in ((first["state"].params, second["state"].params),
+               (first["state"].arch_params, second["state"].arch_params)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert first["val_accuracy"] == second["val_accuracy"]
 
 
 @pytest.mark.parametrize("kind,edge_normalization", [("iam", False), ("full", True)])

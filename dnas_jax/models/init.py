@@ -17,7 +17,6 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -51,4 +50,4 @@ def init_from_shapes(module: flax.linen.Module, seed: int, *args, **kwargs) -> d
       out[path] = rng.uniform(-bound, bound, shape).astype(dtype)
     else:
       raise ValueError(f"No initialiser for variable {'/'.join(path)}")
-  return jax.tree.map(jnp.asarray, flax.traverse_util.unflatten_dict(out))
+  return jax.device_put(flax.traverse_util.unflatten_dict(out))  # one transfer call

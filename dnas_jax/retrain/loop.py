@@ -74,6 +74,11 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
     state = restored[0]
     logging.info("resumed from the checkpoint at step %d", int(state.step))
 
+  meta = {"config": config.to_dict(), "image_shape": list(ds.image_shape),
+          "num_classes": ds.num_classes, "genotype": json.loads(geno.to_json()),
+          "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch,
+          "num_params": setup.num_params, "num_params_total": setup.num_params_total,
+          "mean": list(ds.mean), "std": list(ds.std)}  # input normalisation (api)
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
   (step_fn, eval_fn), _ = compilation.compile_all([
@@ -84,7 +89,8 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
       ("evaluation step", setup.eval_fn,
        (state.params, state.batch_stats,
         compilation.abstract_batch(config.eval_batch_size, ds.image_shape, batch_spec,
-                                   mask=True), ()))])
+                                   mask=True), ()))],
+      cache_key=meta)
 
   aug = input_pipeline.AugmentConfig(
       crop_padding=config.data.crop_padding, flip=config.data.flip,
@@ -103,11 +109,7 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
 
   phase = loop_lib.Phase(
       name="train_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
-      meta={"config": config.to_dict(), "image_shape": list(ds.image_shape),
-            "num_classes": ds.num_classes, "genotype": json.loads(geno.to_json()),
-            "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch,
-            "num_params": setup.num_params, "num_params_total": setup.num_params_total,
-            "mean": list(ds.mean), "std": list(ds.std)})  # input normalisation (api)
+      meta=meta)
   lead = sharding.is_lead_process()  # writes the event files
   writer = metric_writers.MetricWriter(run.workdir, events=lead)
   try:

@@ -33,10 +33,10 @@ class TrainState:
 
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
-  train_loss: metrics.Average.from_output("train_loss")
-  train_accuracy: metrics.Average.from_output("train_accuracy")
-  learning_rate: metrics.LastValue.from_output("learning_rate")
-  drop_prob: metrics.LastValue.from_output("drop_prob")
+  train_loss: evaluation.output_metric(metrics.Average, "train_loss")
+  train_accuracy: evaluation.output_metric(metrics.Average, "train_accuracy")
+  learning_rate: evaluation.output_metric(metrics.LastValue, "learning_rate")
+  drop_prob: evaluation.output_metric(metrics.LastValue, "drop_prob")
 
 
 def create_train_state(params, batch_stats, tx: optax.GradientTransformation) -> TrainState:

@@ -84,6 +84,9 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
     state = restored[0]
     logging.info("resumed from the checkpoint at step %d", int(state.step))
 
+  meta = {"config": config.to_dict(), "image_shape": list(ds.image_shape),
+          "num_classes": ds.num_classes, "primitives": list(primitives),
+          "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
   weights_fn = jax.jit(spec.weights)
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
@@ -94,7 +97,8 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
       (f"search step ({spec.kind}, L={config.model.num_layers}, batch "
        f"{config.batch_size})", setup.step_fn, (state, train_batch, train_batch, rng)),
       ("evaluation step", setup.eval_fn,
-       (state.params, state.batch_stats, eval_batch, weights_fn(state.arch_params)))])
+       (state.params, state.batch_stats, eval_batch, weights_fn(state.arch_params)))],
+      cache_key=meta)
 
   aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
                                      flip=config.data.flip)
@@ -129,9 +133,7 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   phase = loop_lib.Phase(
       name="search_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
       at_epoch_end=at_epoch_end,
-      meta={"config": config.to_dict(), "image_shape": list(ds.image_shape),
-            "num_classes": ds.num_classes, "primitives": list(primitives),
-            "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch})
+      meta=meta)
   try:
     state, last_eval, step = loop_lib.run_loop(phase, state, run, writer, config,
                                                steps_per_epoch, hooks)

@@ -5,6 +5,7 @@ loop, by reading a search back (`dnas_jax.api`) and by the benchmarks."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -69,8 +70,10 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
   psi0 = jnp.zeros((spec.num_layers, search_space.NUM_CONNECTIONS, spec.num_ops))
   variables = init_lib.init_from_shapes(net_train, config.seed, example, psi0)
   arch_params = spec.init(jax.random.key(config.seed + 1))
-  state = steps.create_search_state(variables["params"], variables["batch_stats"],
-                                    arch_params, weight_tx, arch_tx)
+  # One small program instead of an eager op (and its compilation) per optimiser leaf.
+  state = jax.jit(functools.partial(steps.create_search_state, weight_tx=weight_tx,
+                                    arch_tx=arch_tx))(
+      variables["params"], variables["batch_stats"], arch_params)
   step_fn, eval_fn = steps.make_step_fns(
       net_train=net_train, net_eval=net_eval, spec=spec, weight_tx=weight_tx,
       arch_tx=arch_tx, lr_schedule=lr_schedule,

@@ -47,13 +47,13 @@ class SearchState:
 
 @flax.struct.dataclass
 class SearchMetrics(metrics.Collection):
-  train_loss: metrics.Average.from_output("train_loss")
-  train_accuracy: metrics.Average.from_output("train_accuracy")
-  arch_loss: metrics.Average.from_output("arch_loss")
-  arch_accuracy: metrics.Average.from_output("arch_accuracy")
-  zero_one_loss: metrics.Average.from_output("zero_one_loss")
-  arch_updates: metrics.Average.from_output("arch_updated")
-  weight_lr: metrics.LastValue.from_output("weight_lr")
+  train_loss: evaluation.output_metric(metrics.Average, "train_loss")
+  train_accuracy: evaluation.output_metric(metrics.Average, "train_accuracy")
+  arch_loss: evaluation.output_metric(metrics.Average, "arch_loss")
+  arch_accuracy: evaluation.output_metric(metrics.Average, "arch_accuracy")
+  zero_one_loss: evaluation.output_metric(metrics.Average, "zero_one_loss")
+  arch_updates: evaluation.output_metric(metrics.Average, "arch_updated")
+  weight_lr: evaluation.output_metric(metrics.LastValue, "weight_lr")
 
 
 def _forward(net: nn.Module, params, batch_stats, images, weights: arch_lib.ArchWeights,

@@ -9,16 +9,43 @@ long it took; and so that steps/s and time left measure steps, not compilation.
 run of the same command (or a resume) reads the compiled programs from disk instead of
 compiling them again. The entry points turn it on by default (`experiments/cli.py`,
 `--compile_cache`).
+
+JAX's cache is keyed by the lowered program, so a second run still traces every step
+(seconds to tens of seconds for a supernet) before it can look it up. When the caller
+of `compile_all` names what its programs depend on (`cache_key`: the loops pass the
+run's config, data shapes and steps per epoch), the executables are also kept in
+`{cache folder}/executables`, keyed without tracing: by that description, each
+program's name and argument shapes, dtypes and shardings, the package's source code,
+the versions of jax, jaxlib, flax and optax, the backend and its devices, XLA_FLAGS and
+JAX's settings. A second run loads them and starts stepping without tracing. Only
+single-process runs use them (each process of a multi-process run compiles its part).
+These files are pickles: like JAX's own cache, the folder must be one only you write.
+A change to code outside the package (your own, or a patch applied at run time) is not
+part of the key: run with `--compile_cache=` after such a change.
+
+Only executables that XLA has just compiled are kept. One that JAX read from its own
+cache cannot be serialized again on the CPU (jaxlib 0.10: the copy fails when it runs,
+"Function ... not found"), so a program that JAX's cache answered (after an edit of the
+package, say, or with another seed) is traced again by the next run.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import hashlib
+import json
 import os
+import pickle
+import sys
+import tempfile
+import threading
 import time
-from typing import Callable, Sequence
+import zlib
+from typing import Any, Callable, Sequence
 
 import jax
+from jax import monitoring as jax_monitoring
 import numpy as np
 from absl import logging
 
@@ -97,40 +124,210 @@ def abstract_batch(batch_size: int, image_shape, sharding, mask: bool = False
   return out
 
 
-def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = True
-                ) -> tuple[list, dict[str, float]]:
-  """Lowers the (name, jitted, args) programs one after the other (tracing holds the
-  GIL), then compiles them in parallel threads (XLA releases the GIL while it
+EXECUTABLES = "executables"  # the subfolder of the executables loaded without tracing
+_FORMAT = 1  # of an executable file: zlib(pickle((format, serialized, in_tree, out_tree)))
+
+
+def sources_digest(root: str) -> str:
+  """SHA-256 of the Python sources under `root` (*.py, with their relative paths)."""
+  digest = hashlib.sha256()
+  for folder, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(f for f in files if f.endswith(".py")):
+      path = os.path.join(folder, name)
+      digest.update(os.path.relpath(path, root).encode() + b"\0")
+      with open(path, "rb") as f:
+        digest.update(f.read() + b"\0")
+  return digest.hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+  """`sources_digest` of this package (dnas_jax/), once per process."""
+  return sources_digest(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _environment() -> dict[str, Any]:
+  """What else decides a compiled program: versions, backend, devices, flags."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  client = jax.devices()[0].client
+  return {
+      "code": _code_digest(), "python": sys.version, "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+      "platform": client.platform, "platform_version": client.platform_version,
+      "devices": [(d.id, d.device_kind, d.process_index) for d in jax.devices()],
+      "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")},
+      "jax_config": {k: repr(v) for k, v in sorted(jax.config.values.items())
+                     if "cache" not in k and "log" not in k}}
+
+
+def _signature(args) -> list:
+  """The arguments' tree structure and each leaf's shape, dtype and sharding."""
+  def leaf(x):
+    if not isinstance(x, jax.ShapeDtypeStruct):
+      x = jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype,
+                               sharding=getattr(x, "sharding", None),
+                               weak_type=jax.typeof(x).weak_type)
+    return [list(x.shape), str(x.dtype), bool(x.weak_type), str(x.sharding)]
+  leaves, tree = jax.tree.flatten(args)
+  return [str(tree), [leaf(x) for x in leaves]]
+
+
+def executable_path(folder: str, cache_key: Any, name: str, jitted: Callable,
+                    args: tuple) -> str:
+  """Where the executable of program `name` (`jitted` on `args`) is kept in `folder`."""
+  fn = getattr(jitted, "__wrapped__", jitted)
+  fn = getattr(fn, "func", fn)  # functools.partial
+  description = {"key": cache_key, "name": name,
+                 "function": f"{getattr(fn, '__module__', '')}."
+                             f"{getattr(fn, '__qualname__', repr(fn))}",
+                 "args": _signature(args), "environment": _environment()}
+  digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+  return os.path.join(folder, EXECUTABLES, f"{digest.hexdigest()}.jaxexe")
+
+
+def _load(path: str, args: tuple):
+  """The executable in `path`, or None when there is none or it cannot be used (logged)."""
+  from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, "rb") as f:
+      fmt, serialized, in_tree, out_tree = pickle.loads(zlib.decompress(f.read()))
+    if fmt != _FORMAT or in_tree != jax.tree.structure((tuple(args), {})):
+      raise ValueError("it was written for other arguments")
+    return serialize_executable.deserialize_and_load(serialized, in_tree, out_tree)
+  except Exception as e:  # pylint: disable=broad-except  # a cache: compile instead
+    logging.warning("cannot use the cached executable %s (%s: %s); compiling instead",
+                    path, type(e).__name__, e)
+    return None
+
+
+def _save(path: str, compiled) -> bool:
+  """Writes `compiled` to `path` (atomically); False (logged) when it cannot be."""
+  from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
+  try:
+    serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
+    blob = zlib.compress(pickle.dumps((_FORMAT, serialized, in_tree, out_tree)), 1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      f.write(blob)
+    os.replace(tmp, path)
+    return True
+  except Exception as e:  # pylint: disable=broad-except  # a cache: run without it
+    logging.warning("cannot keep the executable in %s (%s: %s)", path, type(e).__name__, e)
+    return False
+
+
+# JAX's monitoring events that tell how a program was compiled.
+_XLA_COMPILED = "/jax/core/compile/backend_compile_duration"  # XLA compiled, or read
+_JAX_CACHE_HIT = "/jax/compilation_cache/cache_hits"  # ... JAX's cache answered
+_compiling = threading.local()  # .events: the set the current thread's events go to
+
+
+def _on_event(event: str, *args, **kwargs) -> None:
+  del args, kwargs
+  events = getattr(_compiling, "events", None)
+  if events is not None:
+    events.add(event)
+
+
+def _freshly_compiled(events: set[str]) -> bool:
+  """Whether XLA compiled the program (and JAX did not read it from its cache, nor
+  reuse one from this process's memory: no event at all)."""
+  return _XLA_COMPILED in events and _JAX_CACHE_HIT not in events
+
+
+def executables_folder(cache_key: Any) -> str | None:
+  """The persistent cache folder when `compile_all` keeps executables keyed without
+  tracing: a `cache_key`, JAX's persistent cache on, and a single process."""
+  folder = jax.config.jax_compilation_cache_dir
+  if cache_key is None or not folder or jax.process_count() != 1:
+    return None
+  return folder
+
+
+def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = True,
+                cache_key: Any = None) -> tuple[list, dict[str, float]]:
+  """The compiled (name, jitted, args) programs, in order, and timings.
+
+  With a `cache_key` (JSON-able: what the programs depend on besides the package's
+  code, their names and their arguments' shapes) and the persistent cache on, programs
+  compiled by an earlier run are loaded without tracing (module docstring), and the
+  others are kept for later runs. The rest are lowered one after the other (tracing
+  holds the GIL), then compiled in parallel threads (XLA releases the GIL while it
   compiles), so that independent programs take the longest one's time on a host with
-  cores to spare. Returns the executables in order and timings: `trace_lower_s`,
-  `compile_wall_s`, and `compile_s/<name>` per program."""
-  names = ", ".join(name for name, _, _ in programs)
+  cores to spare. Timings: `load_s` (all loads), `trace_lower_s`, `compile_wall_s`, and
+  `compile_s/<name>` per compiled program."""
+  folder = executables_folder(cache_key)
+  paths = [executable_path(folder, cache_key, name, jitted, args) if folder else None
+           for name, jitted, args in programs]
+  start = time.perf_counter()
+  results: list = [None] * len(programs)
+  for i, ((name, _, args), path) in enumerate(zip(programs, paths)):
+    if path and os.path.exists(path):
+      results[i] = _load(path, args)
+  timings = {"load_s": round(time.perf_counter() - start, 2)}
+  loaded = [name for (name, _, _), r in zip(programs, results) if r is not None]
+  todo = [i for i, r in enumerate(results) if r is None]
+  backend = (f"{jax.default_backend()} ({jax.device_count()} device"
+             f"{'' if jax.device_count() == 1 else 's'})")
+  if log and loaded:
+    logging.info("loaded %s for %s from %s in %.1f s, as compiled by an earlier run "
+                 "(no tracing)", ", ".join(loaded), backend,
+                 os.path.join(folder, EXECUTABLES), timings["load_s"])
+  if not todo:
+    return results, timings
+
+  names = ", ".join(programs[i][0] for i in todo)
   cache = jax.config.jax_compilation_cache_dir
   if log:
-    logging.info("compiling %s for %s (%d device%s)%s ...", names, jax.default_backend(),
-                 jax.device_count(), "" if jax.device_count() == 1 else "s",
+    logging.info("compiling %s for %s%s ...", names, backend,
                  f"; kept in {cache} for later runs" if cache else
                  "; no persistent cache (--compile_cache)")
-  start = time.perf_counter()
-  lowered = [jitted.lower(*args) for _, jitted, args in programs]
+  traced_start = time.perf_counter()
+  lowered = {i: programs[i][1].lower(*programs[i][2]) for i in todo}
   traced = time.perf_counter()
-  timings = {"trace_lower_s": round(traced - start, 2)}
+  timings["trace_lower_s"] = round(traced - traced_start, 2)
 
-  def compile_one(item):
-    (name, _, _), low = item
+  events: dict[int, set[str]] = {i: set() for i in todo}
+
+  def compile_one(i):
     t = time.perf_counter()
-    out = low.compile()
-    return out, name, time.perf_counter() - t
+    _compiling.events = events[i]
+    try:
+      out = lowered[i].compile()
+    finally:
+      _compiling.events = None
+    return i, out, time.perf_counter() - t
 
-  with concurrent.futures.ThreadPoolExecutor(max(1, len(programs))) as pool:
-    results = list(pool.map(compile_one, zip(programs, lowered)))
-  for _, name, seconds in results:
-    timings[f"compile_s/{name}"] = round(seconds, 2)
+  jax_monitoring.register_event_listener(_on_event)
+  jax_monitoring.register_event_duration_secs_listener(_on_event)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+      compiled = list(pool.map(compile_one, todo))
+  finally:
+    jax_monitoring.unregister_event_listener(_on_event)
+    jax_monitoring.unregister_event_duration_listener(_on_event)
+  for i, out, seconds in compiled:
+    results[i] = out
+    timings[f"compile_s/{programs[i][0]}"] = round(seconds, 2)
   timings["compile_wall_s"] = round(time.perf_counter() - traced, 2)
   if log:
     logging.info("ready in %.1f s (tracing %.1f s, compiling %.1f s%s)",
-                 time.perf_counter() - start, timings["trace_lower_s"],
+                 time.perf_counter() - traced_start, timings["trace_lower_s"],
                  timings["compile_wall_s"],
-                 "" if len(programs) == 1 else " in parallel: " + ", ".join(
-                     f"{name} {seconds:.1f} s" for _, name, seconds in results))
-  return [c for c, _, _ in results], timings
+                 "" if len(compiled) == 1 else " in parallel: " + ", ".join(
+                     f"{programs[i][0]} {seconds:.1f} s" for i, _, seconds in compiled))
+  for i, out, _ in compiled:
+    if not paths[i]:
+      continue
+    if _freshly_compiled(events[i]):
+      _save(paths[i], out)
+    elif log:
+      logging.info("%s: not kept for tracing-free loads (it came from JAX's cache, "
+                   "whose executables cannot be stored again)", programs[i][0])
+  return results, timings

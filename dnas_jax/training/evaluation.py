@@ -17,10 +17,26 @@ from dnas_jax.data import input_pipeline
 from dnas_jax.training import sharding
 
 
+def output_metric(base: type[metrics.Metric], output: str) -> type[metrics.Metric]:
+  """`base.from_output(output)` (a clu metric of the step output named `output`) as a
+  class that pickle finds by name, `dnas_jax.training.evaluation.{Base}_{output}`; the
+  same class for the same arguments. clu makes a local class, which cannot be pickled,
+  and a compiled step's output structure holds these classes: `compilation` stores
+  that structure with the executable it caches."""
+  name = f"{base.__name__}_{output}"
+  cls = globals().get(name)
+  if cls is None:
+    cls = base.from_output(output)
+    cls.__name__ = cls.__qualname__ = name
+    cls.__module__ = __name__
+    globals()[name] = cls
+  return cls
+
+
 @flax.struct.dataclass
 class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")
-  accuracy: metrics.Average.from_output("accuracy")
+  loss: output_metric(metrics.Average, "loss")
+  accuracy: output_metric(metrics.Average, "accuracy")
 
 
 def eval_step(params, batch_stats, batch, net_inputs=(), *, net: nn.Module) -> EvalMetrics:

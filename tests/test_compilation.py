@@ -1,0 +1,180 @@
+"""`compilation.compile_all`'s executables kept without tracing: written on the first
+compile, loaded by a later call without tracing, the same results, and a miss (compile
+again) for another key, other argument shapes, or a damaged file."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnas_jax.training import compilation
+from dnas_jax.training import evaluation
+
+
+def _toy():
+  """A jitted (state, batch) → (state, EvalMetrics) step with the state donated, as the
+  loops' steps, and the count of its traces."""
+  traces = []
+
+  def step(state, batch):
+    traces.append(1)
+    logits = batch["image"] @ state["w"]
+    loss = jnp.mean((logits - batch["label"][:, None]) ** 2, axis=-1)
+    metrics = evaluation.EvalMetrics.single_from_model_output(
+        loss=loss, accuracy=(loss < 1.0).astype(jnp.float32), mask=batch["mask"])
+    return {"w": state["w"] - 0.1 * jnp.mean(logits), "n": state["n"] + 1}, metrics
+  return jax.jit(step, donate_argnums=(0,)), traces
+
+
+def _inputs(rows=4):
+  rng = np.random.default_rng(0)
+  state = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+           "n": jnp.zeros((), jnp.int32)}
+  batch = {"image": jnp.asarray(rng.normal(size=(rows, 3)), jnp.float32),
+           "label": jnp.asarray(rng.normal(size=(rows,)), jnp.float32),
+           "mask": jnp.asarray([True] * (rows - 1) + [False])}
+  return state, batch
+
+
+def _files(folder):
+  sub = folder / compilation.EXECUTABLES
+  return sorted(os.listdir(sub)) if sub.exists() else []
+
+
+def _forget_jax_cache(folder):
+  """Removes JAX's own entries, so that the next compile is XLA's."""
+  for name in os.listdir(folder):
+    if name != compilation.EXECUTABLES:
+      os.remove(folder / name)
+
+
+def _run(compiled, rows=4):
+  state, batch = _inputs(rows)
+  new_state, metrics = compiled(state, batch)
+  return jax.tree.map(np.asarray, (new_state, metrics.compute()))
+
+
+def test_second_call_loads_the_executable_without_tracing(fresh_compile_cache):
+  step, traces = _toy()
+  (first,), timings = compilation.compile_all([("toy", step, _inputs())],
+                                              cache_key={"run": 1})
+  assert len(traces) == 1 and "trace_lower_s" in timings
+  assert len(_files(fresh_compile_cache)) == 1
+
+  step2, traces2 = _toy()  # a new process would have a new jitted function
+  (loaded,), timings = compilation.compile_all([("toy", step2, _inputs())],
+                                               cache_key={"run": 1})
+  assert not traces2 and "trace_lower_s" not in timings
+  assert isinstance(loaded, jax.stages.Compiled)
+  jax.tree.map(np.testing.assert_array_equal, _run(first), _run(loaded))
+  # The donated state is consumed as by the compiled step.
+  state, batch = _inputs()
+  loaded(state, batch)
+  assert state["w"].is_deleted()
+  # Independent check of the step's arithmetic, in NumPy.
+  s, b = jax.tree.map(np.asarray, _inputs())
+  loss = np.mean((b["image"] @ s["w"] - b["label"][:, None]) ** 2, axis=-1)[:3]
+  new_state, metrics = _run(loaded)
+  np.testing.assert_allclose(metrics["loss"], loss.mean(), rtol=1e-5)
+  np.testing.assert_allclose(new_state["w"], s["w"] - 0.1 * np.mean(b["image"] @ s["w"]),
+                             rtol=1e-5)
+  assert new_state["n"] == 1
+
+
+def test_another_key_or_shape_compiles_again(fresh_compile_cache):
+  def compile_toy(key, rows):  # as a new run would: a new jitted function, and XLA
+    step, traces = _toy()     # compiles (not JAX's cache: test_a_program_from_jax_...)
+    _forget_jax_cache(fresh_compile_cache)
+    compilation.compile_all([("toy", step, _inputs(rows))], cache_key=key)
+    return len(traces)
+  assert compile_toy({"run": 1}, 4) == 1
+  assert compile_toy({"run": 2}, 4) == 1
+  assert compile_toy({"run": 1}, 5) == 1
+  assert len(_files(fresh_compile_cache)) == 3
+  assert compile_toy({"run": 1}, 5) == 0
+  assert compile_toy({"run": 2}, 4) == 0
+  assert compile_toy({"run": 1}, 4) == 0
+
+
+def test_no_key_or_no_cache_keeps_nothing(fresh_compile_cache):
+  step, traces = _toy()
+  compilation.compile_all([("toy", step, _inputs())])
+  assert not _files(fresh_compile_cache)
+  jax.config.update("jax_compilation_cache_dir", None)
+  step, traces = _toy()
+  (compiled,), _ = compilation.compile_all([("toy", step, _inputs())], cache_key={"a": 1})
+  assert len(traces) == 1 and not _files(fresh_compile_cache)
+  assert _run(compiled)[0]["n"] == 1
+
+
+def test_a_program_from_jax_cache_is_not_kept(fresh_compile_cache, caplog):
+  """JAX's cache answers the second compile of the same program (another key): that
+  executable cannot be serialized again, so nothing is written, and the next call
+  with that key traces again; the program runs right all along."""
+  step, _ = _toy()
+  (first,), _ = compilation.compile_all([("toy", step, _inputs())], cache_key={"run": 1})
+  assert len(_files(fresh_compile_cache)) == 1
+  step2, traces2 = _toy()
+  with caplog.at_level(logging.INFO):
+    (from_jax,), _ = compilation.compile_all([("toy", step2, _inputs())],
+                                             cache_key={"run": 2})
+  assert len(traces2) == 1
+  assert len(_files(fresh_compile_cache)) == 1
+  assert "not kept for tracing-free loads" in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, _run(first), _run(from_jax))
+  step3, traces3 = _toy()
+  compilation.compile_all([("toy", step3, _inputs())], cache_key={"run": 2})
+  assert len(traces3) == 1
+
+
+def test_a_damaged_file_is_compiled_again_and_replaced(fresh_compile_cache, caplog):
+  step, _ = _toy()
+  (first,), _ = compilation.compile_all([("toy", step, _inputs())], cache_key={"run": 1})
+  (name,) = _files(fresh_compile_cache)
+  path = fresh_compile_cache / compilation.EXECUTABLES / name
+  path.write_bytes(path.read_bytes()[:100])
+  _forget_jax_cache(fresh_compile_cache)
+  step2, traces2 = _toy()
+  with caplog.at_level(logging.WARNING):
+    (again,), _ = compilation.compile_all([("toy", step2, _inputs())],
+                                          cache_key={"run": 1})
+  assert len(traces2) == 1
+  assert "cannot use the cached executable" in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, _run(first), _run(again))
+  step3, traces3 = _toy()
+  compilation.compile_all([("toy", step3, _inputs())], cache_key={"run": 1})
+  assert not traces3  # the file was written again
+
+
+def test_the_key_follows_the_code_versions_and_flags(monkeypatch, tmp_path):
+  step, _ = _toy()
+  args = _inputs()
+  base = compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert base == compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "other", step,
+                                             args)
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_dump_to=/x")
+  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  monkeypatch.undo()
+  monkeypatch.setattr(compilation, "_code_digest", lambda: "edited")
+  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  monkeypatch.undo()
+  monkeypatch.setattr(jax, "__version__", "0.0.1")
+  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+
+
+def test_sources_digest_follows_every_python_file(tmp_path):
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "a.py").write_text("x = 1\n")
+  (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+  (tmp_path / "notes.txt").write_text("not code")
+  first = compilation.sources_digest(str(tmp_path))
+  (tmp_path / "notes.txt").write_text("still not code")
+  assert compilation.sources_digest(str(tmp_path)) == first
+  (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+  second = compilation.sources_digest(str(tmp_path))
+  assert second != first
+  (tmp_path / "sub" / "c.py").write_text("")
+  assert compilation.sources_digest(str(tmp_path)) not in (first, second)
