@@ -40,13 +40,12 @@ def tiny_search(tmp_path_factory):
 
 @pytest.fixture
 def fresh_compile_cache(tmp_path):
-  """JAX's persistent cache in a new folder for this test, keeping every program (and
+  """JAX's persistent cache in a new folder for this test (and
   `compilation.compile_all` keeping its executables there)."""
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
   before = {k: jax.config.values[k] for k in (
       "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
   jax.config.update("jax_compilation_cache_dir", str(tmp_path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()  # JAX reads the folder once
   try:
     yield tmp_path

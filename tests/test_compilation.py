@@ -113,6 +113,7 @@ def test_a_program_from_jax_cache_is_not_kept(fresh_compile_cache, caplog):
   """JAX's cache answers the second compile of the same program (another key): that
   executable cannot be serialized again, so nothing is written, and the next call
   with that key traces again; the program runs right all along."""
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # keep the toy
   step, _ = _toy()
   (first,), _ = compilation.compile_all([("toy", step, _inputs())], cache_key={"run": 1})
   assert len(_files(fresh_compile_cache)) == 1
@@ -178,3 +179,17 @@ def test_sources_digest_follows_every_python_file(tmp_path):
   assert second != first
   (tmp_path / "sub" / "c.py").write_text("")
   assert compilation.sources_digest(str(tmp_path)) not in (first, second)
+
+
+def test_the_steps_output_structures_can_be_kept():
+  """What `compile_all` pickles with an executable: the tree structures of every
+  step's inputs and outputs, clu metric collections included."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  from dnas_jax.retrain import steps as retrain_steps  # pylint: disable=g-import-not-at-top
+  from dnas_jax.search import steps as search_steps  # pylint: disable=g-import-not-at-top
+  for collection in (search_steps.SearchMetrics, retrain_steps.TrainMetrics,
+                     evaluation.EvalMetrics):
+    tree = jax.tree.structure(collection.empty())
+    assert pickle.loads(pickle.dumps(tree)) == tree, collection
+  assert evaluation.output_metric(evaluation.metrics.Average, "loss") is (
+      evaluation.output_metric(evaluation.metrics.Average, "loss"))

@@ -58,7 +58,8 @@ def test_a_second_run_loads_its_steps_without_tracing(tmp_path, fresh_compile_ca
   """A first run with an empty compilation cache keeps its compiled steps; a second run
   of the same config in another workdir loads them, never traces the search step, and
   ends bitwise in the same state."""
-  first = _run(tmp_path / "first")
+  cheap = {"num_epochs": 1, "model.primitives": "max_pool_3x3,skip_connect"}
+  first = _run(tmp_path / "first", **cheap)
   assert os.listdir(fresh_compile_cache / "executables")
   traced = []
   original = search_steps.search_step
@@ -68,8 +69,9 @@ def test_a_second_run_loads_its_steps_without_tracing(tmp_path, fresh_compile_ca
     traced.append(1)
     return original(*args, **kwargs)
   monkeypatch.setattr(search_steps, "search_step", counting)
+  caplog.clear()
   with caplog.at_level(logging.INFO):
-    second = _run(tmp_path / "second")
+    second = _run(tmp_path / "second", **cheap)
   assert not traced
   assert "loaded search step (decoupled, L=5, batch 16), evaluation step" in caplog.text
   assert "compiling" not in caplog.text
