@@ -258,9 +258,10 @@ def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = Tru
   code, their names and their arguments' shapes) and the persistent cache on, programs
   compiled by an earlier run are loaded without tracing (module docstring), and the
   others are kept for later runs. The rest are lowered one after the other (tracing
-  holds the GIL), then compiled in parallel threads (XLA releases the GIL while it
-  compiles), so that independent programs take the longest one's time on a host with
-  cores to spare. Timings: `load_s` (all loads), `trace_lower_s`, `compile_wall_s`, and
+  holds the GIL), each compiled in its own thread as soon as it is traced (XLA releases
+  the GIL while it compiles), so that the first program compiles while the next is
+  traced, and independent programs take the longest one's time on a host with cores to
+  spare. Timings: `load_s` (all loads), `trace_lower_s`, `compile_wall_s`, and
   `compile_s/<name>` per compiled program."""
   folder = executables_folder(cache_key)
   paths = [executable_path(folder, cache_key, name, jitted, args) if folder else None
@@ -288,39 +289,41 @@ def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = Tru
     logging.info("compiling %s for %s%s ...", names, backend,
                  f"; kept in {cache} for later runs" if cache else
                  "; no persistent cache (--compile_cache)")
-  traced_start = time.perf_counter()
-  lowered = {i: programs[i][1].lower(*programs[i][2]) for i in todo}
-  traced = time.perf_counter()
-  timings["trace_lower_s"] = round(traced - traced_start, 2)
-
   events: dict[int, set[str]] = {i: set() for i in todo}
 
-  def compile_one(i):
+  def compile_one(i, lowered):
     t = time.perf_counter()
     _compiling.events = events[i]
     try:
-      out = lowered[i].compile()
+      out = lowered.compile()
     finally:
       _compiling.events = None
     return i, out, time.perf_counter() - t
 
+  traced_start = time.perf_counter()
   jax_monitoring.register_event_listener(_on_event)
   jax_monitoring.register_event_duration_secs_listener(_on_event)
   try:
     with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
-      compiled = list(pool.map(compile_one, todo))
+      futures = []
+      for i in todo:  # each compile starts as soon as its program is traced
+        futures.append(pool.submit(compile_one, i, programs[i][1].lower(*programs[i][2])))
+      traced = time.perf_counter()
+      compiled = [f.result() for f in futures]
   finally:
     jax_monitoring.unregister_event_listener(_on_event)
     jax_monitoring.unregister_event_duration_listener(_on_event)
+  timings["trace_lower_s"] = round(traced - traced_start, 2)
   for i, out, seconds in compiled:
     results[i] = out
     timings[f"compile_s/{programs[i][0]}"] = round(seconds, 2)
   timings["compile_wall_s"] = round(time.perf_counter() - traced, 2)
   if log:
-    logging.info("ready in %.1f s (tracing %.1f s, compiling %.1f s%s)",
+    logging.info("ready in %.1f s (tracing %.1f s, then compiling %.1f s%s)",
                  time.perf_counter() - traced_start, timings["trace_lower_s"],
                  timings["compile_wall_s"],
-                 "" if len(compiled) == 1 else " in parallel: " + ", ".join(
+                 "" if len(compiled) == 1 else "; each compile ran from its own trace "
+                 "on, in parallel: " + ", ".join(
                      f"{programs[i][0]} {seconds:.1f} s" for i, _, seconds in compiled))
   for i, out, _ in compiled:
     if not paths[i]:
