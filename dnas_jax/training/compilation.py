@@ -269,7 +269,7 @@ def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = Tru
   start = time.perf_counter()
   results: list = [None] * len(programs)
   for i, ((name, _, args), path) in enumerate(zip(programs, paths)):
-    if path and os.path.exists(path):
+    if path:
       results[i] = _load(path, args)
   timings = {"load_s": round(time.perf_counter() - start, 2)}
   loaded = [name for (name, _, _), r in zip(programs, results) if r is not None]
