@@ -11,7 +11,7 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Package (or top-level module) of dnas_jax → layer. Two packages of one layer
 # (search, retrain) do not import each other.
-LAYERS = {"space": 1, "models": 2, "data": 3, "training": 4, "search": 5, "retrain": 5,
+LAYERS = {"kernels": 0, "space": 1, "models": 2, "data": 3, "training": 4, "search": 5, "retrain": 5,
           "api": 6, "tools": 7, "configs": 8}
 
 

@@ -81,7 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   # (dnas_jax/search/loop.py AUTO_PROGRAM; README, Performance).
   config.program = ml_collections.ConfigDict()
   config.program.depthwise = "auto"  # auto | conv (grouped conv) | shifted (k² taps)
-  config.program.pointwise = "auto"  # auto | conv (1×1 conv) | einsum
+  config.program.pointwise = "auto"  # auto | conv (1×1 conv) | einsum | broadcast
+  config.program.edges = "auto"  # auto | vmap (leading edge axis) | channels (beside C)
   config.program.halves = "auto"  # auto | shared (one traced body) | separate
   config.program.remat = "auto"  # auto | none | convs (keep only conv outputs)
   config.program.scan = "auto"  # auto | stages (one scan per stage) | none (per cell)

@@ -35,18 +35,20 @@ from dnas_jax.space import ops
 # "auto" per backend: measured (README, Performance); tests/test_formulations.py checks
 # that every formulation computes the same numbers.
 AUTO_PROGRAM = {
-    "cpu": {"depthwise": "conv", "pointwise": "einsum", "halves": "separate",
+    "cpu": {"depthwise": "conv", "pointwise": "einsum", "edges": "vmap", "halves": "separate",
             "remat": "none", "scan": "none"},
-    "gpu": {"depthwise": "conv", "pointwise": "conv", "halves": "separate",
+    "gpu": {"depthwise": "conv", "pointwise": "conv", "edges": "vmap", "halves": "separate",
             "remat": "none", "scan": "stages"},
-    "tpu": {"depthwise": "conv", "pointwise": "conv", "halves": "shared",
+    "tpu": {"depthwise": "conv", "pointwise": "conv", "edges": "vmap", "halves": "shared",
             "remat": "convs", "scan": "stages"},
 }
+EDGES = ("vmap", "channels")  # supernet.EDGE_LAYOUTS
 HALVES = ("separate", "shared")  # search.steps.search_step(halves=...)
 REMAT = ("none", "convs")
 SCAN = ("stages", "none")
 PROGRAM_CHOICES = {"depthwise": ("auto",) + ops.DEPTHWISE,
                    "pointwise": ("auto",) + ops.POINTWISE,
+                   "edges": ("auto",) + EDGES,
                    "halves": ("auto",) + HALVES,
                    "remat": ("auto",) + REMAT,
                    "scan": ("auto",) + SCAN}

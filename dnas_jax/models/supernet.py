@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dnas_jax.space import batched_ops
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
 
@@ -70,8 +71,59 @@ class MixedOp(nn.Module):
     return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
 
 
+class BatchedMixedOps(nn.Module):
+  """The mixed edges of one node that share a stride, with the edges beside the
+  channels (`batched_ops`): x [B, H, W, E, Cin], weights [E, Op] (ψ[k, i] of each
+  edge), edge_weight [E] (or None: 1) in; the sum over the edges of `MixedOp` out,
+  [B, H', W', Cin]. The same variables as `nn.vmap(MixedOp)` and the same numbers."""
+  channels: int
+  stride: int
+  primitives: Sequence[str]
+  partial_k: int = 4
+  skip_dropout: float = 0.0
+  train: bool = True
+  dtype: Dtype = jnp.float32
+  formulation: ops.Formulation = ops.CONV
+
+  @nn.compact
+  def __call__(self, x, weights, edge_weight=None):
+    k = self.partial_k
+    if x.shape[-1] % k:
+      raise ValueError(f"channels {x.shape[-1]} not divisible by partial_k={k}")
+    c = x.shape[-1] // k
+    xs = x[..., :c]
+    out = None
+    for j, name in enumerate(self.primitives):
+      if name == "none":  # zeros: adds nothing, and its weight gets a zero gradient
+        continue
+      y = batched_ops.BATCHED[name](c, self.stride, self.train, self.dtype,
+                                    self.formulation)(xs)
+      if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
+        y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
+      term = weights[:, j, None].astype(y.dtype) * y
+      out = term if out is None else out + term
+    if out is None:
+      out = jnp.zeros(xs[:, ::self.stride, ::self.stride].shape, xs.dtype)
+    # The sums over the edges are materialised, and so are their gradients: XLA:CPU
+    # then reduces plain arrays for ψ's and the edge weights' gradients instead of
+    # fusing the channel shuffle's transpose into those reductions.
+    out = ops.materialize(jnp.sum(out, axis=-2))
+    if k == 1:
+      return out
+    rest = x[..., c:]
+    if self.stride == 2:
+      rest = batched_ops.max_pool_2x2(rest)
+    if edge_weight is not None:
+      rest = edge_weight[:, None].astype(rest.dtype) * rest
+    rest = ops.materialize(jnp.sum(rest, axis=-2))
+    return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
+
+
 class _EdgeGroup(nn.Module):
-  """The edges of one node that share a stride: inputs stacked on axis 0."""
+  """The edges of one node that share a stride: `inputs` a list of E arrays [B,H,W,C]
+  (or one array [E,B,H,W,C]), weights [E,Op], edge [E]; returns the sum of the edges.
+  `edge_layout`: "vmap" (`MixedOp` vmapped over a leading edge axis) or "channels"
+  (`BatchedMixedOps`, the edge axis beside the channels)."""
   channels: int
   stride: int
   primitives: Sequence[str]
@@ -80,17 +132,26 @@ class _EdgeGroup(nn.Module):
   train: bool
   dtype: Dtype
   formulation: ops.Formulation
+  edge_layout: str = "vmap"
 
   @nn.compact
-  def __call__(self, xs, weights, edge):  # xs [E,B,H,W,C], weights [E,Op], edge [E]
+  def __call__(self, inputs, weights, edge):
+    args = (self.channels, self.stride, tuple(self.primitives), self.partial_k,
+            self.skip_dropout, self.train, self.dtype, self.formulation)
+    if self.edge_layout == "channels":
+      xs = (jnp.moveaxis(inputs, 0, -2) if hasattr(inputs, "shape")
+            else jnp.stack(inputs, axis=-2))
+      return BatchedMixedOps(*args, name="edges")(xs, weights, edge)
+    if self.edge_layout != "vmap":
+      raise ValueError(f"edge_layout {self.edge_layout!r}; valid: {list(EDGE_LAYOUTS)}")
+    xs = inputs if hasattr(inputs, "shape") else jnp.stack(inputs)
     batched = nn.vmap(MixedOp, in_axes=(0, 0, 0), out_axes=0,
                       variable_axes={"params": 0, "batch_stats": 0},
                       split_rngs={"params": True, "dropout": True})
-    ys = batched(self.channels, self.stride, tuple(self.primitives), self.partial_k,
-                 self.skip_dropout, self.train, self.dtype, self.formulation,
-                 name="edges")(xs, weights,
-                                                                         edge)
-    return jnp.sum(ys, axis=0)
+    return jnp.sum(batched(*args, name="edges")(xs, weights, edge), axis=0)
+
+
+EDGE_LAYOUTS = ("vmap", "channels")
 
 
 def _cell_nodes(module: nn.Module, p0, p1, psi_k, edge_k, *, reduction: bool):
@@ -98,6 +159,8 @@ def _cell_nodes(module: nn.Module, p0, p1, psi_k, edge_k, *, reduction: bool):
   SearchCell or a stage's scan body): each node sums its incoming mixed edges, grouped
   by stride and batched; returns the nodes concatenated."""
   c = module.channels
+  if module.edge_layout == "channels":
+    p0, p1 = ops.materialize((p0, p1))
   states = [p0, p1]
   for node in range(search_space.NUM_NODES):
     edges = search_space.node_edges(node)
@@ -110,12 +173,14 @@ def _cell_nodes(module: nn.Module, p0, p1, psi_k, edge_k, *, reduction: bool):
     for stride, inputs in groups:
       if not len(inputs):
         continue
-      xs = jnp.stack([states[i] for i in inputs])
       y = _EdgeGroup(c, stride, tuple(module.primitives), module.partial_k,
                      module.skip_dropout, module.train, module.dtype, module.formulation,
-                     name=f"node{node}_stride{stride}")(
-                         xs, w[inputs.start:inputs.stop], e[inputs.start:inputs.stop])
+                     module.edge_layout, name=f"node{node}_stride{stride}")(
+                         [states[i] for i in inputs], w[inputs.start:inputs.stop],
+                         e[inputs.start:inputs.stop])
       total = y if total is None else total + y
+    if module.edge_layout == "channels":
+      total = ops.materialize(total)
     states.append(total)
   return jnp.concatenate(states[search_space.NUM_INPUTS:], axis=-1)
 
@@ -133,6 +198,7 @@ class SearchCell(nn.Module):
   train: bool = True
   dtype: Dtype = jnp.float32
   formulation: ops.Formulation = ops.CONV
+  edge_layout: str = "vmap"
 
   @nn.compact
   def __call__(self, s0, s1, psi_k, edge_k):
@@ -142,8 +208,10 @@ class SearchCell(nn.Module):
                                 name="pre0")(s0)
     else:
       s0 = ops.ReLUConvBN(c, affine=False, train=self.train, dtype=self.dtype,
+                          formulation=self.formulation,
                           name="pre0")(s0)
     s1 = ops.ReLUConvBN(c, affine=False, train=self.train, dtype=self.dtype,
+                        formulation=self.formulation,
                         name="pre1")(s1)
     return _cell_nodes(self, s0, s1, psi_k, edge_k, reduction=self.reduction)
 
@@ -151,8 +219,9 @@ class SearchCell(nn.Module):
 def _relu_conv_bn(module: nn.Module, x, kernel, name: str):
   """ReLU, 1×1 convolution with a given kernel [1, 1, Cin, Cout], BN without affine."""
   x, kernel = nn.dtypes.promote_dtype(nn.relu(x), kernel, dtype=module.dtype)
-  y = ops.saved(jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  # A matrix product over the channels: XLA:CPU's 1×1 convolution computes its kernel
+  # gradient as a convolution over the whole image, 100× slower than this product.
+  y = ops.saved(jnp.einsum("...c,co->...o", x, kernel[0, 0]))
   return ops.BatchNorm(False, module.train, module.dtype, name=name)(y)
 
 
@@ -171,6 +240,7 @@ class _StageCell(nn.Module):
   train: bool
   dtype: Dtype
   formulation: ops.Formulation
+  edge_layout: str = "vmap"
 
   @nn.compact
   def __call__(self, carry, xs):
@@ -270,6 +340,7 @@ class SearchNetwork(nn.Module):
   formulation: ops.Formulation = ops.CONV
   remat: bool = False  # recompute a normal cell's element-wise work in its backward
   scan_stages: bool = True  # False: every cell traced on its own (cell by cell)
+  edge_layout: str = "vmap"  # a node's edges: "vmap" or "channels" (`_EdgeGroup`)
 
   @nn.compact
   def __call__(self, images, psi, edge_weights=None):
@@ -283,12 +354,12 @@ class SearchNetwork(nn.Module):
       raise ValueError(f"edge_weights has shape {tuple(edge_weights.shape)}, "
                        f"expected {expected[:2]}")
     x = images.astype(self.dtype)
-    x = ops.conv(self.stem_multiplier * self.channels, 3, 1, 1, dtype=self.dtype,
-                 name="stem_conv")(x)
+    x = ops.StemConv(self.stem_multiplier * self.channels, 3,
+                     self.formulation.pointwise == "einsum", self.dtype, name="stem_conv")(x)
     stem = ops.BatchNorm(True, self.train, self.dtype, name="stem_bn")(x)
     prims = tuple(self.primitives)
     common = (prims, self.partial_k, self.skip_dropout, self.train, self.dtype,
-              self.formulation)
+              self.formulation, self.edge_layout)
     c = self.channels
     if not self.scan_stages:  # DARTS's network as written: one traced cell per layer
       red = search_space.is_reduction(L)

@@ -34,7 +34,8 @@ def create_supernet(config: ml_collections.ConfigDict, num_classes: int, train: 
       primitives=tuple(primitives), partial_k=m.partial_k,
       skip_dropout=m.skip_dropout, train=train, dtype=jnp.dtype(m.dtype),
       formulation=ops.Formulation(program["depthwise"], program["pointwise"]),
-      remat=program["remat"] == "convs", scan_stages=program["scan"] == "stages")
+      remat=program["remat"] == "convs", scan_stages=program["scan"] == "stages",
+      edge_layout=program["edges"])
 
 
 @dataclasses.dataclass

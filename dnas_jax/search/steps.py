@@ -195,6 +195,8 @@ def shared_halves(state: SearchState, train_batch, val_batch, rng_arch, rng_weig
     def skip(state):
       return state, jnp.zeros(4, jnp.float32)
 
+    if arch_warmup_steps <= 0:  # every step updates the architecture: no branch
+      return run(state)
     active = jnp.logical_or(jnp.logical_not(arch), state.step >= arch_warmup_steps)
     return jax.lax.cond(active, run, skip, state)
 
@@ -240,7 +242,10 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
   def skip(state):
     return state, jnp.zeros(4, jnp.float32)
 
-  state, arch_out = jax.lax.cond(state.step >= arch_warmup_steps, update, skip, state)
+  if arch_warmup_steps <= 0:  # every step updates the architecture: no branch
+    state, arch_out = update(state)
+  else:
+    state, arch_out = jax.lax.cond(state.step >= arch_warmup_steps, update, skip, state)
   state, (loss, logits) = weight_update(state, train_batch, rng_weight, net=net, spec=spec,
                                         weight_tx=weight_tx)
   step_metrics = SearchMetrics.single_from_model_output(

@@ -17,7 +17,9 @@ ways that compute the same numbers with the same parameters (kernels [k, k, 1, C
 
 * depthwise ``conv``: a grouped convolution (`feature_group_count = C`);
   ``shifted``: k² shifted, strided slices of the padded input, each multiplied by one
-  kernel tap and summed (element-wise work, no convolution);
+  kernel tap and summed (element-wise work, no convolution); ``kernel``: one call of
+  the compiled CPU kernel `dnas_jax.kernels.cpu.depthwise` (and one for each gradient),
+  CPU only;
 * pointwise ``conv``: a 1×1 convolution; ``einsum``: a contraction over channels
   (`dot_general`), strided by slicing; ``broadcast``: the same contraction as an
   element-wise product and a sum over the input channels (no convolution, no dot).
@@ -36,9 +38,11 @@ import jax
 import jax.numpy as jnp
 from jax import ad_checkpoint
 
+from dnas_jax.kernels import cpu as cpu_kernels
+
 Dtype = Any
 
-DEPTHWISE = ("conv", "shifted")
+DEPTHWISE = ("conv", "shifted", "kernel")
 POINTWISE = ("conv", "einsum", "broadcast")
 
 
@@ -59,15 +63,18 @@ CONV = Formulation()
 
 
 class BatchNorm(nn.Module):
-  """PyTorch-default batch norm (momentum 0.1, eps 1e-5), optionally without affine."""
+  """PyTorch-default batch norm (momentum 0.1, eps 1e-5), optionally without affine;
+  `axis`: the feature axis or axes (statistics per feature, over all others)."""
   affine: bool = True
   train: bool = True
   dtype: Dtype = jnp.float32
+  axis: int | tuple[int, ...] = -1
 
   @nn.compact
   def __call__(self, x):
-    return nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
-                        use_scale=self.affine, use_bias=self.affine, dtype=self.dtype)(x)
+    return nn.BatchNorm(use_running_average=not self.train, axis=self.axis, momentum=0.9,
+                        epsilon=1e-5, use_scale=self.affine, use_bias=self.affine,
+                        dtype=self.dtype)(x)
 
 
 def _pad(p: int):
@@ -95,6 +102,12 @@ def saved(x: jax.Array) -> jax.Array:
 REMAT_POLICY = jax.checkpoint_policies.save_only_these_names(SAVED)
 
 
+def materialize(x):
+  """`x` (a pytree of arrays) computed into memory here, and its gradient too
+  (`dnas_jax.kernels.cpu.materialize`, CPU only)."""
+  return jax.tree.map(cpu_kernels.materialize, x)
+
+
 def _kernel_init(key, shape, dtype=jnp.float32):
   # Only for `init`: the networks' variables come from shapes (`dnas_jax.models.init`), filled
   # with PyTorch's initialisation.
@@ -120,6 +133,8 @@ class DepthwiseConv(nn.Module):
       return saved(jax.lax.conv_general_dilated(
           x, kernel, (s, s), _pad(p), rhs_dilation=(d, d),
           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c))
+    if self.formulation == "kernel":
+      return saved(cpu_kernels.depthwise(x, kernel[:, :, 0, :], s, p, d))
     # out[y, x] = Σ_{i,j} xp[y·s + i·d, x·s + j·d] · kernel[i, j]
     h, w = x.shape[-3], x.shape[-2]
     ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
@@ -157,6 +172,8 @@ class PointwiseConv(nn.Module):
 
 
 class ReLUConvBN(nn.Module):
+  """ReLU, k×k convolution, BN; a 1×1 convolution is written as `formulation.pointwise`
+  says (`PointwiseConv`, the same parameter)."""
   features: int
   kernel: int = 1
   stride: int = 1
@@ -164,12 +181,44 @@ class ReLUConvBN(nn.Module):
   affine: bool = True
   train: bool = True
   dtype: Dtype = jnp.float32
+  formulation: Formulation = CONV
 
   @nn.compact
   def __call__(self, x):
     x = nn.relu(x)
-    x = conv(self.features, self.kernel, self.stride, self.padding, dtype=self.dtype)(x)
+    if self.kernel == 1 and self.padding == 0 and self.formulation.pointwise != "conv":
+      x = PointwiseConv(self.features, self.stride, self.formulation.pointwise, self.dtype,
+                        name="Conv_0")(x)
+    else:
+      x = conv(self.features, self.kernel, self.stride, self.padding, dtype=self.dtype)(x)
     return BatchNorm(self.affine, self.train, self.dtype)(x)
+
+
+class StemConv(nn.Module):
+  """The stem's k×k convolution (padding k // 2, no bias), kernel [k, k, Cin, Cout] as
+  `nn.Conv`'s. With ``patches`` it is the image's k×k patches contracted with the
+  kernel (`jax.lax.conv_general_dilated_patches`, then a matrix product): the same
+  numbers, and a kernel gradient that is one matrix product where XLA:CPU's
+  convolution gradient takes ~100 ms at batch 32, 32×32."""
+  features: int
+  kernel: int = 3
+  patches: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, p = self.kernel, self.kernel // 2
+    cin = x.shape[-1]
+    kernel = self.param("kernel", _kernel_init, (k, k, cin, self.features))
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    if not self.patches:
+      return jax.lax.conv_general_dilated(x, kernel, (1, 1), _pad(p),
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # Patch features come out channel-major: feature index c·k² + i·k + j.
+    cols = jax.lax.conv_general_dilated_patches(
+        x, (k, k), (1, 1), _pad(p), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.einsum("...f,fo->...o", cols,
+                      jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * k * k, -1))
 
 
 class DilConv(nn.Module):

@@ -1,0 +1,212 @@
+"""Depthwise convolution for the CPU as an XLA FFI custom call, built on first use.
+
+XLA:CPU runs the depthwise convolutions of the search's separable and dilated
+convolutions as grouped convolutions, its slowest path for them, and their kernel
+gradients as per-tap reductions; written as shifted multiply-adds they run fast but
+multiply the program that XLA must trace and compile (docs/performance.md). Here each
+of the three is one call into `depthwise.cc`: `depthwise(x, kernel, stride, padding,
+dilation)` with its gradient (`jax.custom_vjp`), the same numbers as
+`jax.lax.conv_general_dilated(..., feature_group_count=C)` up to float rounding
+(tests/test_kernels.py).
+
+The library is compiled once per source, jaxlib, compiler and CPU with the C++
+compiler found as $CXX, `c++`, `g++` or `clang++` (a few seconds), into
+$DNAS_JAX_KERNEL_DIR (default: the user's cache folder, ~/.cache/dnas_jax/kernels),
+and registered with JAX under the names in `TARGETS`. `available()` says whether it
+could be built and loaded; where it cannot (no compiler), `unavailable_reason()` says
+why, and the programs that would use it choose the shifted multiply-adds instead
+(`dnas_jax.models.program`). float32 and float64 only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu.cc")
+# FFI target name -> the symbol of cpu.cc that handles it.
+TARGETS = {f"dnas_jax_depthwise_{what}_{t}": f"Depthwise{sym}{t.upper()}"
+           for what, sym in (("forward", "Forward"), ("input_grad", "InputGrad"),
+                             ("kernel_grad", "KernelGrad"))
+           for t in ("f32", "f64")}
+TARGETS["dnas_jax_materialize"] = "MaterializeCopy"
+DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool, "reason": str, "path": str
+
+
+def kernel_dir() -> str:
+  """Where built libraries are kept: $DNAS_JAX_KERNEL_DIR, else
+  ~/.cache/dnas_jax/kernels (under $XDG_CACHE_HOME when set)."""
+  explicit = os.environ.get("DNAS_JAX_KERNEL_DIR")
+  if explicit:
+    return explicit
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "dnas_jax", "kernels")
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _cpu_identity() -> str:
+  """What -march=native depends on: the CPU model and its feature flags."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [l for l in f if l.startswith(("model name", "flags", "Features"))]
+    return "".join(sorted(set(lines)))
+  except OSError:
+    return platform.processor() + platform.machine()
+
+
+def source_digest() -> str:
+  with open(SOURCE, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _flags(native: bool) -> list[str]:
+  return (["-O3", "-std=c++17", "-shared", "-fPIC", "-w"]
+          + (["-march=native"] if native else [])
+          + ["-I", jax.ffi.include_dir()])
+
+
+def _build(compiler: str) -> str:
+  """Compiles depthwise.cc (with -march=native where the compiler takes it) into the
+  kernel folder unless it is there; returns the library's path."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  key = hashlib.sha256("\0".join([source_digest(), jaxlib.__version__, compiler,
+                                  _cpu_identity()]).encode()).hexdigest()[:20]
+  folder = kernel_dir()
+  path = os.path.join(folder, f"cpu-{key}.so")
+  if os.path.exists(path):
+    return path
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+  os.close(fd)
+  try:
+    errors = ""
+    for native in (True, False):
+      done = subprocess.run([compiler, *_flags(native), SOURCE, "-o", tmp],
+                            capture_output=True, text=True, timeout=300)
+      if done.returncode == 0:
+        os.replace(tmp, path)  # atomic: a concurrent build writes the same file
+        return path
+      errors = done.stderr.strip()
+    raise RuntimeError(f"{compiler} failed: {errors[-600:]}")
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _load() -> None:
+  compiler = _compiler()
+  if compiler is None:
+    raise RuntimeError("no C++ compiler found ($CXX, c++, g++ or clang++)")
+  library = ctypes.cdll.LoadLibrary(_build(compiler))
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+
+
+def available() -> bool:
+  """Builds (once per machine) and registers the kernels; False where that fails
+  (`unavailable_reason` says why)."""
+  with _lock:
+    if "ok" not in _state:
+      try:
+        _load()
+        _state["ok"] = True
+      except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _state["ok"], _state["reason"] = False, str(e)
+    return bool(_state["ok"])
+
+
+def unavailable_reason() -> str | None:
+  return None if available() else str(_state["reason"])
+
+
+def _call(what: str, dtype, out_shape, a, b, stride: int, padding: int, dilation: int):
+  name = DTYPES.get(np.dtype(dtype))
+  if name is None:
+    raise TypeError(f"the depthwise kernel takes float32 or float64, not {dtype}")
+  if not available():
+    raise RuntimeError(f"the CPU depthwise kernel is unavailable: {unavailable_reason()}")
+  return jax.ffi.ffi_call(f"dnas_jax_depthwise_{what}_{name}",
+                          jax.ShapeDtypeStruct(out_shape, dtype),
+                          vmap_method="sequential")(
+                              a, b, stride=np.int64(stride), padding=np.int64(padding),
+                              dilation=np.int64(dilation))
+
+
+def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+  return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
+              dilation: int) -> jax.Array:
+  """Depthwise convolution of x [N, H, W, C] with kernel [K, K, C] (zero padding
+  `padding` on every side, `stride`, `dilation`): [N, H', W', C]."""
+  return _forward(x, kernel, stride, padding, dilation)[0]
+
+
+def _forward(x, kernel, stride, padding, dilation):
+  if x.dtype != kernel.dtype:
+    raise TypeError(f"input {x.dtype} and kernel {kernel.dtype} differ")
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  if kernel.shape != (k, k, c):
+    raise ValueError(f"kernel {kernel.shape} for input {x.shape}: expected {(k, k, c)}")
+  shape = (n, _out_size(h, k, stride, padding, dilation),
+           _out_size(w, k, stride, padding, dilation), c)
+  y = _call("forward", x.dtype, shape, x, kernel, stride, padding, dilation)
+  return y, (x, kernel)
+
+
+def _backward(stride, padding, dilation, residuals, g):
+  x, kernel = residuals
+  dx = _call("input_grad", x.dtype, x.shape, g, kernel, stride, padding, dilation)
+  dk = _call("kernel_grad", x.dtype, kernel.shape, x, g, stride, padding, dilation)
+  return dx, dk
+
+
+depthwise.defvjp(_forward, _backward)
+
+
+def reference(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
+              dilation: int) -> jax.Array:
+  """The same convolution by XLA (a grouped convolution), for tests and fallbacks."""
+  return jax.lax.conv_general_dilated(
+      x, kernel[:, :, None, :], (stride, stride), ((padding, padding),) * 2,
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1])
+
+
+
+@jax.custom_vjp
+def materialize(x: jax.Array) -> jax.Array:
+  """A copy of `x` that XLA computes into memory once, and so is its gradient: XLA
+  fuses nothing across a custom call. Where XLA:CPU would fuse a long element-wise
+  chain or a transpose into several reductions (recomputing it in each, with poor
+  memory access), they then read one plain array."""
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  return jax.ffi.ffi_call("dnas_jax_materialize", jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          vmap_method="broadcast_all")(x)
+
+
+materialize.defvjp(lambda x: (materialize(x), None), lambda _, g: (materialize(g),))
