@@ -2,7 +2,8 @@
 
   python -m experiments.benchmark --config=experiments/configs/cifar10.py \
       [--retrain_config=experiments/configs/cifar10_retrain.py] [--depths=8,20] \
-      [--batch_sizes=256,96] [--what=search,train,input,convs] [--steps=10]
+      [--batch_sizes=256,96] [--what=search,train,input,convs,peer] [--steps=10]
+      [--peer_dir=PC-DARTS]
 
 * `search`: the search step (architecture + weight update) for each depth in
   `--depths` (paired with `--batch_sizes` when given): images/s, ms/step, trace and
@@ -16,6 +17,14 @@
 * `prefetch`: search steps/s fed through the loop's input path (augmentation,
   sharding) without and with `--prefetch` batches prepared ahead by a host thread, and
   their ratio, measured in the same run.
+* `peer`: our search step against the official PC-DARTS search step on the same
+  setting (depth, channels, batch, image size; first order; random data), one process
+  at a time: ours is compiled and timed, the peer's runs in a subprocess from the
+  checkout `--peer_dir` (git clone https://github.com/yuhuixu1993/PC-DARTS; torch
+  needed, `pip install -e ".[peer]"`) with `--peer_threads` torch threads (default:
+  every core, as XLA uses), then ours is timed again. One JSON line with both and
+  `speedup` (the peer's time per step over ours). `--peer_python` runs the peer with
+  another interpreter (one that has torch).
 * `convs`: convolution instructions of the lowered search step for each depth (the
   supernet's program does not grow with depth).
 * `aot`: compiles the search step, the search's evaluation step and (with
@@ -51,6 +60,11 @@ _PREFETCH = flags.DEFINE_integer("prefetch", 2, "Batches ahead for --what=prefet
 _TOPOLOGY = flags.DEFINE_string("aot_topology", "v5e:2x2", "TPU topology for --what=aot.")
 _CHIPS = flags.DEFINE_integer("aot_chips", 1, "Chips of the topology the program uses "
                               "(data parallel) for --what=aot.")
+_PEER_DIR = flags.DEFINE_string("peer_dir", None, "A PC-DARTS checkout for --what=peer.")
+_PEER_PYTHON = flags.DEFINE_string("peer_python", None, "Python with torch for --what=peer "
+                                   "(default: this one).")
+_PEER_THREADS = flags.DEFINE_integer("peer_threads", 0, "Torch threads for --what=peer "
+                                     "(0: every core).")
 _PROGRAMS = flags.DEFINE_list("aot_programs", ["search_step", "search_eval_step",
                                                "train_step"],
                               "Programs to compile for --what=aot.")
@@ -82,10 +96,17 @@ def main(argv):
             num_chips=_CHIPS.value, programs=_PROGRAMS.value):
           _emit(record)
     return
+  if "peer" in _WHAT.value and not _PEER_DIR.value:
+    raise app.UsageError("--what=peer needs --peer_dir (a checkout of "
+                         "https://github.com/yuhuixu1993/PC-DARTS)")
   with cli.user_errors():
     for depth, batch in zip(depths, batches):
       c = config.copy_and_resolve_references()
       c.model.num_layers, c.batch_size = depth, batch
+      if "peer" in _WHAT.value:
+        _emit(benchmarking.benchmark_peer(
+            c, _PEER_DIR.value, shape, steps=_STEPS.value, warmup=_WARMUP.value,
+            peer_python=_PEER_PYTHON.value, threads=_PEER_THREADS.value or None))
       if "convs" in _WHAT.value:
         _emit({"what": "convolutions", "num_layers": depth,
                "convolutions": benchmarking.count_convolutions(c, shape)})

@@ -264,6 +264,190 @@ auto Binding() {
       .template Attr<int64_t>("dilation");
 }
 
+// Grouped 1×1 convolution: x [..., G·c] (G groups of c channels, groups outermost),
+// w [G, c, o]: y[..., g·o + j] = Σ_i x[..., g·c + i] · w[g, i, j]. Rows are split over
+// the threads; the weight gradient is accumulated per row chunk and summed.
+template <ffi::DataType DT>
+ffi::Error GroupedForward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> w,
+                          ffi::ResultBuffer<DT> y) {
+  using T = ffi::NativeType<DT>;
+  auto wd = w.dimensions();
+  int64_t groups = wd[0], cin = wd[1], cout = wd[2];
+  int64_t rows = static_cast<int64_t>(x.element_count()) / (groups * cin);
+  const T* xp = x.typed_data();
+  const T* wp = w.typed_data();
+  T* yp = y->typed_data();
+  constexpr int64_t kRows = 256;
+  ParallelFor(pool, (rows + kRows - 1) / kRows, [&](int64_t chunk) {
+    for (int64_t r = chunk * kRows; r < std::min(rows, (chunk + 1) * kRows); ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        const T* __restrict in = xp + (r * groups + g) * cin;
+        const T* __restrict wg = wp + g * cin * cout;
+        T* __restrict out = yp + (r * groups + g) * cout;
+        for (int64_t j = 0; j < cout; ++j) out[j] = T(0);
+        for (int64_t i = 0; i < cin; ++i)
+          for (int64_t j = 0; j < cout; ++j) out[j] += in[i] * wg[i * cout + j];
+      }
+  });
+  return ffi::Error::Success();
+}
+
+// dx[..., g·c + i] = Σ_j gy[..., g·o + j] · w[g, i, j].
+template <ffi::DataType DT>
+ffi::Error GroupedInputGrad(ffi::ThreadPool pool, ffi::Buffer<DT> gy, ffi::Buffer<DT> w,
+                            ffi::ResultBuffer<DT> dx) {
+  using T = ffi::NativeType<DT>;
+  auto wd = w.dimensions();
+  int64_t groups = wd[0], cin = wd[1], cout = wd[2];
+  int64_t rows = static_cast<int64_t>(gy.element_count()) / (groups * cout);
+  const T* gp = gy.typed_data();
+  const T* wp = w.typed_data();
+  T* dp = dx->typed_data();
+  constexpr int64_t kRows = 256;
+  ParallelFor(pool, (rows + kRows - 1) / kRows, [&](int64_t chunk) {
+    for (int64_t r = chunk * kRows; r < std::min(rows, (chunk + 1) * kRows); ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        const T* __restrict gin = gp + (r * groups + g) * cout;
+        const T* __restrict wg = wp + g * cin * cout;
+        T* __restrict out = dp + (r * groups + g) * cin;
+        for (int64_t i = 0; i < cin; ++i) {
+          T acc = T(0);
+          for (int64_t j = 0; j < cout; ++j) acc += gin[j] * wg[i * cout + j];
+          out[i] = acc;
+        }
+      }
+  });
+  return ffi::Error::Success();
+}
+
+// dw[g, i, j] = Σ_rows x[..., g·c + i] · gy[..., g·o + j].
+template <ffi::DataType DT>
+ffi::Error GroupedWeightGrad(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> gy,
+                             ffi::ResultBuffer<DT> dw) {
+  using T = ffi::NativeType<DT>;
+  auto wd = dw->dimensions();
+  int64_t groups = wd[0], cin = wd[1], cout = wd[2];
+  int64_t size = groups * cin * cout;
+  int64_t rows = static_cast<int64_t>(x.element_count()) / (groups * cin);
+  const T* xp = x.typed_data();
+  const T* gp = gy.typed_data();
+  int64_t chunks = std::min<int64_t>(rows, 2 * std::max<int64_t>(pool.num_threads(), 1));
+  std::vector<T> partial(chunks * size, T(0));
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    T* __restrict acc = partial.data() + chunk * size;
+    for (int64_t r = chunk; r < rows; r += chunks)
+      for (int64_t g = 0; g < groups; ++g) {
+        const T* __restrict in = xp + (r * groups + g) * cin;
+        const T* __restrict gin = gp + (r * groups + g) * cout;
+        T* __restrict a = acc + g * cin * cout;
+        for (int64_t i = 0; i < cin; ++i)
+          for (int64_t j = 0; j < cout; ++j) a[i * cout + j] += in[i] * gin[j];
+      }
+  });
+  T* out = dw->typed_data();
+  std::fill(out, out + size, T(0));
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t m = 0; m < size; ++m) out[m] += partial[chunk * size + m];
+  return ffi::Error::Success();
+}
+
+// 3×3 pooling with padding 1 and `stride`, per channel, as DARTS's pools: the maximum
+// (padding never wins), or the mean over the window positions inside the image
+// (count_include_pad=False). The max pool's gradient goes to the first maximum of each
+// window in row-major order, as XLA's select-and-scatter gives it.
+struct Window {
+  int64_t y0, y1, x0, x1;  // [y0, y1) × [x0, x1) inside the image
+};
+
+inline Window PoolWindow(const Geometry& g, int64_t oy, int64_t ox) {
+  int64_t y = oy * g.s - 1, x = ox * g.s - 1;
+  return {std::max<int64_t>(y, 0), std::min<int64_t>(y + 3, g.h),
+          std::max<int64_t>(x, 0), std::min<int64_t>(x + 3, g.w)};
+}
+
+template <ffi::DataType DT>
+ffi::Error PoolForward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::ResultBuffer<DT> y,
+                       int64_t stride, int64_t average) {
+  using T = ffi::NativeType<DT>;
+  auto xd = x.dimensions();
+  auto yd = y->dimensions();
+  Geometry g{xd[0], xd[1], xd[2], xd[3], 3, yd[1], yd[2], stride, 1, 1};
+  const T* xp = x.typed_data();
+  T* yp = y->typed_data();
+  ParallelFor(pool, g.n * g.ho, [&](int64_t r) {
+    int64_t n = r / g.ho, oy = r % g.ho;
+    for (int64_t ox = 0; ox < g.wo; ++ox) {
+      Window win = PoolWindow(g, oy, ox);
+      T* __restrict out = yp + ((n * g.ho + oy) * g.wo + ox) * g.c;
+      bool first = true;
+      for (int64_t iy = win.y0; iy < win.y1; ++iy)
+        for (int64_t ix = win.x0; ix < win.x1; ++ix) {
+          const T* __restrict in = xp + ((n * g.h + iy) * g.w + ix) * g.c;
+          if (first) {
+            std::memcpy(out, in, g.c * sizeof(T));
+            first = false;
+          } else if (average) {
+            for (int64_t c = 0; c < g.c; ++c) out[c] += in[c];
+          } else {
+            for (int64_t c = 0; c < g.c; ++c) out[c] = in[c] > out[c] ? in[c] : out[c];
+          }
+        }
+      if (average) {
+        T inv = T(1) / T((win.y1 - win.y0) * (win.x1 - win.x0));
+        for (int64_t c = 0; c < g.c; ++c) out[c] *= inv;
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// dx of Σ(pool(x) · g): x [N, H, W, C] (its shape for the average), g [N, H', W', C].
+template <ffi::DataType DT>
+ffi::Error PoolBackward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> gy,
+                        ffi::ResultBuffer<DT> dx, int64_t stride, int64_t average) {
+  using T = ffi::NativeType<DT>;
+  auto xd = x.dimensions();
+  auto gd = gy.dimensions();
+  Geometry g{xd[0], xd[1], xd[2], xd[3], 3, gd[1], gd[2], stride, 1, 1};
+  const T* xp = x.typed_data();
+  const T* gp = gy.typed_data();
+  T* dp = dx->typed_data();
+  ParallelFor(pool, g.n, [&](int64_t n) {
+    T* __restrict out = dp + n * g.h * g.w * g.c;
+    std::fill(out, out + g.h * g.w * g.c, T(0));
+    std::vector<int64_t> best(g.c);
+    std::vector<T> top(g.c);
+    for (int64_t oy = 0; oy < g.ho; ++oy)
+      for (int64_t ox = 0; ox < g.wo; ++ox) {
+        Window win = PoolWindow(g, oy, ox);
+        const T* __restrict gin = gp + ((n * g.ho + oy) * g.wo + ox) * g.c;
+        if (average) {
+          T inv = T(1) / T((win.y1 - win.y0) * (win.x1 - win.x0));
+          for (int64_t iy = win.y0; iy < win.y1; ++iy)
+            for (int64_t ix = win.x0; ix < win.x1; ++ix) {
+              T* __restrict o = out + (iy * g.w + ix) * g.c;
+              for (int64_t c = 0; c < g.c; ++c) o[c] += gin[c] * inv;
+            }
+          continue;
+        }
+        bool first = true;
+        for (int64_t iy = win.y0; iy < win.y1; ++iy)
+          for (int64_t ix = win.x0; ix < win.x1; ++ix) {
+            int64_t at = (iy * g.w + ix) * g.c;
+            const T* in = xp + n * g.h * g.w * g.c + at;
+            for (int64_t c = 0; c < g.c; ++c)
+              if (first || in[c] > top[c]) {
+                top[c] = in[c];
+                best[c] = at + c;
+              }
+            first = false;
+          }
+        for (int64_t c = 0; c < g.c; ++c) out[best[c]] += gin[c];
+      }
+  });
+  return ffi::Error::Success();
+}
+
 // A copy of x: XLA fuses nothing across a custom call, so every consumer reads this
 // one array (dnas_jax.kernels.cpu.materialize).
 ffi::Error Copy(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
@@ -286,6 +470,37 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MaterializeCopy, Copy,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+
+#define DNAS_POOL_HANDLER(name, fn, dtype, ...)                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<dtype>,                        \
+                                ffi::Ffi::Bind()                        \
+                                    .Ctx<ffi::ThreadPool>()             \
+                                    __VA_ARGS__                         \
+                                    .Ret<ffi::Buffer<dtype>>()          \
+                                    .Attr<int64_t>("stride")            \
+                                    .Attr<int64_t>("average"));
+
+DNAS_POOL_HANDLER(PoolForwardF32, PoolForward, ffi::F32, .Arg<ffi::Buffer<ffi::F32>>())
+DNAS_POOL_HANDLER(PoolForwardF64, PoolForward, ffi::F64, .Arg<ffi::Buffer<ffi::F64>>())
+DNAS_POOL_HANDLER(PoolBackwardF32, PoolBackward, ffi::F32,
+                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>())
+DNAS_POOL_HANDLER(PoolBackwardF64, PoolBackward, ffi::F64,
+                  .Arg<ffi::Buffer<ffi::F64>>().Arg<ffi::Buffer<ffi::F64>>())
+
+#define DNAS_GROUPED_HANDLER(name, fn, dtype)                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<dtype>,                        \
+                                ffi::Ffi::Bind()                        \
+                                    .Ctx<ffi::ThreadPool>()             \
+                                    .Arg<ffi::Buffer<dtype>>()          \
+                                    .Arg<ffi::Buffer<dtype>>()          \
+                                    .Ret<ffi::Buffer<dtype>>());
+
+DNAS_GROUPED_HANDLER(GroupedForwardF32, GroupedForward, ffi::F32)
+DNAS_GROUPED_HANDLER(GroupedForwardF64, GroupedForward, ffi::F64)
+DNAS_GROUPED_HANDLER(GroupedInputGradF32, GroupedInputGrad, ffi::F32)
+DNAS_GROUPED_HANDLER(GroupedInputGradF64, GroupedInputGrad, ffi::F64)
+DNAS_GROUPED_HANDLER(GroupedWeightGradF32, GroupedWeightGrad, ffi::F32)
+DNAS_GROUPED_HANDLER(GroupedWeightGradF64, GroupedWeightGrad, ffi::F64)
 
 #define DNAS_HANDLER(name, fn, dtype) \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn<dtype>, Binding<dtype>());

@@ -39,6 +39,13 @@ TARGETS = {f"dnas_jax_depthwise_{what}_{t}": f"Depthwise{sym}{t.upper()}"
            for what, sym in (("forward", "Forward"), ("input_grad", "InputGrad"),
                              ("kernel_grad", "KernelGrad"))
            for t in ("f32", "f64")}
+TARGETS.update({f"dnas_jax_pool_{what}_{t}": f"Pool{sym}{t.upper()}"
+                for what, sym in (("forward", "Forward"), ("backward", "Backward"))
+                for t in ("f32", "f64")})
+TARGETS.update({f"dnas_jax_grouped_{what}_{t}": f"Grouped{sym}{t.upper()}"
+                for what, sym in (("forward", "Forward"), ("input_grad", "InputGrad"),
+                                  ("weight_grad", "WeightGrad"))
+                for t in ("f32", "f64")})
 TARGETS["dnas_jax_materialize"] = "MaterializeCopy"
 DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -156,15 +163,9 @@ def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> in
   return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-              dilation: int) -> jax.Array:
-  """Depthwise convolution of x [N, H, W, C] with kernel [K, K, C] (zero padding
-  `padding` on every side, `stride`, `dilation`): [N, H', W', C]."""
-  return _forward(x, kernel, stride, padding, dilation)[0]
-
-
-def _forward(x, kernel, stride, padding, dilation):
+def depthwise_forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
+                      dilation: int) -> jax.Array:
+  """The forward call alone (no gradient): x [N, H, W, C], kernel [K, K, C]."""
   if x.dtype != kernel.dtype:
     raise TypeError(f"input {x.dtype} and kernel {kernel.dtype} differ")
   n, h, w, c = x.shape
@@ -173,18 +174,108 @@ def _forward(x, kernel, stride, padding, dilation):
     raise ValueError(f"kernel {kernel.shape} for input {x.shape}: expected {(k, k, c)}")
   shape = (n, _out_size(h, k, stride, padding, dilation),
            _out_size(w, k, stride, padding, dilation), c)
-  y = _call("forward", x.dtype, shape, x, kernel, stride, padding, dilation)
-  return y, (x, kernel)
+  return _call("forward", x.dtype, shape, x, kernel, stride, padding, dilation)
+
+
+def depthwise_input_grad(g: jax.Array, kernel: jax.Array, x_shape, stride: int,
+                         padding: int, dilation: int) -> jax.Array:
+  """The gradient in the input [N, H, W, C] (`x_shape`) of Σ(y · g)."""
+  return _call("input_grad", g.dtype, tuple(x_shape), g, kernel, stride, padding,
+               dilation)
+
+
+def depthwise_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int, padding: int,
+                          dilation: int) -> jax.Array:
+  """The gradient in the kernel [K, K, C] of Σ(y · g)."""
+  return _call("kernel_grad", x.dtype, (k, k, x.shape[-1]), x, g, stride, padding,
+               dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
+              dilation: int) -> jax.Array:
+  """Depthwise convolution of x [N, H, W, C] with kernel [K, K, C] (zero padding
+  `padding` on every side, `stride`, `dilation`): [N, H', W', C]."""
+  return depthwise_forward(x, kernel, stride, padding, dilation)
+
+
+def _forward(x, kernel, stride, padding, dilation):
+  return depthwise_forward(x, kernel, stride, padding, dilation), (x, kernel)
 
 
 def _backward(stride, padding, dilation, residuals, g):
   x, kernel = residuals
-  dx = _call("input_grad", x.dtype, x.shape, g, kernel, stride, padding, dilation)
-  dk = _call("kernel_grad", x.dtype, kernel.shape, x, g, stride, padding, dilation)
-  return dx, dk
+  return (depthwise_input_grad(g, kernel, x.shape, stride, padding, dilation),
+          depthwise_kernel_grad(x, g, kernel.shape[0], stride, padding, dilation))
 
 
 depthwise.defvjp(_forward, _backward)
+
+
+def _grouped_call(what: str, out_shape, a, b):
+  name = DTYPES.get(np.dtype(a.dtype))
+  if name is None or a.dtype != b.dtype:
+    raise TypeError(f"the grouped 1×1 kernel takes float32 or float64, not {a.dtype}, "
+                    f"{b.dtype}")
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  return jax.ffi.ffi_call(f"dnas_jax_grouped_{what}_{name}",
+                          jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
+                          vmap_method="sequential")(a, b)
+
+
+def grouped_forward(x: jax.Array, w: jax.Array) -> jax.Array:
+  """Grouped 1×1 convolution: x [..., G·c], w [G, c, o] -> [..., G·o], group g of the
+  output the product of group g of the input with w[g]."""
+  g, c, o = w.shape
+  if x.shape[-1] != g * c:
+    raise ValueError(f"input {x.shape} for groups {w.shape}: expected {g * c} channels")
+  return _grouped_call("forward", x.shape[:-1] + (g * o,), x, w)
+
+
+def grouped_input_grad(gy: jax.Array, w: jax.Array) -> jax.Array:
+  """The gradient in the input of Σ(grouped_forward(x, w) · gy)."""
+  g, c, _ = w.shape
+  return _grouped_call("input_grad", gy.shape[:-1] + (g * c,), gy, w)
+
+
+def grouped_weight_grad(x: jax.Array, gy: jax.Array, w_shape) -> jax.Array:
+  """The gradient in w [G, c, o] of Σ(grouped_forward(x, w) · gy)."""
+  return _grouped_call("weight_grad", w_shape, x, gy)
+
+
+def _pool_call(what: str, out_shape, args, stride: int, average: bool):
+  x = args[0]
+  name = DTYPES.get(np.dtype(x.dtype))
+  if name is None:
+    raise TypeError(f"the pooling kernel takes float32 or float64, not {x.dtype}")
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  return jax.ffi.ffi_call(f"dnas_jax_pool_{what}_{name}",
+                          jax.ShapeDtypeStruct(out_shape, x.dtype),
+                          vmap_method="sequential")(
+                              *args, stride=np.int64(stride), average=np.int64(average))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def pool_3x3(x: jax.Array, stride: int, average: bool) -> jax.Array:
+  """3×3 max (or, with `average`, mean) pooling with padding 1 of x [N, H, W, C], as
+  DARTS's pools: padding never wins a max and is not counted in a mean
+  (count_include_pad=False)."""
+  return _pool_forward(x, stride, average)[0]
+
+
+def _pool_forward(x, stride, average):
+  n, h, w, c = x.shape
+  shape = (n, _out_size(h, 3, stride, 1, 1), _out_size(w, 3, stride, 1, 1), c)
+  return _pool_call("forward", shape, (x,), stride, average), x
+
+
+def _pool_backward(stride, average, x, g):
+  return (_pool_call("backward", x.shape, (x, g), stride, average),)
+
+
+pool_3x3.defvjp(_pool_forward, _pool_backward)
 
 
 def reference(x: jax.Array, kernel: jax.Array, stride: int, padding: int,

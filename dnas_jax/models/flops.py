@@ -18,6 +18,11 @@ Rules:
   This covers forward, input-gradient and weight-gradient convolutions (feature or
   batch groups).
 * `dot_general`: 2 · |output| · (product of the contracted dimensions).
+* the depthwise calls of the CPU kernels (`ffi_call` to `dnas_jax_depthwise_*`,
+  `dnas_jax.kernels.cpu`): as the grouped convolution they replace, 2 · batch ·
+  channels · (output-position × window-position pairs that read a real input element),
+  for the forward call and for each of its two gradient calls; the grouped 1×1 calls
+  (`dnas_jax_grouped_*`): 2 · rows · groups · in channels · out channels each.
 * `scan`: body × `length`; `cond`: the most expensive branch (the one a warm-up flag
   selects is not known when tracing); `while`: the body once (trip count unknown; the
   count is flagged in `unknown_trip_loops`). Every other primitive holding a sub-program
@@ -76,6 +81,27 @@ def _conv_flops(eqn) -> float:
   return 2.0 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * rhs[dn.rhs_spec[1]] * pairs
 
 
+def _depthwise_ffi_flops(eqn) -> float:
+  """A depthwise call of the CPU kernels: its (output, window) pairs as the forward
+  convolution has them, whichever of the three calls it is."""
+  attrs = dict(eqn.params["attributes"])
+  stride, padding, dilation = (int(attrs[k]) for k in ("stride", "padding", "dilation"))
+  target = eqn.params["target_name"]
+  if "_forward_" in target:
+    x, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+    k = eqn.invars[1].aval.shape[0]
+  elif "_input_grad_" in target:  # (g, kernel) -> dx
+    x, out = eqn.outvars[0].aval.shape, eqn.invars[0].aval.shape
+    k = eqn.invars[1].aval.shape[0]
+  else:  # kernel grad: (x, g) -> dk
+    x, out = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+    k = eqn.outvars[0].aval.shape[0]
+  pairs = 1
+  for i in (1, 2):
+    pairs *= _window_pairs(x[i], k, out[i], stride, padding, 1, dilation)
+  return 2.0 * x[0] * x[3] * pairs
+
+
 def _dot_flops(eqn) -> float:
   lhs = eqn.invars[0].aval.shape
   (lhs_contract, _), _ = eqn.params["dimension_numbers"]
@@ -105,6 +131,16 @@ def count_jaxpr(jaxpr) -> FlopCount:
       count += FlopCount(conv=_conv_flops(eqn))
     elif name == "dot_general":
       count += FlopCount(matmul=_dot_flops(eqn))
+    elif name == "ffi_call" and str(eqn.params.get("target_name", "")).startswith(
+        "dnas_jax_depthwise_"):
+      count += FlopCount(conv=_depthwise_ffi_flops(eqn))
+    elif name == "ffi_call" and str(eqn.params.get("target_name", "")).startswith(
+        "dnas_jax_grouped_"):
+      w = (eqn.outvars[0] if "_weight_grad_" in eqn.params["target_name"]
+           else eqn.invars[1]).aval.shape  # [G, c, o]
+      rows = math.prod(eqn.invars[0].aval.shape) // (w[0] * (
+          w[2] if "_input_grad_" in eqn.params["target_name"] else w[1]))
+      count += FlopCount(conv=2.0 * rows * math.prod(w))
     elif name == "scan":
       count += count_jaxpr(eqn.params["jaxpr"]).scaled(eqn.params["length"])
     elif name == "cond":

@@ -1,10 +1,15 @@
 """How the search step is written for XLA (`config.program`): formulations that compute
 the same numbers (up to float rounding) and differ in compile and step time.
 
-* `depthwise`: ``conv`` (a grouped convolution) or ``shifted`` (k² shifted multiply-adds),
-  `ops.DepthwiseConv`;
-* `pointwise`: ``conv`` (a 1×1 convolution) or ``einsum`` (a channel contraction),
+* `depthwise`: ``conv`` (a grouped convolution), ``shifted`` (k² shifted multiply-adds)
+  or ``kernel`` (the compiled CPU kernels of `dnas_jax.kernels.cpu`, XLA FFI calls; the
+  pools too, and with `edges=channels` a node's convolution halves run as two stacked
+  stages, `batched_ops.conv_stage`), `ops.DepthwiseConv`;
+* `pointwise`: ``conv`` (a 1×1 convolution), ``einsum`` (a channel contraction; the
+  stem's 3×3 convolution as patches and a contraction too) or ``broadcast``,
   `ops.PointwiseConv`;
+* `edges`: ``vmap`` (a node's edges on a leading axis, every operation `nn.vmap`-ed) or
+  ``channels`` (the edges beside the channels, `batched_ops`: [B, H, W, E, c]);
 * `halves`: ``separate`` (the architecture half and the weight half of a step traced
   one after the other: the network appears twice in the program, the architecture
   half without weight gradients) or ``shared`` (one traced body run twice by a scan,
@@ -22,21 +27,25 @@ the same numbers (up to float rounding) and differ in compile and step time.
   the run's checkpoints and used when it is restored or resumed.
 
 "auto" takes the choice measured best on the backend the run is on (`AUTO_PROGRAM`;
-the measurements are in the README's *Performance* section).
+the measurements are in docs/performance.md). On the CPU that is the compiled kernels;
+where they cannot be built (no C++ compiler), "auto" takes ``shifted`` instead and says
+why once.
 """
 
 from __future__ import annotations
 
 import jax
 import ml_collections
+from absl import logging
 
+from dnas_jax.kernels import cpu as cpu_kernels
 from dnas_jax.space import ops
 
 # "auto" per backend: measured (README, Performance); tests/test_formulations.py checks
 # that every formulation computes the same numbers.
 AUTO_PROGRAM = {
-    "cpu": {"depthwise": "conv", "pointwise": "einsum", "edges": "vmap", "halves": "separate",
-            "remat": "none", "scan": "none"},
+    "cpu": {"depthwise": "kernel", "pointwise": "einsum", "edges": "channels",
+            "halves": "separate", "remat": "none", "scan": "stages"},
     "gpu": {"depthwise": "conv", "pointwise": "conv", "edges": "vmap", "halves": "separate",
             "remat": "none", "scan": "stages"},
     "tpu": {"depthwise": "conv", "pointwise": "conv", "edges": "vmap", "halves": "shared",
@@ -70,7 +79,32 @@ def resolve_program(config: ml_collections.ConfigDict, backend: str | None = Non
     out[key] = value if value != "auto" else stored.get(key, auto[key])
   if config.optim.get("second_order", False):
     out["halves"] = "separate"
+  if out["depthwise"] == "kernel" and kernel_problem(backend):
+    # The formulation changes no number and no parameter: a run stored with it (or a
+    # config naming it) runs anywhere, with this backend's choice instead.
+    fallback = "shifted" if backend == "cpu" else auto["depthwise"]
+    _warn_once(f"program.depthwise='kernel': {kernel_problem(backend)}; using "
+               f"'{fallback}' (the same numbers)")
+    out["depthwise"] = fallback
   return out
+
+
+def kernel_problem(backend: str) -> str | None:
+  """Why the compiled CPU kernels cannot run on `backend` (None: they can)."""
+  if backend != "cpu":
+    return f"the compiled kernels run on the CPU only, not on {backend}"
+  if not cpu_kernels.available():
+    return f"the CPU kernels cannot be built ({cpu_kernels.unavailable_reason()})"
+  return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    logging.warning("%s", message)
 
 
 def with_resolved_program(config: ml_collections.ConfigDict, backend: str | None = None,

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dnas_jax.space import batched_ops
 from dnas_jax.space import ops
@@ -92,22 +93,26 @@ class BatchedMixedOps(nn.Module):
       raise ValueError(f"channels {x.shape[-1]} not divisible by partial_k={k}")
     c = x.shape[-1] // k
     xs = x[..., :c]
-    out = None
-    for j, name in enumerate(self.primitives):
-      if name == "none":  # zeros: adds nothing, and its weight gets a zero gradient
-        continue
-      y = batched_ops.BATCHED[name](c, self.stride, self.train, self.dtype,
-                                    self.formulation)(xs)
-      if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
-        y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
-      term = weights[:, j, None].astype(y.dtype) * y
-      out = term if out is None else out + term
+    if self.formulation.depthwise == "kernel":
+      out = self._stacked(xs, weights)
+    else:
+      out = None
+      for j, name in enumerate(self.primitives):
+        if name == "none":  # zeros: adds nothing, and its weight gets a zero gradient
+          continue
+        y = batched_ops.BATCHED[name](c, self.stride, self.train, self.dtype,
+                                      self.formulation)(xs)
+        if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
+          y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
+        term = weights[:, j, None].astype(y.dtype) * y
+        out = term if out is None else out + term
+      out = None if out is None else jnp.sum(out, axis=-2)
     if out is None:
-      out = jnp.zeros(xs[:, ::self.stride, ::self.stride].shape, xs.dtype)
+      out = jnp.zeros(xs[:, ::self.stride, ::self.stride, 0].shape, xs.dtype)
     # The sums over the edges are materialised, and so are their gradients: XLA:CPU
     # then reduces plain arrays for ψ's and the edge weights' gradients instead of
     # fusing the channel shuffle's transpose into those reductions.
-    out = ops.materialize(jnp.sum(out, axis=-2))
+    out = ops.materialize(out)
     if k == 1:
       return out
     rest = x[..., c:]
@@ -117,6 +122,33 @@ class BatchedMixedOps(nn.Module):
       rest = edge_weight[:, None].astype(rest.dtype) * rest
     rest = ops.materialize(jnp.sum(rest, axis=-2))
     return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
+
+
+  def _stacked(self, xs, weights):
+    """Σ over ops and edges of ψ · op(x) with the ops in stacked blocks
+    (`batched_ops.stacked_pool_ops`, `stacked_conv_ops`): one weighted sum per block."""
+    prims = tuple(self.primitives)
+    blocks = []
+    pools = batched_ops.pool_scopes(prims)
+    if pools:
+      blocks.append((list(pools), batched_ops.stacked_pool_ops(
+          self, xs, pools, self.stride, self.train, self.dtype)))
+    convs = batched_ops.conv_scopes(prims)
+    if convs:
+      blocks += batched_ops.stacked_conv_ops(self, xs, convs, self.stride, self.train,
+                                             self.dtype)
+    if "skip_connect" in prims:
+      y = batched_ops.BATCHED["skip_connect"](xs.shape[-1], self.stride, self.train,
+                                              self.dtype, self.formulation)(xs)
+      if self.stride == 1 and self.skip_dropout > 0:
+        y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
+      blocks.append((["skip_connect"], y[..., None, :, :]))
+    out = None
+    for names, y in blocks:  # y [B, H, W, ops, E, c]
+      w = weights[:, np.asarray([prims.index(p) for p in names])].T  # [ops, E]
+      term = jnp.sum(y * w[:, :, None].astype(y.dtype), axis=(3, 4))
+      out = term if out is None else out + term
+    return out
 
 
 class _EdgeGroup(nn.Module):
@@ -219,9 +251,13 @@ class SearchCell(nn.Module):
 def _relu_conv_bn(module: nn.Module, x, kernel, name: str):
   """ReLU, 1×1 convolution with a given kernel [1, 1, Cin, Cout], BN without affine."""
   x, kernel = nn.dtypes.promote_dtype(nn.relu(x), kernel, dtype=module.dtype)
-  # A matrix product over the channels: XLA:CPU's 1×1 convolution computes its kernel
-  # gradient as a convolution over the whole image, 100× slower than this product.
-  y = ops.saved(jnp.einsum("...c,co->...o", x, kernel[0, 0]))
+  if module.formulation.pointwise == "conv":
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  else:  # a matrix product over the channels: XLA:CPU's 1×1 convolution computes its
+    # kernel gradient as a convolution over the whole image, 100× slower than this
+    y = jnp.einsum("...c,co->...o", x, kernel[0, 0])
+  y = ops.saved(y)
   return ops.BatchNorm(False, module.train, module.dtype, name=name)(y)
 
 

@@ -254,14 +254,23 @@ def _window_counts(size: int, stride: int) -> np.ndarray:
 
 class Pool(nn.Module):
   """3×3 max or average pool (padding 1; the average excludes the padding, as DARTS),
-  then a BN without affine: `ops.Pool(bn=True)` on E edges."""
+  then a BN without affine: `ops.Pool(bn=True)` on E edges. With the depthwise
+  formulation ``kernel`` (the CPU kernels) the pool is `cpu_kernels.pool_3x3`."""
   kind: str
   stride: int
   train: bool = True
   dtype: Dtype = jnp.float32
+  formulation: ops.Formulation = ops.CONV
 
   @nn.compact
   def __call__(self, x):
+    if self.formulation.depthwise == "kernel":
+      b, h, w, e, c = x.shape
+      compute = jnp.promote_types(x.dtype, jnp.float32)
+      y = cpu_kernels.pool_3x3(x.reshape(b, h, w, e * c).astype(compute), self.stride,
+                               self.kind == "avg")
+      y = y.reshape(y.shape[:3] + (e, c)).astype(x.dtype)
+      return _batch_norm(self.train, self.dtype)(y)
     window = (1, 3, 3, 1, 1)
     strides = (1, self.stride, self.stride, 1, 1)
     pad = ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0))
@@ -288,8 +297,8 @@ def _skip(c, stride, train, dtype, formulation):
 # name -> factory(channels, stride, train, dtype, formulation), as `ops.OPS` with
 # affine=False (the search network); `none` is absent: it adds nothing to a node.
 BATCHED = {
-    "max_pool_3x3": lambda c, s, t, d, f: Pool("max", s, t, d),
-    "avg_pool_3x3": lambda c, s, t, d, f: Pool("avg", s, t, d),
+    "max_pool_3x3": lambda c, s, t, d, f: Pool("max", s, t, d, f),
+    "avg_pool_3x3": lambda c, s, t, d, f: Pool("avg", s, t, d, f),
     "skip_connect": _skip,
     "sep_conv_3x3": lambda c, s, t, d, f: SepConv(c, 3, s, 1, t, d, f),
     "sep_conv_5x5": lambda c, s, t, d, f: SepConv(c, 5, s, 2, t, d, f),
@@ -310,3 +319,299 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   b, h, w = x.shape[0], x.shape[1] // 2, x.shape[2] // 2
   x = x[:, :2 * h, :2 * w]  # an odd last row or column is dropped, as nn.max_pool does
   return jnp.max(x.reshape((b, h, 2, w, 2) + x.shape[3:]), axis=(2, 4))
+
+
+# ---------------------------------------------------------------------------------
+# The convolution operations of a node, stacked (depthwise formulation ``kernel``).
+#
+# The first halves of all separable and dilated convolutions of the E edges read the
+# same ReLU(x); their depthwise outputs are stacked on the channel axis and go
+# through one grouped pointwise product (a CPU kernel) and one batch norm; the second halves
+# of the separable convolutions likewise, each reading its own slice. Each of these
+# two stages is one `jax.custom_vjp` function whose backward pass is written out and
+# keeps only its input, its output and 1/σ, so a node's six conv halves become two
+# stages in the program, with a handful of saved arrays instead of dozens.
+
+EPS = 1e-5  # the batch norms' ε (PyTorch's default, as `ops.BatchNorm`)
+MOMENTUM = 0.9  # the running statistics' decay (`ops.BatchNorm`: PyTorch's 0.1)
+
+
+def _op_inputs(r, specs, shared: bool):
+  """Each op's input: all of r (shared) or its own consecutive slice of r."""
+  if shared:
+    return [r] * len(specs)
+  n = r.shape[-1] // len(specs)
+  return [r[..., m * n:(m + 1) * n] for m in range(len(specs))]
+
+
+def _depthwise_stage(x, kernels, specs, stride, shared):
+  """ReLU and each op's depthwise convolution (`specs[m]` = (padding, dilation)),
+  stacked on the channel axis: (the stacked outputs [B, H', W', F], the ops' inputs)."""
+  inputs = _op_inputs(jnp.maximum(x, 0), specs, shared)
+  outs = [cpu_kernels.depthwise_forward(r, kernel, stride, p, d)
+          for r, kernel, (p, d) in zip(inputs, kernels, specs)]
+  return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), inputs
+
+
+def _stage_forward(x, kernels, weight, specs, stride, shared):
+  """`_depthwise_stage` and the grouped pointwise product (`weight` [G, c, c], one
+  group per op and edge): (the product [N, F], the depthwise outputs)."""
+  d, _ = _depthwise_stage(x, kernels, specs, stride, shared)
+  return cpu_kernels.grouped_forward(d.reshape(-1, d.shape[-1]), weight), d
+
+
+def _batch_statistics(p):
+  """Mean and (biased) variance over the rows of p [N, F], as `nn.BatchNorm`
+  computes them: E[p²] − E[p]², clipped at 0."""
+  mean = jnp.mean(p, axis=0)
+  var = jnp.maximum(jnp.mean(jnp.square(p), axis=0) - jnp.square(mean), 0.0)
+  return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def conv_stage(x, kernels, weight, specs, stride, shared):
+  """Stacked convolution halves in training mode: x [B, H, W, C]; `kernels` the ops'
+  depthwise kernels [k, k, n] (n = C with `shared` inputs, else C / ops); `weight`
+  the pointwise kernels [G, c, c] of every op and edge (F = G · c = ops · n). Returns (y [B, H', W', F]
+  normalised per feature, (batch mean, batch variance) [F]); the statistics are for
+  the running averages and are not differentiated."""
+  return _conv_stage_fwd(x, kernels, weight, specs, stride, shared)[0]
+
+
+def _conv_stage_fwd(x, kernels, weight, specs, stride, shared):
+  p, d = _stage_forward(x, kernels, weight, specs, stride, shared)
+  mean, var = _batch_statistics(p)
+  rstd = jax.lax.rsqrt(var + EPS)
+  y = (p - mean) * rstd
+  return (y.reshape(d.shape), (mean, var)), (x, kernels, weight, y, rstd)
+
+
+def _conv_stage_bwd(specs, stride, shared, residuals, cotangents):
+  x, kernels, weight, y, rstd = residuals
+  g = cotangents[0].reshape(y.shape)
+  # Batch norm: dp = (g − mean(g) − ŷ · mean(g · ŷ)) / σ.
+  dp = (g - jnp.mean(g, axis=0) - y * jnp.mean(g * y, axis=0)) * rstd
+  # The depthwise outputs are recomputed rather than kept: fewer saved arrays.
+  d, inputs = _depthwise_stage(x, kernels, specs, stride, shared)
+  dweight = cpu_kernels.grouped_weight_grad(d.reshape(-1, d.shape[-1]), dp, weight.shape)
+  dd = cpu_kernels.grouped_input_grad(dp, weight).reshape(d.shape)
+  n = dd.shape[-1] // len(specs)
+  dkernels, dinputs = [], []
+  for m, (r, kernel, (p, dil)) in enumerate(zip(inputs, kernels, specs)):
+    g_m = dd[..., m * n:(m + 1) * n]
+    dkernels.append(cpu_kernels.depthwise_kernel_grad(r, g_m, kernel.shape[0], stride, p,
+                                                      dil))
+    dinputs.append(cpu_kernels.depthwise_input_grad(g_m, kernel, r.shape, stride, p, dil))
+  if shared:
+    dr = functools.reduce(jnp.add, dinputs)
+  else:
+    dr = dinputs[0] if len(dinputs) == 1 else jnp.concatenate(dinputs, axis=-1)
+  return jnp.where(x > 0, dr, 0.0), tuple(dkernels), dweight
+
+
+conv_stage.defvjp(_conv_stage_fwd, _conv_stage_bwd)
+
+
+class _BatchNormStats(nn.Module):
+  """The running statistics [E, c] of one batch norm, the variables `nn.BatchNorm`
+  keeps: given a batch's mean and variance in training, updated as it updates them."""
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, mean=None, var=None):
+    ra_mean = self.variable("batch_stats", "mean",
+                            lambda s: jnp.zeros(s, jnp.float32), self.shape)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
+                           self.shape)
+    if mean is not None and not self.is_initializing():
+      ra_mean.value = MOMENTUM * ra_mean.value + (1 - MOMENTUM) * mean.reshape(self.shape)
+      ra_var.value = MOMENTUM * ra_var.value + (1 - MOMENTUM) * var.reshape(self.shape)
+    return ra_mean.value, ra_var.value
+
+
+class _BatchNormScope(nn.Module):
+  """`ops.BatchNorm`'s scope (it holds an `nn.BatchNorm` named BatchNorm_0)."""
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, mean=None, var=None):
+    return _BatchNormStats(self.shape, name="BatchNorm_0")(mean, var)
+
+
+class _HalfVariables(nn.Module):
+  """The variables of one ReLU–depthwise–pointwise–BN block over E edges, named as
+  `DilConv`'s: Conv_0 (depthwise [E, k, k, 1, c]), Conv_1 (pointwise [E, 1, 1, c, c])
+  and the batch norm's statistics; a batch's statistics update them in training."""
+  edges: int
+  channels: int
+  kernel: int
+
+  @nn.compact
+  def __call__(self, mean=None, var=None):
+    e, c, k = self.edges, self.channels, self.kernel
+    dw = _Kernel((e, k, k, 1, c), name="Conv_0")()
+    pw = _Kernel((e, 1, 1, c, c), name="Conv_1")()
+    stats = _BatchNormScope((e, c), name="BatchNorm_0")(mean, var)
+    return dw, pw, stats
+
+
+class _SepConvVariables(nn.Module):
+  """`SepConv`'s variables: two `_HalfVariables`, DilConv_0 and DilConv_1."""
+  edges: int
+  channels: int
+  kernel: int
+
+  @nn.compact
+  def __call__(self, stats0=(None, None), stats1=(None, None)):
+    return (_HalfVariables(self.edges, self.channels, self.kernel, name="DilConv_0")(*stats0),
+            _HalfVariables(self.edges, self.channels, self.kernel, name="DilConv_1")(*stats1))
+
+
+# (kind, kernel size, padding, dilation) of the convolution operations.
+CONV_OPS = {"sep_conv_3x3": ("sep", 3, 1, 1), "sep_conv_5x5": ("sep", 5, 2, 1),
+            "sep_conv_7x7": ("sep", 7, 3, 1), "dil_conv_3x3": ("dil", 3, 2, 2),
+            "dil_conv_5x5": ("dil", 5, 4, 2)}
+
+
+def conv_scopes(primitives) -> dict[str, str]:
+  """{conv primitive: its variable scope}, as Flax names the `ops` modules a
+  `MixedOp` creates in primitive order (SepConv_0, SepConv_1, DilConv_0, ...)."""
+  counts, out = {"sep": 0, "dil": 0}, {}
+  for p in primitives:
+    if p in CONV_OPS:
+      kind = CONV_OPS[p][0]
+      out[p] = f"{'SepConv' if kind == 'sep' else 'DilConv'}_{counts[kind]}"
+      counts[kind] += 1
+  return out
+
+
+def _taps(dw: jax.Array) -> jax.Array:
+  """[E, k, k, 1, c] -> [k, k, E·c]: the depthwise kernel over the E·c channels."""
+  e, k, _, _, c = dw.shape
+  return jnp.transpose(dw[:, :, :, 0, :], (1, 2, 0, 3)).reshape(k, k, e * c)
+
+
+def stacked_conv_ops(module: nn.Module, xs: jax.Array, names: dict[str, str], stride: int,
+                     train: bool, dtype: Dtype) -> list[tuple[list[str], jax.Array]]:
+  """The separable and dilated convolutions of E edges, `names` = {primitive: the
+  variable scope `ops` gives it (SepConv_0, DilConv_1, ...)}, in two `conv_stage`s
+  (first halves of all, then second halves of the separable ones), the variables
+  declared in `module`'s scope as `nn.vmap` of the `ops` modules declares them.
+  xs [B, H, W, E, c]; returns blocks (primitives, [B, H', W', len(primitives), E, c])."""
+  b, h, w, e, c = xs.shape
+  n = e * c
+  seps = [p for p in names if CONV_OPS[p][0] == "sep"]
+  dils = [p for p in names if CONV_OPS[p][0] == "dil"]
+  order = seps + dils  # the separable ones first: stage 2 reads a prefix of stage 1
+  holders = {p: (_SepConvVariables if CONV_OPS[p][0] == "sep" else _HalfVariables)(
+      e, c, CONV_OPS[p][1], name=names[p]) for p in order}
+  params = {p: holders[p]() for p in order}
+  first = {p: params[p][0] if p in seps else params[p] for p in order}
+  compute = jnp.promote_types(dtype, jnp.float32)  # the kernels take float32/float64
+  x = xs.reshape(b, h, w, n).astype(compute)
+
+  def stage(x, halves, specs, stride, shared):
+    kernels = tuple(_taps(dw).astype(compute) for dw, _, _ in halves)
+    weight = jnp.concatenate([pw[:, 0, 0] for _, pw, _ in halves]).astype(compute)
+    if train:
+      return conv_stage(x, kernels, weight, tuple(specs), stride, shared)
+    p, d = _stage_forward(x, kernels, weight, tuple(specs), stride, shared)
+    mean = jnp.concatenate([s[0].reshape(-1) for _, _, s in halves])
+    var = jnp.concatenate([s[1].reshape(-1) for _, _, s in halves])
+    return ((p - mean) * jax.lax.rsqrt(var + EPS)).reshape(d.shape), None
+
+  y1, stats1 = stage(x, [first[p] for p in order],
+                     [CONV_OPS[p][2:] for p in order], stride, True)
+  blocks = []
+  if seps:
+    y2, stats2 = stage(y1[..., :len(seps) * n], [params[p][1] for p in seps],
+                       [(CONV_OPS[p][2], 1) for p in seps], 1, False)
+    blocks.append((seps, y2))
+  if dils:
+    blocks.append((dils, y1[..., len(seps) * n:]))
+  if train and not module.is_initializing():
+    split = lambda stats, i: (stats[0][i * n:(i + 1) * n], stats[1][i * n:(i + 1) * n])
+    for i, p in enumerate(order):
+      if p in seps:
+        holders[p](split(stats1, i), split(stats2, seps.index(p)))
+      else:
+        holders[p](*split(stats1, i))
+  return [(ps, y.reshape(y.shape[:3] + (len(ps), e, c)).astype(dtype)) for ps, y in blocks]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def pool_stage(x, kinds, stride):
+  """The 3×3 pools `kinds` ("max", "avg") of x [B, H, W, n], stacked on the channel
+  axis and batch-normalised per feature (training mode): (y [B, H', W', len·n],
+  (batch mean, batch variance)); the statistics are not differentiated."""
+  return _pool_stage_fwd(x, kinds, stride)[0]
+
+
+def _pool_stage_fwd(x, kinds, stride):
+  outs = [cpu_kernels.pool_3x3(x, stride, kind == "avg") for kind in kinds]
+  d = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+  p = d.reshape(-1, d.shape[-1])
+  mean, var = _batch_statistics(p)
+  rstd = jax.lax.rsqrt(var + EPS)
+  y = (p - mean) * rstd
+  return (y.reshape(d.shape), (mean, var)), (x, y, rstd)
+
+
+def _pool_stage_bwd(kinds, stride, residuals, cotangents):
+  x, y, rstd = residuals
+  g = cotangents[0].reshape(y.shape)
+  dp = (g - jnp.mean(g, axis=0) - y * jnp.mean(g * y, axis=0)) * rstd
+  n = x.shape[-1]
+  b, ho, wo = cotangents[0].shape[:3]
+  dp = dp.reshape(b, ho, wo, -1)
+  dx = [jax.vjp(lambda x, kind=kind: cpu_kernels.pool_3x3(x, stride, kind == "avg"), x)[1](
+      dp[..., m * n:(m + 1) * n])[0] for m, kind in enumerate(kinds)]
+  return (functools.reduce(jnp.add, dx),)
+
+
+pool_stage.defvjp(_pool_stage_fwd, _pool_stage_bwd)
+
+
+class _PoolVariables(nn.Module):
+  """`Pool`'s variables: its batch norm's statistics (BatchNorm_0)."""
+  edges: int
+  channels: int
+
+  @nn.compact
+  def __call__(self, mean=None, var=None):
+    return _BatchNormScope((self.edges, self.channels), name="BatchNorm_0")(mean, var)
+
+
+def pool_scopes(primitives) -> dict[str, str]:
+  """{pool primitive: its variable scope} (Pool_0, Pool_1 in primitive order)."""
+  pools = [p for p in primitives if p in ("max_pool_3x3", "avg_pool_3x3")]
+  return {p: f"Pool_{i}" for i, p in enumerate(pools)}
+
+
+def stacked_pool_ops(module: nn.Module, xs: jax.Array, names: dict[str, str],
+                     stride: int, train: bool, dtype: Dtype) -> jax.Array:
+  """The pools of E edges (`names` = {primitive: its scope}, in primitive order) in
+  one `pool_stage`, each followed by its batch norm as `Pool` does: xs
+  [B, H, W, E, c] -> [B, H', W', len(names), E, c]."""
+  b, h, w, e, c = xs.shape
+  n = e * c
+  order = list(names)
+  kinds = tuple("max" if p == "max_pool_3x3" else "avg" for p in order)
+  holders = [_PoolVariables(e, c, name=names[p]) for p in order]
+  compute = jnp.promote_types(dtype, jnp.float32)
+  x = xs.reshape(b, h, w, n).astype(compute)
+  if train:
+    y, (mean, var) = pool_stage(x, kinds, stride)
+    if not module.is_initializing():
+      for i, holder in enumerate(holders):
+        holder(mean[i * n:(i + 1) * n], var[i * n:(i + 1) * n])
+    else:
+      for holder in holders:
+        holder()
+  else:
+    stats = [holder() for holder in holders]
+    outs = [cpu_kernels.pool_3x3(x, stride, kind == "avg") for kind in kinds]
+    y = jnp.concatenate(
+        [(o - s[0].reshape(-1)) * jax.lax.rsqrt(s[1].reshape(-1) + EPS)
+         for o, s in zip(outs, stats)], axis=-1)
+  return y.reshape(y.shape[:3] + (len(order), e, c)).astype(dtype)

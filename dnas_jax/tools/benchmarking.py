@@ -11,6 +11,8 @@ time`), as the PyTorch PC-DARTS reference figures do; the search step also reads
 validation batch of the same size.
 """
 
+import json
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -53,12 +55,9 @@ def _xla_flops(compiled) -> float | None:
   return None if not cost or "flops" not in cost else float(cost["flops"])
 
 
-def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
-                  carry_state: bool) -> dict[str, float]:
-  """Compiles `fn` for `args` (timed), then times `steps` calls after `warmup`.
-
-  With `carry_state`, the first output feeds the next call's first argument (a
-  training step whose state is donated)."""
+def compile_timed(fn: Callable, args: tuple) -> tuple[Any, dict[str, Any]]:
+  """Traces, lowers and compiles `fn` for `args`: (the compiled program, its trace +
+  lower and compile seconds and FLOPs per step)."""
   t0 = time.perf_counter()
   traced = fn.trace(*args)
   lowered = traced.lower()
@@ -69,8 +68,16 @@ def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
     counted = flops_lib.count_traced(traced.jaxpr)
     flops = {"flops_per_step": counted.total, "conv_flops_per_step": counted.conv}
   except Exception as e:  # pylint: disable=broad-except
-    counted, flops = None, {"flops_per_step": None, "flops_error": repr(e)[:300]}
-  args = list(args)
+    flops = {"flops_per_step": None, "flops_error": repr(e)[:300]}
+  return compiled, {"trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3),
+                    **flops, "xla_flops_per_step": _xla_flops(compiled)}
+
+
+def time_steps(compiled, args: list, *, steps: int, warmup: int,
+               carry_state: bool) -> float:
+  """Seconds per call of `compiled` over `steps` calls after `warmup`. With
+  `carry_state`, the first output feeds the next call's first argument (a training
+  step whose state is donated), and `args[0]` is left holding the last state."""
   out = None
   for i in range(warmup + steps):
     if i == warmup:
@@ -80,12 +87,18 @@ def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
     if carry_state:
       args[0] = out[0]
   jax.block_until_ready(out)
-  per_step = (time.perf_counter() - start) / steps
-  return {"trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3),
-          "ms_per_step": round(per_step * 1e3, 3), **flops,
-          "achieved_tflops": None if counted is None else round(
-              counted.total / per_step / 1e12, 5),
-          "xla_flops_per_step": _xla_flops(compiled)}
+  return (time.perf_counter() - start) / steps
+
+
+def time_compiled(fn: Callable, args: tuple, *, steps: int, warmup: int,
+                  carry_state: bool) -> dict[str, float]:
+  """Compiles `fn` for `args` (timed), then times `steps` calls after `warmup`."""
+  compiled, record = compile_timed(fn, args)
+  per_step = time_steps(compiled, list(args), steps=steps, warmup=warmup,
+                        carry_state=carry_state)
+  flops = record["flops_per_step"]
+  return {**record, "ms_per_step": round(per_step * 1e3, 3),
+          "achieved_tflops": None if flops is None else round(flops / per_step / 1e12, 5)}
 
 
 def random_batch(batch_size: int, image_shape, num_classes: int, seed: int):
@@ -94,11 +107,28 @@ def random_batch(batch_size: int, image_shape, num_classes: int, seed: int):
           "label": r.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
-def benchmark_search_step(config: ml_collections.ConfigDict, image_shape=(32, 32, 3),
-                          num_classes: int = 10, steps: int = 10, warmup: int = 2
-                          ) -> dict[str, Any]:
-  """The first-order (or, per config, second-order) search step with the architecture
-  update on (warm-up set to 0), on random data of the config's batch size."""
+def _search_record(config, setup, image_shape, record, per_step) -> dict[str, Any]:
+  m = config.model
+  from dnas_jax.models import program as program_lib  # pylint: disable=g-import-not-at-top
+  b = config.batch_size
+  flops = record["flops_per_step"]
+  return {"what": "search_step", "arch_kind": config.arch.kind, "num_layers": m.num_layers,
+          "program": program_lib.resolve_program(config),
+          "channels": m.channels, "partial_k": m.partial_k, "num_ops": setup.spec.num_ops,
+          "primitives": list(setup.primitives),
+          "batch_size": b, "dtype": m.dtype, "second_order": bool(config.optim.second_order),
+          "image_shape": list(image_shape), **record,
+          "ms_per_step": round(per_step * 1e3, 3),
+          "achieved_tflops": None if flops is None else round(flops / per_step / 1e12, 5),
+          "images_per_s": round(b / per_step, 1),
+          "peak_memory_bytes": peak_memory_bytes(), **device_facts()}
+
+
+def search_step_runner(config: ml_collections.ConfigDict, image_shape=(32, 32, 3),
+                       num_classes: int = 10):
+  """The search step of `config` (architecture update on: warm-up 0) compiled for
+  random data of the config's batch size: (setup, compile record, time_fn), where
+  time_fn(steps, warmup) returns seconds per step (the state carried over)."""
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   with config.unlocked():
@@ -107,17 +137,68 @@ def benchmark_search_step(config: ml_collections.ConfigDict, image_shape=(32, 32
   b = config.batch_size
   train = sharding.shard_batch(random_batch(b, image_shape, num_classes, 0), mesh)
   val = sharding.shard_batch(random_batch(b, image_shape, num_classes, 1), mesh)
-  result = time_compiled(setup.step_fn, (setup.state, train, val, jax.random.key(0)),
-                         steps=steps, warmup=warmup, carry_state=True)
+  args = [setup.state, train, val, jax.random.key(0)]
+  compiled, record = compile_timed(setup.step_fn, tuple(args))
+
+  def time_fn(steps: int, warmup: int) -> float:
+    return time_steps(compiled, args, steps=steps, warmup=warmup, carry_state=True)
+  return setup, record, time_fn
+
+
+def benchmark_search_step(config: ml_collections.ConfigDict, image_shape=(32, 32, 3),
+                          num_classes: int = 10, steps: int = 10, warmup: int = 2
+                          ) -> dict[str, Any]:
+  """The first-order (or, per config, second-order) search step with the architecture
+  update on (warm-up set to 0), on random data of the config's batch size."""
+  setup, record, time_fn = search_step_runner(config, image_shape, num_classes)
+  return _search_record(config, setup, image_shape, record, time_fn(steps, warmup))
+
+
+def benchmark_peer(config: ml_collections.ConfigDict, peer_dir: str,
+                   image_shape=(32, 32, 3), num_classes: int = 10, steps: int = 5,
+                   warmup: int = 2, peer_python: str | None = None,
+                   threads: int | None = None) -> dict[str, Any]:
+  """Our search step against the official PC-DARTS search step on the same setting
+  (depth, channels, batch, image size, classes, first order, random data), one process
+  at a time: ours is compiled and timed, then the peer runs in a subprocess
+  (`dnas_jax.tools.peer_pc_darts`, from the checkout `peer_dir`) with `threads`
+  torch threads (default: every core, as XLA uses), then ours is timed again. The
+  ratio `speedup` is the peer's time per step over ours (the mean of our two
+  timings): above 1, ours is faster."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from dnas_jax.tools import peer_pc_darts  # pylint: disable=g-import-not-at-top
+  missing = peer_pc_darts.missing_files(peer_dir)
+  if missing:
+    raise validation.ConfigError(
+        f"--peer_dir={peer_dir} is not a PC-DARTS checkout (missing "
+        f"{', '.join(missing)}); get one with: git clone "
+        "https://github.com/yuhuixu1993/PC-DARTS")
+  setup, record, time_fn = search_step_runner(config, image_shape, num_classes)
+  before = time_fn(steps, warmup)
+  device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+  threads = threads or os.cpu_count() or 1
   m = config.model
-  from dnas_jax.models import program as program_lib  # pylint: disable=g-import-not-at-top
-  return {"what": "search_step", "arch_kind": config.arch.kind, "num_layers": m.num_layers,
-          "program": program_lib.resolve_program(config),
-          "channels": m.channels, "partial_k": m.partial_k, "num_ops": setup.spec.num_ops,
-          "batch_size": b, "dtype": m.dtype, "second_order": bool(config.optim.second_order),
-          "image_shape": list(image_shape), **result,
-          "images_per_s": round(b / (result["ms_per_step"] / 1e3), 1),
-          "peak_memory_bytes": peak_memory_bytes(), **device_facts()}
+  command = [peer_python or sys.executable, "-m", "dnas_jax.tools.peer_pc_darts",
+             f"--peer_dir={peer_dir}", f"--layers={m.num_layers}",
+             f"--channels={m.channels}", f"--batch_size={config.batch_size}",
+             f"--image_size={image_shape[0]}", f"--num_classes={num_classes}",
+             f"--threads={threads}", f"--steps={steps}", f"--warmup={warmup}",
+             f"--device={device}"]
+  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+  if done.returncode or not lines:
+    raise RuntimeError(f"the peer benchmark failed ({' '.join(command)}):\n"
+                       f"{done.stderr.strip()[-2000:]}")
+  peer = json.loads(lines[-1])
+  after = time_fn(steps, 0)
+  ours = _search_record(config, setup, image_shape, record, (before + after) / 2)
+  ours["ms_per_step_before_after"] = [round(before * 1e3, 3), round(after * 1e3, 3)]
+  same = (m.partial_k == peer["partial_k"] and len(setup.primitives) == peer["num_ops"]
+          and config.arch.kind == "iam" and bool(config.arch.edge_normalization))
+  return {"what": "peer", "ours": ours, "peer": peer,
+          "speedup": round(peer["ms_per_step"] / ours["ms_per_step"], 3),
+          "same_method": same, "threads": threads}
 
 
 def benchmark_prefetch(config: ml_collections.ConfigDict, image_shape=(32, 32, 3),

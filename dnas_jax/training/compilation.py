@@ -129,11 +129,12 @@ _FORMAT = 1  # of an executable file: zlib(pickle((format, serialized, in_tree, 
 
 
 def sources_digest(root: str) -> str:
-  """SHA-256 of the Python sources under `root` (*.py, with their relative paths)."""
+  """SHA-256 of the sources under `root` (*.py and the kernels' *.cc, with their
+  relative paths)."""
   digest = hashlib.sha256()
   for folder, dirs, files in os.walk(root):
     dirs.sort()
-    for name in sorted(f for f in files if f.endswith(".py")):
+    for name in sorted(f for f in files if f.endswith((".py", ".cc"))):
       path = os.path.join(folder, name)
       digest.update(os.path.relpath(path, root).encode() + b"\0")
       with open(path, "rb") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import ml_collections
 
 from dnas_jax.models import arch as arch_lib
@@ -127,6 +128,11 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   for name, valid in program_lib.PROGRAM_CHOICES.items():
     if "program" in config and name in config.program:
       _choice(config, f"program.{name}", valid)
+  if config.get("program", {}).get("depthwise") == "kernel":
+    problem = program_lib.kernel_problem(jax.default_backend())
+    if problem:
+      raise ConfigError(f"config.program.depthwise='kernel': {problem}; use 'auto', "
+                        "'shifted' or 'conv'")
   if (config.get("program", {}).get("halves") == "shared"
       and _get(config, "optim.second_order")):
     raise ConfigError("config.program.halves='shared' is first order only; with "
