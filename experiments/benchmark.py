@@ -2,7 +2,7 @@
 
   python -m experiments.benchmark --config=experiments/configs/cifar10.py \
       [--retrain_config=experiments/configs/cifar10_retrain.py] [--depths=8,20] \
-      [--batch_sizes=256,96] [--what=search,train,input,convs,peer] [--steps=10]
+      [--batch_sizes=256,96] [--what=search,train,input,convs,peer,profile] [--steps=10]
       [--peer_dir=PC-DARTS]
 
 * `search`: the search step (architecture + weight update) for each depth in
@@ -25,6 +25,11 @@
   every core, as XLA uses), then ours is timed again. One JSON line with both and
   `speedup` (the peer's time per step over ours). `--peer_python` runs the peer with
   another interpreter (one that has torch).
+* `profile` (CPU): where the search step's time goes, from XLA's per-instruction trace:
+  ms/step per operation kind and per half of the step (architecture, weight) and
+  direction (forward, backward), with trace + lower and compile seconds
+  (`dnas_jax/tools/step_profile.py`); one JSON line, and the tables in Markdown on
+  stderr. Its instruction events slow the step down a little: measure steps/s apart.
 * `convs`: convolution instructions of the lowered search step for each depth (the
   supernet's program does not grow with depth).
 * `aot`: compiles the search step, the search's evaluation step and (with
@@ -38,6 +43,7 @@ Images are random, of the dataset's shape (`--image_size`, default 32).
 """
 
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -96,6 +102,9 @@ def main(argv):
             num_chips=_CHIPS.value, programs=_PROGRAMS.value):
           _emit(record)
     return
+  if "profile" in _WHAT.value:
+    from dnas_jax.tools import step_profile  # pylint: disable=g-import-not-at-top
+    step_profile.enable_instruction_events()  # before JAX's CPU backend starts
   if "peer" in _WHAT.value and not _PEER_DIR.value:
     raise app.UsageError("--what=peer needs --peer_dir (a checkout of "
                          "https://github.com/yuhuixu1993/PC-DARTS)")
@@ -107,6 +116,11 @@ def main(argv):
         _emit(benchmarking.benchmark_peer(
             c, _PEER_DIR.value, shape, steps=_STEPS.value, warmup=_WARMUP.value,
             peer_python=_PEER_PYTHON.value, threads=_PEER_THREADS.value or None))
+      if "profile" in _WHAT.value:
+        record = step_profile.profile_search_step(c, shape, steps=_STEPS.value,
+                                                  warmup=_WARMUP.value)
+        _emit(record)
+        print(step_profile.markdown(record), file=sys.stderr, flush=True)
       if "convs" in _WHAT.value:
         _emit({"what": "convolutions", "num_layers": depth,
                "convolutions": benchmarking.count_convolutions(c, shape)})

@@ -149,3 +149,107 @@ def test_rematerialised_cells_give_the_same_gradients():
   (v0, g0), (v1, g1) = grads(nets[0]), grads(nets[1])
   np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
   _close(g1, g0)
+
+
+def _f64(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("formulation", [("kernel", "einsum"), ("shifted", "einsum"),
+                                         ("conv", "conv"), ("shifted", "broadcast")])
+def test_edges_beside_the_channels_equal_the_vmapped_edges(stride, formulation):
+  """A node's edges laid out [B, H, W, E, c] (`BatchedMixedOps`, with every depthwise
+  and pointwise formulation; `kernel` stacks the conv ops into two stages) against the
+  vmapped `MixedOp`s, in float64, with DARTS's 8 operations: the same parameter tree,
+  value, gradients in the parameters, the inputs, ψ and the edge weights, and batch
+  statistics; and in evaluation mode the same output from the running statistics."""
+  prims = search_space.DARTS_PRIMITIVES
+  with jax.enable_x64(True):
+    xs = _f64(jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 8)))
+    w = _f64(jax.random.uniform(jax.random.key(1), (3, len(prims))))
+    e = _f64(jax.random.uniform(jax.random.key(2), (3,)))
+    r = _f64(jax.random.normal(jax.random.key(3), (2, 8 // stride, 8 // stride, 8)))
+
+    def make(f, layout, train=True):
+      return supernet._EdgeGroup(8, stride, prims, 4, 0.0, train, jnp.float64, f, layout)  # pylint: disable=protected-access
+
+    plain = make(ops.CONV, "vmap")
+    variables = _f64(init_lib.init_from_shapes(plain, 0, xs, w, e))
+    batched = make(ops.Formulation(*formulation), "channels")
+    assert (jax.tree.structure(_f64(init_lib.init_from_shapes(batched, 0, xs, w, e)))
+            == jax.tree.structure(variables))
+
+    def run(module):
+      def loss(params, xs, w, e):
+        out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                xs, w, e, mutable=["batch_stats"])
+        return jnp.sum(out * r), new
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(
+          variables["params"], xs, w, e)
+
+    (v_plain, stats_plain), g_plain = run(plain)
+    (v_alt, stats_alt), g_alt = run(batched)
+    np.testing.assert_allclose(float(v_alt), float(v_plain), rtol=1e-12)
+    _close(g_alt, g_plain, rtol=1e-10, atol=1e-10)
+    _close(stats_alt, stats_plain, rtol=1e-10, atol=1e-10)
+    # Evaluation: the running statistics just updated, not the batch's.
+    trained = {"params": variables["params"], **stats_plain}
+    want = make(ops.CONV, "vmap", train=False).apply(trained, xs, w, e)
+    got = make(ops.Formulation(*formulation), "channels", train=False).apply(trained, xs, w, e)
+    _close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_cpu_program_equals_the_plain_program_on_a_whole_network():
+  """The scanned search network with the CPU's program (edges beside the channels,
+  compiled kernels, matrix products) against the plain one (vmapped edges,
+  convolutions), float64: logits, gradients in the weights, ψ and the edge weights,
+  and the batch statistics."""
+  prims = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+           "dil_conv_5x5")
+  with jax.enable_x64(True):
+    x = _f64(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)))
+    psi = _f64(jax.random.uniform(jax.random.key(1), (5, 14, len(prims))))
+    edge = _f64(jax.random.uniform(jax.random.key(2), (5, 14)))
+
+    def net(formulation, layout):
+      return supernet.SearchNetwork(4, 5, 8, prims, partial_k=2, dtype=jnp.float64,
+                                    formulation=formulation, edge_layout=layout)
+
+    plain, cpu = net(ops.CONV, "vmap"), net(ops.Formulation("kernel", "einsum"), "channels")
+    v = _f64(init_lib.init_from_shapes(plain, 0, x, psi, edge))
+
+    def grads(module):
+      def loss(params, psi, edge):
+        out, new = module.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
+                                psi, edge, mutable=["batch_stats"])
+        return jnp.sum(out ** 2), (out, new)
+      return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(v["params"], psi,
+                                                                       edge)
+
+    g_plain, (out_plain, stats_plain) = grads(plain)
+    g_cpu, (out_cpu, stats_cpu) = grads(cpu)
+    _close(out_cpu, out_plain, rtol=1e-10, atol=1e-10)
+    _close(g_cpu, g_plain, rtol=1e-9, atol=1e-9)
+    _close(stats_cpu, stats_plain, rtol=1e-10, atol=1e-10)
+
+
+def test_a_search_step_with_the_cpu_program_equals_the_plain_step():
+  """One whole search step (architecture and weight updates) in float32: the CPU's
+  program and the plain one give the same new state to float32 rounding (without
+  skip dropout: the two layouts draw its masks differently)."""
+  state, tb, vb, kwargs = _tiny()
+  net = kwargs.pop("net").clone(skip_dropout=0.0)  # dropout masks are drawn per layout
+  cpu_net = net.clone(formulation=ops.Formulation("kernel", "einsum"), edge_layout="channels")
+  plain = jax.jit(functools.partial(search_steps.search_step, net=net, **kwargs))
+  cpu = jax.jit(functools.partial(search_steps.search_step, net=cpu_net, **kwargs))
+  rng = jax.random.key(3)
+  s = state.replace(step=jnp.int32(1))  # after the warm-up: both halves
+  a, ma = plain(s, tb, vb, rng)
+  b, mb = cpu(s, tb, vb, rng)
+  _close(b.params, a.params, rtol=1e-4, atol=1e-5)
+  _close(b.batch_stats, a.batch_stats, rtol=1e-4, atol=1e-5)
+  _close(b.arch_params, a.arch_params, rtol=1e-4, atol=1e-6)
+  for k, v in ma.compute().items():
+    np.testing.assert_allclose(float(mb.compute()[k]), float(v), rtol=1e-4, atol=1e-5,
+                               err_msg=k)

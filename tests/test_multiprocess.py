@@ -21,12 +21,14 @@ import orbax.checkpoint as ocp
 
 import jax_processes as mp  # tests/jax_processes.py
 
-# The test config with two cheap operations (the runtime, not the network, is under
-# test: this keeps each process's compile short), one epoch of 8 steps with
-# architecture updates from the first.
+# The test config with two cheap operations and 3 layers (a normal cell and the two
+# reduction cells: the runtime, not the network, is under test, and this keeps each
+# process's compile short), one epoch of 8 steps with architecture updates from the
+# first.
 SEARCH = ["--config=experiments/configs/test.py", "--config.num_epochs=1",
           "--config.optim.arch_warmup_epochs=0", "--config.eval_batch_size=16",
-          "--config.model.primitives=max_pool_3x3,skip_connect"]
+          "--config.model.primitives=max_pool_3x3,skip_connect",
+          "--config.model.num_layers=3"]
 # One retraining step of the whole training set (256 images): over more steps the
 # retraining's rounding differences grow (measured: 3e-6 of an array's largest value
 # after one step of 64 images, 1e-3 after three; near-ties in max pooling flip).

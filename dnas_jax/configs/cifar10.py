@@ -78,9 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How the step is written for XLA: the same numbers (up to float rounding), different
   # compile and step times. "auto": the measured best for the backend the run is on
-  # (dnas_jax/search/loop.py AUTO_PROGRAM; README, Performance).
+  # (dnas_jax/models/program.py AUTO_PROGRAM; docs/performance.md).
   config.program = ml_collections.ConfigDict()
-  config.program.depthwise = "auto"  # auto | conv (grouped conv) | shifted (k² taps)
+  config.program.depthwise = "auto"  # auto | conv (grouped) | shifted (k² taps) | kernel (CPU)
   config.program.pointwise = "auto"  # auto | conv (1×1 conv) | einsum | broadcast
   config.program.edges = "auto"  # auto | vmap (leading edge axis) | channels (beside C)
   config.program.halves = "auto"  # auto | shared (one traced body) | separate

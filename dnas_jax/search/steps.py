@@ -233,10 +233,11 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
     return state.replace(step=state.step + 1), step_metrics
 
   def update(state):
-    state, out = arch_update(state, train_batch, val_batch, rng_arch, net=net, spec=spec,
-                             arch_tx=arch_tx, lr=lr, zero_one_weight=zero_one_weight,
-                             second_order=second_order, weight_decay=weight_decay,
-                             momentum=momentum)
+    with jax.named_scope("architecture_half"):  # read by tools/step_profile.py
+      state, out = arch_update(state, train_batch, val_batch, rng_arch, net=net, spec=spec,
+                               arch_tx=arch_tx, lr=lr, zero_one_weight=zero_one_weight,
+                               second_order=second_order, weight_decay=weight_decay,
+                               momentum=momentum)
     return state, jnp.concatenate([out, jnp.ones(1)])
 
   def skip(state):
@@ -246,8 +247,9 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
     state, arch_out = update(state)
   else:
     state, arch_out = jax.lax.cond(state.step >= arch_warmup_steps, update, skip, state)
-  state, (loss, logits) = weight_update(state, train_batch, rng_weight, net=net, spec=spec,
-                                        weight_tx=weight_tx)
+  with jax.named_scope("weight_half"):
+    state, (loss, logits) = weight_update(state, train_batch, rng_weight, net=net,
+                                          spec=spec, weight_tx=weight_tx)
   step_metrics = SearchMetrics.single_from_model_output(
       train_loss=loss, train_accuracy=losses.accuracy(logits, train_batch["label"]),
       arch_loss=arch_out[0], arch_accuracy=arch_out[1], zero_one_loss=arch_out[2],

@@ -128,7 +128,8 @@ def search_step_runner(config: ml_collections.ConfigDict, image_shape=(32, 32, 3
                        num_classes: int = 10):
   """The search step of `config` (architecture update on: warm-up 0) compiled for
   random data of the config's batch size: (setup, compile record, time_fn), where
-  time_fn(steps, warmup) returns seconds per step (the state carried over)."""
+  time_fn(steps, warmup) returns seconds per step (the state carried over) and
+  `time_fn.compiled` is the compiled step."""
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   with config.unlocked():
@@ -142,6 +143,7 @@ def search_step_runner(config: ml_collections.ConfigDict, image_shape=(32, 32, 3
 
   def time_fn(steps: int, warmup: int) -> float:
     return time_steps(compiled, args, steps=steps, warmup=warmup, carry_state=True)
+  time_fn.compiled = compiled
   return setup, record, time_fn
 
 

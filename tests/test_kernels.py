@@ -1,0 +1,195 @@
+"""The compiled CPU kernels (dnas_jax/kernels) against XLA's own operations, in float64:
+values and gradients of the depthwise convolution (every stride, padding and dilation
+the search uses, odd sizes too), the pools, the grouped 1×1 convolution and the copy;
+their FLOPs; and what happens where they cannot be built."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnas_jax.kernels import cpu
+from dnas_jax.models import flops
+from dnas_jax.models import program as program_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def float64():
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", False)
+
+
+def _random(shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float64)
+
+
+def _value_and_grads(fn, *args):
+  """fn(*args) and the gradients in every argument of Σ(fn(*args) · R)."""
+  out = fn(*args)
+  r = _random(out.shape, 99)
+  return out, jax.grad(lambda *a: jnp.sum(fn(*a) * r), argnums=tuple(range(len(args))))(
+      *args)
+
+
+def _assert_close(got, want, tol=1e-12):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=tol, atol=tol)
+
+
+def test_the_kernels_build_here():
+  assert cpu.available(), cpu.unavailable_reason()
+
+
+# (N, H, W, C, k, stride, padding, dilation): the search's 3×3/5×5 separable (padding
+# k//2) and dilated (dilation 2) convolutions at strides 1 and 2, odd sizes, a
+# stride 3, no padding, and a padding beyond (k − 1)·d (the input gradient's general
+# path).
+CASES = [(2, 9, 8, 6, 3, 1, 1, 1), (2, 8, 8, 6, 5, 1, 2, 1), (2, 9, 7, 5, 5, 2, 2, 1),
+         (3, 8, 8, 5, 3, 2, 2, 2), (2, 7, 9, 4, 5, 1, 4, 2), (2, 8, 8, 3, 3, 1, 0, 1),
+         (1, 7, 6, 2, 3, 3, 1, 1), (2, 6, 6, 3, 3, 1, 3, 1)]
+
+
+@pytest.mark.parametrize("n,h,w,c,k,stride,padding,dilation", CASES)
+def test_depthwise_kernel_equals_the_grouped_convolution(n, h, w, c, k, stride, padding,
+                                                         dilation):
+  x, kernel = _random((n, h, w, c), 0), _random((k, k, c), 1)
+  got = _value_and_grads(lambda x, kk: cpu.depthwise(x, kk, stride, padding, dilation),
+                         x, kernel)
+  want = _value_and_grads(lambda x, kk: cpu.reference(x, kk, stride, padding, dilation),
+                          x, kernel)
+  _assert_close(got, want)
+
+
+def test_depthwise_kernel_in_float32_to_float32_rounding():
+  x = jnp.asarray(_random((2, 16, 16, 20), 0), jnp.float32)
+  kernel = jnp.asarray(_random((5, 5, 20), 1), jnp.float32)
+  got = cpu.depthwise(x, kernel, 1, 2, 1)
+  want = cpu.reference(x, kernel, 1, 2, 1)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("average", [False, True])
+@pytest.mark.parametrize("n,h,w,c,stride", [(2, 8, 8, 5, 1), (2, 9, 7, 3, 2),
+                                            (1, 5, 6, 2, 3)])
+def test_pools_equal_flax_pools(n, h, w, c, stride, average):
+  x = _random((n, h, w, c), 0)
+  if average:
+    ref = lambda x: nn.avg_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)),
+                                count_include_pad=False)
+  else:
+    ref = lambda x: nn.max_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)))
+  _assert_close(_value_and_grads(lambda x: cpu.pool_3x3(x, stride, average), x),
+                _value_and_grads(ref, x))
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum():
+  x = jnp.zeros((1, 3, 3, 1), jnp.float64)  # every window is a tie
+  g = jax.grad(lambda x: jnp.sum(cpu.pool_3x3(x, 1, False)))(x)
+  want = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))))(x)
+  _assert_close(g, want)
+
+
+def test_grouped_pointwise_equals_a_product_per_group():
+  x, w = _random((5, 3, 4 * 6), 0), _random((4, 6, 7), 1)
+
+  def reference(x, w):
+    return jnp.einsum("...gc,gco->...go", x.reshape(x.shape[:-1] + (4, 6)),
+                      w).reshape(x.shape[:-1] + (4 * 7,))
+
+  want_y, (want_dx, want_dw) = _value_and_grads(reference, x, w)
+  r = _random(want_y.shape, 99)  # the cotangent `_value_and_grads` used
+  _assert_close(cpu.grouped_forward(x, w), want_y)
+  _assert_close(cpu.grouped_input_grad(r, w), want_dx)
+  _assert_close(cpu.grouped_weight_grad(x, r, w.shape), want_dw)
+
+
+def test_materialize_is_the_identity_and_so_is_its_gradient():
+  x = _random((3, 4, 5), 0)
+  y, (g,) = _value_and_grads(cpu.materialize, x)
+  _assert_close(y, x)
+  _assert_close(g, _random(x.shape, 99))
+
+
+@pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 2, 1, 5),
+                                                      (1, 4, 2, 5)])
+def test_kernel_calls_count_the_flops_of_the_convolution_they_replace(stride, padding,
+                                                                      dilation, k):
+  x, kernel = _random((2, 9, 8, 4), 0), _random((k, k, 4), 1)
+  r = _random(cpu.reference(x, kernel, stride, padding, dilation).shape, 2)
+
+  def count(fn):
+    loss = lambda x, kk: jnp.sum(fn(x, kk, stride, padding, dilation) * r)
+    return flops.count_flops(jax.grad(loss, argnums=(0, 1)), x, kernel).total
+  assert count(cpu.depthwise) == count(cpu.reference) > 0
+
+
+def test_grouped_calls_count_their_multiply_adds():
+  x, w = _random((10, 3 * 4), 0), _random((3, 4, 5), 1)
+  assert flops.count_flops(cpu.grouped_forward, x, w).total == 2 * 10 * 3 * 4 * 5
+
+
+def test_without_a_compiler_the_program_falls_back_and_says_why(tmp_path):
+  """A fresh kernel folder and no compiler: the kernels are unavailable with the
+  reason, "auto" takes the shifted multiply-adds with one warning, and a config
+  naming 'kernel' is refused by validation with that reason."""
+  script = """
+import logging, sys
+from dnas_jax.kernels import cpu
+from dnas_jax.models import program
+from dnas_jax.configs import test as test_config
+from dnas_jax.training import validation
+from absl import logging as absl_logging
+assert not cpu.available()
+print("REASON", cpu.unavailable_reason())
+c = test_config.get_config()
+print("AUTO", program.resolve_program(c, "cpu")["depthwise"])
+c.program.depthwise = "kernel"
+try:
+  validation.validate_search_config(c)
+except validation.ConfigError as e:
+  print("ERROR", e)
+"""
+  env = dict(os.environ, DNAS_JAX_KERNEL_DIR=str(tmp_path), CXX="/nonexistent/c++",
+             PATH="/nonexistent", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  out = done.stdout
+  assert "REASON no C++ compiler found" in out
+  assert "AUTO shifted" in out
+  assert "ERROR config.program.depthwise='kernel': the CPU kernels cannot be built" in out
+  assert "shifted multiply-adds" not in done.stdout and "using 'shifted'" in done.stderr
+  assert os.listdir(tmp_path) == []
+
+
+def test_kernels_are_built_once_into_the_kernel_folder(tmp_path):
+  env = dict(os.environ, DNAS_JAX_KERNEL_DIR=str(tmp_path), JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT)
+  script = "from dnas_jax.kernels import cpu; print(cpu.available(), cpu.kernel_dir())"
+  first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=300, check=True)
+  assert first.stdout.split() == ["True", str(tmp_path)]
+  built = os.listdir(tmp_path)
+  assert len(built) == 1 and built[0].startswith("cpu-") and built[0].endswith(".so")
+  stamp = os.path.getmtime(tmp_path / built[0])
+  subprocess.run([sys.executable, "-c", script], env=env, timeout=300, check=True,
+                 capture_output=True)
+  assert os.listdir(tmp_path) == built and os.path.getmtime(tmp_path / built[0]) == stamp
+
+
+def test_kernel_program_is_the_cpus_choice_and_only_the_cpus():
+  assert program_lib.AUTO_PROGRAM["cpu"]["depthwise"] == "kernel"
+  assert program_lib.kernel_problem("cpu") is None
+  assert "CPU only" in program_lib.kernel_problem("gpu")
+  for backend in ("gpu", "tpu"):
+    assert program_lib.AUTO_PROGRAM[backend]["depthwise"] != "kernel"
