@@ -99,12 +99,15 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
   _assert_close(g, want)
 
 
-def test_grouped_pointwise_equals_a_product_per_group():
-  x, w = _random((5, 3, 4 * 6), 0), _random((4, 6, 7), 1)
+# (c, o): sizes at run time, and the search's sizes the kernels fix at compile time.
+@pytest.mark.parametrize("c,o", [(6, 7), (4, 4), (8, 8), (16, 16), (32, 32)])
+def test_grouped_pointwise_equals_a_product_per_group(c, o):
+  # 1,100 rows: more than one block of rows, and more than one partial weight sum.
+  x, w = _random((11, 100, 4 * c), 0), _random((4, c, o), 1)
 
   def reference(x, w):
-    return jnp.einsum("...gc,gco->...go", x.reshape(x.shape[:-1] + (4, 6)),
-                      w).reshape(x.shape[:-1] + (4 * 7,))
+    return jnp.einsum("...gc,gco->...go", x.reshape(x.shape[:-1] + (4, c)),
+                      w).reshape(x.shape[:-1] + (4 * o,))
 
   want_y, (want_dx, want_dw) = _value_and_grads(reference, x, w)
   r = _random(want_y.shape, 99)  # the cotangent `_value_and_grads` used

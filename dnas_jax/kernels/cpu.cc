@@ -265,85 +265,152 @@ auto Binding() {
 }
 
 // Grouped 1×1 convolution: x [..., G·c] (G groups of c channels, groups outermost),
-// w [G, c, o]: y[..., g·o + j] = Σ_i x[..., g·c + i] · w[g, i, j]. Rows are split over
-// the threads; the weight gradient is accumulated per row chunk and summed.
-template <ffi::DataType DT>
-ffi::Error GroupedForward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> w,
+// w [G, c, o]: y[..., g·o + j] = Σ_i x[..., g·c + i] · w[g, i, j]. The search's
+// groups are tiny (c = o = C/K: 4 to 64), so each handler dispatches to a version
+// with c and o fixed at compile time (fully unrolled, a group's weights in
+// registers), looping over the groups of a block of rows, then over the rows; other
+// sizes take the same loops with c and o at run time.
+constexpr int64_t kRowBlock = 512;
+
+// out[r, g, :] = Σ_i in[r, g, i] · w[g, i, :] (transposed: w[g, :, i]) for rows
+// [r0, r1); CI, CO > 0 fix the sizes at compile time.
+template <typename T, int CI, int CO, bool kTransposed>
+void GroupedRows(const T* __restrict x, const T* __restrict w, T* __restrict y,
+                 int64_t r0, int64_t r1, int64_t groups, int64_t ci_, int64_t co_) {
+  const int64_t ci = CI > 0 ? CI : ci_, co = CO > 0 ? CO : co_;
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* __restrict wg = w + g * ci * co;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* __restrict in = x + (r * groups + g) * ci;
+      T* __restrict out = y + (r * groups + g) * co;
+      for (int64_t j = 0; j < co; ++j) {  // one dot product per output channel
+        T a = T(0);
+        for (int64_t i = 0; i < ci; ++i)
+          a += in[i] * (kTransposed ? wg[j * ci + i] : wg[i * co + j]);
+        out[j] = a;
+      }
+    }
+  }
+}
+
+// acc[g, i, j] += Σ_r x[r, g, i] · gy[r, g, j] for rows [r0, r1).
+template <typename T, int CI, int CO>
+void GroupedOuterRows(const T* __restrict x, const T* __restrict gy, T* __restrict acc,
+                      int64_t r0, int64_t r1, int64_t groups, int64_t ci_, int64_t co_) {
+  const int64_t ci = CI > 0 ? CI : ci_, co = CO > 0 ? CO : co_;
+  for (int64_t g = 0; g < groups; ++g) {
+    T* __restrict a = acc + g * ci * co;
+    if constexpr (CI > 0 && CO > 0) {
+      T local[CI * CO];
+      for (int m = 0; m < CI * CO; ++m) local[m] = T(0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* __restrict in = x + (r * groups + g) * CI;
+        const T* __restrict gin = gy + (r * groups + g) * CO;
+        for (int i = 0; i < CI; ++i)
+          for (int j = 0; j < CO; ++j) local[i * CO + j] += in[i] * gin[j];
+      }
+      for (int m = 0; m < CI * CO; ++m) a[m] += local[m];
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* __restrict in = x + (r * groups + g) * ci;
+        const T* __restrict gin = gy + (r * groups + g) * co;
+        for (int64_t i = 0; i < ci; ++i)
+          for (int64_t j = 0; j < co; ++j) a[i * co + j] += in[i] * gin[j];
+      }
+    }
+  }
+}
+
+// y = x · w per group (kTransposed: y = x · wᵀ) over all rows, blocks of rows spread
+// over the threads.
+template <typename T, int CI, int CO, bool kTransposed>
+void GroupedProductAll(ffi::ThreadPool& pool, const T* x, const T* w, T* y, int64_t rows,
+                       int64_t groups, int64_t ci, int64_t co) {
+  ParallelFor(pool, (rows + kRowBlock - 1) / kRowBlock, [&](int64_t b) {
+    GroupedRows<T, CI, CO, kTransposed>(x, w, y, b * kRowBlock,
+                                        std::min(rows, (b + 1) * kRowBlock), groups, ci, co);
+  });
+}
+
+// Each of `chunks` contiguous row ranges sums its outer products into its own slice
+// of `partial`.
+template <typename T, int CI, int CO>
+void GroupedOuterAll(ffi::ThreadPool& pool, const T* x, const T* gy, T* partial,
+                     int64_t chunks, int64_t rows, int64_t groups, int64_t ci, int64_t co) {
+  int64_t per_chunk = (rows + chunks - 1) / chunks, size = groups * ci * co;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    GroupedOuterRows<T, CI, CO>(x, gy, partial + chunk * size, chunk * per_chunk,
+                                std::min(rows, (chunk + 1) * per_chunk), groups, ci, co);
+  });
+}
+
+// The search's sizes (c == o, as C/K at every stage) get compile-time versions.
+#define DNAS_DISPATCH_SIZES(ci, co, call)          \
+  if ((ci) == (co) && (ci) == 4) {                 \
+    call(4, 4);                                    \
+  } else if ((ci) == (co) && (ci) == 8) {          \
+    call(8, 8);                                    \
+  } else if ((ci) == (co) && (ci) == 16) {         \
+    call(16, 16);                                  \
+  } else if ((ci) == (co) && (ci) == 32) {         \
+    call(32, 32);                                  \
+  } else {                                         \
+    call(0, 0);                                    \
+  }
+
+// y = x · w per group (kTransposed: dx = gy · wᵀ per group, w [G, c, o]).
+template <ffi::DataType DT, bool kTransposed>
+ffi::Error GroupedProduct(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> w,
                           ffi::ResultBuffer<DT> y) {
   using T = ffi::NativeType<DT>;
   auto wd = w.dimensions();
-  int64_t groups = wd[0], cin = wd[1], cout = wd[2];
-  int64_t rows = static_cast<int64_t>(x.element_count()) / (groups * cin);
+  int64_t groups = wd[0];
+  int64_t ci = kTransposed ? wd[2] : wd[1], co = kTransposed ? wd[1] : wd[2];
+  int64_t rows = static_cast<int64_t>(x.element_count()) / (groups * ci);
   const T* xp = x.typed_data();
   const T* wp = w.typed_data();
   T* yp = y->typed_data();
-  constexpr int64_t kRows = 256;
-  ParallelFor(pool, (rows + kRows - 1) / kRows, [&](int64_t chunk) {
-    for (int64_t r = chunk * kRows; r < std::min(rows, (chunk + 1) * kRows); ++r)
-      for (int64_t g = 0; g < groups; ++g) {
-        const T* __restrict in = xp + (r * groups + g) * cin;
-        const T* __restrict wg = wp + g * cin * cout;
-        T* __restrict out = yp + (r * groups + g) * cout;
-        for (int64_t j = 0; j < cout; ++j) out[j] = T(0);
-        for (int64_t i = 0; i < cin; ++i)
-          for (int64_t j = 0; j < cout; ++j) out[j] += in[i] * wg[i * cout + j];
-      }
-  });
+#define DNAS_PRODUCT(CI, CO) \
+  GroupedProductAll<T, CI, CO, kTransposed>(pool, xp, wp, yp, rows, groups, ci, co)
+  DNAS_DISPATCH_SIZES(ci, co, DNAS_PRODUCT)
+#undef DNAS_PRODUCT
   return ffi::Error::Success();
+}
+
+template <ffi::DataType DT>
+ffi::Error GroupedForward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> w,
+                          ffi::ResultBuffer<DT> y) {
+  return GroupedProduct<DT, false>(pool, x, w, y);
 }
 
 // dx[..., g·c + i] = Σ_j gy[..., g·o + j] · w[g, i, j].
 template <ffi::DataType DT>
 ffi::Error GroupedInputGrad(ffi::ThreadPool pool, ffi::Buffer<DT> gy, ffi::Buffer<DT> w,
                             ffi::ResultBuffer<DT> dx) {
-  using T = ffi::NativeType<DT>;
-  auto wd = w.dimensions();
-  int64_t groups = wd[0], cin = wd[1], cout = wd[2];
-  int64_t rows = static_cast<int64_t>(gy.element_count()) / (groups * cout);
-  const T* gp = gy.typed_data();
-  const T* wp = w.typed_data();
-  T* dp = dx->typed_data();
-  constexpr int64_t kRows = 256;
-  ParallelFor(pool, (rows + kRows - 1) / kRows, [&](int64_t chunk) {
-    for (int64_t r = chunk * kRows; r < std::min(rows, (chunk + 1) * kRows); ++r)
-      for (int64_t g = 0; g < groups; ++g) {
-        const T* __restrict gin = gp + (r * groups + g) * cout;
-        const T* __restrict wg = wp + g * cin * cout;
-        T* __restrict out = dp + (r * groups + g) * cin;
-        for (int64_t i = 0; i < cin; ++i) {
-          T acc = T(0);
-          for (int64_t j = 0; j < cout; ++j) acc += gin[j] * wg[i * cout + j];
-          out[i] = acc;
-        }
-      }
-  });
-  return ffi::Error::Success();
+  return GroupedProduct<DT, true>(pool, gy, w, dx);
 }
 
-// dw[g, i, j] = Σ_rows x[..., g·c + i] · gy[..., g·o + j].
+// dw[g, i, j] = Σ_rows x[..., g·c + i] · gy[..., g·o + j]: each of a few contiguous
+// row ranges sums into its own buffer, and the buffers are added in a fixed order
+// (the result does not depend on the threads' timing).
 template <ffi::DataType DT>
 ffi::Error GroupedWeightGrad(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> gy,
                              ffi::ResultBuffer<DT> dw) {
   using T = ffi::NativeType<DT>;
   auto wd = dw->dimensions();
-  int64_t groups = wd[0], cin = wd[1], cout = wd[2];
-  int64_t size = groups * cin * cout;
-  int64_t rows = static_cast<int64_t>(x.element_count()) / (groups * cin);
+  int64_t groups = wd[0], ci = wd[1], co = wd[2];
+  int64_t size = groups * ci * co;
+  int64_t rows = static_cast<int64_t>(x.element_count()) / (groups * ci);
   const T* xp = x.typed_data();
   const T* gp = gy.typed_data();
-  int64_t chunks = std::min<int64_t>(rows, 2 * std::max<int64_t>(pool.num_threads(), 1));
+  int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>((rows + kRowBlock - 1) / kRowBlock,
+                           2 * std::max<int64_t>(pool.num_threads(), 1)));
   std::vector<T> partial(chunks * size, T(0));
-  ParallelFor(pool, chunks, [&](int64_t chunk) {
-    T* __restrict acc = partial.data() + chunk * size;
-    for (int64_t r = chunk; r < rows; r += chunks)
-      for (int64_t g = 0; g < groups; ++g) {
-        const T* __restrict in = xp + (r * groups + g) * cin;
-        const T* __restrict gin = gp + (r * groups + g) * cout;
-        T* __restrict a = acc + g * cin * cout;
-        for (int64_t i = 0; i < cin; ++i)
-          for (int64_t j = 0; j < cout; ++j) a[i * cout + j] += in[i] * gin[j];
-      }
-  });
+#define DNAS_OUTER(CI, CO) \
+  GroupedOuterAll<T, CI, CO>(pool, xp, gp, partial.data(), chunks, rows, groups, ci, co)
+  DNAS_DISPATCH_SIZES(ci, co, DNAS_OUTER)
+#undef DNAS_OUTER
   T* out = dw->typed_data();
   std::fill(out, out + size, T(0));
   for (int64_t chunk = 0; chunk < chunks; ++chunk)
@@ -415,8 +482,7 @@ ffi::Error PoolBackward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT>
   ParallelFor(pool, g.n, [&](int64_t n) {
     T* __restrict out = dp + n * g.h * g.w * g.c;
     std::fill(out, out + g.h * g.w * g.c, T(0));
-    std::vector<int64_t> best(g.c);
-    std::vector<T> top(g.c);
+    std::vector<T> top(g.c), open(g.c);
     for (int64_t oy = 0; oy < g.ho; ++oy)
       for (int64_t ox = 0; ox < g.wo; ++ox) {
         Window win = PoolWindow(g, oy, ox);
@@ -430,19 +496,29 @@ ffi::Error PoolBackward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT>
             }
           continue;
         }
-        bool first = true;
+        // The window's maximum per channel, then the gradient to the first position
+        // (row-major) that holds it: selects over contiguous channels, no scatter,
+        // so both loops vectorise.
+        const T* __restrict xn = xp + n * g.h * g.w * g.c;
+        T* __restrict tp = top.data();
+        T* __restrict pending = open.data();
+        std::memcpy(tp, xn + (win.y0 * g.w + win.x0) * g.c, g.c * sizeof(T));
         for (int64_t iy = win.y0; iy < win.y1; ++iy)
           for (int64_t ix = win.x0; ix < win.x1; ++ix) {
-            int64_t at = (iy * g.w + ix) * g.c;
-            const T* in = xp + n * g.h * g.w * g.c + at;
-            for (int64_t c = 0; c < g.c; ++c)
-              if (first || in[c] > top[c]) {
-                top[c] = in[c];
-                best[c] = at + c;
-              }
-            first = false;
+            const T* __restrict in = xn + (iy * g.w + ix) * g.c;
+            for (int64_t c = 0; c < g.c; ++c) tp[c] = in[c] > tp[c] ? in[c] : tp[c];
           }
-        for (int64_t c = 0; c < g.c; ++c) out[best[c]] += gin[c];
+        std::fill(pending, pending + g.c, T(1));
+        for (int64_t iy = win.y0; iy < win.y1; ++iy)
+          for (int64_t ix = win.x0; ix < win.x1; ++ix) {
+            const T* __restrict in = xn + (iy * g.w + ix) * g.c;
+            T* __restrict o = out + (iy * g.w + ix) * g.c;
+            for (int64_t c = 0; c < g.c; ++c) {
+              bool hit = pending[c] != T(0) && in[c] == tp[c];
+              o[c] += hit ? gin[c] : T(0);
+              pending[c] = hit ? T(0) : pending[c];
+            }
+          }
       }
   });
   return ffi::Error::Success();
