@@ -163,7 +163,8 @@ def test_edges_beside_the_channels_equal_the_vmapped_edges(stride, formulation):
   and pointwise formulation; `kernel` stacks the conv ops into two stages) against the
   vmapped `MixedOp`s, in float64, with DARTS's 8 operations: the same parameter tree,
   value, gradients in the parameters, the inputs, ψ and the edge weights, and batch
-  statistics; and in evaluation mode the same output from the running statistics."""
+  statistics, the skip connection's dropout masks included; and in evaluation mode the
+  same output from the running statistics."""
   prims = search_space.DARTS_PRIMITIVES
   with jax.enable_x64(True):
     xs = _f64(jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 8)))
@@ -172,18 +173,22 @@ def test_edges_beside_the_channels_equal_the_vmapped_edges(stride, formulation):
     r = _f64(jax.random.normal(jax.random.key(3), (2, 8 // stride, 8 // stride, 8)))
 
     def make(f, layout, train=True):
-      return supernet._EdgeGroup(8, stride, prims, 4, 0.0, train, jnp.float64, f, layout)  # pylint: disable=protected-access
+      return supernet._EdgeGroup(8, stride, prims, 4, 0.3, train, jnp.float64, f, layout)  # pylint: disable=protected-access
 
     plain = make(ops.CONV, "vmap")
-    variables = _f64(init_lib.init_from_shapes(plain, 0, xs, w, e))
+    # Initialised in evaluation mode (no dropout key needed): the same variables.
+    variables = _f64(init_lib.init_from_shapes(make(ops.CONV, "vmap", train=False), 0,
+                                               xs, w, e))
     batched = make(ops.Formulation(*formulation), "channels")
-    assert (jax.tree.structure(_f64(init_lib.init_from_shapes(batched, 0, xs, w, e)))
+    assert (jax.tree.structure(_f64(init_lib.init_from_shapes(
+        make(ops.Formulation(*formulation), "channels", train=False), 0, xs, w, e)))
             == jax.tree.structure(variables))
 
     def run(module):
       def loss(params, xs, w, e):
         out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                                xs, w, e, mutable=["batch_stats"])
+                                xs, w, e, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.key(7)})
         return jnp.sum(out * r), new
       return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(
           variables["params"], xs, w, e)
@@ -236,10 +241,11 @@ def test_the_cpu_program_equals_the_plain_program_on_a_whole_network():
 
 def test_a_search_step_with_the_cpu_program_equals_the_plain_step():
   """One whole search step (architecture and weight updates) in float32: the CPU's
-  program and the plain one give the same new state to float32 rounding (without
-  skip dropout: the two layouts draw its masks differently)."""
+  program and the plain one give the same new state to float32 rounding, skip
+  dropout included (both layouts draw the same masks)."""
   state, tb, vb, kwargs = _tiny()
-  net = kwargs.pop("net").clone(skip_dropout=0.0)  # dropout masks are drawn per layout
+  net = kwargs.pop("net")
+  assert net.skip_dropout > 0
   cpu_net = net.clone(formulation=ops.Formulation("kernel", "einsum"), edge_layout="channels")
   plain = jax.jit(functools.partial(search_steps.search_step, net=net, **kwargs))
   cpu = jax.jit(functools.partial(search_steps.search_step, net=cpu_net, **kwargs))

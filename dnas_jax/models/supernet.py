@@ -103,7 +103,7 @@ class BatchedMixedOps(nn.Module):
         y = batched_ops.BATCHED[name](c, self.stride, self.train, self.dtype,
                                       self.formulation)(xs)
         if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
-          y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
+          y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
         term = weights[:, j, None].astype(y.dtype) * y
         out = term if out is None else out + term
       out = None if out is None else jnp.sum(out, axis=-2)
@@ -141,7 +141,8 @@ class BatchedMixedOps(nn.Module):
       y = batched_ops.BATCHED["skip_connect"](xs.shape[-1], self.stride, self.train,
                                               self.dtype, self.formulation)(xs)
       if self.stride == 1 and self.skip_dropout > 0:
-        y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
+        # Per edge, as `nn.vmap(MixedOp)` draws the masks: the same random numbers.
+        y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
       blocks.append((["skip_connect"], y[..., None, :, :]))
     out = None
     for names, y in blocks:  # y [B, H, W, ops, E, c]
@@ -149,6 +150,17 @@ class BatchedMixedOps(nn.Module):
       term = jnp.sum(y * w[:, :, None].astype(y.dtype), axis=(3, 4))
       out = term if out is None else out + term
     return out
+
+
+def _edge_dropout(module: BatchedMixedOps, y):
+  return nn.Dropout(module.skip_dropout, deterministic=not module.train)(y)
+
+
+# The skip connection's dropout on y [E, B, H, W, c] with the edge axis mapped and the
+# dropout key split over the edges in `module`'s own scope, as `nn.vmap(MixedOp)`
+# splits it: the channels layout draws the masks the vmapped edges draw.
+_dropout_per_edge = nn.vmap(_edge_dropout, in_axes=0, out_axes=0,
+                            variable_axes={}, split_rngs={"dropout": True})
 
 
 class _EdgeGroup(nn.Module):

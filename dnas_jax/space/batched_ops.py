@@ -14,8 +14,9 @@ Every module here declares the same variables, with the same names and shapes, a
 `nn.vmap` of its `ops` counterpart (a leading edge axis: a depthwise kernel is
 [E, k, k, 1, c], a pointwise one [E, 1, 1, c, o], batch statistics [E, c]), so the two
 layouts are the same network with the same parameter tree and compute the same numbers
-(up to float rounding; tests/test_formulations.py). Only the random masks of the
-skip-connect dropout differ: here one mask is drawn for the [B, H, W, E, c] tensor.
+(up to float rounding; tests/test_formulations.py), the skip connection's dropout
+masks included (`supernet.BatchedMixedOps` draws them per edge, with the keys
+`nn.vmap` gives the edges).
 
 `BATCHED` names the operations written here; a search whose operations are all in it
 can use the layout.
