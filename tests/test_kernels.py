@@ -196,3 +196,19 @@ def test_kernel_program_is_the_cpus_choice_and_only_the_cpus():
   assert "CPU only" in program_lib.kernel_problem("gpu")
   for backend in ("gpu", "tpu"):
     assert program_lib.AUTO_PROGRAM[backend]["depthwise"] != "kernel"
+
+
+@pytest.mark.parametrize("num_layers,cpu_scan", [(3, "none"), (5, "none"), (6, "stages"),
+                                                 (8, "stages"), (20, "stages")])
+def test_the_cpu_scans_only_stages_of_two_cells_or_more(num_layers, cpu_scan):
+  """Normal cells per stage at L = 5: 1, 1, 1 (reductions at 1 and 3); at L = 6: 2, 1,
+  1. Other backends, an explicit value and a stored one are left as they are."""
+  from dnas_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
+  config = cifar10.get_config()
+  config.model.num_layers = num_layers
+  assert program_lib.resolve_program(config, "cpu")["scan"] == cpu_scan
+  assert program_lib.resolve_program(config, "tpu")["scan"] == "stages"
+  assert program_lib.resolve_program(config, "cpu", stored={"scan": "stages"})["scan"] \
+      == "stages"
+  config.program.scan = "stages"
+  assert program_lib.resolve_program(config, "cpu")["scan"] == "stages"

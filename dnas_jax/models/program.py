@@ -29,7 +29,8 @@ the same numbers (up to float rounding) and differ in compile and step time.
 "auto" takes the choice measured best on the backend the run is on (`AUTO_PROGRAM`;
 the measurements are in docs/performance.md). On the CPU that is the compiled kernels;
 where they cannot be built (no C++ compiler), "auto" takes ``shifted`` instead and says
-why once.
+why once. The CPU scans the stages only where a stage has two normal cells or more
+(L >= 6); shallower networks are traced cell by cell.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from absl import logging
 
 from dnas_jax.kernels import cpu as cpu_kernels
 from dnas_jax.space import ops
+from dnas_jax.space import search_space
 
 # "auto" per backend: measured (README, Performance); tests/test_formulations.py checks
 # that every formulation computes the same numbers.
@@ -77,6 +79,12 @@ def resolve_program(config: ml_collections.ConfigDict, backend: str | None = Non
   for key in PROGRAM_CHOICES:
     value = program.get(key, "auto")
     out[key] = value if value != "auto" else stored.get(key, auto[key])
+  if (program.get("scan", "auto") == "auto" and "scan" not in stored and backend == "cpu"
+      and _longest_stage(config.model.num_layers) < 2):
+    # A stage of one normal cell gains nothing from a scan over it: on the CPU such a
+    # network (L <= 5: the quick start, the tests) traces and compiles faster cell by
+    # cell (docs/performance.md).
+    out["scan"] = "none"
   if config.optim.get("second_order", False):
     out["halves"] = "separate"
   if out["depthwise"] == "kernel" and kernel_problem(backend):
@@ -87,6 +95,12 @@ def resolve_program(config: ml_collections.ConfigDict, backend: str | None = Non
                f"'{fallback}' (the same numbers)")
     out["depthwise"] = fallback
   return out
+
+
+def _longest_stage(num_layers: int) -> int:
+  """The most normal cells between two reductions (or an end) of an L-layer network."""
+  r1, r2 = search_space.reduction_layers(num_layers)
+  return max(r1, r2 - r1 - 1, num_layers - r2 - 1)
 
 
 def kernel_problem(backend: str) -> str | None:

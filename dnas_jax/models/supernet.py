@@ -160,7 +160,7 @@ def _edge_dropout(module: BatchedMixedOps, y):
 # dropout key split over the edges in `module`'s own scope, as `nn.vmap(MixedOp)`
 # splits it: the channels layout draws the masks the vmapped edges draw.
 _dropout_per_edge = nn.vmap(_edge_dropout, in_axes=0, out_axes=0,
-                            variable_axes={}, split_rngs={"dropout": True})
+                            variable_axes={}, split_rngs={"params": True, "dropout": True})
 
 
 class _EdgeGroup(nn.Module):
