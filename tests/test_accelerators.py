@@ -62,6 +62,7 @@ def test_benchmark_command_prints_json_lines():
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/test.py",
+       "--config.model.num_layers=3",
        "--retrain_config=experiments/configs/test_retrain.py", "--image_size=8",
        "--steps=2", "--warmup=1", "--what=search,train,input"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -29,6 +29,7 @@ from dnas_jax.search import setup as search_setup
 from dnas_jax.tools import benchmarking
 from dnas_jax.training import sharding
 config = test.get_config()
+config.model.num_layers = 3  # a normal and two reduction cells: every kind of cell
 assert jax.device_count() == 8
 out = {}
 batch = benchmarking.random_batch(16, (8, 8, 3), 10, 0)

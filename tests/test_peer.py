@@ -46,6 +46,7 @@ def test_peer_record_holds_both_steps_and_their_ratio(tmp_path, monkeypatch):
   times per step."""
   config = test_config.get_config()
   config.batch_size = 4
+  config.model.num_layers = 3  # traces fast
   calls = []
 
   def fake_run(command, **kwargs):
