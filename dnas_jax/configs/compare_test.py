@@ -4,7 +4,7 @@ Command:
   python -m experiments.compare --config=experiments/configs/compare_test.py \
       --workdir=/tmp/dnas_compare_test
 
-The search is configs/test.py's size but 3 layers (synthetic 8×8 data, C = 8, 2 epochs of
+The search is configs/test.py's size (synthetic 8×8 data, 5 layers, C = 8, 2 epochs of
 4 steps) with each row's own settings, but short operation lists (three operations,
 plus `none` for PC-DARTS), and the retraining configs/test_retrain.py (1 epoch) with
 each run's genotype. Produces comparison.md with two rows and comparison.png in minutes,
@@ -29,7 +29,7 @@ def get_config():
   config.budget.num_epochs = search.num_epochs
   config.budget.batch_size = search.batch_size
   config.budget.model = ml_collections.ConfigDict(
-      {"num_layers": 3, "channels": search.model.channels})
+      {"num_layers": search.model.num_layers, "channels": search.model.channels})
   prims = search.model.primitives
   config.row_overrides = ml_collections.ConfigDict({
       "pc_darts_global": {"model": {"primitives": "none," + prims}},
