@@ -34,12 +34,12 @@ unset JAX_COMPILATION_CACHE_DIR
 
 if [ "${GPU_BENCH_SMOKE:-0}" = 1 ]; then
   search=experiments/configs/test.py retrain=experiments/configs/test_retrain.py
-  common=(--image_size=8 --steps=2 --warmup=1) depths=5,5 batches=16,8
+  common=(--image_size=8 --steps=2 --warmup=1 --compile_cache=) depths=5,5 batches=16,8
   limits=(600 600 600 600 600) peer_batch=8
 else
   search=experiments/configs/cifar10.py retrain=experiments/configs/cifar10_retrain.py
   # 560 s in all: inside one 600 s device command, the machine's start not included.
-  common=(--steps=20 --warmup=3) depths=8,20 batches=256,96
+  common=(--steps=20 --warmup=3 --compile_cache=) depths=8,20 batches=256,96
   limits=(120 140 100 60 140) peer_batch=256
 fi
 
