@@ -7,6 +7,7 @@ the README example names, in a temporary working directory.
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -16,20 +17,12 @@ from dnas_jax import api
 from dnas_jax.configs import test_retrain
 from dnas_jax.retrain import loop as retrain_loop
 
-# The README's "Restoring a run" example, executed exactly as printed there.
-README_EXAMPLE = '''\
-from dnas_jax import api, datasets
-
-search = api.load_search("workdirs/digits")            # a search workdir
-print(search.psi.shape)                                # ψ [L, 14, Op], formula (4)
-print(sorted(search.arch_params))                      # ['alpha', 'beta', 'gamma']
-print(search.genotype.describe())                      # one cell per layer
-
-clf = api.load_classifier("workdirs/digits_retrain")   # a retraining workdir
-ds = datasets.load_dataset(clf.meta["dataset"])
-pred = clf.predict(ds.test_images)                     # uint8 NHWC -> class ids
-print("test accuracy:", (pred == ds.test_labels).mean())
-'''
+# The README's "Restore in your own code" example, executed exactly as printed there.
+README_EXAMPLE = next(
+    block for block in re.findall(r"```python\n(.*?)```", open(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "README.md"), encoding="utf-8").read(), flags=re.S)
+    if "api.load_search" in block)
 
 
 @pytest.fixture(scope="module")
