@@ -2,7 +2,7 @@
 
 Each function returns one flat dict (a JSON line). `flops_per_step` counts the
 convolutions and matrix products of the traced step with every loop body multiplied by
-its trip count (`dnas_jax.models.flops`); `achieved_tflops` divides it by the step time.
+its trip count (`dnas_jax.tools.flops`); `achieved_tflops` divides it by the step time.
 `xla_flops_per_step` is XLA's own cost analysis of the compiled step, kept beside it:
 it also counts element-wise work, but it counts the body of a loop once, so for the
 scanned supernet it misses most cells (L = 8 and L = 20 report nearly the same number).
@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from dnas_jax.data import input_pipeline
-from dnas_jax.models import flops as flops_lib
+from dnas_jax.tools import flops as flops_lib
 from dnas_jax.search import setup as search_setup
 from dnas_jax.training import sharding
 from dnas_jax.training import validation
