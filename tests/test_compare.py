@@ -94,7 +94,7 @@ def test_edge_weights_reach_the_network_only_where_the_method_has_them():
     spec = arch.create_arch_spec(cfg.arch, cfg.model.num_layers, len(prims))
     params = jax.tree.map(lambda a: a + np.random.default_rng(0).normal(size=a.shape),
                           spec.init(jax.random.key(0)))
-    edge = np.asarray(spec.weights(params).edge)
+    edge = np.asarray(spec.arch_weights(params).edge)
     weighted = row.startswith(("pc_darts", "dnas"))
     assert (not np.allclose(edge, 1.0)) == weighted, row
 

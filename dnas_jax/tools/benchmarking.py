@@ -262,13 +262,13 @@ def search_programs(config: ml_collections.ConfigDict, image_shape, num_classes:
   train = random_batch(b, image_shape, num_classes, 0)
   val = random_batch(b, image_shape, num_classes, 1)
   evaluation = {**random_batch(e, image_shape, num_classes, 2), "mask": np.ones(e, bool)}
-  weights = setup.spec.weights(setup.state.arch_params)
+  arch_weights = setup.spec.arch_weights(setup.state.arch_params)
   state = setup.state
   return {
       "search_step": (setup.step_fn, (state, train, val, jax.random.key(0)),
                       ("state", "batch", "batch", "state")),
       "search_eval_step": (setup.eval_fn, (state.params, state.batch_stats, evaluation,
-                                           weights),
+                                           arch_weights),
                            ("state", "state", "batch", "state")),
   }
 
