@@ -8,7 +8,7 @@
 * `search`: the search step (architecture + weight update) for each depth in
   `--depths` (paired with `--batch_sizes` when given): images/s, ms/step, trace and
   compile seconds, FLOPs per step (convolutions and matrix products, every loop body
-  times its trip count: `dnas_jax/models/flops.py`) and the achieved FLOP/s, XLA's own cost
+  times its trip count: `dnas_jax/tools/flops.py`) and the achieved FLOP/s, XLA's own cost
   analysis beside them (it counts a loop body once), peak device memory, device kind
   and count.
 * `train`: the retraining step of `--retrain_config`.

@@ -15,7 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from dnas_jax.search import loop as search_loop
-from dnas_jax.tools import compare
+from dnas_jax.search import methods
 from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.",
@@ -29,7 +29,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = cli.config_value(_CONFIG)
   with cli.user_errors():
-    workdir = _WORKDIR.value or compare.default_workdir(config)
+    workdir = _WORKDIR.value or methods.default_workdir(config)
     logging.info("workdir: %s", os.path.abspath(workdir))
     search_loop.train_and_evaluate(config, workdir,
         allow_config_changes=_RESUME_WITH_CHANGES.value)

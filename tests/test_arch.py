@@ -152,7 +152,7 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
   spec = arch.ArchSpec("iam", L, OP, edge_normalization=True)
   params = {"alpha_normal": rng.normal(size=(C, OP)), "alpha_reduce": rng.normal(size=(C, OP)),
             "beta_normal": rng.normal(size=(C,)), "beta_reduce": rng.normal(size=(C,))}
-  w = spec.weights(params)
+  w = spec.arch_weights(params)
   for k in range(L):
     kind = "reduce" if red[k] else "normal"
     for i in range(C):
@@ -164,7 +164,7 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
   # full with edge normalisation: β per layer.
   spec = arch.ArchSpec("full", L, OP, edge_normalization=True)
   params = {"psi_logits": rng.normal(size=(L, C, OP)), "beta": rng.normal(size=(L, C))}
-  w = spec.weights(params)
+  w = spec.arch_weights(params)
   for k in range(L):
     for i in range(C):
       lo, hi = _node_of_connection(i)
@@ -174,14 +174,14 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
                                  _softmax(params["psi_logits"][k, i]) * e, rtol=1e-5)
   # Without edge normalisation the edge weight is 1 and ψ the softmax alone.
   spec = arch.ArchSpec("full", L, OP)
-  w = spec.weights({"psi_logits": params["psi_logits"]})
+  w = spec.arch_weights({"psi_logits": params["psi_logits"]})
   np.testing.assert_array_equal(np.asarray(w.edge), np.ones((L, C)))
   # DNAS: the edge weight is σβ, in either β domain; ψ / edge = σα · σγ.
   for domain in ("layer", "node"):
     spec = arch.ArchSpec("decoupled", L, OP, beta_domain=domain)
     params = {"alpha": rng.normal(size=(C, OP)), "beta": rng.normal(size=(L, C)),
               "gamma": rng.normal(size=(L, OP))}
-    w = spec.weights(params)
+    w = spec.arch_weights(params)
     psi = numpy_decoupled(params["alpha"], params["beta"], params["gamma"], domain)
     np.testing.assert_allclose(np.asarray(w.psi), psi, rtol=1e-5, atol=1e-7)
     for k in range(L):

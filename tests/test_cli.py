@@ -110,19 +110,19 @@ def test_default_search_workdirs_are_where_the_retraining_configs_look():
   from dnas_jax.configs import cifar10, cifar10_retrain, cifar100, cifar100_retrain
   from dnas_jax.configs import darts_cifar10, global_cifar10, pc_darts_cifar10
   from dnas_jax.configs import tiny_imagenet_retrain
-  from dnas_jax.tools import compare as search_main  # pylint: disable=g-import-not-at-top
+  from dnas_jax.search import methods  # pylint: disable=g-import-not-at-top
   expected = os.path.join("workdirs", "cifar10_dnas")
-  assert search_main.default_workdir(cifar10.get_config()) == expected
+  assert methods.default_workdir(cifar10.get_config()) == expected
   assert os.path.dirname(cifar10_retrain.get_config().genotype) == expected
   # The paper's transfer experiment retrains the CIFAR-10 genotype on Tiny-ImageNet.
   assert os.path.dirname(tiny_imagenet_retrain.get_config().genotype) == expected
   assert os.path.dirname(cifar100_retrain.get_config().genotype) == (
-      search_main.default_workdir(cifar100.get_config()))
+      methods.default_workdir(cifar100.get_config()))
   # The compared methods do not overwrite each other's runs.
-  assert search_main.default_workdir(darts_cifar10.get_config()).endswith("cifar10_darts")
-  assert search_main.default_workdir(pc_darts_cifar10.get_config()).endswith(
+  assert methods.default_workdir(darts_cifar10.get_config()).endswith("cifar10_darts")
+  assert methods.default_workdir(pc_darts_cifar10.get_config()).endswith(
       "cifar10_pc_darts")
-  assert search_main.default_workdir(global_cifar10.get_config()).endswith(
+  assert methods.default_workdir(global_cifar10.get_config()).endswith(
       "cifar10_pc_darts_global")
 
 

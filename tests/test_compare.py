@@ -1,7 +1,8 @@
-"""The comparison (dnas_jax/tools/compare.py, experiments/compare.py): each row's effective
-settings, written out here from the DARTS and PC-DARTS papers' code; the tiny config end
-to end (PC-DARTS global against DNAS, one seed each: the table, the plot and the
-skipping of finished runs); the report helpers on hand-made results.
+"""The comparison (dnas_jax/tools/compare.py, experiments/compare.py) and its rows
+(dnas_jax/search/methods.py): each row's effective settings, written out here from the
+DARTS and PC-DARTS papers' code; the tiny config end to end (PC-DARTS global against
+DNAS, one seed each: the table, the plot and the skipping of finished runs); the report
+helpers on hand-made results.
 """
 
 import os
@@ -12,12 +13,13 @@ from absl.testing import flagsaver
 from dnas_jax.configs import compare_cifar10
 from dnas_jax.configs import compare_digits
 from dnas_jax.configs import compare_test
+from dnas_jax.search import methods
 from dnas_jax.tools import compare
 from dnas_jax.training import validation
 
 
 def _result(row, seed, err, params=1.5e6, hours=0.01):
-  return {"row": row, "label": compare.ROWS[row][0], "seed": seed, "test_error": err,
+  return {"row": row, "label": methods.ROWS[row][0], "seed": seed, "test_error": err,
           "num_params": params, "search_device_hours": hours,
           "device": {"platform": "gpu", "device_kind": "H200", "device_count": 2}}
 
@@ -38,7 +40,7 @@ def test_summary_table_and_plot(tmp_path):
 
 # Each method's settings as its authors' code has them (DARTS cnn/train_search.py,
 # PC-DARTS train_search.py and model_search.py; DNAS: configs/cifar10.py), written out
-# independently of compare.ROWS: (kind, edge norm., K, ops, L, batch, lr, min lr,
+# independently of methods.ROWS: (kind, edge norm., K, ops, L, batch, lr, min lr,
 # arch lr, warm-up epochs of 50, skip dropout, zero-one weight, second order).
 EXPECTED = {
     "darts_1st": ("iam", False, 1, "darts", 8, 64, 0.025, 0.001, 3e-4, 0, 0.0, 0.0, False),
@@ -92,7 +94,7 @@ def test_edge_weights_reach_the_network_only_where_the_method_has_them():
     spec = arch.create_arch_spec(cfg.arch, cfg.model.num_layers, len(prims))
     params = jax.tree.map(lambda a: a + np.random.default_rng(0).normal(size=a.shape),
                           spec.init(jax.random.key(0)))
-    edge = np.asarray(spec.weights(params).edge)
+    edge = np.asarray(spec.arch_weights(params).edge)
     weighted = row.startswith(("pc_darts", "dnas"))
     assert (not np.allclose(edge, 1.0)) == weighted, row
 

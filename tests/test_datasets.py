@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dnas_jax.data import datasets
+from dnas_jax.data import arrays
 from dnas_jax.data.datasets import DatasetFormatError, DatasetNotFoundError, load_dataset
 
 # ---------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def test_in_memory_sources():
 
 def test_stats_chunked_matches_float64():
   x = np.random.default_rng(0).integers(0, 256, (300, 20, 20, 3), dtype=np.uint8)
-  mean, std = datasets._stats(x)  # pylint: disable=protected-access
+  mean, std = arrays.channel_stats(x)
   f = x.astype(np.float64) / 255
   np.testing.assert_allclose(mean, f.mean((0, 1, 2)), rtol=1e-12)
   np.testing.assert_allclose(std, f.std((0, 1, 2)), rtol=1e-9)

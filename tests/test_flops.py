@@ -8,7 +8,7 @@ from jax import lax
 import numpy as np
 import pytest
 
-from dnas_jax.models import flops
+from dnas_jax.tools import flops
 from dnas_jax.models import supernet
 from dnas_jax.space import search_space
 

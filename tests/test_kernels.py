@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dnas_jax.kernels import cpu
-from dnas_jax.models import flops
+from dnas_jax.tools import flops
 from dnas_jax.models import program as program_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

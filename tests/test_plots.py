@@ -81,24 +81,6 @@ def test_psi_shape_errors():
   with pytest.raises(ValueError, match="op_reduce"):
     plots.plot_psi_heatmaps(np.zeros((8, 14, 7)), search_space.PRIMITIVES,
                             op_reduce="max")
-  with pytest.raises(ValueError, match="epochs"):
-    plots.plot_psi_history(np.zeros(5))
-
-
-@pytest.mark.parametrize("num_layers", [8, 20])
-def test_psi_history_png(tmp_path, num_layers):
-  history = np.stack([plots.skip_share(_random_psi(num_layers, search_space.PRIMITIVES,
-                                                   seed=e), search_space.PRIMITIVES)
-                      for e in range(6)])
-  path = tmp_path / "history.png"
-  plots.save_figure(plots.plot_psi_history(history, title="skip"), str(path))
-  _check_png(path)
-
-
-def test_psi_history_single_epoch_and_shallow():
-  for history in (np.ones((1, 8)), np.arange(6.0).reshape(3, 2)):
-    image = plots.figure_to_image(plots.plot_psi_history(history))
-    assert image.dtype == np.uint8 and image[..., :3].std() > 0
 
 
 def test_figure_to_image_uint8_rgb():
@@ -118,14 +100,3 @@ def test_figure_to_image_other_canvas():
   fig.set_canvas(backend_bases.FigureCanvasBase(fig))
   image = plots.figure_to_image(fig)
   assert image.dtype == np.uint8 and image.shape == (50, 100, 3)
-
-
-def test_skip_share_and_entropy_uniform():
-  primitives = search_space.PRIMITIVES
-  psi = np.full((5, 14, len(primitives)), 0.3)
-  np.testing.assert_allclose(plots.skip_share(psi, primitives), 1 / len(primitives))
-  np.testing.assert_allclose(plots.psi_entropy(psi), np.log(len(primitives)))
-  one_hot = np.zeros_like(psi)
-  one_hot[..., 2] = 1.0
-  np.testing.assert_allclose(plots.skip_share(one_hot, primitives), 1.0)
-  np.testing.assert_allclose(plots.psi_entropy(one_hot), 0.0, atol=1e-12)

@@ -111,9 +111,10 @@ def test_second_order_is_darts_unrolled_step_with_momentum():
     @jax.jit
     def darts_formula(arch_params):
       rng_train, rng_val = jax.random.split(rng)
-      weights = spec.weights(arch_params)
-      g = jax.grad(lambda p: search_steps.weight_loss_fn(net, p, state.batch_stats, weights, tb,
-                                                   rng_train)[0])(state.params)
+      arch_weights = spec.arch_weights(arch_params)
+      g = jax.grad(lambda p: search_steps.weight_loss_fn(net, p, state.batch_stats,
+                                                         arch_weights, tb,
+                                                         rng_train)[0])(state.params)
       w_virtual = jax.tree.map(lambda w, gw, m: w - xi * (mu * m + gw + wd * w),
                                state.params, g, buffer)
       return search_steps.arch_objective(arch_params, **{**common, "params": w_virtual,

@@ -281,7 +281,7 @@ def test_cell_forward_equals_the_reference_for_dnas_and_pc_darts(case):
     # is a reduction layer), edges weighted by softmax(β).
     alpha, beta, gamma = r.normal(size=(14, 7)), r.normal(size=(3, 14)), r.normal(size=(3, 7))
     spec = arch.ArchSpec("decoupled", 3, 7)
-    w = spec.weights({"alpha": alpha, "beta": beta, "gamma": gamma})
+    w = spec.arch_weights({"alpha": alpha, "beta": beta, "gamma": gamma})
     got = np.asarray(forward(w.psi[1], w.edge[1]))
     inside, edge = dnas_weights(alpha, beta[1], gamma[1])
     want = search_cell(s0, s1, kw, inside, edge, reduction, reduction_prev)
@@ -292,7 +292,7 @@ def test_cell_forward_equals_the_reference_for_dnas_and_pc_darts(case):
     # PC-DARTS: softmax(α) inside the edge, node-wise softmax(β) on the whole edge.
     a_pc, b_pc = r.normal(size=(14, 7)), r.normal(size=(14,))
     spec = arch.ArchSpec("iam", 3, 7, edge_normalization=True)
-    w = spec.weights({"alpha_normal": r.normal(size=(14, 7)), "alpha_reduce": a_pc,
+    w = spec.arch_weights({"alpha_normal": r.normal(size=(14, 7)), "alpha_reduce": a_pc,
                       "beta_normal": r.normal(size=(14,)), "beta_reduce": b_pc})
     got = np.asarray(forward(w.psi[1], w.edge[1]))
     inside = np.stack([softmax(a) for a in a_pc])
@@ -314,7 +314,7 @@ def test_cell_gradients_wrt_alpha_beta_gamma_equal_reference_finite_differences(
     spec = arch.ArchSpec("decoupled", 3, 7)
 
     def loss(params):
-      w = spec.weights(params)
+      w = spec.arch_weights(params)
       return jnp.sum(_flax_cell(cell, variables, s0, s1, w.psi[1], w.edge[1]) * weights)
 
     grads = jax.jit(jax.grad(loss))({"alpha": alpha, "beta": beta, "gamma": gamma})

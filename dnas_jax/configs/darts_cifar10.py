@@ -9,13 +9,13 @@ DARTS (Liu et al. 2019, quark0/darts `cnn/train_search.py`): one α per cell typ
 edge weights, an 8-cell search network with C = 16, batch 64, weights by SGD lr 0.025
 cosine to 0.001, architecture Adam lr 3e-4, no warm-up, no skip dropout, no zero-one
 loss, 50 epochs, first order (`--config.optim.second_order=True` for DARTS's 2nd
-order). The settings are the `darts_1st` row of dnas_jax/tools/compare.py. Produces a global
-genotype whose normal cells are all identical (and reduction cells too).
+order). The settings are the `darts_1st` row of dnas_jax/search/methods.py. Produces a
+global genotype whose normal cells are all identical (and reduction cells too).
 """
 
 from dnas_jax.configs import cifar10
-from dnas_jax.tools import compare
+from dnas_jax.search import methods
 
 
 def get_config():
-  return compare.apply_method(cifar10.get_config(), "darts_1st")
+  return methods.apply_method(cifar10.get_config(), "darts_1st")

@@ -10,12 +10,12 @@ normalisation (β per cell type, a softmax over each node's incoming edges, mult
 the whole edge, bypassed channels included, and used in the derivation), an 8-cell
 search network with C = 16, batch 256, weights by SGD lr 0.1 cosine to 0,
 architecture Adam lr 6e-4 after a 15-epoch warm-up, no skip dropout, 50 epochs, first
-order. The settings are the `pc_darts` row of dnas_jax/tools/compare.py.
+order. The settings are the `pc_darts` row of dnas_jax/search/methods.py.
 """
 
 from dnas_jax.configs import cifar10
-from dnas_jax.tools import compare
+from dnas_jax.search import methods
 
 
 def get_config():
-  return compare.apply_method(cifar10.get_config(), "pc_darts")
+  return methods.apply_method(cifar10.get_config(), "pc_darts")

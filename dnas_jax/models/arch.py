@@ -10,6 +10,11 @@ name           trainable arrays                             ψ[k, i, j]
 ``decoupled``  α [C, Op], β [L, C], γ [L, Op]               σα(α[i, j]) · σβ(β[k])[i] · σγ(γ[k, j])
 =============  ===========================================  ==================================
 
+``iam`` is DARTS's block search, the identical-cell kind: one α for the normal cells and
+one for the reduction cells, shared by every layer of that type, so all normal cells of
+the network are the same cell, and so are all reduction cells. ``full`` gives every
+layer its own Ψ (the naive global search); ``decoupled`` is DNAS's global search.
+
 ``decoupled`` is formula (4) of Xu & He (CVPR-W 2022). Where the paper is silent the
 choice is an option, the paper's reading being the default:
 
@@ -64,6 +69,8 @@ import numpy as np
 
 from dnas_jax.space import search_space
 
+# decoupled: DNAS (formula 4); iam: DARTS's block search, one α per cell type shared by
+# every layer of that type (identical cells); full: one Ψ per layer (naive global).
 KINDS = ("decoupled", "iam", "full")
 BETA_DOMAINS = ("layer", "node")
 ALPHA_SHARINGS = ("global", "cell_type")
@@ -215,7 +222,7 @@ class ArchSpec:
     """[2, ...] (normal, reduction) → [L, ...] by each layer's cell type."""
     return per_type[jnp.asarray(self.reduction, jnp.int32)]
 
-  def weights(self, params: Mapping[str, jax.Array]) -> ArchWeights:
+  def arch_weights(self, params: Mapping[str, jax.Array]) -> ArchWeights:
     """ψ [L, C, Op] and the edge weights [L, C] from the parameters (table above)."""
     L, C = self.num_layers, self.num_connections
     if self.kind == "decoupled":
@@ -242,7 +249,7 @@ class ArchSpec:
 
   def psi(self, params: Mapping[str, jax.Array]) -> jax.Array:
     """ψ [L, C, Op] from the parameters: the weight of each operation's output."""
-    return self.weights(params).psi
+    return self.arch_weights(params).psi
 
   def sigmoid_factors(self, params: Mapping[str, jax.Array]) -> list[jax.Array]:
     """The factors of ψ that pass through a sigmoid (for the zero-one loss)."""

@@ -36,7 +36,7 @@ Dtype = Any
 
 
 class MixedOp(nn.Module):
-  """One mixed edge on a partial channel slice; x [B,H,W,Cin], weights [Op] (ψ[k,i]),
+  """One mixed edge on a partial channel slice; x [B,H,W,Cin], psi [Op] (ψ[k,i]),
   edge_weight [] (e[k,i], multiplies the bypassed channels; None: 1)."""
   channels: int
   stride: int
@@ -48,7 +48,7 @@ class MixedOp(nn.Module):
   formulation: ops.Formulation = ops.CONV
 
   @nn.compact
-  def __call__(self, x, weights, edge_weight=None):
+  def __call__(self, x, psi, edge_weight=None):
     k = self.partial_k
     if x.shape[-1] % k:
       raise ValueError(f"channels {x.shape[-1]} not divisible by partial_k={k}")
@@ -60,7 +60,7 @@ class MixedOp(nn.Module):
                         dtype=self.dtype, formulation=self.formulation)(xs)
       if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
         y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
-      term = weights[j].astype(y.dtype) * y
+      term = psi[j].astype(y.dtype) * y
       out = term if out is None else out + term
     if k == 1:
       return out
@@ -74,7 +74,7 @@ class MixedOp(nn.Module):
 
 class BatchedMixedOps(nn.Module):
   """The mixed edges of one node that share a stride, with the edges beside the
-  channels (`batched_ops`): x [B, H, W, E, Cin], weights [E, Op] (ψ[k, i] of each
+  channels (`batched_ops`): x [B, H, W, E, Cin], psi [E, Op] (ψ[k, i] of each
   edge), edge_weight [E] (or None: 1) in; the sum over the edges of `MixedOp` out,
   [B, H', W', Cin]. The same variables as `nn.vmap(MixedOp)` and the same numbers."""
   channels: int
@@ -87,14 +87,14 @@ class BatchedMixedOps(nn.Module):
   formulation: ops.Formulation = ops.CONV
 
   @nn.compact
-  def __call__(self, x, weights, edge_weight=None):
+  def __call__(self, x, psi, edge_weight=None):
     k = self.partial_k
     if x.shape[-1] % k:
       raise ValueError(f"channels {x.shape[-1]} not divisible by partial_k={k}")
     c = x.shape[-1] // k
     xs = x[..., :c]
     if self.formulation.depthwise == "kernel":
-      out = self._stacked(xs, weights)
+      out = self._stacked(xs, psi)
     else:
       out = None
       for j, name in enumerate(self.primitives):
@@ -104,7 +104,7 @@ class BatchedMixedOps(nn.Module):
                                       self.formulation)(xs)
         if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
           y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
-        term = weights[:, j, None].astype(y.dtype) * y
+        term = psi[:, j, None].astype(y.dtype) * y
         out = term if out is None else out + term
       out = None if out is None else jnp.sum(out, axis=-2)
     if out is None:
@@ -124,7 +124,7 @@ class BatchedMixedOps(nn.Module):
     return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
 
 
-  def _stacked(self, xs, weights):
+  def _stacked(self, xs, psi):
     """Σ over ops and edges of ψ · op(x) with the ops in stacked blocks
     (`batched_ops.stacked_pool_ops`, `stacked_conv_ops`): one weighted sum per block."""
     prims = tuple(self.primitives)
@@ -146,7 +146,7 @@ class BatchedMixedOps(nn.Module):
       blocks.append((["skip_connect"], y[..., None, :, :]))
     out = None
     for names, y in blocks:  # y [B, H, W, ops, E, c]
-      w = weights[:, np.asarray([prims.index(p) for p in names])].T  # [ops, E]
+      w = psi[:, np.asarray([prims.index(p) for p in names])].T  # [ops, E]
       term = jnp.sum(y * w[:, :, None].astype(y.dtype), axis=(3, 4))
       out = term if out is None else out + term
     return out
@@ -165,7 +165,7 @@ _dropout_per_edge = nn.vmap(_edge_dropout, in_axes=0, out_axes=0,
 
 class _EdgeGroup(nn.Module):
   """The edges of one node that share a stride: `inputs` a list of E arrays [B,H,W,C]
-  (or one array [E,B,H,W,C]), weights [E,Op], edge [E]; returns the sum of the edges.
+  (or one array [E,B,H,W,C]), psi [E,Op], edge [E]; returns the sum of the edges.
   `edge_layout`: "vmap" (`MixedOp` vmapped over a leading edge axis) or "channels"
   (`BatchedMixedOps`, the edge axis beside the channels)."""
   channels: int
@@ -179,20 +179,20 @@ class _EdgeGroup(nn.Module):
   edge_layout: str = "vmap"
 
   @nn.compact
-  def __call__(self, inputs, weights, edge):
+  def __call__(self, inputs, psi, edge):
     args = (self.channels, self.stride, tuple(self.primitives), self.partial_k,
             self.skip_dropout, self.train, self.dtype, self.formulation)
     if self.edge_layout == "channels":
       xs = (jnp.moveaxis(inputs, 0, -2) if hasattr(inputs, "shape")
             else jnp.stack(inputs, axis=-2))
-      return BatchedMixedOps(*args, name="edges")(xs, weights, edge)
+      return BatchedMixedOps(*args, name="edges")(xs, psi, edge)
     if self.edge_layout != "vmap":
       raise ValueError(f"edge_layout {self.edge_layout!r}; valid: {list(EDGE_LAYOUTS)}")
     xs = inputs if hasattr(inputs, "shape") else jnp.stack(inputs)
     batched = nn.vmap(MixedOp, in_axes=(0, 0, 0), out_axes=0,
                       variable_axes={"params": 0, "batch_stats": 0},
                       split_rngs={"params": True, "dropout": True})
-    return jnp.sum(batched(*args, name="edges")(xs, weights, edge), axis=0)
+    return jnp.sum(batched(*args, name="edges")(xs, psi, edge), axis=0)
 
 
 EDGE_LAYOUTS = ("vmap", "channels")
@@ -373,7 +373,7 @@ class SearchNetwork(nn.Module):
   """Stem, L search cells, global average pooling, linear classifier.
 
   `__call__(images [B,H,W,3], psi [L,14,Op], edge_weights [L,14])` returns logits
-  [B, num_classes]; ψ and the edge weights come from `arch.ArchSpec.weights`.
+  [B, num_classes]; ψ and the edge weights come from `arch.ArchSpec.arch_weights`.
   `edge_weights=None` leaves the bypassed channels unweighted (all ones).
   """
   num_classes: int

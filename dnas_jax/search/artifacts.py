@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.training import metric_writers
 
@@ -17,10 +18,8 @@ def psi_summary(psi: np.ndarray, primitives: Sequence[str]) -> dict[str, float]:
   """Per layer: entropy of ψ[k] normalised over (connection, op), and the mean
   skip-connect weight."""
   out = {}
-  flat = psi.reshape(psi.shape[0], -1)
-  p = flat / flat.sum(-1, keepdims=True)
-  entropy = -(p * np.log(np.maximum(p, 1e-30))).sum(-1)
-  skip = (psi[:, :, list(primitives).index("skip_connect")].mean(-1)
+  entropy = psi_stats.psi_entropy(psi)
+  skip = (psi_stats.psi_skip(psi, primitives)
           if "skip_connect" in primitives else None)
   for k in range(psi.shape[0]):
     out[f"psi_entropy/layer_{k:02d}"] = float(entropy[k])

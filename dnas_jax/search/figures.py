@@ -1,4 +1,4 @@
-"""Figures of a search: the global architecture, ψ heatmaps and ψ over epochs.
+"""Figures of a search: the global architecture and ψ heatmaps.
 
 Pure functions of NumPy arrays and genotypes that return a `matplotlib.figure.Figure`
 (built without pyplot, so nothing here touches the global backend or opens a window),
@@ -7,8 +7,6 @@ plus `save_figure` (PNG) and `figure_to_image` (an RGB array for TensorBoard).
 * `plot_global_architecture`: the paper's Fig. 5, every cell of a global genotype,
   one row per layer, so that a researcher can see how cells change with depth.
 * `plot_psi_heatmaps`: ψ [L, C, Op] as layer × operation and layer × connection maps.
-* `plot_psi_history`: one number per layer and epoch (e.g. the skip-connect share of
-  ψ, `skip_share`, or its entropy, `psi_entropy`) as a heatmap and as curves.
 
 Every operation keeps one colour in every figure (`op_color`): pools in greys,
 skip-connect green, separable convolutions blues, dilated convolutions orange and red.
@@ -22,7 +20,6 @@ import sys
 import zlib
 from typing import Sequence
 
-import matplotlib
 from matplotlib import colors as mcolors
 from matplotlib import image as mimage
 from matplotlib import patches
@@ -258,25 +255,6 @@ def _check_psi(psi: np.ndarray, primitives: Sequence[str]) -> np.ndarray:
   return psi
 
 
-def skip_share(psi: np.ndarray, primitives: Sequence[str]) -> np.ndarray:
-  """Per layer, skip-connect's share of ψ: Σ_i ψ[k,i,skip] / Σ_ij ψ[k,i,j]; [L]."""
-  psi = _check_psi(psi, primitives)
-  if "skip_connect" not in primitives:
-    raise ValueError(f"no 'skip_connect' in primitives {list(primitives)}")
-  total = psi.sum(axis=(1, 2))
-  return psi[:, :, list(primitives).index("skip_connect")].sum(axis=1) / np.where(
-      total > 0, total, 1.0)
-
-
-def psi_entropy(psi: np.ndarray) -> np.ndarray:
-  """Per layer, the mean over connections of the entropy (nats) of ψ[k, i, :]
-  normalised to sum to one; [L]. Low values mean decided operations."""
-  psi = np.asarray(psi, np.float64)
-  p = psi / np.maximum(psi.sum(axis=-1, keepdims=True), 1e-12)
-  logs = np.log(np.where(p > 0, p, 1.0))
-  return -(p * logs).sum(axis=-1).mean(axis=-1)
-
-
 def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
                       title: str | None = None, op_reduce: str = "mean") -> Figure:
   """ψ [L, C, Op] as two heatmaps, layer by layer (layer 0 at the top).
@@ -342,84 +320,3 @@ def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
   if title:
     fig.suptitle(title, fontsize=11)
   return fig
-
-
-def plot_psi_history(history: np.ndarray, label: str = "skip-connect share of ψ",
-                     title: str | None = None,
-                     epochs: Sequence[int] | None = None) -> Figure:
-  """One number per layer over the epochs of a search, e.g. `skip_share` or
-  `psi_entropy` of each epoch's ψ.
-
-  Left: a heatmap, layer × epoch (reduction layers in red). Right: curves, one per
-  stage for the mean over its normal cells, with a band from their minimum to their
-  maximum, and one dashed curve per reduction cell (20 curves of single layers would
-  be unreadable; the heatmap has them).
-
-  Args:
-    history: [epochs, L] values.
-    label: what the values are (colourbar and axis label).
-    title: optional figure title.
-    epochs: the epoch number of each row (default 1..E).
-
-  Returns:
-    The figure.
-  """
-  history = np.asarray(history, np.float64)
-  if history.ndim != 2 or min(history.shape) < 1:
-    raise ValueError(f"history has shape {history.shape}, expected [epochs, L]")
-  num_epochs, num_layers = history.shape
-  epochs = np.arange(1, num_epochs + 1) if epochs is None else np.asarray(epochs)
-  if epochs.shape != (num_epochs,):
-    raise ValueError(f"{len(epochs)} epoch numbers for {num_epochs} rows of history")
-  reduction = (search_space.is_reduction(num_layers) if num_layers >= 3
-               else (False,) * num_layers)
-
-  fig = _new_figure(12.0, 2.2 + 0.22 * max(num_layers, 12))
-  ax_map, ax_line = fig.subplots(1, 2, width_ratios=[1.1, 1])
-  im = ax_map.imshow(history.T, aspect="auto", cmap="viridis", interpolation="nearest",
-                     extent=(epochs[0] - 0.5, epochs[-1] + 0.5, num_layers - 0.5, -0.5)
-                     if num_epochs > 1 else None)
-  fig.colorbar(im, ax=ax_map, pad=0.02).set_label(label, fontsize=8)
-  ax_map.set_yticks(range(num_layers), _layer_labels(reduction), fontsize=8)
-  _style_reduction_ticks(ax_map, reduction)
-  ax_map.set_xlabel("epoch")
-  ax_map.set_ylabel("layer")
-
-  marker = "o" if num_epochs == 1 else None
-  for name, layers, color, style in _history_groups(reduction):
-    values = history[:, layers]
-    ax_line.plot(epochs, values.mean(axis=1), color=color, linestyle=style,
-                 linewidth=1.8, marker=marker, label=name)
-    if len(layers) > 1:
-      ax_line.fill_between(epochs, values.min(axis=1), values.max(axis=1), color=color,
-                           alpha=0.15, linewidth=0)
-  ax_line.legend(fontsize=8, framealpha=0.8, loc="best")
-  ax_line.set_title("mean per stage (band: min to max over its layers)", fontsize=9)
-  ax_line.set_xlabel("epoch")
-  ax_line.set_ylabel(label)
-  ax_line.grid(alpha=0.3)
-  if title:
-    fig.suptitle(title, fontsize=11)
-  return fig
-
-
-def _history_groups(reduction: Sequence[bool]):
-  """(label, layer indices, colour, line style) of the curves of `plot_psi_history`."""
-  num_layers = len(reduction)
-  if not any(reduction):
-    cmap = matplotlib.colormaps["viridis"]
-    return [(f"layer {k}", [k], cmap(k / max(num_layers - 1, 1)), "-")
-            for k in range(num_layers)]
-  stages = search_space.stage_of_layers(num_layers)
-  stage_colors = ("#2166ac", "#1b7837", "#762a83")
-  reduce_colors = ("#d6604d", "#b2182b")
-  groups = []
-  for stage in range(3):
-    layers = [k for k in range(num_layers) if stages[k] == stage and not reduction[k]]
-    if layers:
-      span = f"{layers[0]}" if len(layers) == 1 else f"{layers[0]}–{layers[-1]}"
-      groups.append((f"stage {stage} normal (layers {span})", layers,
-                     stage_colors[stage], "-"))
-  for i, k in enumerate(np.flatnonzero(reduction)):
-    groups.append((f"layer {k} reduce", [int(k)], reduce_colors[i % 2], "--"))
-  return groups

@@ -87,7 +87,7 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   meta = {"config": config.to_dict(), "image_shape": list(ds.image_shape),
           "num_classes": ds.num_classes, "primitives": list(primitives),
           "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch}
-  weights_fn = jax.jit(spec.weights)
+  arch_weights_fn = jax.jit(spec.arch_weights)
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
   train_batch = compilation.abstract_batch(config.batch_size, ds.image_shape, batch_spec)
@@ -97,7 +97,8 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
       (f"search step ({spec.kind}, L={config.model.num_layers}, batch "
        f"{config.batch_size})", setup.step_fn, (state, train_batch, train_batch, rng)),
       ("evaluation step", setup.eval_fn,
-       (state.params, state.batch_stats, eval_batch, weights_fn(state.arch_params)))],
+       (state.params, state.batch_stats, eval_batch,
+        arch_weights_fn(state.arch_params)))],
       cache_key=meta)
 
   aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
@@ -113,14 +114,15 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   def evaluate(state) -> dict[str, float]:
     return evaluation.evaluate(eval_fn, state.params, state.batch_stats, arch_split,
                                config.eval_batch_size, ds.mean, ds.std, mesh,
-                               net_inputs=weights_fn(state.arch_params), prefix="val")
+                               net_inputs=arch_weights_fn(state.arch_params),
+                               prefix="val")
 
   lead = sharding.is_lead_process()  # writes artifacts and metrics; all checkpoint
   writer = metric_writers.MetricWriter(run.workdir, events=lead)
   found = {}
 
   def at_epoch_end(state, step: int):
-    psi = np.asarray(weights_fn(state.arch_params).psi)  # on every process: SPMD
+    psi = np.asarray(arch_weights_fn(state.arch_params).psi)  # on every process: SPMD
     meta = {"step": step, "epoch": step // steps_per_epoch, "dataset": ds.name,
             "arch_kind": spec.kind}
     geno = (artifacts.write_artifacts(run.workdir, psi, primitives, meta) if lead

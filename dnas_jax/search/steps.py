@@ -56,16 +56,19 @@ class SearchMetrics(metrics.Collection):
   weight_lr: evaluation.output_metric(metrics.LastValue, "weight_lr")
 
 
-def _forward(net: nn.Module, params, batch_stats, images, weights: arch_lib.ArchWeights,
-             rng):
+def _forward(net: nn.Module, params, batch_stats, images,
+             arch_weights: arch_lib.ArchWeights, rng):
   """Training-mode forward: logits and the updated batch statistics."""
   logits, updates = net.apply({"params": params, "batch_stats": batch_stats}, images,
-                              *weights, mutable=["batch_stats"], rngs={"dropout": rng})
+                              *arch_weights, mutable=["batch_stats"],
+                              rngs={"dropout": rng})
   return logits, updates["batch_stats"]
 
 
-def weight_loss_fn(net, params, batch_stats, weights, batch, rng):
-  logits, new_stats = _forward(net, params, batch_stats, batch["image"], weights, rng)
+def weight_loss_fn(net, params, batch_stats, arch_weights, batch, rng):
+  """The training loss in the network weights `params` at fixed ψ (`arch_weights`)."""
+  logits, new_stats = _forward(net, params, batch_stats, batch["image"], arch_weights,
+                               rng)
   return losses.cross_entropy(logits, batch["label"]), (logits, new_stats)
 
 
@@ -73,7 +76,7 @@ def arch_objective(arch_params, params, batch_stats, val_batch, rng, *, net,
                    spec: arch_lib.ArchSpec, zero_one_weight: float):
   """The architecture loss on a validation batch: CE + w · zero-one loss."""
   logits, _ = _forward(net, params, batch_stats, val_batch["image"],
-                       spec.weights(arch_params), rng)
+                       spec.arch_weights(arch_params), rng)
   ce = losses.cross_entropy(logits, val_batch["label"])
   z = spec.zero_one_loss(arch_params)
   return ce + zero_one_weight * z, (ce, losses.accuracy(logits, val_batch["label"]), z)
@@ -93,9 +96,9 @@ def unrolled_arch_objective(arch_params, params, batch_stats, train_batch, val_b
   (DARTS's `_compute_unrolled_model`; buf is the weight optimiser's momentum buffer,
   constant in α; None: zeros, as DARTS before the first weight step)."""
   rng_train, rng_val = jax.random.split(rng)
-  weights = spec.weights(arch_params)
-  grads = jax.grad(lambda p: weight_loss_fn(net, p, batch_stats, weights, train_batch,
-                                            rng_train)[0])(params)
+  arch_weights = spec.arch_weights(arch_params)
+  grads = jax.grad(lambda p: weight_loss_fn(net, p, batch_stats, arch_weights,
+                                            train_batch, rng_train)[0])(params)
   if buffer is None:
     buffer = jax.tree.map(jnp.zeros_like, params)
   virtual = jax.tree.map(lambda w, g, m: w - xi * (momentum * m + g + weight_decay * w),
@@ -142,10 +145,10 @@ def weight_update(state: SearchState, train_batch, rng, *, net, spec, weight_tx)
   """The weight half of a step at the current ψ; returns (state, (loss, logits)).
 
   Only `params`, `batch_stats` and `weight_opt_state` change."""
-  weights = jax.lax.stop_gradient(spec.weights(state.arch_params))
+  arch_weights = jax.lax.stop_gradient(spec.arch_weights(state.arch_params))
   (loss, (logits, new_stats)), grads = jax.value_and_grad(
       weight_loss_fn, argnums=1, has_aux=True)(net, state.params, state.batch_stats,
-                                               weights, train_batch, rng)
+                                               arch_weights, train_batch, rng)
   updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
   return state.replace(params=optax.apply_updates(state.params, updates),
                        batch_stats=new_stats, weight_opt_state=opt_state), (loss, logits)
@@ -170,7 +173,7 @@ def shared_halves(state: SearchState, train_batch, val_batch, rng_arch, rng_weig
 
     def loss_fn(params, arch_params):
       logits, new_stats = _forward(net, params, state.batch_stats, batch["image"],
-                                   spec.weights(arch_params), key)
+                                   spec.arch_weights(arch_params), key)
       ce = losses.cross_entropy(logits, batch["label"])
       z = spec.zero_one_loss(arch_params)
       return ce + jnp.where(arch, zero_one_weight, 0.0) * z, (logits, new_stats, ce, z)

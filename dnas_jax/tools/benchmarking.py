@@ -2,7 +2,7 @@
 
 Each function returns one flat dict (a JSON line). `flops_per_step` counts the
 convolutions and matrix products of the traced step with every loop body multiplied by
-its trip count (`dnas_jax.models.flops`); `achieved_tflops` divides it by the step time.
+its trip count (`dnas_jax.tools.flops`); `achieved_tflops` divides it by the step time.
 `xla_flops_per_step` is XLA's own cost analysis of the compiled step, kept beside it:
 it also counts element-wise work, but it counts the body of a loop once, so for the
 scanned supernet it misses most cells (L = 8 and L = 20 report nearly the same number).
@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from dnas_jax.data import input_pipeline
-from dnas_jax.models import flops as flops_lib
+from dnas_jax.tools import flops as flops_lib
 from dnas_jax.search import setup as search_setup
 from dnas_jax.training import sharding
 from dnas_jax.training import validation
@@ -262,13 +262,13 @@ def search_programs(config: ml_collections.ConfigDict, image_shape, num_classes:
   train = random_batch(b, image_shape, num_classes, 0)
   val = random_batch(b, image_shape, num_classes, 1)
   evaluation = {**random_batch(e, image_shape, num_classes, 2), "mask": np.ones(e, bool)}
-  weights = setup.spec.weights(setup.state.arch_params)
+  arch_weights = setup.spec.arch_weights(setup.state.arch_params)
   state = setup.state
   return {
       "search_step": (setup.step_fn, (state, train, val, jax.random.key(0)),
                       ("state", "batch", "batch", "state")),
       "search_eval_step": (setup.eval_fn, (state.params, state.batch_stats, evaluation,
-                                           weights),
+                                           arch_weights),
                            ("state", "state", "batch", "state")),
   }
 

@@ -1,8 +1,9 @@
 """The paper's comparison under one budget: search → derive → retrain → evaluate.
 
-Each row is a search method run as its authors defined it (`ROWS`), over several seeds;
-every derived genotype is retrained with the same retraining config. A row fixes every
-setting that defines the method, at its paper's scale:
+Each row is a search method run as its authors defined it (`methods.ROWS`, in
+dnas_jax/search/methods.py), over several seeds; every derived genotype is retrained with
+the same retraining config. A row fixes every setting that defines the method, at its
+paper's scale:
 
 =================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
 row                kind    K    ops    edge norm  weight lr    arch  warm-up     skip    batch
@@ -30,7 +31,7 @@ A comparison config (experiments/configs/compare_*.py) holds:
 * `search`, `retrain`: the base search and retraining configs (data, logging, the
   settings no row names); the retraining config's `genotype` is replaced by each
   run's `genotype.json`.
-* `rows`: comma-separated keys of `ROWS`; `seeds`: comma-separated ints;
+* `rows`: comma-separated keys of `methods.ROWS`; `seeds`: comma-separated ints;
   `row_seeds` (optional): per row, the subset of `seeds` it runs (a slow row with fewer).
 * `budget` (optional): a partial search config applied to every row after the row's
   own settings, to shrink the comparison for a CPU (epochs, depth, channels, batch).
@@ -63,36 +64,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dnas_jax.search import methods
 from dnas_jax.training import validation
 
-PAPER_EPOCHS = 50  # every method's search length; warm-ups are given out of it
-
-_DARTS = {"arch.kind": "iam", "arch.edge_normalization": False, "model.partial_k": 1,
-          "model.primitives": "darts", "model.num_layers": 8, "model.channels": 16,
-          "model.skip_dropout": 0.0, "optim.weight_lr": 0.025,
-          "optim.weight_min_lr": 0.001, "optim.arch_lr": 3e-4,
-          "optim.arch_warmup_epochs": 0, "optim.zero_one_weight": 0.0,
-          "optim.second_order": False, "batch_size": 64, "num_epochs": PAPER_EPOCHS}
-_PC_DARTS = {**_DARTS, "arch.edge_normalization": True, "model.partial_k": 4,
-             "optim.weight_lr": 0.1, "optim.weight_min_lr": 0.0, "optim.arch_lr": 6e-4,
-             "optim.arch_warmup_epochs": 15, "batch_size": 256}
-_DNAS = {"arch.kind": "decoupled", "arch.edge_normalization": False,
-         "arch.beta_domain": "layer", "model.partial_k": 4, "model.primitives": "dnas",
-         "model.num_layers": 20, "model.channels": 16, "model.skip_dropout": 0.2,
-         "optim.weight_lr": 0.025, "optim.weight_min_lr": 0.001, "optim.arch_lr": 6e-4,
-         "optim.arch_warmup_epochs": 15, "optim.zero_one_weight": 10.0,
-         "optim.second_order": False, "batch_size": 96, "num_epochs": PAPER_EPOCHS}
-
-# key: (label, the method's settings as dotted paths of the search config).
-ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "darts_1st": ("DARTS (block, 1st order)", _DARTS),
-    "darts_2nd": ("DARTS (block, 2nd order)", {**_DARTS, "optim.second_order": True}),
-    "pc_darts": ("PC-DARTS (block)", _PC_DARTS),
-    "pc_darts_global": ("PC-DARTS, global (per-layer Ψ, edge norm.)",
-                        {**_PC_DARTS, "arch.kind": "full", "model.num_layers": 20}),
-    "dnas": ("DNAS (decoupled global)", _DNAS),
-    "dnas_node": ("DNAS, β softmax per node", {**_DNAS, "arch.beta_domain": "node"}),
-}
 RESULT = "result.json"
 
 
@@ -110,17 +84,10 @@ def parse_list(spec: str, field: str, cast=str) -> list:
 def parse_rows(spec: str) -> list[str]:
   rows = parse_list(spec, "rows")
   for r in rows:
-    if r not in ROWS:
-      raise validation.ConfigError(f"config.rows: unknown row {r!r}; valid rows: {list(ROWS)}")
+    if r not in methods.ROWS:
+      raise validation.ConfigError(f"config.rows: unknown row {r!r}; valid rows: "
+                                   f"{list(methods.ROWS)}")
   return rows
-
-
-def _set(config: ml_collections.ConfigDict, path: str, value) -> None:
-  *parents, leaf = path.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
 
 
 def _flatten(tree: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
@@ -133,48 +100,24 @@ def _flatten(tree: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[s
   return out
 
 
-def method_name(config: ml_collections.ConfigDict) -> str:
-  """The method a search config runs, as the rows name it: dnas, darts, pc_darts (`iam`
-  with edge weights), global or pc_darts_global (`full`, without or with them)."""
-  edge = bool(config.arch.get("edge_normalization", False))
-  names = {"decoupled": "dnas", "iam": "pc_darts" if edge else "darts",
-           "full": "pc_darts_global" if edge else "global"}
-  # An unknown kind passes through: the config validation names it and the valid ones.
-  return names.get(config.arch.kind, config.arch.kind)
-
-
-def default_workdir(config: ml_collections.ConfigDict) -> str:
-  """workdirs/<dataset>_<method>: where the retraining configs look for the genotype
-  (cifar10_retrain.py reads workdirs/cifar10_dnas/genotype.json)."""
-  return os.path.join("workdirs", f"{config.data.dataset}_{method_name(config)}")
-
-
-def apply_method(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
-  """Sets every setting of the method `row` (a key of `ROWS`) in a search config, in
-  place; returns it. The baseline configs (configs/darts_cifar10.py, ...) use this."""
-  for path, value in ROWS[row][1].items():
-    _set(config, path, value)
-  return config
-
-
 def search_config(config: ml_collections.ConfigDict, row: str, seed: int
                   ) -> ml_collections.ConfigDict:
   """The search config of (row, seed): the base search config, the row's settings,
   the comparison's `budget` (warm-up rescaled to keep its fraction of the epochs),
   then the row's `row_overrides`."""
-  cfg = apply_method(ml_collections.ConfigDict(config.search.to_dict()), row)
-  settings = ROWS[row][1]
+  cfg = methods.apply_method(ml_collections.ConfigDict(config.search.to_dict()), row)
+  settings = methods.ROWS[row][1]
   budget = _flatten(config.get("budget", {}))
   for path, value in budget.items():
     if path == "optim.arch_warmup_epochs":
       raise validation.ConfigError("config.budget.optim.arch_warmup_epochs: the warm-up is the "
                            "row's (rescaled with num_epochs); set it per row in "
                            "config.row_overrides")
-    _set(cfg, path, value)
+    methods.set_path(cfg, path, value)
   cfg.optim.arch_warmup_epochs = int(round(
-      settings["optim.arch_warmup_epochs"] * cfg.num_epochs / PAPER_EPOCHS))
+      settings["optim.arch_warmup_epochs"] * cfg.num_epochs / methods.PAPER_EPOCHS))
   for path, value in _flatten(config.get("row_overrides", {}).get(row, {})).items():
-    _set(cfg, path, value)
+    methods.set_path(cfg, path, value)
   cfg.seed = seed
   return cfg
 
@@ -254,7 +197,7 @@ def run_one(config: ml_collections.ConfigDict, row: str, seed: int, run_dir: str
   start = time.time()
   final = retrain_loop.train_and_evaluate(retrain_config(config, genotype_path, seed),
                                    retrain_dir)
-  result = {"row": row, "label": ROWS[row][0], "seed": seed,
+  result = {"row": row, "label": methods.ROWS[row][0], "seed": seed,
             "test_error": final["test_error"], "num_params": final["num_params"],
             "search_wall_s": timing["wall_s"],
             "search_device_hours": timing["wall_s"] * timing["device_count"] / 3600,
@@ -285,10 +228,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict
 
 
 def summarize(results: Sequence[dict]) -> list[dict]:
-  """Per row (in the order of `ROWS`): mean/std of test error (%), params (M),
+  """Per row (in the order of `methods.ROWS`): mean/std of test error (%), params (M),
   search device-hours, and the number of seeds."""
   by_row: dict[str, list[dict]] = {}
-  for r in sorted(results, key=lambda r: list(ROWS).index(r["row"])):
+  for r in sorted(results, key=lambda r: list(methods.ROWS).index(r["row"])):
     by_row.setdefault(r["row"], []).append(r)
   out = []
   for row, rs in by_row.items():

@@ -120,6 +120,8 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   _common(config, integers=("model.partial_k",), rates=("optim.arch_lr",),
           non_negative=("optim.arch_weight_decay", "optim.zero_one_weight",
                         "optim.arch_warmup_epochs"))
+  # decoupled (DNAS), iam (DARTS's identical cells: one α per cell type), full (Ψ per
+  # layer).
   _choice(config, "arch.kind", arch_lib.KINDS)
   _choice(config, "arch.beta_domain", arch_lib.BETA_DOMAINS)
   _choice(config, "arch.alpha_sharing", arch_lib.ALPHA_SHARINGS)
