@@ -8,7 +8,7 @@ For each row (search method) and seed: search → derive → retrain → evaluat
 DIR/<row>/seed_<s>/; finished runs are skipped and unfinished ones resume, so the same
 command continues an interrupted comparison. Writes DIR/comparison.md (test error
 mean ± std, params in M as DARTS counts them, search cost in device-hours),
-DIR/comparison.png and DIR/results.json. See dnas_jax/tools/compare.py.
+DIR/comparison.png and DIR/results.json. The rows: docs/comparison.md.
 
 Runs reuse compiled programs through JAX's persistent compilation cache
 (`--compile_cache`, as every entry point); `--fast_compile` compiles with XLA's cheap

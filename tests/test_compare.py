@@ -1,4 +1,4 @@
-"""The comparison (dnas_jax/tools/compare.py, experiments/compare.py) and its rows
+"""The comparison (dnas_jax/tools/compare.py, dnas_jax/search/methods.py, experiments/compare.py) and its rows
 (dnas_jax/search/methods.py): each row's effective settings, written out here from the
 DARTS and PC-DARTS papers' code; the tiny config end to end (PC-DARTS global against
 DNAS, one seed each: the table, the plot and the skipping of finished runs); the report

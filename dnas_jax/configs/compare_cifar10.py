@@ -5,15 +5,10 @@ Command:
       --workdir=workdirs/compare_cifar10 [--config.search.data.data_dir=DIR] \
       [--config.retrain.data.data_dir=DIR]
 
-Rows (Table 1 of Xu & He 2022), each as its authors defined it (the table in
-dnas_jax/tools/compare.py): DARTS first and second order (block search, L = 8, K = 1, 8
-operations with `none`, batch 64, lr 0.025, arch lr 3e-4, no warm-up), PC-DARTS (block,
-L = 8, K = 4, edge normalisation, batch 256, lr 0.1, arch lr 6e-4, 15 warm-up epochs),
-PC-DARTS global (the same with per-layer Ψ [20, 14, 8] and edge weights at L = 20),
-DNAS (configs/cifar10.py: L = 20, K = 4, formula 4, batch 96, skip dropout 0.2) and DNAS
-with the β softmax per node; seeds 0, 1, 2. Every derived genotype is retrained with
-configs/cifar10_retrain.py (L = 20, C = 36, 600 epochs, auxiliary head, cutout, drop
-path 0.2).
+Rows (Table 1 of Xu & He 2022): DARTS first and second order, PC-DARTS, PC-DARTS
+global, DNAS and DNAS with the β softmax per node, each as its authors defined it
+(docs/comparison.md); seeds 0, 1, 2. Every derived genotype is retrained with
+configs/cifar10_retrain.py.
 
 Cost: 18 searches and 18 retrainings of 600 epochs; each retraining alone takes days
 on one GPU, so run it on a pod or shard it by row (`--config.rows=dnas

@@ -9,7 +9,7 @@ costs more than running them. The command resumes where it stopped.)
 
 Rows: DARTS first and second order, PC-DARTS (block), PC-DARTS global and DNAS, each
 with its own settings (operations, partial channels, edge weights, learning rates,
-skip dropout, batch size: the table in dnas_jax/tools/compare.py) and seeds 0 and 1
+skip dropout, batch size: the rows of docs/comparison.md) and seeds 0 and 1
 (second order: seed 0 only, its step is several times slower on this CPU);
 `--config.rows=...` adds `dnas_node` (β softmax per node).
 

@@ -4,13 +4,10 @@ Command:
   python -m experiments.search --config=experiments/configs/darts_cifar10.py \
       --workdir=workdirs/cifar10_darts
 
-DARTS (Liu et al. 2019, quark0/darts `cnn/train_search.py`): one α per cell type
-(`iam`, softmax over DARTS's 8 operations with `none`), no partial channels (K = 1), no
-edge weights, an 8-cell search network with C = 16, batch 64, weights by SGD lr 0.025
-cosine to 0.001, architecture Adam lr 3e-4, no warm-up, no skip dropout, no zero-one
-loss, 50 epochs, first order (`--config.optim.second_order=True` for DARTS's 2nd
-order). The settings are the `darts_1st` row of dnas_jax/search/methods.py. Produces a
-global genotype whose normal cells are all identical (and reduction cells too).
+cifar10.py with the `darts_1st` row applied (Liu et al. 2019; the row's settings:
+docs/comparison.md; `--config.optim.second_order=True` gives `darts_2nd`). One α per
+cell type, so the global genotype it produces has identical normal cells (and
+identical reduction cells).
 """
 
 from dnas_jax.configs import cifar10

@@ -1,35 +1,10 @@
-"""Datasets held in memory as uint8 NHWC arrays, from the sources listed below (and in
-the README's Data section).
+"""Datasets held in memory as uint8 NHWC arrays.
 
-`load_dataset(name, source, data_dir)` returns a `Dataset`.
-
-Names and the sources each accepts (`source='auto'` picks the first available):
-
-| name            | sources                      | classes      | image    |
-|-----------------|------------------------------|--------------|----------|
-| `cifar10`       | `tfds`, `archive`            | 10           | 32×32×3  |
-| `cifar100`      | `tfds`, `archive`            | 100 (20)     | 32×32×3  |
-| `tiny_imagenet` | `archive`                    | 200          | 64×64×3  |
-| `digits`        | `digits`                     | 10           | 8×8×1    |
-| `synthetic`     | `synthetic`                  | `num_classes`| any      |
-
-Sources:
-
-* `tfds`: a dataset prepared by TensorFlow Datasets in array_record format, read with
-  `tfds.data_source` (random access, no TensorFlow needed) from
-  `data_dir/<cifar10|cifar100>/<version>/`. `data_dir=None` means TFDS's own default
-  (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`). Preparing one needs TensorFlow:
-  `tfds build cifar10 --data_dir=DIR --file_format=array_record`.
-* `archive`: the published archives, read with the standard library only:
-  `cifar-10-python.tar.gz`, `cifar-100-python.tar.gz`
-  (https://www.cs.toronto.edu/~kriz/cifar.html), and the `tiny-imagenet-200` folder or
-  `tiny-imagenet-200.zip` (http://cs231n.stanford.edu/tiny-imagenet-200.zip), all in
-  `data_dir`. `data_dir=None` means `$DNAS_DATA_DIR` or `~/dnas_data`.
-* `digits`: scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes),
-  the offline default. Kept at its own shape, 8×8×1 (the networks take the input
-  shape they are given): pixel values 0..16 are scaled to 0..255, and a fixed
-  permutation (seed 0) gives 1,500 training and 297 test images.
-* `synthetic`: random images whose class is readable from the mean colour, for tests.
+`load_dataset(name, source, data_dir)` returns a `Dataset`. The names
+(`sources.SOURCES`: cifar10, cifar100, tiny_imagenet, digits, synthetic), the sources
+each accepts and how to get the files are in the README's Data section. `synthetic` makes random images whose class is readable from the mean colour, for
+tests; `digits` scales scikit-learn's 0..16 pixels to 0..255 and splits its 1,797
+images by a fixed permutation (seed 0) into 1,500 training and 297 test images.
 
 `auto` for CIFAR takes TFDS when a prepared dataset is found (and tensorflow-datasets
 is installed), else the archive, and logs which it took and from where;

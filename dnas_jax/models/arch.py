@@ -1,57 +1,21 @@
 """Architecture weights ψ[layer, connection, operation]: three parameterisations.
 
-All functions here are pure functions of small pytrees (docs/design.md §1):
+All functions here are pure functions of small pytrees. The kinds, their trainable
+arrays, ψ and the edge weights of each, and the options where the paper is silent are
+tabulated once, in docs/design.md §1:
 
-=============  ===========================================  ==================================
-name           trainable arrays                             ψ[k, i, j]
-=============  ===========================================  ==================================
-``iam``        α_normal, α_reduce: [C, Op]                  softmax_j(α_type(k))[i, j]  (DARTS)
-``full``       Ψ: [L, C, Op]                                softmax_j(Ψ[k, i, :])[j]  (global)
-``decoupled``  α [C, Op], β [L, C], γ [L, Op]               σα(α[i, j]) · σβ(β[k])[i] · σγ(γ[k, j])
-=============  ===========================================  ==================================
+* ``decoupled``: DNAS's global search, formula (4) of Xu & He (CVPR-W 2022),
+  ψ = σα(α) · σβ(β[k]) · σγ(γ[k]) (`decoupled_psi`);
+* ``iam``: DARTS's block search, the identical-cell kind: one α for the normal cells
+  and one for the reduction cells, shared by every layer of that type;
+* ``full``: every layer its own Ψ (the naive global search).
 
-``iam`` is DARTS's block search, the identical-cell kind: one α for the normal cells and
-one for the reduction cells, shared by every layer of that type, so all normal cells of
-the network are the same cell, and so are all reduction cells. ``full`` gives every
-layer its own Ψ (the naive global search); ``decoupled`` is DNAS's global search.
-
-``decoupled`` is formula (4) of Xu & He (CVPR-W 2022). Where the paper is silent the
-choice is an option, the paper's reading being the default:
-
-* ``beta_domain``: ``"layer"`` (default) takes the β softmax over all 14 connections
-  of layer k, as formula (4) reads; ``"node"`` takes it over each node's incoming
-  connections (2, 3, 4, 5), as PC-DARTS's edge normalisation does.
-* ``alpha_sharing``: ``"global"`` (default) one α for all cells; ``"cell_type"`` one α
-  for normal and one for reduction cells (α then has shape [2, C, Op]).
-* ``alpha_activation``, ``gamma_activation``: ``"sigmoid"`` (default, FairDARTS-style
-  independent weights) or ``"softmax"`` (over operations). ``beta_activation``:
-  ``"softmax"`` (default, over the β domain) or ``"sigmoid"``.
-
-Edge weights (PC-DARTS's edge normalisation). On a partial-channel edge only 1/K of the
-channels go through the operations; the rest bypass them. PC-DARTS multiplies the whole
-edge output, bypassed channels included, by the edge's weight. So every parameterisation
-returns two arrays (`ArchWeights`):
-
-* ``psi`` [L, C, Op]: the weight that multiplies operation j's output on connection i
-  of layer k (formula 5); it already contains the edge weight;
-* ``edge`` [L, C]: the weight that multiplies the bypassed channels of that connection.
-
-==============================  ===============================  ========================
-kind                            ``edge[k, i]``                   ``psi[k, i, j]``
-==============================  ===============================  ========================
-``decoupled``                   σβ(β[k])[i]                      σα(α[i,j]) · edge[k,i] · σγ(γ[k,j])
-``iam``                         1                                softmax_j(α_type(k))[i,j]
-``iam``, edge_normalization     node_softmax(β_type(k))[i]       softmax_j(α_type(k))[i,j] · edge[k,i]
-``full``                        1                                softmax_j(Ψ[k,i,:])[j]
-``full``, edge_normalization    node_softmax(β[k])[i]            softmax_j(Ψ[k,i,:])[j] · edge[k,i]
-==============================  ===============================  ========================
-
-so the whole edge is edge[k,i] · shuffle(concat(Σ_j (psi[k,i,j] / edge[k,i]) O_j(x₁), x₂))
-(PC-DARTS's cell, `model_search.py`). For DNAS the connection factor σβ is the edge
-weight; with ``beta_domain="node"`` it is exactly PC-DARTS's edge normalisation (a softmax
-over each node's incoming edges). The derivation uses ``psi`` (edge weight included), as
-PC-DARTS's `genotype()` multiplies the operation weights by the edge weights. With K = 1
-there is no bypass and ``edge`` multiplies nothing.
+Every kind returns `ArchWeights(psi, edge)`: ``psi`` [L, C, Op] multiplies operation
+j's output on connection i of layer k (formula 5) and already contains the edge weight;
+``edge`` [L, C] multiplies the channels that bypass the operations on a partial-channel
+edge (PC-DARTS's edge normalisation), so the whole edge is
+edge[k,i] · shuffle(concat(Σ_j (psi[k,i,j] / edge[k,i]) O_j(x₁), x₂)), PC-DARTS's cell.
+The derivation uses ``psi``, edge weight included, as PC-DARTS's `genotype()` does.
 
 The zero-one loss of FairDARTS, ``-mean((s - 0.5)**2)``, is taken over all entries of
 the factors whose activation is a sigmoid; for parameterisations with no sigmoid

@@ -1,6 +1,6 @@
 """The search methods this project runs, as settings of a search config.
 
-`ROWS` names each method (a row of the comparison, dnas_jax/tools/compare.py) and holds
+`ROWS` names each method (a row of the comparison: docs/comparison.md has them as a table) and holds
 every setting that defines it, at its paper's scale, as dotted paths of the search
 config. `apply_method` sets a row's settings in a config (the baseline configs are
 built this way); `method_name` reads back which method a config runs, and

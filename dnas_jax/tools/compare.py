@@ -1,30 +1,9 @@
 """The paper's comparison under one budget: search → derive → retrain → evaluate.
 
 Each row is a search method run as its authors defined it (`methods.ROWS`, in
-dnas_jax/search/methods.py), over several seeds; every derived genotype is retrained with
-the same retraining config. A row fixes every setting that defines the method, at its
-paper's scale:
-
-=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
-row                kind    K    ops    edge norm  weight lr    arch  warm-up     skip    batch
-                                                               lr    (of 50 ep)  drop.
-=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
-darts_1st, _2nd    iam     1    8 +    no         0.025→0.001  3e-4  0           0       64
-                                none
-pc_darts           iam     4    8 +    yes        0.1→0        6e-4  15          0       256
-                                none
-pc_darts_global    full    4    8 +    yes        0.1→0        6e-4  15          0       256
-                                none
-dnas, dnas_node    decoup  4    7      σβ(β)      0.025→0.001  6e-4  15          0.2     96
-=================  ======  ===  =====  =========  ===========  ====  ==========  ======  =====
-
-Search depth: DARTS and PC-DARTS search an 8-cell network (L = 8) and stack the cell;
-the global searches (PC-DARTS global, the paper's Table 1 row, and DNAS) search the
-whole L = 20 network. All: C = 16, 50 epochs, momentum 0.9, weight decay 3e-4, clip 5,
-Adam (0.5, 0.999) with L2 1e-3 for the architecture, first order except `darts_2nd`;
-zero-one loss (weight 10) only for DNAS's sigmoid factors. Sources: DARTS's and
-PC-DARTS's `train_search.py` and `model_search.py` (PC-DARTS has no skip dropout during
-the search; DNAS's 0.2 is this project's DNAS default).
+dnas_jax/search/methods.py; the rows and their settings are tabulated in
+docs/comparison.md), over several seeds; every derived genotype is retrained with the
+same retraining config.
 
 A comparison config (experiments/configs/compare_*.py) holds:
 
