@@ -7,8 +7,18 @@ dilation 2, skip-connect is the identity (a factorized reduce when the stride is
 `none` returns zeros. Batch norms follow PyTorch's defaults (momentum 0.1, eps 1e-5);
 `affine=False` drops their scale and bias, as in the search network.
 
-`OPS[name](channels, stride, affine, train, dtype, formulation)` builds an op; unknown
-names raise with the list of valid ones.
+DARTS's other operations are here too: `sep_conv_7x7` and `conv_7x1_1x7` (ReLU, a 1×7
+convolution strided along the width, a 7×1 one strided along the height, BN).
+
+*The registry.* Every operation, built-in or a user's, is a factory registered under a
+name with `register_op` (its docstring states the contract an operation keeps); `OPS`
+holds them in registration order, `create_op` builds one, and named lists of
+operations are registered with `register_primitives` ("dnas": 7 operations, "darts":
+8 with `none`). The search space's validation, the supernet, derivation, the genotype
+files, the retraining network and the figures all read this one registry. A user's
+operations live in Python files or modules imported with `import_ops_modules` (the
+config field `model.ops_modules`); `check_operations` refuses an operation that breaks
+the contract in one line, from shapes only (docs/extending.md).
 
 *Formulations* (`Formulation`): the depthwise and pointwise convolutions inside the
 separable and dilated convolutions (and the factorized reduce) can be written in two
@@ -31,7 +41,15 @@ each backend (measured: README, *Performance*).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import hashlib
+import importlib
+import inspect
+import os
+import re
+import sys
+import traceback
+import types
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -319,7 +337,168 @@ class Zero(nn.Module):
     return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
 
 
+class AsymmetricConv(nn.Module):
+  """DARTS's `conv_7x1_1x7` (k = 7): ReLU, a 1×k convolution with stride (1, s), a k×1
+  convolution with stride (s, 1), both without bias and padded by k // 2 along their
+  long side, then BN."""
+  features: int
+  kernel: int = 7
+  stride: int = 1
+  affine: bool = True
+  train: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, p = self.kernel, self.stride, self.kernel // 2
+    x = nn.relu(x)
+    x = nn.Conv(self.features, (1, k), strides=(1, s), padding=((0, 0), (p, p)),
+                use_bias=False, dtype=self.dtype, name="Conv_0")(x)
+    x = nn.Conv(self.features, (k, 1), strides=(s, 1), padding=((p, p), (0, 0)),
+                use_bias=False, dtype=self.dtype, name="Conv_1")(x)
+    return BatchNorm(self.affine, self.train, self.dtype)(x)
+
+
+# ---------------------------------------------------------------------------------
+# The registry of operations and of named lists of them.
+
 OpFactory = Callable[..., nn.Module]
+
+
+class OperationError(ValueError):
+  """An operation or a list of operations is unknown, breaks the contract of
+  `register_op`, or a user's operations module cannot be imported. The message is one
+  line."""
+
+
+# name -> factory, in registration order: the library's operations, then the users'.
+OPS: dict[str, OpFactory] = {}
+# name -> list of operation names (`register_primitives`).
+PRIMITIVE_SETS: dict[str, tuple[str, ...]] = {}
+# The factories this module registers: an operation keeps the batched forms of
+# `batched_ops` only while its factory is the built-in one.
+_BUILTIN: dict[str, OpFactory] = {}
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# What the user file being imported registers (to forget it when the file is imported
+# again after a change): [(kind, name)].
+_registering: list[tuple[str, str]] | None = None
+
+
+def _check_name(name: str, what: str) -> None:
+  if not isinstance(name, str) or not _NAME.match(name):
+    raise OperationError(f"{what} name {name!r}: use letters, digits, '_', '.' or '-' "
+                         "(names go into comma-separated config fields)")
+
+
+def register_op(name: str, factory: OpFactory, *, replace: bool = False) -> None:
+  """Registers a candidate operation under `name`.
+
+  The contract of an operation. `factory(channels, stride, affine, train, dtype,
+  formulation)` is called with these six arguments, positionally, and returns a Flax
+  module (`nn.Module`) that is then called on one input, `module(x)`:
+
+  * `x` is [B, H, W, channels] (NHWC) of dtype `dtype`; the output is
+    [B, ceil(H / stride), ceil(W / stride), channels] of the same dtype: the operation
+    keeps the channels, and at `stride` 2 (the edges from a reduction cell's inputs)
+    it halves the height and the width. `stride` is 1 or 2.
+  * `affine`: False in the search network (its batch norms have no scale or bias, as
+    DARTS's), True in the retraining network. `train`: batch statistics (True) or
+    running averages (False). `dtype`: the compute dtype (float32, or bfloat16 with
+    parameters in float32). `formulation`: a `Formulation`, how the program writes
+    depthwise and pointwise convolutions (`DepthwiseConv`, `PointwiseConv` read it);
+    an operation may ignore it.
+  * Its variables are created through Flax only: parameters named `kernel` (a
+    convolution's [..., kh, kw, cin, cout] or a dense [cin, cout]), `bias`, or a batch
+    norm's `scale` and `bias`, and batch norms' statistics in `batch_stats` (`BatchNorm`
+    here); no other collection. The supernet creates them from shapes
+    (`models.init`: PyTorch's initialisation) and runs the operation under `nn.vmap`
+    (over a node's edges) and `nn.scan` (over a stage's cells), so the module has no
+    Python side effect and no Python decision that depends on the values of `x` or of
+    its variables (shapes and the six arguments may decide anything).
+
+  `check_operations` tests this contract from shapes (at strides 1 and 2, alone and
+  vmapped over edges) before anything is compiled. An operation without a batched
+  form in `batched_ops` (every one registered here by a user) runs edge by edge
+  (vmapped) in the CPU's program (`edges=channels`).
+
+  Args:
+    name: the operation's name in `config.model.primitives`, genotypes and figures.
+    factory: the callable above; a Flax module class whose fields are these six
+      arguments in this order is one.
+    replace: whether an operation already registered under `name` is replaced
+      (otherwise registering it again is an error).
+  """
+  _check_name(name, "operation")
+  if not callable(factory):
+    raise OperationError(f"operation {name!r}: the factory {factory!r} is not callable")
+  if name in OPS and not replace:
+    raise OperationError(f"operation {name!r} is already registered; pass replace=True "
+                         "to replace it")
+  if name in PRIMITIVE_SETS:
+    raise OperationError(f"operation {name!r}: a list of operations has that name")
+  OPS[name] = factory
+  if _registering is not None:
+    _registering.append(("op", name))
+
+
+def register_primitives(name: str, primitives: Sequence[str], *,
+                        replace: bool = False) -> tuple[str, ...]:
+  """Registers a named list of candidate operations (usable as
+  `config.model.primitives=NAME`); its operations must be registered already and
+  appear once each. Registering a name again is an error unless `replace`. Returns
+  the list as a tuple."""
+  _check_name(name, "list of operations")
+  if isinstance(primitives, str):
+    primitives = [p.strip() for p in primitives.split(",") if p.strip()]
+  primitives = tuple(primitives)
+  if not primitives:
+    raise OperationError(f"list of operations {name!r} names no operation")
+  check_known(primitives)
+  if name in PRIMITIVE_SETS and not replace:
+    raise OperationError(f"list of operations {name!r} is already registered; pass "
+                         "replace=True to replace it")
+  if name in OPS:
+    raise OperationError(f"list of operations {name!r}: an operation has that name")
+  PRIMITIVE_SETS[name] = primitives
+  if _registering is not None:
+    _registering.append(("set", name))
+  return primitives
+
+
+def registered_ops() -> tuple[str, ...]:
+  """The names of every registered operation, in registration order."""
+  return tuple(OPS)
+
+
+def is_builtin(name: str) -> bool:
+  """Whether `name` is one of this module's operations, not replaced by a user's."""
+  return name in _BUILTIN and OPS.get(name) is _BUILTIN[name]
+
+
+def check_known(primitives: Sequence[str]) -> None:
+  """Raises OperationError naming the unregistered operations and the registered ones,
+  or an operation listed twice."""
+  bad = [p for p in primitives if p not in OPS]
+  if bad:
+    raise OperationError(f"Unknown operations {bad}; valid names: {list(OPS)} (a new "
+                         "operation: ops.register_op, config.model.ops_modules)")
+  twice = sorted({p for p in primitives if list(primitives).count(p) > 1})
+  if twice:
+    raise OperationError(f"operations {twice} are listed more than once")
+
+
+def get_primitives(name: str) -> tuple[str, ...]:
+  """The registered list of operations `name` ('dnas': 7 operations, 'darts': 8)."""
+  try:
+    return PRIMITIVE_SETS[name]
+  except KeyError:
+    raise OperationError(f"Unknown primitive set {name!r}; valid names: "
+                         f"{sorted(PRIMITIVE_SETS)}") from None
+
+
+def _register_builtin(name: str, factory: OpFactory) -> None:
+  register_op(name, factory)
+  _BUILTIN[name] = factory
 
 
 def _skip(c, stride, affine, train, dtype, formulation=CONV):
@@ -327,35 +506,293 @@ def _skip(c, stride, affine, train, dtype, formulation=CONV):
           else FactorizedReduce(c, affine, train, dtype, formulation))
 
 
-OPS: dict[str, OpFactory] = {
-    "none": lambda c, stride, affine, train, dtype, f=CONV: Zero(stride),
-    "max_pool_3x3": lambda c, stride, affine, train, dtype, f=CONV: Pool(
-        "max", stride, not affine, train, dtype),
-    "avg_pool_3x3": lambda c, stride, affine, train, dtype, f=CONV: Pool(
-        "avg", stride, not affine, train, dtype),
-    "skip_connect": _skip,
-    "sep_conv_3x3": lambda c, stride, affine, train, dtype, f=CONV: SepConv(
-        c, 3, stride, 1, affine, train, dtype, f),
-    "sep_conv_5x5": lambda c, stride, affine, train, dtype, f=CONV: SepConv(
-        c, 5, stride, 2, affine, train, dtype, f),
-    "sep_conv_7x7": lambda c, stride, affine, train, dtype, f=CONV: SepConv(
-        c, 7, stride, 3, affine, train, dtype, f),
-    "dil_conv_3x3": lambda c, stride, affine, train, dtype, f=CONV: DilConv(
-        c, 3, stride, 2, 2, affine, train, dtype, f),
-    "dil_conv_5x5": lambda c, stride, affine, train, dtype, f=CONV: DilConv(
-        c, 5, stride, 4, 2, affine, train, dtype, f),
-}
+# DARTS's operations (quark0/darts `operations.py`), in the order of its list.
+_register_builtin("none", lambda c, stride, affine, train, dtype, f=CONV: Zero(stride))
+_register_builtin("max_pool_3x3", lambda c, stride, affine, train, dtype, f=CONV: Pool(
+    "max", stride, not affine, train, dtype))
+_register_builtin("avg_pool_3x3", lambda c, stride, affine, train, dtype, f=CONV: Pool(
+    "avg", stride, not affine, train, dtype))
+_register_builtin("skip_connect", _skip)
+_register_builtin("sep_conv_3x3", lambda c, stride, affine, train, dtype, f=CONV: SepConv(
+    c, 3, stride, 1, affine, train, dtype, f))
+_register_builtin("sep_conv_5x5", lambda c, stride, affine, train, dtype, f=CONV: SepConv(
+    c, 5, stride, 2, affine, train, dtype, f))
+_register_builtin("dil_conv_3x3", lambda c, stride, affine, train, dtype, f=CONV: DilConv(
+    c, 3, stride, 2, 2, affine, train, dtype, f))
+_register_builtin("dil_conv_5x5", lambda c, stride, affine, train, dtype, f=CONV: DilConv(
+    c, 5, stride, 4, 2, affine, train, dtype, f))
+_register_builtin("sep_conv_7x7", lambda c, stride, affine, train, dtype, f=CONV: SepConv(
+    c, 7, stride, 3, affine, train, dtype, f))
+_register_builtin("conv_7x1_1x7", lambda c, stride, affine, train, dtype, f=CONV:
+                  AsymmetricConv(c, 7, stride, affine, train, dtype))
+
+# DNAS drops `none`: its weights are sigmoids (FairDARTS), so an operation can be
+# switched off by its own weight. DARTS's list (its baselines) has it first.
+register_primitives("dnas", ("max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                             "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+                             "dil_conv_5x5"))
+register_primitives("darts", ("none",) + get_primitives("dnas"))
 
 
 def create_op(name: str, channels: int, stride: int, *, affine: bool, train: bool,
               dtype: Dtype = jnp.float32, formulation: Formulation = CONV) -> nn.Module:
   """Builds the named operation. In the search network (affine=False) pooling is
   followed by a BN without affine parameters, as in DARTS's MixedOp."""
+  if name not in OPS:
+    raise OperationError(f"Unknown operation {name!r}; valid names: {list(OPS)}")
+  return OPS[name](channels, stride, affine, train, dtype, formulation)
+
+
+def unattached(build: Callable[[], Any]) -> Any:
+  """`build()` run outside any module's scope: a module it makes has no parent and
+  takes no name; `module.clone(parent=..., name=...)` attaches it where it is used."""
+  # Flax gives a module made inside a compact method that module as its parent (and
+  # an automatic name) from its module stack; None on top means "no parent".
+  stack = nn.module._context.module_stack  # pylint: disable=protected-access
+  stack.append(None)
   try:
-    factory = OPS[name]
-  except KeyError:
-    raise ValueError(f"Unknown operation {name!r}; valid names: {sorted(OPS)}") from None
-  return factory(channels, stride, affine, train, dtype, formulation)
+    return build()
+  finally:
+    stack.pop()
+
+
+def unattached_ops(primitives: Sequence[str], channels: int, stride: int, *,
+                   affine: bool, train: bool, dtype: Dtype = jnp.float32,
+                   formulation: Formulation = CONV) -> dict[str, tuple[str, nn.Module]]:
+  """{operation: (its scope, its module, unattached)}: the scope is the name Flax gives
+  the module when a module builds the operations in this order (`supernet.MixedOp`:
+  its class name and a count per class, e.g. SepConv_0, Pool_1), so that another
+  layout of the same operations (`supernet.BatchedMixedOps`) declares the same
+  variables."""
+  counts: dict[str, int] = {}
+  out = {}
+  for name in primitives:
+    module = unattached(lambda name=name: create_op(
+        name, channels, stride, affine=affine, train=train, dtype=dtype,
+        formulation=formulation))
+    kind = type(module).__name__
+    out[name] = (f"{kind}_{counts.get(kind, 0)}", module)
+    counts[kind] = counts.get(kind, 0) + 1
+  return out
+
+
+# ---------------------------------------------------------------------------------
+# The contract, checked from shapes.
+
+_PARAM_NAMES = ("kernel", "bias", "scale")
+
+
+class _Apply(nn.Module):
+  """Builds one operation and applies it (what `MixedOp` does for each of its own)."""
+  name_: str
+  channels: int
+  stride: int
+  affine: bool
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    return create_op(self.name_, self.channels, self.stride, affine=self.affine,
+                     train=True, dtype=self.dtype)(x)
+
+
+def _shape_text(shape, dtype) -> str:
+  return f"[{', '.join(map(str, shape))}] {jnp.dtype(dtype).name}"
+
+
+def check_operation(name: str, channels: int, *, affine: bool,
+                    dtype: Dtype = jnp.float32, size: int = 8, batch: int = 2,
+                    edges: int = 2) -> None:
+  """Traces operation `name` (shapes only: `jax.eval_shape`, nothing is compiled) on a
+  [batch, size, size, channels] input at strides 1 and 2, alone and `nn.vmap`-ed over
+  `edges` edges as the supernet runs it, and raises OperationError, one line, where
+  it breaks the contract of `register_op`: it fails to trace (the exception's first
+  line), gives another shape or dtype, or creates variables `models.init` cannot
+  fill."""
+  if name not in OPS:
+    check_known([name])
+  dtype = jnp.dtype(dtype)
+  for stride in (1, 2):
+    for vmapped in (False, True):
+      shape = (batch, size, size, channels)
+      want = (batch, -(-size // stride), -(-size // stride), channels)
+      module = _Apply(name, channels, stride, affine, dtype)
+      where = f"stride {stride}" + (f", vmapped over {edges} edges" if vmapped else "")
+      if vmapped:
+        module = nn.vmap(_Apply, in_axes=0, out_axes=0,
+                         variable_axes={"params": 0, "batch_stats": 0},
+                         split_rngs={"params": True, "dropout": True})(
+                             name, channels, stride, affine, dtype)
+        shape, want = (edges,) + shape, (edges,) + want
+      x = jax.ShapeDtypeStruct(shape, dtype)
+      head = f"operation {name!r} ({where}) on input {_shape_text(shape, dtype)}"
+      try:
+        out, variables = jax.eval_shape(
+            lambda x: module.init_with_output(
+                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x), x)
+      except Exception as e:  # pylint: disable=broad-except  (a user's code: any error)
+        lines = str(e).strip().splitlines()
+        raise OperationError(f"{head} fails to trace: {type(e).__name__}"
+                             + (f": {lines[0].strip()}" if lines else "")) from None
+      if not hasattr(out, "shape"):
+        raise OperationError(f"{head} gave a {type(out).__name__}, expected one array "
+                             f"{_shape_text(want, dtype)}")
+      if tuple(out.shape) != want or out.dtype != dtype:
+        raise OperationError(
+            f"{head} gave {_shape_text(out.shape, out.dtype)}, expected "
+            f"{_shape_text(want, dtype)} (an operation keeps the channels and dtype, "
+            "and halves the height and width at stride 2)")
+      collections = sorted(set(variables) - {"params", "batch_stats"})
+      if collections:
+        raise OperationError(f"{head} creates variables in {collections}; an operation "
+                             "has only 'params' and 'batch_stats'")
+      for path, _ in jax.tree_util.tree_flatten_with_path(
+          dict(variables.get("params", {})))[0]:
+        leaf = str(getattr(path[-1], "key", path[-1]))
+        if leaf not in _PARAM_NAMES:
+          raise OperationError(
+              f"{head} creates a parameter named {leaf!r}; parameters are named "
+              f"{list(_PARAM_NAMES)} (models.init fills those from their shapes)")
+
+
+# (name, factory, channels, affine, dtype) of the operations that passed.
+_checked: set[tuple[Any, ...]] = set()
+
+
+def check_operations(primitives: Sequence[str], channels: int, *, affine: bool,
+                     dtype: Dtype = jnp.float32) -> None:
+  """`check_operation` for each of `primitives` (unknown names refused first); an
+  operation that passed with the same factory and arguments is not traced again."""
+  check_known(primitives)
+  for name in primitives:
+    key = (name, OPS[name], channels, affine, jnp.dtype(dtype).name)
+    if key not in _checked:
+      check_operation(name, channels, affine=affine, dtype=dtype)
+      _checked.add(key)
+
+
+# ---------------------------------------------------------------------------------
+# A user's operations: Python files and modules named by `config.model.ops_modules`.
+
+# The files imported by path: real path -> (SHA-256 of the bytes that ran, module,
+# [(kind, name)] it registered).
+_USER_FILES: dict[str, tuple[str, types.ModuleType, list[tuple[str, str]]]] = {}
+# The modules imported by name: name -> module.
+_USER_MODULES: dict[str, types.ModuleType] = {}
+
+
+def _is_path(item: str) -> bool:
+  return item.endswith(".py") or "/" in item or os.sep in item
+
+
+def _import_problem(item: str, e: BaseException, filename: str | None) -> OperationError:
+  """One line: what failed to import, the exception and where in the user's file."""
+  where = ""
+  if isinstance(e, SyntaxError) and e.lineno:
+    where = f" (line {e.lineno})"
+  elif filename:
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+             if f.filename == filename]
+    where = f" (line {lines[-1]})" if lines else ""
+  text = str(e).strip().splitlines()
+  return OperationError(f"cannot import the operations module {item!r}{where}: "
+                        f"{type(e).__name__}" + (f": {text[0].strip()}" if text else ""))
+
+
+def _forget(registered: list[tuple[str, str]]) -> None:
+  for kind, name in registered:
+    (OPS if kind == "op" else PRIMITIVE_SETS).pop(name, None)
+
+
+def _import_file(item: str) -> types.ModuleType:
+  global _registering
+  path = os.path.realpath(os.path.abspath(item))
+  if not os.path.isfile(path):
+    raise OperationError(f"operations module {item!r}: no such file {path} (a path is "
+                         "read relative to the current directory)")
+  with open(path, "rb") as f:
+    data = f.read()
+  digest = hashlib.sha256(data).hexdigest()
+  if path in _USER_FILES:
+    if _USER_FILES[path][0] == digest:
+      return _USER_FILES[path][1]
+    _forget(_USER_FILES.pop(path)[2])  # changed since: its new version replaces it
+  stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+  module_name = f"dnas_jax_user_ops_{stem}_{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+  module = types.ModuleType(module_name)
+  module.__file__ = path
+  sys.modules[module_name] = module  # dataclasses (Flax modules) look their module up
+  registered: list[tuple[str, str]] = []
+  _registering = registered
+  try:
+    exec(compile(data, path, "exec"), module.__dict__)  # pylint: disable=exec-used
+  except Exception as e:  # pylint: disable=broad-except  (a user's code: any error)
+    _forget(registered)
+    sys.modules.pop(module_name, None)
+    raise _import_problem(item, e, path) from None
+  finally:
+    _registering = None
+  _USER_FILES[path] = (digest, module, registered)
+  return module
+
+
+def _import_module(item: str) -> types.ModuleType:
+  if item not in _USER_MODULES:
+    try:
+      _USER_MODULES[item] = importlib.import_module(item)
+    except Exception as e:  # pylint: disable=broad-except  (a user's code: any error)
+      raise _import_problem(item, e, None) from None
+  return _USER_MODULES[item]
+
+
+def ops_module_names(spec: str | Sequence[str]) -> list[str]:
+  """The items of `config.model.ops_modules`: a comma-separated string (or a list) of
+  .py file paths and importable module names; empty items are dropped."""
+  if isinstance(spec, str):
+    spec = spec.split(",")
+  return [str(item).strip() for item in spec if str(item).strip()]
+
+
+def import_ops_modules(spec: str | Sequence[str]) -> list[types.ModuleType]:
+  """Imports a user's operations (`config.model.ops_modules`): each .py file path
+  (relative to the current directory) or module name, in order; their top-level code
+  registers operations (`register_op`) and lists (`register_primitives`). A file is
+  run once per process, again only when its bytes changed (what it registered before is
+  forgotten first); a module is imported once. OperationError, one line, when one
+  cannot be found or raises."""
+  return [(_import_file if _is_path(item) else _import_module)(item)
+          for item in ops_module_names(spec)]
+
+
+def _sha256_of(path: str) -> str | None:
+  try:
+    with open(path, "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  except OSError:
+    return None
+
+
+def imported_user_sources() -> dict[str, str]:
+  """{file path: SHA-256 of its bytes} of the user's operation code in this process:
+  the files `import_ops_modules` ran (the bytes that ran), the files of the modules it
+  imported, and the source file of every registered operation whose factory is not
+  built in (an operation registered from a script or a notebook's file). For the
+  compiled-executable cache key: a changed operation is another program."""
+  out = {path: digest for path, (digest, _, _) in _USER_FILES.items()}
+  files = [getattr(m, "__file__", None) for m in _USER_MODULES.values()]
+  for name, factory in OPS.items():
+    if is_builtin(name):
+      continue
+    try:
+      files.append(inspect.getsourcefile(getattr(factory, "func", factory)))
+    except TypeError:  # a built-in callable or a class of no file
+      continue
+  for path in files:
+    if path and path not in out and os.path.isfile(path):
+      digest = _sha256_of(path)
+      if digest is not None:
+        out[os.path.realpath(path)] = digest
+  return dict(sorted(out.items()))
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:

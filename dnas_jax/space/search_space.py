@@ -12,34 +12,26 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from dnas_jax.space import ops
+
 NUM_NODES = 4
 NUM_INPUTS = 2  # s0 and s1, the outputs of the two previous cells
 
-# DNAS drops `none`: its weights are sigmoids (FairDARTS), so an op can be switched off
-# by its own weight.
-PRIMITIVES = (
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
-# DARTS's list, for the DARTS baseline.
-DARTS_PRIMITIVES = ("none",) + PRIMITIVES
+# The candidate operations and their named lists live in one registry (`ops.OPS`,
+# `ops.PRIMITIVE_SETS`; `ops.register_op`, `ops.register_primitives`).
+# DNAS's 7 operations (no `none`: its weights are sigmoids, FairDARTS, so an operation
+# is switched off by its own weight).
+PRIMITIVES = ops.get_primitives("dnas")
+# DARTS's list, for the DARTS baseline: `none` and the 7.
+DARTS_PRIMITIVES = ops.get_primitives("darts")
 
-PRIMITIVE_SETS = {"dnas": PRIMITIVES, "darts": DARTS_PRIMITIVES}
+PRIMITIVE_SETS = ops.PRIMITIVE_SETS  # name -> operations, users' lists included
 
 
 def get_primitives(name: str) -> tuple[str, ...]:
-  """Returns the named list of candidate operations ('dnas': 7 ops, 'darts': 8)."""
-  try:
-    return PRIMITIVE_SETS[name]
-  except KeyError:
-    raise ValueError(
-        f"Unknown primitive set {name!r}; valid names: {sorted(PRIMITIVE_SETS)}"
-    ) from None
+  """Returns the named list of candidate operations ('dnas': 7 ops, 'darts': 8, or one
+  registered with `ops.register_primitives`)."""
+  return ops.get_primitives(name)
 
 
 def _build_topology():
@@ -84,7 +76,6 @@ def stage_of_layers(num_layers: int) -> tuple[int, ...]:
 
 
 def check_primitives(primitives: Sequence[str]) -> None:
-  known = set(DARTS_PRIMITIVES)
-  bad = [p for p in primitives if p not in known]
-  if bad:
-    raise ValueError(f"Unknown operations {bad}; valid names: {list(DARTS_PRIMITIVES)}")
+  """Raises ValueError (`ops.OperationError`) naming the operations that are not
+  registered, with the registered ones, or an operation listed twice."""
+  ops.check_known(primitives)
