@@ -93,17 +93,19 @@ class BatchedMixedOps(nn.Module):
       raise ValueError(f"channels {x.shape[-1]} not divisible by partial_k={k}")
     c = x.shape[-1] // k
     xs = x[..., :c]
+    # Every operation's module gets the scope `MixedOp` gives it (`ops.unattached_ops`),
+    # so that both layouts declare the same variables, a user's operations included.
+    built = ops.unattached_ops(self.primitives, c, self.stride, affine=False,
+                               train=self.train, dtype=self.dtype,
+                               formulation=self.formulation)
     if self.formulation.depthwise == "kernel":
-      out = self._stacked(xs, psi)
+      out = self._stacked(xs, psi, built)
     else:
       out = None
       for j, name in enumerate(self.primitives):
         if name == "none":  # zeros: adds nothing, and its weight gets a zero gradient
           continue
-        y = batched_ops.BATCHED[name](c, self.stride, self.train, self.dtype,
-                                      self.formulation)(xs)
-        if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
-          y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
+        y = self._one_op(xs, name, built[name])
         term = psi[:, j, None].astype(y.dtype) * y
         out = term if out is None else out + term
       out = None if out is None else jnp.sum(out, axis=-2)
@@ -124,26 +126,40 @@ class BatchedMixedOps(nn.Module):
     return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
 
 
-  def _stacked(self, xs, psi):
+  def _one_op(self, xs, name, built):
+    """One operation on the E edges of xs [B, H, W, E, c]: its batched form
+    (`batched_ops.BATCHED`) or, without one, its `ops` module edge by edge
+    (`batched_ops.per_edge`); the skip connection's dropout after it."""
+    scope, op = built
+    if batched_ops.has_batched(name):
+      module = ops.unattached(lambda: batched_ops.BATCHED[name](
+          xs.shape[-1], self.stride, self.train, self.dtype, self.formulation))
+      y = module.clone(parent=self, name=scope)(xs)
+    else:
+      y = batched_ops.per_edge(self, xs, op, scope)
+    if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
+      # Per edge, as `nn.vmap(MixedOp)` draws the masks: the same random numbers.
+      y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
+    return y
+
+  def _stacked(self, xs, psi, built):
     """Σ over ops and edges of ψ · op(x) with the ops in stacked blocks
-    (`batched_ops.stacked_pool_ops`, `stacked_conv_ops`): one weighted sum per block."""
+    (`batched_ops.stacked_pool_ops`, `stacked_conv_ops`): one weighted sum per block;
+    the skip connection and the operations without a batched form one block each."""
     prims = tuple(self.primitives)
+    scopes = {p: scope for p, (scope, _) in built.items()}
     blocks = []
-    pools = batched_ops.pool_scopes(prims)
+    pools = batched_ops.pool_scopes(scopes)
     if pools:
       blocks.append((list(pools), batched_ops.stacked_pool_ops(
           self, xs, pools, self.stride, self.train, self.dtype)))
-    convs = batched_ops.conv_scopes(prims)
+    convs = batched_ops.conv_scopes(scopes)
     if convs:
       blocks += batched_ops.stacked_conv_ops(self, xs, convs, self.stride, self.train,
                                              self.dtype)
-    if "skip_connect" in prims:
-      y = batched_ops.BATCHED["skip_connect"](xs.shape[-1], self.stride, self.train,
-                                              self.dtype, self.formulation)(xs)
-      if self.stride == 1 and self.skip_dropout > 0:
-        # Per edge, as `nn.vmap(MixedOp)` draws the masks: the same random numbers.
-        y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
-      blocks.append((["skip_connect"], y[..., None, :, :]))
+    for p in prims:
+      if p != "none" and p not in pools and p not in convs:
+        blocks.append(([p], self._one_op(xs, p, built[p])[..., None, :, :]))
     out = None
     for names, y in blocks:  # y [B, H, W, ops, E, c]
       w = psi[:, np.asarray([prims.index(p) for p in names])].T  # [ops, E]

@@ -18,8 +18,10 @@ layouts are the same network with the same parameter tree and compute the same n
 masks included (`supernet.BatchedMixedOps` draws them per edge, with the keys
 `nn.vmap` gives the edges).
 
-`BATCHED` names the operations written here; a search whose operations are all in it
-can use the layout.
+`BATCHED` names the operations written here. Any other operation (a user's, one of
+`ops` without a batched form such as `conv_7x1_1x7`, or a built-in name a user
+replaced) runs edge by edge: `per_edge` applies its `ops` module `nn.vmap`-ed over the
+edge axis, on each edge's channel slice, with the variables `nn.vmap(MixedOp)` gives it.
 """
 
 from __future__ import annotations
@@ -309,9 +311,29 @@ BATCHED = {
 }
 
 
+def has_batched(name: str) -> bool:
+  """Whether operation `name` has a batched form here: one of `BATCHED` whose
+  registered factory is still the built-in one (`ops.is_builtin`)."""
+  return name in BATCHED and ops.is_builtin(name)
+
+
 def supports(primitives) -> bool:
-  """Whether every operation has a batched form here (`none` needs none)."""
-  return all(p == "none" or p in BATCHED for p in primitives)
+  """Whether every operation has a batched form here (`none` needs none); the others
+  run edge by edge (`per_edge`)."""
+  return all(p == "none" or has_batched(p) for p in primitives)
+
+
+def per_edge(module: nn.Module, xs: jax.Array, op: nn.Module, scope: str) -> jax.Array:
+  """An operation without a batched form on E edges: `op` (its `ops` module, made
+  unattached: `ops.unattached_ops`) `nn.vmap`-ed over the edge axis of xs
+  [B, H, W, E, c], its variables declared in `module`'s scope under `scope` with a
+  leading edge axis, as `nn.vmap(MixedOp)` declares them; returns [B, H', W', E, c]."""
+  def apply(parent, x):
+    return op.clone(parent=parent, name=scope)(x)
+  mapped = nn.vmap(apply, in_axes=0, out_axes=0,
+                   variable_axes={"params": 0, "batch_stats": 0},
+                   split_rngs={"params": True, "dropout": True})
+  return jnp.moveaxis(mapped(module, jnp.moveaxis(xs, -2, 0)), 0, -2)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -474,16 +496,11 @@ CONV_OPS = {"sep_conv_3x3": ("sep", 3, 1, 1), "sep_conv_5x5": ("sep", 5, 2, 1),
             "dil_conv_5x5": ("dil", 5, 4, 2)}
 
 
-def conv_scopes(primitives) -> dict[str, str]:
-  """{conv primitive: its variable scope}, as Flax names the `ops` modules a
-  `MixedOp` creates in primitive order (SepConv_0, SepConv_1, DilConv_0, ...)."""
-  counts, out = {"sep": 0, "dil": 0}, {}
-  for p in primitives:
-    if p in CONV_OPS:
-      kind = CONV_OPS[p][0]
-      out[p] = f"{'SepConv' if kind == 'sep' else 'DilConv'}_{counts[kind]}"
-      counts[kind] += 1
-  return out
+def conv_scopes(scopes: dict[str, str]) -> dict[str, str]:
+  """{conv primitive: its variable scope} of the built-in convolutions among `scopes`
+  ({primitive: the scope Flax gives the `ops` module a `MixedOp` creates for it, e.g.
+  SepConv_0, DilConv_1}: `ops.unattached_ops`), in primitive order."""
+  return {p: scope for p, scope in scopes.items() if p in CONV_OPS and has_batched(p)}
 
 
 def _taps(dw: jax.Array) -> jax.Array:
@@ -583,10 +600,11 @@ class _PoolVariables(nn.Module):
     return _BatchNormScope((self.edges, self.channels), name="BatchNorm_0")(mean, var)
 
 
-def pool_scopes(primitives) -> dict[str, str]:
-  """{pool primitive: its variable scope} (Pool_0, Pool_1 in primitive order)."""
-  pools = [p for p in primitives if p in ("max_pool_3x3", "avg_pool_3x3")]
-  return {p: f"Pool_{i}" for i, p in enumerate(pools)}
+def pool_scopes(scopes: dict[str, str]) -> dict[str, str]:
+  """{pool primitive: its variable scope} of the built-in pools among `scopes` (as
+  `conv_scopes`), in primitive order."""
+  return {p: scope for p, scope in scopes.items()
+          if p in ("max_pool_3x3", "avg_pool_3x3") and has_batched(p)}
 
 
 def stacked_pool_ops(module: nn.Module, xs: jax.Array, names: dict[str, str],
