@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import ops
 from dnas_jax.space import search_space
 
 OP_COLORS = {
@@ -39,6 +40,8 @@ OP_COLORS = {
     "sep_conv_5x5": "#08519c",
     "dil_conv_3x3": "#fd8d3c",
     "dil_conv_5x5": "#cb181d",
+    "sep_conv_7x7": "#08306b",
+    "conv_7x1_1x7": "#54278f",
 }
 OP_ABBREVIATIONS = {
     "none": "none",
@@ -49,8 +52,11 @@ OP_ABBREVIATIONS = {
     "sep_conv_5x5": "sep5",
     "dil_conv_3x3": "dil3",
     "dil_conv_5x5": "dil5",
+    "sep_conv_7x7": "sep7",
+    "conv_7x1_1x7": "c7x1",
 }
-# Operations outside the DARTS list take one of these, chosen by a hash of the name.
+# Any other operation (a user's: `ops.register_op`) takes one of these, chosen by a
+# hash of its name: the same colour in every figure and every run.
 _EXTRA_COLORS = ("#756bb1", "#e7298a", "#66a61e", "#a6761d", "#1b9e77", "#d95f02",
                  "#7570b3", "#e6ab02")
 _REDUCTION_COLOR = "#b2182b"
@@ -242,7 +248,7 @@ def _legend_ops(used: set[str], primitives: Sequence[str] | None) -> list[str]:
   if primitives is not None:
     listed = [p for p in primitives if p != "none"]
     return listed + sorted(used - set(listed))
-  order = [p for p in search_space.DARTS_PRIMITIVES if p in used]
+  order = [p for p in ops.registered_ops() if p in used]  # the registry's order
   return order + sorted(used - set(order))
 
 
