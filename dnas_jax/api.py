@@ -50,6 +50,7 @@ from dnas_jax.models import network
 from dnas_jax.retrain import setup as retrain_setup
 from dnas_jax.retrain import steps as retrain_steps
 from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import ops
 from dnas_jax.training import checkpoints
 from dnas_jax.training import evaluation
 from dnas_jax.training import metric_writers
@@ -91,13 +92,21 @@ def checkpoint_manager(workdir: str):
 
 
 def _meta(manager, workdir: str, step: int | None) -> dict:
-  """The meta of checkpoint `step`, or of the newest readable one."""
+  """The meta of checkpoint `step`, or of the newest readable one; the run's own
+  operations (its config's model.ops_modules) imported."""
   if step is not None:
-    return checkpoints.read_meta(manager, step)
+    return _with_ops(checkpoints.read_meta(manager, step))
   newest = checkpoints.newest_readable_meta(manager)
   if newest is None:
     raise WorkdirError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
-  return newest[1]
+  return _with_ops(newest[1])
+
+
+def _with_ops(meta: dict) -> dict:
+  """Imports the operations modules a run's stored config names (before anything
+  reads its operations), and returns its meta."""
+  ops.import_ops_modules(meta.get("config", {}).get("model", {}).get("ops_modules", ""))
+  return meta
 
 
 def _restore_state(manager, target, step: int | None):
@@ -195,7 +204,7 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
   newest = checkpoints.newest_readable_meta(manager) if manager is not None else None
   if newest is not None:
-    info["meta"] = newest[1]
+    info["meta"] = _with_ops(newest[1])
     if "genotype" in info["meta"]:
       raise WorkdirError(f"{workdir} is a retraining workdir (its checkpoints hold a "
                          "genotype, not architecture parameters); derive reads a "

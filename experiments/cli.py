@@ -13,6 +13,7 @@ from dnas_jax import api
 from dnas_jax.data import datasets
 from dnas_jax.search import loop as search_loop
 from dnas_jax.space import genotype
+from dnas_jax.space import ops
 from dnas_jax.tools import aot
 from dnas_jax.training import checkpoints
 from dnas_jax.training import compilation
@@ -28,7 +29,7 @@ USER_ERRORS = (validation.ConfigError, aot.AotUnavailableError,
                datasets.DatasetNotFoundError, datasets.DatasetFormatError,
                search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
                checkpoints.CheckpointError, workdir.WorkdirError, api.WorkdirError,
-               genotype.GenotypeFormatError)
+               genotype.GenotypeFormatError, ops.OperationError)
 
 
 def define_resume_flag():

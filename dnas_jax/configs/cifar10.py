@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.channels = 16
   config.model.partial_k = 4
   config.model.primitives = "dnas"  # dnas (7 ops) | darts (8, with none) | op,op,...
+  # A user's operations: .py file paths or module names, comma-separated, imported
+  # before the config is checked (docs/extending.md).
+  config.model.ops_modules = ""
   config.model.skip_dropout = 0.2
   config.model.dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
 

@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.channels = 36
   config.model.auxiliary = True
   config.model.dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
+  # A user's operations: .py file paths or module names, comma-separated, imported
+  # before the config is checked (docs/extending.md).
+  config.model.ops_modules = ""
 
   # Optimisation.
   config.optim = ml_collections.ConfigDict()

@@ -50,7 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   validation.validate_train_config(config)
   mesh = loop_lib.create_run_mesh(config)
-  geno = setup_lib.resolve_genotype(config.genotype, config.model.num_layers)
+  geno = setup_lib.genotype_of(config)
   ds = setup_lib.load_data(config)
   train_split = input_pipeline.Split(ds.train_images, ds.train_labels)
   test_split = input_pipeline.Split(ds.test_images, ds.test_labels)

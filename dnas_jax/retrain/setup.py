@@ -59,6 +59,18 @@ def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
   return geno
 
 
+def genotype_of(config: ml_collections.ConfigDict) -> genotype_lib.GlobalGenotype:
+  """`config.genotype` for the config's depth (`resolve_genotype`), its operations
+  checked against the contract of `ops.register_op` with the network's channels and
+  affine batch norms (from shapes: nothing is compiled)."""
+  geno = resolve_genotype(config.genotype, config.model.num_layers)
+  used = sorted({op for cell in geno.cells for edges in cell.nodes for op, _ in edges})
+  validation.check_operations(used, config.model.channels, affine=True,
+                              dtype=config.model.dtype, field=f"config.genotype="
+                              f"{config.genotype!r}")
+  return geno
+
+
 def create_network(config: ml_collections.ConfigDict, geno: genotype_lib.GlobalGenotype,
                    num_classes: int, train: bool) -> network.NetworkCIFAR:
   m = config.model
@@ -71,7 +83,7 @@ def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
   from shapes only: no data is read and nothing is compiled."""
   validation.validate_train_config(config)
   image_shape, num_classes = DATASET_SHAPES[config.data.dataset]
-  geno = resolve_genotype(config.genotype, config.model.num_layers)
+  geno = genotype_of(config)
   shapes = network.variable_shapes(create_network(config, geno, num_classes, True),
                                    image_shape)
   return (network.count_params(shapes),

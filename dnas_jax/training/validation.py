@@ -14,6 +14,7 @@ from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import network
 from dnas_jax.models import program as program_lib
 from dnas_jax.space import known_genotypes
+from dnas_jax.space import ops
 from dnas_jax.space import search_space
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic")
@@ -100,23 +101,51 @@ def check_batch_fits(batch_size: int, num_examples: int, what: str,
 
 
 def primitives_of(spec: str) -> tuple[str, ...]:
-  """config.model.primitives: 'dnas' (7 ops), 'darts' (8, with none), or a
-  comma-separated list of operation names."""
+  """config.model.primitives: 'dnas' (7 ops), 'darts' (8, with none), another list
+  registered with `ops.register_primitives`, or a comma-separated list of registered
+  operation names."""
   if spec in search_space.PRIMITIVE_SETS:
     return search_space.PRIMITIVE_SETS[spec]
-  ops = tuple(p.strip() for p in str(spec).split(",") if p.strip())
+  names = tuple(p.strip() for p in str(spec).split(",") if p.strip())
   try:
-    search_space.check_primitives(ops)
+    ops.check_candidates(names)
   except ValueError as e:
     raise ConfigError(f"config.model.primitives={spec!r}: {e}; or one of "
                       f"{sorted(search_space.PRIMITIVE_SETS)}") from None
-  if not ops:
+  if not names:
     raise ConfigError(f"config.model.primitives={spec!r} names no operation")
-  return ops
+  return names
+
+
+def import_ops_modules(config: ml_collections.ConfigDict) -> None:
+  """Imports config.model.ops_modules (a user's operations: .py paths or module names,
+  comma-separated; `ops.import_ops_modules`), before anything reads the operations. A
+  config without the field (stored by an older version) has none."""
+  spec = config.get("model", {}).get("ops_modules", "")
+  if not isinstance(spec, str):
+    raise ConfigError(f"config.model.ops_modules={spec!r} must be a string: .py file "
+                      "paths or module names, comma-separated")
+  try:
+    ops.import_ops_modules(spec)
+  except ops.OperationError as e:
+    raise ConfigError(f"config.model.ops_modules={spec!r}: {e}") from None
+
+
+def check_operations(primitives, channels: int, *, affine: bool, dtype: str,
+                     field: str) -> None:
+  """The operations keep the contract of `ops.register_op` (`ops.check_operations`:
+  traced from shapes, nothing compiled); ConfigError, one line, naming `field`."""
+  try:
+    ops.check_operations(primitives, channels, affine=affine, dtype=dtype)
+  except ops.OperationError as e:
+    raise ConfigError(f"{field}: {e}") from None
 
 
 def validate_search_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError on the first bad field of a search config."""
+  """Raises ConfigError on the first bad field of a search config; a user's operations
+  (config.model.ops_modules) are imported first, and every operation in use is traced
+  from shapes (`check_operations`)."""
+  import_ops_modules(config)
   _common(config, integers=("model.partial_k",), rates=("optim.arch_lr",),
           non_negative=("optim.arch_weight_decay", "optim.zero_one_weight",
                         "optim.arch_warmup_epochs"))
@@ -152,7 +181,7 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   if (not isinstance(tp, (int, float)) or not math.isfinite(tp) or not 0 < tp < 1):
     raise ConfigError(f"config.data.train_portion={tp!r} must be in (0, 1)")
   _in_range(config, "model.skip_dropout", 0, 1)
-  primitives_of(_get(config, "model.primitives"))
+  primitives = primitives_of(_get(config, "model.primitives"))
   num_train = NUM_TRAIN[config.data.dataset]
   smaller = min(int(num_train * tp), num_train - int(num_train * tp))
   check_batch_fits(config.batch_size, smaller,
@@ -163,10 +192,16 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.channels={c} must be divisible by "
                       f"config.model.partial_k={k} into an even number of channels "
                       "(factorized reduce halves them)")
+  # An edge's operations see C / K channels in the first stage.
+  check_operations(primitives, c // k, affine=False, dtype=config.model.dtype,
+                   field="config.model.primitives")
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError on the first bad field of a retraining config."""
+  """Raises ConfigError on the first bad field of a retraining config; a user's
+  operations (config.model.ops_modules) are imported first (the genotype's operations
+  are checked when it is read: `retrain.setup.genotype_of`)."""
+  import_ops_modules(config)
   _common(config, integers=(), rates=(),
           non_negative=("optim.auxiliary_weight", "data.cutout", "data.rotate_degrees"))
   _choice(config, "model.network", tuple(network.NETWORKS))

@@ -38,6 +38,9 @@ LOCK_NAME = ".lock"
 HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
             "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
             "prefetch", "profile")
+# Fields added since a run may have been stored, read as these values where a stored
+# config lacks them (the same run).
+ADDED_FIELDS = {"model.ops_modules": ""}
 
 
 class WorkdirError(RuntimeError):
@@ -171,6 +174,9 @@ def config_changes(stored: dict, new: dict) -> tuple[list[str], list[str]]:
   JSON round trip (the stored config went through one)."""
   old = _flatten(json.loads(json.dumps(stored)))
   cur = _flatten(json.loads(json.dumps(new)))
+  for key, value in ADDED_FIELDS.items():
+    if key in cur and key not in old:
+      old[key] = value
   meaningful, harmless = [], []
   for key in sorted(set(old) | set(cur)):
     a, b = old.get(key, "(absent)"), cur.get(key, "(absent)")
