@@ -453,7 +453,7 @@ def register_primitives(name: str, primitives: Sequence[str], *,
   primitives = tuple(primitives)
   if not primitives:
     raise OperationError(f"list of operations {name!r} names no operation")
-  check_known(primitives)
+  check_candidates(primitives)
   if name in PRIMITIVE_SETS and not replace:
     raise OperationError(f"list of operations {name!r} is already registered; pass "
                          "replace=True to replace it")
@@ -476,12 +476,18 @@ def is_builtin(name: str) -> bool:
 
 
 def check_known(primitives: Sequence[str]) -> None:
-  """Raises OperationError naming the unregistered operations and the registered ones,
-  or an operation listed twice."""
+  """Raises OperationError naming the unregistered operations and the registered
+  ones."""
   bad = [p for p in primitives if p not in OPS]
   if bad:
     raise OperationError(f"Unknown operations {bad}; valid names: {list(OPS)} (a new "
                          "operation: ops.register_op, config.model.ops_modules)")
+
+
+def check_candidates(primitives: Sequence[str]) -> None:
+  """A list of candidate operations: registered, each once (ψ has one weight per
+  operation)."""
+  check_known(primitives)
   twice = sorted({p for p in primitives if list(primitives).count(p) > 1})
   if twice:
     raise OperationError(f"operations {twice} are listed more than once")

@@ -77,5 +77,5 @@ def stage_of_layers(num_layers: int) -> tuple[int, ...]:
 
 def check_primitives(primitives: Sequence[str]) -> None:
   """Raises ValueError (`ops.OperationError`) naming the operations that are not
-  registered, with the registered ones, or an operation listed twice."""
+  registered, with the registered ones."""
   ops.check_known(primitives)
