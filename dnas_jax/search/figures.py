@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from dnas_jax.space import genotype as genotype_lib
-from dnas_jax.space import ops
+from dnas_jax.space import ops as ops_lib
 from dnas_jax.space import search_space
 
 OP_COLORS = {
@@ -248,7 +248,7 @@ def _legend_ops(used: set[str], primitives: Sequence[str] | None) -> list[str]:
   if primitives is not None:
     listed = [p for p in primitives if p != "none"]
     return listed + sorted(used - set(listed))
-  order = [p for p in ops.registered_ops() if p in used]  # the registry's order
+  order = [p for p in ops_lib.registered_ops() if p in used]  # the registry's order
   return order + sorted(used - set(order))
 
 
