@@ -408,9 +408,10 @@ def register_op(name: str, factory: OpFactory, *, replace: bool = False) -> None
     depthwise and pointwise convolutions (`DepthwiseConv`, `PointwiseConv` read it);
     an operation may ignore it.
   * Its variables are created through Flax only: parameters named `kernel` (a
-    convolution's [..., kh, kw, cin, cout] or a dense [cin, cout]), `bias`, or a batch
-    norm's `scale` and `bias`, and batch norms' statistics in `batch_stats` (`BatchNorm`
-    here); no other collection. The supernet creates them from shapes
+    convolution's [kh, kw, cin, cout], or an `nn.Dense`'s [cin, cout] in a scope
+    named Dense_*, as Flax names it), `bias`, or a batch norm's `scale` and `bias`,
+    and batch norms' statistics in `batch_stats` (`BatchNorm` here); no other
+    collection. The supernet creates them from shapes
     (`models.init`: PyTorch's initialisation) and runs the operation under `nn.vmap`
     (over a node's edges) and `nn.scan` (over a stage's cells), so the module has no
     Python side effect and no Python decision that depends on the values of `x` or of
