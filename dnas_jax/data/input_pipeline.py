@@ -190,16 +190,49 @@ def epoch_batches(split: Split, batch_size: int, seed: int, epoch: int,
     yield {"image": batch, "label": split.labels[idx]}
 
 
+# How the architecture half's batches are drawn: each epoch one permutation of the split
+# cut into batches, or each step a fresh random batch (DARTS's and PC-DARTS's
+# `next(iter(valid_queue))` with a shuffling loader).
+ARCH_SAMPLINGS = ("permutation", "independent")
+
+
+def independent_batches(split: Split, batch_size: int, seed: int, epoch: int,
+                        augment_cfg: AugmentConfig | None, mean, std,
+                        start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """As `epoch_batches`, but every step's batch is the first `batch_size` of a fresh
+  permutation of the split (seeded with (seed, epoch, step, 0)): distinct examples
+  within a batch, drawn independently of the other steps. The augmentation is
+  `epoch_batches`'s, seeded with (seed, epoch, step, 1)."""
+  for step in range(start_step, steps_per_epoch(len(split), batch_size)):
+    idx = np.random.default_rng([seed, epoch, step, 0]).permutation(len(split))[
+        :batch_size]
+    images = split.images[idx]
+    if augment_cfg is None:
+      batch = normalize(images, mean, std)
+    else:
+      batch = augment_and_normalize(images, np.random.default_rng([seed, epoch, step, 1]),
+                                    augment_cfg, mean, std)
+    yield {"image": batch, "label": split.labels[idx]}
+
+
 def search_batches(weight_split: Split, arch_split: Split, batch_size: int, seed: int,
                    epoch: int, augment_cfg: AugmentConfig | None, mean, std,
-                   start_step: int = 0) -> Iterator[tuple[dict, dict]]:
+                   start_step: int = 0, arch_sampling: str = "permutation"
+                   ) -> Iterator[tuple[dict, dict]]:
   """The (training batch, validation batch) pairs of one search epoch: the weights train
   on `weight_split` (the first part of the training set), the architecture on
-  `arch_split` (the rest), each in its own order (seeds `seed` and `seed + 1`)."""
+  `arch_split` (the rest), each in its own order (seeds `seed` and `seed + 1`). The
+  architecture's batches are drawn as `arch_sampling` says (`ARCH_SAMPLINGS`:
+  `epoch_batches` or `independent_batches`)."""
+  if arch_sampling not in ARCH_SAMPLINGS:
+    raise ValueError(f"arch_sampling={arch_sampling!r} is not valid; valid values: "
+                     f"{list(ARCH_SAMPLINGS)}")
+  arch_batches = (epoch_batches if arch_sampling == "permutation"
+                  else independent_batches)
   return zip(epoch_batches(weight_split, batch_size, seed, epoch, augment_cfg, mean, std,
                            start_step=start_step),
-             epoch_batches(arch_split, batch_size, seed + 1, epoch, augment_cfg, mean, std,
-                           start_step=start_step))
+             arch_batches(arch_split, batch_size, seed + 1, epoch, augment_cfg, mean, std,
+                          start_step=start_step))
 
 
 def eval_batches(split: Split, batch_size: int, mean, std) -> Iterator[dict[str, np.ndarray]]:

@@ -17,9 +17,10 @@ edge (PC-DARTS's edge normalisation), so the whole edge is
 edge[k,i] · shuffle(concat(Σ_j (psi[k,i,j] / edge[k,i]) O_j(x₁), x₂)), PC-DARTS's cell.
 The derivation uses ``psi``, edge weight included, as PC-DARTS's `genotype()` does.
 
-The zero-one loss of FairDARTS, ``-mean((s - 0.5)**2)``, is taken over all entries of
-the factors whose activation is a sigmoid; for parameterisations with no sigmoid
-factor it is 0.
+The zero-one loss of FairDARTS, ``-mean((s - 0.5)**2)``, is taken over what
+`ArchSpec.zero_one_target` names (`config.optim.zero_one_target`): ``factors``, one mean
+over all entries of the factors whose activation is a sigmoid (0 with no sigmoid
+factor); ``psi``, ψ itself; ``per_factor``, each sigmoid factor's own mean, summed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ KINDS = ("decoupled", "iam", "full")
 BETA_DOMAINS = ("layer", "node")
 ALPHA_SHARINGS = ("global", "cell_type")
 ACTIVATIONS = ("sigmoid", "softmax")
+# What the zero-one loss pushes towards 0 or 1 (`ArchSpec.zero_one_loss`).
+ZERO_ONE_TARGETS = ("factors", "psi", "per_factor")
 
 ArchParams = dict[str, jax.Array]
 
@@ -133,6 +136,7 @@ class ArchSpec:
   gamma_activation: str = "sigmoid"
   init_scale: float = 1e-3
   edge_normalization: bool = False
+  zero_one_target: str = "factors"
 
   def __post_init__(self):
     _check("kind", self.kind, KINDS)
@@ -141,6 +145,9 @@ class ArchSpec:
     _check("alpha_activation", self.alpha_activation, ACTIVATIONS)
     _check("beta_activation", self.beta_activation, ACTIVATIONS)
     _check("gamma_activation", self.gamma_activation, ACTIVATIONS)
+    if self.zero_one_target not in ZERO_ONE_TARGETS:
+      raise ValueError(f"optim.zero_one_target={self.zero_one_target!r} is not valid; "
+                       f"valid values: {list(ZERO_ONE_TARGETS)}")
     if not isinstance(self.edge_normalization, bool):
       raise ValueError(f"arch.edge_normalization={self.edge_normalization!r} must be "
                        "True or False")
@@ -227,12 +234,21 @@ class ArchSpec:
     return out
 
   def zero_one_loss(self, params: Mapping[str, jax.Array]) -> jax.Array:
+    """FairDARTS's zero-one loss of what `zero_one_target` names (module docstring)."""
+    if self.zero_one_target == "psi":
+      return zero_one_loss([self.psi(params)])
+    if self.zero_one_target == "per_factor":
+      return sum((zero_one_loss([f]) for f in self.sigmoid_factors(params)),
+                 jnp.zeros((), jnp.float32))
     return zero_one_loss(self.sigmoid_factors(params))
 
 
 def create_arch_spec(arch_config: Mapping[str, Any], num_layers: int,
-                     num_ops: int) -> ArchSpec:
-  """An ArchSpec from the `config.arch` section (kind, beta_domain, ...)."""
-  fields = {f.name for f in dataclasses.fields(ArchSpec)} - {"num_layers", "num_ops"}
+                     num_ops: int, zero_one_target: str = "factors") -> ArchSpec:
+  """An ArchSpec from the `config.arch` section (kind, beta_domain, ...) and the
+  zero-one loss's target (`config.optim.zero_one_target`)."""
+  fields = ({f.name for f in dataclasses.fields(ArchSpec)}
+            - {"num_layers", "num_ops", "zero_one_target"})
   kwargs = {k: v for k, v in dict(arch_config).items() if k in fields}
-  return ArchSpec(num_layers=num_layers, num_ops=num_ops, **kwargs)
+  return ArchSpec(num_layers=num_layers, num_ops=num_ops,
+                  zero_one_target=zero_one_target, **kwargs)

@@ -58,8 +58,8 @@ class MixedOp(nn.Module):
     for j, name in enumerate(self.primitives):
       y = ops.create_op(name, c, self.stride, affine=False, train=self.train,
                         dtype=self.dtype, formulation=self.formulation)(xs)
-      if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
-        y = nn.Dropout(self.skip_dropout, deterministic=not self.train)(y)
+      if name == "skip_connect" and self.stride == 1 and skip_dropout_on(self.skip_dropout):
+        y = _skip_dropout(self, y)
       term = psi[j].astype(y.dtype) * y
       out = term if out is None else out + term
     if k == 1:
@@ -137,7 +137,7 @@ class BatchedMixedOps(nn.Module):
       y = module.clone(parent=self, name=scope)(xs)
     else:
       y = batched_ops.per_edge(self, xs, op, scope)
-    if name == "skip_connect" and self.stride == 1 and self.skip_dropout > 0:
+    if name == "skip_connect" and self.stride == 1 and skip_dropout_on(self.skip_dropout):
       # Per edge, as `nn.vmap(MixedOp)` draws the masks: the same random numbers.
       y = jnp.moveaxis(_dropout_per_edge(self, jnp.moveaxis(y, -2, 0)), 0, -2)
     return y
@@ -168,8 +168,29 @@ class BatchedMixedOps(nn.Module):
     return out
 
 
+def skip_dropout_on(rate) -> bool:
+  """Whether the skip connection's dropout is traced: a Python number when it is above
+  0; an array (a schedule's rate, traced in the step) always."""
+  return not isinstance(rate, (int, float)) or rate > 0
+
+
+def _skip_dropout(module: nn.Module, y):
+  """The skip connection's dropout at `module.skip_dropout`: flax's `nn.Dropout` for a
+  Python number; for an array (`search.skip_dropout`'s schedule, one rate per epoch
+  computed in the step) the same operation with the rate as data: each element kept
+  with probability 1 - rate and scaled by 1 / (1 - rate)."""
+  rate = module.skip_dropout
+  if isinstance(rate, (int, float)):
+    return nn.Dropout(rate, deterministic=not module.train)(y)
+  if not module.train:
+    return y
+  keep = 1.0 - jnp.asarray(rate, jnp.float32)
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, y.shape)
+  return jax.lax.select(mask, y / keep.astype(y.dtype), jnp.zeros_like(y))
+
+
 def _edge_dropout(module: BatchedMixedOps, y):
-  return nn.Dropout(module.skip_dropout, deterministic=not module.train)(y)
+  return _skip_dropout(module, y)
 
 
 # The skip connection's dropout on y [E, B, H, W, c] with the edge axis mapped and the
@@ -391,6 +412,8 @@ class SearchNetwork(nn.Module):
   `__call__(images [B,H,W,3], psi [L,14,Op], edge_weights [L,14])` returns logits
   [B, num_classes]; ψ and the edge weights come from `arch.ArchSpec.arch_weights`.
   `edge_weights=None` leaves the bypassed channels unweighted (all ones).
+  `skip_dropout` is a Python number, or a scalar array when a schedule changes it
+  during the search (`search.skip_dropout`; the step clones the network with it).
   """
   num_classes: int
   num_layers: int

@@ -16,6 +16,7 @@ from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import init as init_lib
 from dnas_jax.models import program as program_lib
 from dnas_jax.models import supernet
+from dnas_jax.search import skip_dropout
 from dnas_jax.search import steps
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
@@ -60,10 +61,11 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
   """Supernet, ψ parameterisation, optimizers, initial state and jitted steps, written
   for `backend` (default: JAX's default backend; see `program.resolve_program`)."""
   primitives = validation.primitives_of(config.model.primitives)
-  spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives))
+  o = config.optim
+  spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives),
+                                   o.get("zero_one_target", "factors"))
   net_train = create_supernet(config, num_classes, True, primitives, backend)
   net_eval = create_supernet(config, num_classes, False, primitives, backend)
-  o = config.optim
   weight_tx, lr_schedule = optimizers.weight_tx_of(o, config.num_epochs, steps_per_epoch)
   arch_tx = optimizers.create_arch_tx(o.arch_lr, o.arch_b1, o.arch_b2,
                                       o.arch_weight_decay)
@@ -81,6 +83,10 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
       arch_warmup_steps=o.arch_warmup_epochs * steps_per_epoch,
       zero_one_weight=o.zero_one_weight, second_order=o.second_order,
       weight_decay=o.weight_decay, momentum=o.momentum,
-      halves=program_lib.resolve_program(config, backend)["halves"])
+      halves=program_lib.resolve_program(config, backend)["halves"],
+      skip_dropout_schedule=skip_dropout.step_schedule(
+          config.model.get("skip_dropout_schedule", "constant"),
+          config.model.skip_dropout, config.num_epochs, o.arch_warmup_epochs,
+          steps_per_epoch))
   return SearchSetup(sharding.replicate(state, mesh), spec, tuple(primitives), net_train,
                      net_eval, step_fn, eval_fn)

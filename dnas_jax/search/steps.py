@@ -211,13 +211,18 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
                 spec: arch_lib.ArchSpec, weight_tx: optax.GradientTransformation,
                 arch_tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
                 arch_warmup_steps: int, zero_one_weight: float, second_order: bool,
-                weight_decay: float, momentum: float, halves: str = "separate"
+                weight_decay: float, momentum: float, halves: str = "separate",
+                skip_dropout_schedule: Callable | None = None
                 ) -> tuple[SearchState, SearchMetrics]:
   """One bi-level step: architecture update (val batch), then weight update (train).
 
   `halves="shared"` (first order only) runs both halves from one traced body
   (`shared_halves`); "separate" traces the architecture half and the weight half one
-  after the other. Both give the same updates."""
+  after the other. Both give the same updates. `skip_dropout_schedule` (step → rate,
+  `search.skip_dropout.step_schedule`) replaces the network's skip dropout rate in
+  both halves; None keeps it."""
+  if skip_dropout_schedule is not None:
+    net = net.clone(skip_dropout=skip_dropout_schedule(state.step))
   rng = jax.random.fold_in(rng, state.step)
   rng_arch, rng_weight = jax.random.split(rng)
   lr = lr_schedule(state.step)
@@ -268,14 +273,16 @@ def create_search_state(params, batch_stats, arch_params, weight_tx, arch_tx) ->
 
 def make_step_fns(*, net_train, net_eval, spec, weight_tx, arch_tx, lr_schedule,
                   arch_warmup_steps, zero_one_weight, second_order, weight_decay,
-                  momentum, halves="separate") -> tuple[Callable, Callable]:
+                  momentum, halves="separate", skip_dropout_schedule=None
+                  ) -> tuple[Callable, Callable]:
   """The jitted search step (state donated) and evaluation step (`net_eval` with ψ's
   `ArchWeights` as its `net_inputs`)."""
   step = jax.jit(functools.partial(
       search_step, net=net_train, spec=spec, weight_tx=weight_tx, arch_tx=arch_tx,
       lr_schedule=lr_schedule, arch_warmup_steps=arch_warmup_steps,
       zero_one_weight=zero_one_weight, second_order=second_order,
-      weight_decay=weight_decay, momentum=momentum, halves=halves),
+      weight_decay=weight_decay, momentum=momentum, halves=halves,
+      skip_dropout_schedule=skip_dropout_schedule),
       donate_argnums=(0,))
   evaluate = jax.jit(functools.partial(evaluation.eval_step, net=net_eval))
   return step, evaluate

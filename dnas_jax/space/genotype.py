@@ -40,15 +40,23 @@ class CellGenotype:
   concat: tuple[int, ...] = (2, 3, 4, 5)
 
   def __post_init__(self):
+    # A node may keep no edge (FairDARTS's threshold derivation); then nothing reads it
+    # and the cell's concat leaves it out.
+    empty = {search_space.NUM_INPUTS + n for n, edges in enumerate(self.nodes)
+             if not edges}
     for n, edges in enumerate(self.nodes):
-      if not edges:
-        raise ValueError(f"node {n} has no incoming edge")
       for op, inp in edges:
         if not 0 <= inp < search_space.NUM_INPUTS + n:
           raise ValueError(f"node {n} reads input {inp}, valid: 0..{1 + n}")
         if op == "none":
           raise ValueError(f"node {n} has a 'none' edge")
+        if inp in empty:
+          raise ValueError(f"node {n} reads node {inp - search_space.NUM_INPUTS}, "
+                           "which has no incoming edge")
       search_space.check_primitives([op for op, _ in edges])
+    if empty & set(self.concat):
+      raise ValueError(f"concat {list(self.concat)} names a node without incoming edges "
+                       f"(n{min(empty & set(self.concat)) - search_space.NUM_INPUTS})")
 
   def to_dict(self) -> dict[str, Any]:
     return {"reduction": self.reduction,
@@ -63,7 +71,7 @@ class CellGenotype:
 
   def describe(self) -> str:
     kind = "reduce" if self.reduction else "normal"
-    parts = [" + ".join(f"{op}({_input_name(i)})" for op, i in edges)
+    parts = [" + ".join(f"{op}({_input_name(i)})" for op, i in edges) or "(no edge)"
              for edges in self.nodes]
     return f"{kind}: " + " | ".join(f"n{n}={p}" for n, p in enumerate(parts))
 
@@ -124,37 +132,156 @@ class GlobalGenotype:
     return "\n".join(f"layer {k:2d} {c.describe()}" for k, c in enumerate(self.cells))
 
 
-def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
-                edges_per_node: int = 2) -> CellGenotype:
-  """One layer's cell from ψ[k] [C, Op]: per node, the `edges_per_node` incoming
-  connections with the largest best-operation weight (never `none`), each with its
-  arg-max operation (DARTS's `parse`, applied per layer)."""
-  psi_k = np.asarray(psi_k, np.float64)
-  usable = np.array([p != "none" for p in primitives])
-  masked = np.where(usable[None, :], psi_k, -np.inf)
+# How a cell is read off ψ (docs/design.md §1 tabulates them with their sources):
+# `top_k`, per node the `edges_per_node` strongest connections (DARTS's parse);
+# `threshold`, the same connections, each kept only where its operation's weight reaches
+# `op_threshold` (FairDARTS's `threshold_sparse`).
+DERIVATION_RULES = ("top_k", "threshold")
+NO_SKIP_CAP = -1  # max_skip_connects: no cap
+
+
+@dataclasses.dataclass(frozen=True)
+class Derivation:
+  """The options of the derivation (`config.derive`, the flags of experiments.derive).
+
+  rule: one of `DERIVATION_RULES`.
+  edges_per_node: incoming connections considered per node (DARTS, FairDARTS: 2).
+  op_threshold: `threshold` only: an operation is kept where its weight without the
+    edge weight, ψ[k,i,j] / e[k,i], is at least this (FairDARTS: σ(α) ≥ 0.85).
+  max_skip_connects: in each normal layer at most this many skip-connects (P-DARTS's
+    cap, 2 in its paper): while there are more, the weakest skip-connect is removed
+    from its connection's candidates and the cell derived again; -1: no cap.
+  """
+  rule: str = "top_k"
+  edges_per_node: int = 2
+  op_threshold: float = 0.85
+  max_skip_connects: int = NO_SKIP_CAP
+
+  def check(self, prefix: str = "") -> None:
+    """ValueError, one line naming the option as `prefix` + its name."""
+    if self.rule not in DERIVATION_RULES:
+      raise ValueError(f"{prefix}rule={self.rule!r} is not valid; valid values: "
+                       f"{list(DERIVATION_RULES)}")
+    n = self.edges_per_node
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      raise ValueError(f"{prefix}edges_per_node={n!r} must be at least 1")
+    t = self.op_threshold
+    if (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)
+        or not 0 < t <= 1):
+      raise ValueError(f"{prefix}op_threshold={t!r} must be in (0, 1]")
+    m = self.max_skip_connects
+    if isinstance(m, bool) or not isinstance(m, int) or m < NO_SKIP_CAP:
+      raise ValueError(f"{prefix}max_skip_connects={m!r} must be an integer >= 0, or "
+                       f"{NO_SKIP_CAP} for no cap")
+
+  @classmethod
+  def from_config(cls, section: Any) -> "Derivation":
+    """From a config's `derive` section (a mapping; absent fields take the defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(section or {}).items() if k in names})
+
+
+def _select(psi_k: np.ndarray, op_weight: np.ndarray, candidate: np.ndarray,
+            derivation: Derivation) -> list[list[tuple[int, int]]]:
+  """Per node, the kept (operation index, input) pairs: the `edges_per_node` inputs
+  whose best candidate ψ is largest (stable: ties go to the lower input), each with
+  its arg-max candidate; with the threshold rule only where that operation's weight
+  reaches the threshold."""
+  masked = np.where(candidate, psi_k, -np.inf)
   nodes = []
   for node in range(search_space.NUM_NODES):
     rows = search_space.node_edges(node)
     strength = masked[rows.start:rows.stop].max(axis=1)
-    keep = min(edges_per_node, len(rows))
-    # Stable: ties go to the lower input index.
+    keep = min(derivation.edges_per_node, len(rows))
     chosen = sorted(np.argsort(-strength, kind="stable")[:keep])
-    nodes.append(tuple((primitives[int(np.argmax(masked[rows.start + e]))], int(e))
-                       for e in chosen))
-  return CellGenotype(tuple(nodes), reduction)
+    pairs = []
+    for e in chosen:
+      j = int(np.argmax(masked[rows.start + e]))
+      if (derivation.rule == "threshold"
+          and not op_weight[rows.start + e, j] >= derivation.op_threshold):
+        continue
+      pairs.append((j, int(e)))
+    nodes.append(pairs)
+  return nodes
+
+
+def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
+                edges_per_node: int = 2, *, derivation: Derivation | None = None,
+                edge_k: np.ndarray | None = None) -> CellGenotype:
+  """One layer's cell from ψ[k] [C, Op] (`derivation`, default: DARTS's `parse` per
+  layer; `edges_per_node` is used when no `derivation` is given).
+
+  Per node, the `edges_per_node` incoming connections with the largest best-operation
+  weight (never `none`), each with its arg-max operation. The threshold rule keeps a
+  connection only where that operation's weight without the edge weight
+  (ψ[k,i,j] / `edge_k`[i]; without `edge_k`, ψ itself) reaches the threshold; a node
+  may then keep no edge: the connections reading it are dropped (FairDARTS's
+  `DCOCell` skips them when it runs), and the concat lists the nodes that kept one.
+  With a skip cap, a normal cell derives again without its weakest skip-connect
+  (smallest ψ) until it has at most the cap (P-DARTS's `delete_min_sk_prob`,
+  `keep_1_on`, `keep_2_branches`).
+
+  Raises:
+    ValueError: no node keeps an edge (the threshold is above every operation).
+  """
+  derivation = derivation or Derivation(edges_per_node=edges_per_node)
+  psi_k = np.asarray(psi_k, np.float64)
+  candidate = np.broadcast_to(np.array([p != "none" for p in primitives])[None, :],
+                              psi_k.shape).copy()
+  op_weight = psi_k
+  if derivation.rule == "threshold" and edge_k is not None:
+    with np.errstate(divide="ignore", invalid="ignore"):
+      op_weight = psi_k / np.asarray(edge_k, np.float64)[:, None]
+  skip = list(primitives).index("skip_connect") if "skip_connect" in primitives else None
+  while True:
+    nodes = _select(psi_k, op_weight, candidate, derivation)
+    if reduction or skip is None or derivation.max_skip_connects < 0:
+      break
+    skips = [(psi_k[search_space.node_edges(n).start + e, skip],
+              search_space.node_edges(n).start + e)
+             for n, pairs in enumerate(nodes) for j, e in pairs if j == skip]
+    if len(skips) <= derivation.max_skip_connects:
+      break
+    candidate[min(skips)[1], skip] = False
+  live, cells = set(range(search_space.NUM_INPUTS)), []
+  for n, pairs in enumerate(nodes):
+    kept = tuple((primitives[j], e) for j, e in pairs if e in live)
+    if kept:
+      live.add(search_space.NUM_INPUTS + n)
+    cells.append(kept)
+  concat = tuple(i for i in range(search_space.NUM_INPUTS,
+                                  search_space.NUM_INPUTS + search_space.NUM_NODES)
+                 if i in live)
+  if not concat:
+    raise ValueError(f"no operation reaches op_threshold={derivation.op_threshold}: "
+                     "the cell keeps no node")
+  return CellGenotype(tuple(cells), reduction, concat)
 
 
 def derive_genotype(psi: np.ndarray, primitives: Sequence[str],
-                    edges_per_node: int = 2) -> GlobalGenotype:
-  """The global genotype of ψ [L, C, Op]: one derived cell per layer."""
+                    edges_per_node: int = 2, *, derivation: Derivation | None = None,
+                    edge_weights: np.ndarray | None = None) -> GlobalGenotype:
+  """The global genotype of ψ [L, C, Op]: one derived cell per layer (`derive_cell`;
+  `edge_weights` [L, C] for the threshold rule)."""
+  derivation = derivation or Derivation(edges_per_node=edges_per_node)
+  derivation.check()
   psi = np.asarray(psi)
   L = psi.shape[0]
   if psi.shape[1:] != (search_space.NUM_CONNECTIONS, len(primitives)):
     raise ValueError(f"psi has shape {psi.shape}, expected [L, "
                      f"{search_space.NUM_CONNECTIONS}, {len(primitives)}]")
+  if edge_weights is not None and np.shape(edge_weights) != psi.shape[:2]:
+    raise ValueError(f"edge weights have shape {np.shape(edge_weights)}, expected "
+                     f"{list(psi.shape[:2])}")
   red = search_space.is_reduction(L)
-  return GlobalGenotype(tuple(derive_cell(psi[k], primitives, red[k], edges_per_node)
-                              for k in range(L)))
+  cells = []
+  for k in range(L):
+    try:
+      cells.append(derive_cell(psi[k], primitives, red[k], derivation=derivation,
+                               edge_k=None if edge_weights is None else edge_weights[k]))
+    except ValueError as e:
+      raise ValueError(f"layer {k}: {e}") from None
+  return GlobalGenotype(tuple(cells))
 
 
 def map_to_depth(genotype: GlobalGenotype, num_layers: int) -> GlobalGenotype:
