@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_portion = 0.5
   config.data.crop_padding = 4
   config.data.flip = True
+  # The architecture's batches: each epoch one permutation of its half cut into batches
+  # (permutation), or each step a fresh random batch (independent: DARTS's and
+  # PC-DARTS's next(iter(valid_queue))).
+  config.data.arch_sampling = "permutation"
 
   # Supernet.
   config.model = ml_collections.ConfigDict()
@@ -48,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   # before the config is checked (docs/extending.md).
   config.model.ops_modules = ""
   config.model.skip_dropout = 0.2
+  # constant | decay (P-DARTS: linear over the warm-up, then exp(-0.2) per epoch;
+  # dnas_jax/models/skip_dropout.py).
+  config.model.skip_dropout_schedule = "constant"
   config.model.dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
 
   # Architecture parameterisation (dnas_jax/models/arch.py).
@@ -77,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.arch_weight_decay = 1e-3
   config.optim.arch_warmup_epochs = 15
   config.optim.zero_one_weight = 10.0
+  # What the zero-one loss pushes to 0 or 1: factors (one mean over the sigmoid factors
+  # σ(α), σ(γ) together) | psi (ψ itself) | per_factor (each factor's own mean, summed).
+  config.optim.zero_one_target = "factors"
   config.optim.second_order = False
 
   # How the step is written for XLA: the same numbers (up to float rounding), different
@@ -89,6 +99,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.program.halves = "auto"  # auto | shared (one traced body) | separate
   config.program.remat = "auto"  # auto | none | convs (keep only conv outputs)
   config.program.scan = "auto"  # auto | stages (one scan per stage) | none (per cell)
+
+  # Derivation of the genotype written after every epoch (space/genotype.py
+  # `Derivation`; experiments.derive takes the same options as flags): top_k (per node
+  # the edges_per_node strongest connections, DARTS) | threshold (those whose operation
+  # weight reaches op_threshold, FairDARTS); max_skip_connects caps the skip-connects
+  # of each normal cell by dropping the weakest (P-DARTS: 2; -1: no cap).
+  config.derive = ml_collections.ConfigDict()
+  config.derive.rule = "top_k"
+  config.derive.edges_per_node = 2
+  config.derive.op_threshold = 0.85
+  config.derive.max_skip_connects = -1
 
   # Loop.
   config.num_epochs = 50

@@ -176,7 +176,7 @@ def skip_dropout_on(rate) -> bool:
 
 def _skip_dropout(module: nn.Module, y):
   """The skip connection's dropout at `module.skip_dropout`: flax's `nn.Dropout` for a
-  Python number; for an array (`search.skip_dropout`'s schedule, one rate per epoch
+  Python number; for an array (`models.skip_dropout`'s schedule, one rate per epoch
   computed in the step) the same operation with the rate as data: each element kept
   with probability 1 - rate and scaled by 1 / (1 - rate)."""
   rate = module.skip_dropout
@@ -413,7 +413,7 @@ class SearchNetwork(nn.Module):
   [B, num_classes]; ψ and the edge weights come from `arch.ArchSpec.arch_weights`.
   `edge_weights=None` leaves the bypassed channels unweighted (all ones).
   `skip_dropout` is a Python number, or a scalar array when a schedule changes it
-  during the search (`search.skip_dropout`; the step clones the network with it).
+  during the search (`models.skip_dropout`; the step clones the network with it).
   """
   num_classes: int
   num_layers: int

@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
+from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import ops as ops_lib
 from dnas_jax.space import search_space
@@ -147,7 +148,10 @@ def plot_global_architecture(genotype: genotype_lib.GlobalGenotype,
   each edge is a box coloured by its operation, labelled with its input (s0, s1,
   n0..n2) and the operation's short name. Reduction layers sit on a red band and are
   labelled 'reduce'; a line separates the three stages. A bar on the right counts each
-  cell's operations, so that trends with depth (e.g. more skips deep down) stand out.
+  cell's operations, so that trends with depth (e.g. more skips deep down) stand out;
+  a layer whose edges are more than half parameter-free (skip-connects, pools:
+  `psi_stats.parameter_free_share`) is marked there with its share, the collapse of
+  DARTS-like searches.
 
   Args:
     genotype: the global genotype, one cell per layer.
@@ -198,6 +202,7 @@ def plot_global_architecture(genotype: genotype_lib.GlobalGenotype,
   for spine in ax.spines.values():
     spine.set_visible(False)
   _draw_op_counts(bar_ax, cells, ops)
+  _mark_collapsed(bar_ax, genotype)
 
   handles = [patches.Patch(facecolor=op_color(op), label=f"{op} ({op_abbreviation(op)})")
              for op in ops]
@@ -244,6 +249,19 @@ def _draw_op_counts(ax, cells: Sequence[genotype_lib.CellGenotype],
     ax.spines[side].set_visible(False)
 
 
+COLLAPSE_COLOR = "#d95f02"
+
+
+def _mark_collapsed(ax, genotype: genotype_lib.GlobalGenotype) -> None:
+  """Beside each layer whose parameter-free share exceeds one half: '▲ 75% no params'."""
+  shares = psi_stats.parameter_free_share(genotype)
+  right = ax.get_xlim()[1]
+  for k in np.flatnonzero(shares > 0.5):
+    ax.text(right, k, f"▲ {shares[k]:.0%} no params", ha="left", va="center",
+            fontsize=7.5, fontweight="bold", color=COLLAPSE_COLOR, clip_on=False,
+            zorder=3)
+
+
 def _legend_ops(used: set[str], primitives: Sequence[str] | None) -> list[str]:
   if primitives is not None:
     listed = [p for p in primitives if p != "none"]
@@ -261,14 +279,25 @@ def _check_psi(psi: np.ndarray, primitives: Sequence[str]) -> np.ndarray:
   return psi
 
 
+def label_decimals(values: np.ndarray, least: int = 2, most: int = 6) -> int:
+  """Decimals for the labels of a map: enough to resolve a tenth of the map's range
+  (0.015 to 0.024 takes 4: '0.0153'), at least `least`, at most `most`."""
+  values = np.asarray(values, np.float64)
+  span = float(values.max() - values.min()) if values.size else 0.0
+  if not np.isfinite(span) or span <= 0:
+    return least
+  return int(min(most, max(least, np.ceil(-np.log10(span)) + 1)))
+
+
 def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
                       title: str | None = None, op_reduce: str = "mean") -> Figure:
   """ψ [L, C, Op] as two heatmaps, layer by layer (layer 0 at the top).
 
   Left: layer × operation, ψ averaged (`op_reduce='mean'`) or summed ('sum') over the
-  14 connections, with the values written in. Right: layer × connection, ψ summed
-  over operations; connections are labelled 'n2←s1' (node 2 reads s1) and grouped by
-  node. Reduction layers are labelled in red and outlined.
+  14 connections, with the values written in to a tenth of the map's range
+  (`label_decimals`). Right: layer × connection, ψ summed over operations;
+  connections are labelled 'n2←s1' (node 2 reads s1) and grouped by node. Reduction
+  layers are labelled in red and outlined.
 
   Args:
     psi: ψ [L, 14, Op].
@@ -297,11 +326,12 @@ def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
   ax_op.set_xticks(range(num_ops), list(primitives), rotation=40, ha="right",
                    rotation_mode="anchor", fontsize=8)
   norm = im.norm
+  decimals = label_decimals(by_op)
   for k in range(num_layers):
     for j in range(num_ops):
       value = by_op[k, j]
       shade = im.cmap(norm(value))
-      ax_op.text(j, k, f"{value:.2f}", ha="center", va="center", fontsize=6.5,
+      ax_op.text(j, k, f"{value:.{decimals}f}", ha="center", va="center", fontsize=6.5,
                  color="black" if sum(shade[:3]) / 3 > 0.5 else "white")
   ax_op.set_title("layer × operation", fontsize=10)
 

@@ -11,6 +11,7 @@ where an uninterrupted one does. Ctrl-C saves a checkpoint before stopping.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Sequence
 
@@ -105,9 +106,10 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
                                      flip=config.data.flip)
 
   def epoch_inputs(epoch: int, offset: int):
-    batches = input_pipeline.search_batches(weight_split, arch_split, config.batch_size,
-                                            config.seed, epoch, aug, ds.mean, ds.std,
-                                            start_step=offset)
+    batches = input_pipeline.search_batches(
+        weight_split, arch_split, config.batch_size, config.seed, epoch, aug, ds.mean,
+        ds.std, start_step=offset,
+        arch_sampling=config.data.get("arch_sampling", "permutation"))
     return ((sharding.shard_batch(t, mesh), sharding.shard_batch(v, mesh), rng)
             for t, v in batches)
 
@@ -121,15 +123,24 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   writer = metric_writers.MetricWriter(run.workdir, events=lead)
   found = {}
 
+  derivation = genotype_lib.Derivation.from_config(config.get("derive"))
+
   def at_epoch_end(state, step: int):
-    psi = np.asarray(arch_weights_fn(state.arch_params).psi)  # on every process: SPMD
-    meta = {"step": step, "epoch": step // steps_per_epoch, "dataset": ds.name,
-            "arch_kind": spec.kind}
-    geno = (artifacts.write_artifacts(run.workdir, psi, primitives, meta) if lead
-            else genotype_lib.derive_genotype(psi, primitives))
-    writer.write_scalars(step, artifacts.psi_summary(psi, primitives), console=False)
+    weights = arch_weights_fn(state.arch_params)  # on every process: SPMD
+    psi, edge = np.asarray(weights.psi), np.asarray(weights.edge)
+    epoch = step // steps_per_epoch
+    meta = {"step": step, "epoch": epoch, "num_epochs": config.num_epochs,
+            "dataset": ds.name, "arch_kind": spec.kind,
+            "derive": dataclasses.asdict(derivation)}
+    geno = (artifacts.write_artifacts(run.workdir, psi, primitives, meta, derivation,
+                                      edge) if lead
+            else genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
+                                              edge_weights=edge))
+    writer.write_scalars(step, artifacts.psi_summary(psi, primitives, geno),
+                         console=False)
     writer.write_texts(step, {"genotype": geno.describe()})
-    logging.info("epoch %d genotype:\n%s", step // steps_per_epoch, geno.describe())
+    logging.info("epoch %d genotype:\n%s", epoch, geno.describe())
+    logging.info("epoch %d %s", epoch, artifacts.collapse_line(geno))
     found.update(genotype=geno, psi=psi)
 
   phase = loop_lib.Phase(

@@ -15,8 +15,8 @@ import ml_collections
 from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import init as init_lib
 from dnas_jax.models import program as program_lib
+from dnas_jax.models import skip_dropout
 from dnas_jax.models import supernet
-from dnas_jax.search import skip_dropout
 from dnas_jax.search import steps
 from dnas_jax.space import ops
 from dnas_jax.space import search_space

@@ -219,7 +219,7 @@ def search_step(state: SearchState, train_batch, val_batch, rng, *, net: nn.Modu
   `halves="shared"` (first order only) runs both halves from one traced body
   (`shared_halves`); "separate" traces the architecture half and the weight half one
   after the other. Both give the same updates. `skip_dropout_schedule` (step → rate,
-  `search.skip_dropout.step_schedule`) replaces the network's skip dropout rate in
+  `models.skip_dropout.step_schedule`) replaces the network's skip dropout rate in
   both halves; None keeps it."""
   if skip_dropout_schedule is not None:
     net = net.clone(skip_dropout=skip_dropout_schedule(state.step))

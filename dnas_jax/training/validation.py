@@ -10,9 +10,12 @@ import math
 import jax
 import ml_collections
 
+from dnas_jax.data import input_pipeline
 from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import network
 from dnas_jax.models import program as program_lib
+from dnas_jax.models import skip_dropout
+from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import known_genotypes
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
@@ -181,6 +184,7 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   if (not isinstance(tp, (int, float)) or not math.isfinite(tp) or not 0 < tp < 1):
     raise ConfigError(f"config.data.train_portion={tp!r} must be in (0, 1)")
   _in_range(config, "model.skip_dropout", 0, 1)
+  check_regularizers(config)
   primitives = primitives_of(_get(config, "model.primitives"))
   num_train = NUM_TRAIN[config.data.dataset]
   smaller = min(int(num_train * tp), num_train - int(num_train * tp))
@@ -195,6 +199,21 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   # An edge's operations see C / K channels in the first stage.
   check_operations(primitives, c // k, affine=False, dtype=config.model.dtype,
                    field="config.model.primitives")
+
+
+def check_regularizers(config: ml_collections.ConfigDict) -> None:
+  """The options against skip-connect collapse (docs/design.md §1): each field may be
+  absent (a config written before it: the default)."""
+  for path, valid in (("model.skip_dropout_schedule", skip_dropout.SCHEDULES),
+                      ("optim.zero_one_target", arch_lib.ZERO_ONE_TARGETS),
+                      ("data.arch_sampling", input_pipeline.ARCH_SAMPLINGS)):
+    section, name = path.split(".")
+    if name in config.get(section, {}):
+      _choice(config, path, valid)
+  try:
+    genotype_lib.Derivation.from_config(config.get("derive")).check("config.derive.")
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e)) from None
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:

@@ -34,13 +34,15 @@ from dnas_jax.training import checkpoints
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
-# Config fields that do not change what a run computes: a resume may change them.
+# Config fields that do not change what a run computes (derive: how the genotype is
+# read off ψ, not ψ): a resume may change them.
 HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
             "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
-            "prefetch", "profile")
+            "prefetch", "profile", "derive")
 # Fields added since a run may have been stored, read as these values where a stored
 # config lacks them (the same run).
-ADDED_FIELDS = {"model.ops_modules": ""}
+ADDED_FIELDS = {"model.ops_modules": "", "model.skip_dropout_schedule": "constant",
+                "optim.zero_one_target": "factors", "data.arch_sampling": "permutation"}
 
 
 class WorkdirError(RuntimeError):
