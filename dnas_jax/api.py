@@ -178,9 +178,10 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None)
 
 
 def _search_step_of_psi(workdir: str) -> tuple[np.ndarray, dict]:
-  """psi.npy and the step/epoch the search recorded for it in genotype.json's meta (it
-  writes psi.npy first, then genotype.json): read around psi.npy until both agree, so
-  a search writing them meanwhile is never mixed."""
+  """psi.npy (with edge_weights.npy when there is one) and the step/epoch the search
+  recorded for it in genotype.json's meta (it writes the arrays first, then
+  genotype.json): read around them until both agree, so a search writing them
+  meanwhile is never mixed."""
   def recorded():
     try:
       with open(os.path.join(workdir, "genotype.json")) as f:
@@ -188,17 +189,20 @@ def _search_step_of_psi(workdir: str) -> tuple[np.ndarray, dict]:
       return {k: meta[k] for k in ("step", "epoch") if k in meta}
     except (OSError, ValueError, AttributeError):
       return {}
+  edge_path = os.path.join(workdir, "edge_weights.npy")
   for _ in range(5):
     before = recorded()
     psi = np.load(os.path.join(workdir, "psi.npy"))
+    edge = np.load(edge_path) if os.path.isfile(edge_path) else None
     if recorded() == before:
-      return psi, before
+      return psi, ({**before, "edge_weights": edge} if edge is not None else before)
   return psi, {}
 
 
 def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   """(ψ, primitives, info) of a search workdir; info has 'source', the step of ψ when
-  known ('step', 'epoch') and, when a checkpoint is there, its 'meta'."""
+  known ('step', 'epoch'), the edge weights [L, 14] when known ('edge_weights': from
+  edge_weights.npy or the checkpoint) and, when a checkpoint is there, its 'meta'."""
   info: dict[str, Any] = {}
   ckpt = os.path.join(workdir, CHECKPOINT_DIR)
   manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
@@ -219,17 +223,38 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
     raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a "
                        "search workdir?")
   state, meta, step = restore_search_run(workdir)
+  psi, edge = search_arch_weights_of(meta, state.arch_params)
   info.update(meta=meta, step=step, source=f"{ckpt} (step {step})",
-              epoch=step // meta["steps_per_epoch"])
-  return search_psi_of(meta, state.arch_params), primitives, info
+              epoch=step // meta["steps_per_epoch"], edge_weights=edge)
+  return psi, primitives, info
+
+
+def search_arch_weights_of(meta: dict, arch_params) -> tuple[np.ndarray, np.ndarray]:
+  """ψ [L, 14, Op] and the edge weights [L, 14] (float32) of a search checkpoint's
+  architecture parameters."""
+  config = meta["config"]
+  spec = arch_lib.create_arch_spec(config["arch"], config["model"]["num_layers"],
+                                   len(meta["primitives"]))
+  psi, edge = jax.jit(spec.arch_weights)(arch_params)
+  return np.asarray(psi, np.float32), np.asarray(edge, np.float32)
 
 
 def search_psi_of(meta: dict, arch_params) -> np.ndarray:
   """ψ [L, 14, Op] (float32) of a search checkpoint's architecture parameters."""
-  config = meta["config"]
-  spec = arch_lib.create_arch_spec(config["arch"], config["model"]["num_layers"],
-                                   len(meta["primitives"]))
-  return np.asarray(jax.jit(spec.psi)(arch_params), np.float32)
+  return search_arch_weights_of(meta, arch_params)[0]
+
+
+def search_derivation(info: dict, **flags) -> genotype_lib.Derivation:
+  """The derivation of a search (`search_psi`'s info): its config's `derive` section
+  (the checkpoint's, else genotype.json's meta), each option in `flags` that is not
+  None replacing the search's; ValueError naming the flag when one is invalid."""
+  recorded = (info.get("meta", {}).get("config", {}).get("derive")
+              or info.get("meta", {}).get("derive") or {})
+  derivation = dataclasses.replace(
+      genotype_lib.Derivation.from_config(recorded),
+      **{k: v for k, v in flags.items() if v is not None})
+  derivation.check("--")
+  return derivation
 
 
 def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
@@ -245,6 +270,16 @@ def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
                      "checkpoint meta and no genotype.json with 'primitives'")
 
 
+def _genotype_meta(workdir: str) -> dict:
+  """The meta of a search workdir's genotype.json ({} when unreadable)."""
+  try:
+    with open(os.path.join(workdir, "genotype.json")) as f:
+      meta = json.load(f).get("meta", {})
+    return meta if isinstance(meta, dict) else {}
+  except (OSError, ValueError, AttributeError):
+    return {}
+
+
 def _write_genotype(out: str, stem: str, geno, primitives, meta) -> str:
   path = os.path.join(out, f"{stem}.json")
   geno.save(path, primitives=primitives, meta=meta)
@@ -253,13 +288,16 @@ def _write_genotype(out: str, stem: str, geno, primitives, meta) -> str:
   return path
 
 
-def derive_from_search(workdir: str, edges_per_node: int = 2,
-                       num_layers: int | None = None, out: str | None = None) -> dict:
+def derive_from_search(workdir: str, edges_per_node: int | None = None,
+                       num_layers: int | None = None, out: str | None = None, *,
+                       rule: str | None = None, op_threshold: float | None = None,
+                       max_skip_connects: int | None = None) -> dict:
   """Derives the global genotype of a search workdir's ψ and writes it, with figures
   and TensorBoard images, into `out` (default `workdir`); experiments/derive.py says
-  which files. Returns {'genotype', 'mapped' (None unless `num_layers` differs from the
-  search depth), 'files'}."""
-  if edges_per_node < 1:
+  which files. The derivation is the search's own (`search_derivation`) with the
+  options given here replacing its. Returns {'genotype', 'mapped' (None unless
+  `num_layers` differs from the search depth), 'files'}."""
+  if edges_per_node is not None and edges_per_node < 1:
     raise ValueError(f"--edges_per_node={edges_per_node} must be at least 1")
   if num_layers is not None and num_layers < 3:
     raise ValueError(f"--num_layers={num_layers} must be at least 3 (two reductions)")
@@ -274,15 +312,30 @@ def derive_from_search(workdir: str, edges_per_node: int = 2,
         "with --out=DIR, or wait for it to end")
   from dnas_jax.search import figures as plots  # pylint: disable=g-import-not-at-top  (matplotlib)
   psi, primitives, info = search_psi(workdir)
+  if "meta" not in info:  # no checkpoint: what the search's genotype.json records
+    info["meta"] = _genotype_meta(workdir)
+  derivation = search_derivation(info, rule=rule, edges_per_node=edges_per_node,
+                                 op_threshold=op_threshold,
+                                 max_skip_connects=max_skip_connects)
+  if derivation.rule == "threshold" and info.get("edge_weights") is None:
+    raise WorkdirError(f"{workdir} has no edge_weights.npy beside its psi.npy (a "
+                       "search writes both since the threshold rule exists): the "
+                       "threshold rule divides the edge weights out of ψ; derive with "
+                       "--rule=top_k")
   os.makedirs(out, exist_ok=True)
-  geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
-  meta = {"source": info["source"], "edges_per_node": edges_per_node,
-          "search_layers": geno.num_layers}
+  geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
+                                      edge_weights=info.get("edge_weights"))
+  meta = {"source": info["source"], "edges_per_node": derivation.edges_per_node,
+          "derive": dataclasses.asdict(derivation), "search_layers": geno.num_layers}
   meta.update({k: info[k] for k in ("step", "epoch") if k in info})
-  if "meta" in info:  # what the search's own genotype.json records
-    search_meta = info["meta"]
+  search_meta = info["meta"]
+  search_config = search_meta.get("config", {})
+  num_epochs = search_meta.get("num_epochs", search_config.get("num_epochs"))
+  if num_epochs is not None:  # for train's warning on an unfinished search
+    meta["num_epochs"] = num_epochs
+  if search_config:
     meta.update(dataset=search_meta.get("dataset"),
-                arch_kind=search_meta.get("config", {}).get("arch", {}).get("kind"))
+                arch_kind=search_config.get("arch", {}).get("kind"))
   files = [_write_genotype(out, "genotype", geno, primitives, meta)]
   figures = {"global_architecture": plots.plot_global_architecture(
                  geno, title=f"derived from {workdir}", primitives=primitives),
@@ -335,14 +388,17 @@ class SearchResult:
 
 
 def load_search(workdir: str, step: int | None = None,
-                edges_per_node: int = 2) -> SearchResult:
+                edges_per_node: int | None = None) -> SearchResult:
   """ψ, the architecture parameters and the derived global genotype of a search
-  workdir's checkpoint `step` (default: the newest intact one)."""
+  workdir's checkpoint `step` (default: the newest intact one), derived as the
+  search's config.derive says (`edges_per_node` replacing its)."""
   state, meta, step = restore_search_run(workdir, step)
   arch_params = jax.tree.map(np.asarray, jax.device_get(state.arch_params))
-  psi = search_psi_of(meta, arch_params)
+  psi, edge = search_arch_weights_of(meta, arch_params)
   primitives = tuple(meta["primitives"])
-  geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
+  geno = genotype_lib.derive_genotype(
+      psi, primitives, derivation=search_derivation(
+          {"meta": meta}, edges_per_node=edges_per_node), edge_weights=edge)
   return SearchResult(psi, arch_params, geno, primitives,
                       ml_collections.ConfigDict(meta["config"]), int(step), meta)
 

@@ -1,14 +1,17 @@
 """Derivation entry point: a search workdir's ψ to a global genotype, plots included.
 
   python -m experiments.derive --workdir=SEARCH_DIR [--edges_per_node=2] \
+      [--rule=top_k|threshold] [--op_threshold=0.85] [--max_skip_connects=2] \
       [--num_layers=L_t] [--out=DIR]
 
 Reads ψ [L, 14, Op] from SEARCH_DIR/psi.npy, or, when that is absent, computes it from
 the architecture parameters of the latest checkpoint (`dnas_jax.api.search_psi`;
 the work is `dnas_jax.api.derive_from_search`).
 Derives the global genotype (per layer and node, the `edges_per_node` strongest
-incoming connections, each with its arg-max operation; docs/design.md §1) and writes, into
-DIR (default SEARCH_DIR):
+incoming connections, each with its arg-max operation; with --rule=threshold only where
+that operation's weight reaches --op_threshold; with --max_skip_connects at most that
+many skip-connects per normal cell: docs/design.md §1) and writes, into DIR (default
+SEARCH_DIR):
 
 * `genotype.json` and `genotype.txt`: the genotype at the search depth L;
 * `genotype_L{L_t}.json` and `.txt` when --num_layers differs from L: the genotype mapped
@@ -17,6 +20,8 @@ DIR (default SEARCH_DIR):
 * `global_architecture.png` (and `global_architecture_L{L_t}.png`), `psi_heatmaps.png`,
   also written to TensorBoard event files in DIR.
 
+The derivation options left out are the search's own (its config.derive), so one
+search can be derived several ways without searching again (with --out=DIR each).
 Prints the genotype (the mapped one when --num_layers is given).
 """
 
@@ -27,7 +32,15 @@ from dnas_jax import api
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Search run directory.")
-_EDGES = flags.DEFINE_integer("edges_per_node", 2, "Incoming edges kept per node.")
+_EDGES = flags.DEFINE_integer("edges_per_node", None,
+                              "Incoming edges kept per node (default: the search's, 2).")
+_RULE = flags.DEFINE_string("rule", None, "top_k (DARTS) or threshold (FairDARTS); "
+                            "default: the search's config.derive.rule.")
+_THRESHOLD = flags.DEFINE_float("op_threshold", None, "threshold rule: the least "
+                                "operation weight kept (default: the search's, 0.85).")
+_MAX_SKIP = flags.DEFINE_integer("max_skip_connects", None, "At most this many "
+                                 "skip-connects per normal cell (P-DARTS: 2); -1: no "
+                                 "cap (default: the search's).")
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", None,
                                    "Target depth L_t (default: the search depth).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: --workdir).")
@@ -39,7 +52,9 @@ def main(argv):
   with cli.user_errors():
     try:
       result = api.derive_from_search(_WORKDIR.value, _EDGES.value, _NUM_LAYERS.value,
-                                          _OUT.value)
+                                          _OUT.value, rule=_RULE.value,
+                                          op_threshold=_THRESHOLD.value,
+                                          max_skip_connects=_MAX_SKIP.value)
     except (api.WorkdirError, ValueError) as e:
       raise SystemExit(f"error: {e}") from None
   geno = result["mapped"] or result["genotype"]

@@ -7,6 +7,7 @@ restore target of a retraining run (`abstract_state`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable
 
@@ -48,6 +49,9 @@ def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
   except (ValueError, KeyError, TypeError) as e:
     raise validation.ConfigError(f"config.genotype={spec!r} is not a valid "
                                  f"genotype.json: {e}") from None
+  unfinished = unfinished_search(spec)
+  if unfinished:
+    logging.warning("config.genotype=%s %s", spec, unfinished)
   try:
     if geno.num_layers != num_layers:
       logging.info("mapping the %d-layer genotype %s to %d layers", geno.num_layers,
@@ -57,6 +61,21 @@ def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
   except ValueError as e:
     raise validation.ConfigError(f"config.genotype={spec!r}: {e}") from None
   return geno
+
+
+def unfinished_search(path: str) -> str:
+  """'' unless the genotype.json at `path` records a search epoch below the search's
+  configured epochs (a search rewrites it after every epoch); then the line saying so."""
+  try:
+    with open(path) as f:
+      meta = json.load(f).get("meta", {})
+    epoch, num_epochs = meta["epoch"], meta["num_epochs"]
+  except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    return ""
+  if not (isinstance(epoch, int) and isinstance(num_epochs, int) and epoch < num_epochs):
+    return ""
+  return (f"comes from a search that had run {epoch} of its {num_epochs} configured "
+          "epochs when it was written: the architecture may not be the final one")
 
 
 def genotype_of(config: ml_collections.ConfigDict) -> genotype_lib.GlobalGenotype:
