@@ -19,6 +19,11 @@ Why these values (Xu & He 2022, §4; docs/design.md §1):
   larger batch is a config change); zero-one loss weight 10 (FairDARTS); skip-connect
   dropout 0.2 during the search.
 * ψ is the decoupled form (formula 4) with the β softmax over a layer's 14 connections.
+* Against skip-connect collapse, the project's reading of the paper (docs/design.md §1):
+  - skip dropout `constant` 0.2: the paper gives the rate, no schedule (P-DARTS decays);
+  - zero-one loss on the `factors` σ(α), σ(γ): FairDARTS's loss on ψ's sigmoid factors;
+  - derivation `top_k`, 2 edges per node, no skip cap: DARTS's parse, per layer;
+  - architecture batches by `permutation`: every architecture image once per epoch.
 Every value can be overridden with --config.FIELD=value.
 """
 

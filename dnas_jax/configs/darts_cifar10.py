@@ -8,6 +8,11 @@ cifar10.py with the `darts_1st` row applied (Liu et al. 2019; the row's settings
 docs/comparison.md; `--config.optim.second_order=True` gives `darts_2nd`). One α per
 cell type, so the global genotype it produces has identical normal cells (and
 identical reduction cells).
+
+Against skip-connect collapse it keeps the project's defaults (docs/design.md
+§1): no skip dropout and no zero-one loss (the row), top-k derivation (DARTS's
+parse), architecture batches by per-epoch permutation, where DARTS's code draws
+`next(iter(valid_queue))` each step (--config.data.arch_sampling=independent).
 """
 
 from dnas_jax.configs import cifar10

@@ -8,6 +8,11 @@ cifar10.py with the `pc_darts_global` row applied (the row's settings:
 docs/comparison.md): PC-DARTS's search with its own weights for every layer of the
 whole L = 20 network, Ψ [20, 14, 8] and edge weights β [20, 14], 2,520 architecture
 numbers where DNAS has 518. Produces a global genotype like cifar10.py.
+
+Against skip-connect collapse it keeps the project's defaults (docs/design.md
+§1): no skip dropout and no zero-one loss (the row), top-k derivation (PC-DARTS's
+parse), architecture batches by per-epoch permutation, where PC-DARTS's code draws
+`next(iter(valid_queue))` each step (--config.data.arch_sampling=independent).
 """
 
 from dnas_jax.configs import cifar10

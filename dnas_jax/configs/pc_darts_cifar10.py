@@ -7,6 +7,11 @@ Command:
 cifar10.py with the `pc_darts` row applied (Xu et al. 2020; the row's settings:
 docs/comparison.md): partial channels with edge normalisation over DARTS's 8
 operations, one α and one β per cell type.
+
+Against skip-connect collapse it keeps the project's defaults (docs/design.md
+§1): no skip dropout and no zero-one loss (the row), top-k derivation (PC-DARTS's
+parse), architecture batches by per-epoch permutation, where PC-DARTS's code draws
+`next(iter(valid_queue))` each step (--config.data.arch_sampling=independent).
 """
 
 from dnas_jax.configs import cifar10
