@@ -19,7 +19,8 @@ A loader returns the four arrays or a `Dataset`. Your own files need no registra
 `tfds_source`), `config.data.dataset` then only names them, and their facts come from
 the files themselves, read without decoding an image (`resolve`).
 `config.data.image_size` (0: as they are) resizes the images of any dataset to a
-square of that side.
+square of that side. The training images of your own files are kept in a fixed random
+order (`shuffled_train`), so that both halves of the search's split hold every class.
 """
 
 from __future__ import annotations
@@ -300,6 +301,18 @@ def _as_dataset(spec: DatasetSpec, source: str, out) -> arrays.Dataset:
                         spec.mean, spec.std)
 
 
+def shuffled_train(ds: arrays.Dataset) -> arrays.Dataset:
+  """`ds` with its training images in a fixed random order (a permutation seeded 0).
+
+  The search trains the weights on the first part of the training split and the
+  architecture on the rest (`input_pipeline.search_splits`); files sorted by class
+  (a folder tree always is) would give the two parts different classes.
+  """
+  order = np.random.default_rng(0).permutation(len(ds.train_labels))
+  return dataclasses.replace(ds, train_images=ds.train_images[order],
+                             train_labels=ds.train_labels[order])
+
+
 def load(data: DataConfig | Mapping[str, Any], **kwargs) -> arrays.Dataset:
   """The dataset `config.data` names, loaded, checked and resized (`image_size`).
 
@@ -310,9 +323,12 @@ def load(data: DataConfig | Mapping[str, Any], **kwargs) -> arrays.Dataset:
   """
   d = DataConfig.of(data)
   spec = resolve(d)
-  registered = _REGISTRY.get(d.dataset) if _file_source(d.source)[0] is None else spec
+  own_files = _file_source(d.source)[0] is not None
+  registered = spec if own_files else _REGISTRY[d.dataset]
   out = spec.loader(d.source, d.data_dir or None, **kwargs)
   ds = _as_dataset(registered, d.source, out)
+  if own_files:
+    ds = shuffled_train(ds)
   if d.image_size and ds.image_shape[:2] != (d.image_size, d.image_size):
     train = arrays.resize_images(ds.train_images, d.image_size)
     test = arrays.resize_images(ds.test_images, d.image_size)
