@@ -241,10 +241,14 @@ def probe_folder(path: str, train_split: str = "train", test_split: str = "test"
   is `image_size`² or the first training image's (every image is checked when it is
   loaded)."""
   classes, (train, _), _ = folder_files(path, train_split, test_split)
+  return _folder_shape(train[0], image_size), len(classes), len(train)
+
+
+def _folder_shape(first: str, image_size: int) -> tuple[int, int, int]:
   if image_size:
-    return (image_size, image_size, 3), len(classes), len(train)
-  width, height = _image_size(train[0])
-  return (height, width, 3), len(classes), len(train)
+    return image_size, image_size, 3
+  width, height = _image_size(first)
+  return height, width, 3
 
 
 def _decode(file: str, image_size: int, first: str, shape) -> np.ndarray:
@@ -259,8 +263,8 @@ def _decode(file: str, image_size: int, first: str, shape) -> np.ndarray:
     return arrays.resize_image(image, image_size)
   if image.shape != shape:
     raise errors.DatasetFormatError(
-        f"{file} is {image.shape[1]}×{image.shape[0]} but {first} is "
-        f"{shape[1]}×{shape[0]}: {_RESIZE_HINT}")
+        f"{file} is {image.shape[0]}×{image.shape[1]} (height×width) but {first} is "
+        f"{shape[0]}×{shape[1]}: {_RESIZE_HINT}")
   return image
 
 
@@ -271,7 +275,7 @@ def load_folder(path: str, train_split: str = "train", test_split: str = "test",
   are decoded with PIL on `num_workers` threads (default: min(8, CPUs))."""
   classes, (train, y_train), (test, y_test) = folder_files(path, train_split,
                                                            test_split)
-  shape, _, _ = probe_folder(path, train_split, test_split, image_size)
+  shape = _folder_shape(train[0], image_size)
   logging.info("Loading %s from %s: %d classes, %d + %d images", name,
                os.path.abspath(path), len(classes), len(train), len(test))
   workers = num_workers or min(8, os.cpu_count() or 1)
