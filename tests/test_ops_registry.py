@@ -406,7 +406,9 @@ def test_sep_conv_7x7_and_conv_7x1_1x7_retrain():
 
 
 def _doc_blocks(kind: str) -> list[str]:
+  """The `kind` blocks of docs/extending.md's "Your own operation" section."""
   text = open(EXTENDING, encoding="utf-8").read()
+  text = text[text.index("## Your own operation"):].split("\n## ")[0]
   return re.findall(rf"```{kind}\n(.*?)```", text, flags=re.S)
 
 

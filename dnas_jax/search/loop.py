@@ -51,8 +51,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validation.validate_search_config(config)
   mesh = loop_lib.create_run_mesh(config)
 
-  ds = datasets.load_dataset(config.data.dataset, config.data.source,
-                             config.data.data_dir or None)
+  ds = datasets.load_from_config(config.data)
+  validation.check_image_shape(config, ds.image_shape, search=True)
   logging.info("dataset %s from %s: %d training images of shape %s, %d classes",
                ds.name, ds.source, len(ds.train_labels), ds.image_shape, ds.num_classes)
   weight_split, arch_split = input_pipeline.search_splits(ds, config.data.train_portion)

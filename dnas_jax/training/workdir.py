@@ -38,9 +38,10 @@ LOCK_NAME = ".lock"
 HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
             "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
             "prefetch", "profile")
-# Fields added since a run may have been stored, read as these values where a stored
-# config lacks them (the same run).
-ADDED_FIELDS = {"model.ops_modules": ""}
+# Config fields added after runs were stored without them: absent from a stored config
+# means this value, so that such a run resumes unchanged.
+ADDED_FIELDS = {"model.ops_modules": "", "data.path": "", "data.image_size": 0,
+                "data.train_split": "train", "data.test_split": "test"}
 
 
 class WorkdirError(RuntimeError):
@@ -179,7 +180,7 @@ def config_changes(stored: dict, new: dict) -> tuple[list[str], list[str]]:
       old[key] = value
   meaningful, harmless = [], []
   for key in sorted(set(old) | set(cur)):
-    a, b = old.get(key, "(absent)"), cur.get(key, "(absent)")
+    a, b = old.get(key, ADDED_FIELDS.get(key, "(absent)")), cur.get(key, "(absent)")
     if a == b:
       continue
     line = f"{key}: {a!r} → {b!r}"
