@@ -605,14 +605,3 @@ def test_a_config_file_that_registers_a_dataset_gives_the_dry_run_its_shape(tmp_
     assert out.stdout.splitlines() == retrain_setup.parameter_count_lines(cfg)
   finally:
     registry.unregister_dataset("scans")
-
-
-def test_a_run_stored_before_the_new_data_fields_resumes_unchanged():
-  from dnas_jax.training import workdir  # pylint: disable=g-import-not-at-top
-  new = test_config.get_config().to_dict()
-  stored = test_config.get_config().to_dict()
-  for name in ("path", "image_size", "train_split", "test_split"):
-    del stored["data"][name]
-  assert workdir.config_changes(stored, new) == ([], [])
-  new["data"]["image_size"] = 16
-  assert workdir.config_changes(stored, new)[0] == ["data.image_size: 0 → 16"]

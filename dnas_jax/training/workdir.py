@@ -38,10 +38,6 @@ LOCK_NAME = ".lock"
 HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
             "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
             "prefetch", "profile")
-# Config fields added after runs were stored without them: absent from a stored config
-# means this value, so that such a run resumes unchanged.
-ADDED_FIELDS = {"model.ops_modules": "", "data.path": "", "data.image_size": 0,
-                "data.train_split": "train", "data.test_split": "test"}
 
 
 class WorkdirError(RuntimeError):
@@ -175,12 +171,9 @@ def config_changes(stored: dict, new: dict) -> tuple[list[str], list[str]]:
   JSON round trip (the stored config went through one)."""
   old = _flatten(json.loads(json.dumps(stored)))
   cur = _flatten(json.loads(json.dumps(new)))
-  for key, value in ADDED_FIELDS.items():
-    if key in cur and key not in old:
-      old[key] = value
   meaningful, harmless = [], []
   for key in sorted(set(old) | set(cur)):
-    a, b = old.get(key, ADDED_FIELDS.get(key, "(absent)")), cur.get(key, "(absent)")
+    a, b = old.get(key, "(absent)"), cur.get(key, "(absent)")
     if a == b:
       continue
     line = f"{key}: {a!r} → {b!r}"
