@@ -56,12 +56,9 @@ from dnas_jax.training import metric_writers
 from dnas_jax.training import sharding
 from dnas_jax.training import workdir as workdir_lib
 
-CHECKPOINT_DIR = "checkpoints"
-
-
-class WorkdirError(FileNotFoundError):
-  """A workdir lacks what is asked of it (checkpoint, psi.npy, meta); the message says
-  what is missing."""
+# What a workdir lacks (checkpoint, psi.npy, meta) is a `WorkdirError`, the one the
+# runs raise; the message says what is missing.
+WorkdirError = workdir_lib.WorkdirError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +81,7 @@ class RestoredRun:
 
 def checkpoint_manager(workdir: str):
   """The Orbax manager of a run's workdir; WorkdirError when it has no checkpoints."""
-  path = os.path.join(workdir, CHECKPOINT_DIR)
+  path = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
   if not os.path.isdir(path):
     raise WorkdirError(f"no checkpoint folder {path}: is {workdir} a run's workdir?")
   return checkpoints.create_manager(path)
@@ -96,7 +93,8 @@ def _meta(manager, workdir: str, step: int | None) -> dict:
     return checkpoints.read_meta(manager, step)
   newest = checkpoints.newest_readable_meta(manager)
   if newest is None:
-    raise WorkdirError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+    raise WorkdirError("no readable checkpoint in "
+                       f"{os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)}")
   return newest[1]
 
 
@@ -191,7 +189,7 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   """(ψ, primitives, info) of a search workdir; info has 'source', the step of ψ when
   known ('step', 'epoch') and, when a checkpoint is there, its 'meta'."""
   info: dict[str, Any] = {}
-  ckpt = os.path.join(workdir, CHECKPOINT_DIR)
+  ckpt = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
   manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
   newest = checkpoints.newest_readable_meta(manager) if manager is not None else None
   if newest is not None:

@@ -9,7 +9,6 @@ from absl import flags
 from absl import logging
 from ml_collections.config_flags import config_flags as ml_config_flags
 
-from dnas_jax import api
 from dnas_jax.data import datasets
 from dnas_jax.search import loop as search_loop
 from dnas_jax.space import genotype
@@ -27,7 +26,7 @@ _COMPILE_CACHE = flags.DEFINE_string(
 USER_ERRORS = (validation.ConfigError, aot.AotUnavailableError,
                datasets.DatasetNotFoundError, datasets.DatasetFormatError,
                search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
-               checkpoints.CheckpointError, workdir.WorkdirError, api.WorkdirError,
+               checkpoints.CheckpointError, workdir.WorkdirError,
                genotype.GenotypeFormatError)
 
 

@@ -15,6 +15,7 @@ import pytest
 from dnas_jax import api
 from dnas_jax.configs import test_retrain
 from dnas_jax.retrain import loop as retrain_loop
+from dnas_jax.training import workdir as workdir_lib
 
 # The README's "Restoring a run" example, executed exactly as printed there.
 README_EXAMPLE = '''\
@@ -94,3 +95,15 @@ def test_wrong_workdir_kind(runs, tmp_path):
     api.load_classifier(search_dir)
   with pytest.raises(api.WorkdirError, match="no checkpoint folder"):
     api.load_search(str(tmp_path))
+
+
+def test_one_workdir_error_and_one_checkpoint_folder(tmp_path, monkeypatch):
+  """The readers raise the runs' own WorkdirError (what the entry points report in one
+  line), and look for checkpoints in the folder the runs write them to."""
+  assert api.WorkdirError is workdir_lib.WorkdirError
+  monkeypatch.setattr(workdir_lib, "CHECKPOINT_DIR", "elsewhere")
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=f"no checkpoint folder {tmp_path / 'elsewhere'}:"):
+    api.checkpoint_manager(str(tmp_path))
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot tell the candidate operations"):
+    api.search_psi(str(tmp_path))
