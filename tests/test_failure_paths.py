@@ -21,6 +21,7 @@ from dnas_jax.configs import test as test_config
 from dnas_jax.configs import test_retrain
 from dnas_jax.retrain import loop as retrain_loop
 from dnas_jax.retrain import setup as retrain_setup
+from dnas_jax.search import derivation
 from dnas_jax.search import loop as search_loop
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.training import checkpoints
@@ -399,9 +400,10 @@ def test_derive_leaves_a_running_search_alone_and_labels_psi_by_its_own_step(tmp
   try:
     before = (search / "genotype.json").read_text()
     with pytest.raises(api.WorkdirError, match="is still running"):
-      api.derive_from_search(str(search))
+      derivation.output_folder(str(search))
     assert (search / "genotype.json").read_text() == before
-    api.derive_from_search(str(search), out=str(tmp_path / "out"))
+    out = derivation.output_folder(str(search), str(tmp_path / "out"))
+    derivation.write_derivation(out, *api.search_psi(str(search)))
   finally:
     holder.kill()
     holder.wait(timeout=30)
@@ -415,7 +417,7 @@ def test_derive_on_a_retraining_workdir_says_what_it_is(tmp_path):
                    {"genotype": {"version": 1, "cells": []}, "config": {}})
   manager.wait_until_finished()
   with pytest.raises(api.WorkdirError, match="is a retraining workdir"):
-    api.derive_from_search(str(tmp_path))
+    api.search_psi(str(tmp_path))
 
 
 def test_failed_derive_and_train_create_no_workdir(tmp_path):
