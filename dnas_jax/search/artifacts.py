@@ -46,16 +46,9 @@ def write_artifacts(workdir: str, psi: np.ndarray, primitives: Sequence[str],
                     meta: dict) -> genotype_lib.GlobalGenotype:
   """psi.npy, genotype.json and genotype.txt (each written atomically)."""
   geno = genotype_lib.derive_genotype(psi, primitives)
-  def atomic(name, write):
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    write(tmp)
-    os.replace(tmp, os.path.join(workdir, name))
-  def save_npy(p):
-    with open(p, "wb") as f:
-      np.save(f, psi)
   # psi.npy first: genotype.json's meta then names the step of the psi.npy beside it
   # (what experiments.derive reads while a search runs).
-  atomic("psi.npy", save_npy)
+  files.atomic_write(os.path.join(workdir, "psi.npy"), lambda f: np.save(f, psi))
   write_genotype(workdir, "genotype", geno, primitives, meta)
   return geno
 

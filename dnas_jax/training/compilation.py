@@ -38,7 +38,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -49,6 +48,7 @@ from jax import monitoring as jax_monitoring
 import numpy as np
 from absl import logging
 
+from dnas_jax.training import files
 
 # XLA:CPU hands convolutions, matrix products and some element-wise work to YNNPACK
 # ("YNN fusions"). Reading an executable with many of them back from the persistent
@@ -212,11 +212,7 @@ def _save(path: str, compiled) -> bool:
   try:
     serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
     blob = zlib.compress(pickle.dumps((_FORMAT, serialized, in_tree, out_tree)), 1)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      f.write(blob)
-    os.replace(tmp, path)
+    files.atomic_write(path, blob)
     return True
   except Exception as e:  # pylint: disable=broad-except  # a cache: run without it
     logging.warning("cannot keep the executable in %s (%s: %s)", path, type(e).__name__, e)

@@ -31,6 +31,7 @@ import jax
 from absl import logging
 
 from dnas_jax.training import checkpoints
+from dnas_jax.training import files
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
@@ -156,21 +157,11 @@ def release_lock(path: str) -> None:
 # Config comparison.
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(d, dict):
-    return {prefix: d}
-  out = {}
-  for key, value in d.items():
-    out.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict)
-                        else f"{prefix}{key}"))
-  return out
-
-
 def config_changes(stored: dict, new: dict) -> tuple[list[str], list[str]]:
   """(meaningful, harmless) differences as 'field: old → new' lines, compared after a
   JSON round trip (the stored config went through one)."""
-  old = _flatten(json.loads(json.dumps(stored)))
-  cur = _flatten(json.loads(json.dumps(new)))
+  old = files.flatten(json.loads(json.dumps(stored)))
+  cur = files.flatten(json.loads(json.dumps(new)))
   meaningful, harmless = [], []
   for key in sorted(set(old) | set(cur)):
     a, b = old.get(key, "(absent)"), cur.get(key, "(absent)")
