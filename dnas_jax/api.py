@@ -332,11 +332,11 @@ def load_classifier(workdir: str, step: int | None = None) -> Classifier:
   latest), ready to classify images."""
   run = restore_train_run(workdir, step)
   meta = run.meta
-  if "mean" in meta and "std" in meta:
-    mean, std = tuple(meta["mean"]), tuple(meta["std"])
-  else:  # checkpoints written before the normalisation was saved in meta
-    ds = retrain_setup.load_data(run.config)
-    mean, std = ds.mean, ds.std
+  missing = [k for k in ("mean", "std") if k not in meta]
+  if missing:
+    raise WorkdirError(f"the checkpoint of {workdir} at step {run.step} has no input "
+                       f"normalisation ({', '.join(missing)}) in its meta")
+  mean, std = tuple(meta["mean"]), tuple(meta["std"])
   variables = jax.device_get(run.variables)
   variables = jax.tree.map(jnp.asarray, variables)  # on the default device, unsharded
   return Classifier(net=run.net_eval, variables=variables, mean=mean, std=std,

@@ -87,6 +87,31 @@ def test_classifier_inputs(runs):
     clf.predict(np.zeros((2, 16, 16, 3), np.uint8))
 
 
+def test_classifier_normalisation_comes_from_the_meta_only(runs, tmp_path, monkeypatch):
+  """The input normalisation is read from the checkpoint's meta, never from the
+  dataset; a meta without it is refused in one line."""
+  from dnas_jax.retrain import setup as retrain_setup  # pylint: disable=g-import-not-at-top
+  _, _, retrain_dir, _ = runs
+
+  def no_data(config):
+    raise AssertionError("the dataset was loaded")
+  monkeypatch.setattr(retrain_setup, "load_data", no_data)
+  clf = api.load_classifier(retrain_dir)
+  assert len(clf.mean) == len(clf.std) == 3
+  copy = str(tmp_path / "retrain")
+  shutil.copytree(retrain_dir, copy)
+  ckpt = os.path.join(copy, workdir_lib.CHECKPOINT_DIR)
+  for step in os.listdir(ckpt):
+    path = os.path.join(ckpt, step, "meta", "metadata")
+    with open(path) as f:
+      meta = json.load(f)
+    del meta["mean"]
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  with pytest.raises(api.WorkdirError, match=r"no input normalisation \(mean\)"):
+    api.load_classifier(copy)
+
+
 def test_wrong_workdir_kind(runs, tmp_path):
   _, search_dir, retrain_dir, _ = runs
   with pytest.raises(api.WorkdirError, match="not a search workdir"):

@@ -193,17 +193,29 @@ def _damage(workdir, how):
   elif how == "folder_emptied":
     shutil.rmtree(step_dir)
     os.makedirs(step_dir)
+  elif how == "digest_lost":  # the meta reads back, without the digest of the values
+    path = os.path.join(step_dir, "meta", "metadata")
+    with open(path) as f:
+      meta = json.load(f)
+    del meta[checkpoints.DIGEST_KEY]
+    with open(path, "w") as f:
+      json.dump(meta, f)
+
+
+WHY = {"bytes_overwritten": "its values differ from the digest saved with it",
+       "digest_lost": "its meta holds no digest of its values"}
 
 
 @pytest.mark.parametrize("how", ["bytes_overwritten", "file_truncated", "file_deleted",
-                                 "metadata_garbled", "meta_garbled", "folder_emptied"])
+                                 "metadata_garbled", "meta_garbled", "folder_emptied",
+                                 "digest_lost"])
 def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact(run_copy, how, caplog):
   workdir, state = run_copy
   _damage(workdir, how)
   caplog.set_level(logging.WARNING)
   restored, meta, step = _restore(workdir, state)
   assert step == PREVIOUS and int(restored.step) == PREVIOUS
-  assert f"checkpoint {NEWEST} is damaged" in caplog.text
+  assert f"checkpoint {NEWEST} is damaged ({WHY.get(how, 'unreadable')}" in caplog.text
   assert f"resuming from checkpoint {PREVIOUS}" in caplog.text
   moved = os.listdir(os.path.join(workdir, checkpoints.DAMAGED_DIR))
   assert len(moved) == 1 and moved[0].startswith(f"{NEWEST}-")
@@ -277,10 +289,10 @@ def test_search_resumes_past_a_damaged_checkpoint_to_the_same_result(run_copy):
   jax.tree.map(np.testing.assert_array_equal, result["state"].params, state.params)
 
 
-def test_readers_skip_a_damaged_checkpoint_without_moving_it(run_copy):
-  from dnas_jax import api  # pylint: disable=g-import-not-at-top
-  workdir, state = run_copy
-  _damage(workdir, "bytes_overwritten")
+@pytest.mark.parametrize("how", ["bytes_overwritten", "digest_lost"])
+def test_readers_skip_a_damaged_checkpoint_without_moving_it(run_copy, how):
+  workdir, _ = run_copy
+  _damage(workdir, how)
   result = api.load_search(workdir)
   assert result.step == PREVIOUS
   restored, _, step = api.restore_search_run(workdir)

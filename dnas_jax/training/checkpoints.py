@@ -132,8 +132,8 @@ def _why_damaged(manager, target, step) -> tuple[Any, dict, str | None]:
   except Exception as e:  # pylint: disable=broad-except  (any failure to read it back)
     return None, {}, f"unreadable ({_one_line(e)})"
   expected = meta.get(DIGEST_KEY)
-  if expected is None:  # written before digests existed: nothing to check against
-    return state, meta, None
+  if expected is None:
+    return None, meta, "its meta holds no digest of its values"
   if state_digest(state) != expected:
     return None, meta, "its values differ from the digest saved with it"
   return state, meta, None
