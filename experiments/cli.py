@@ -27,7 +27,7 @@ USER_ERRORS = (validation.ConfigError, aot.AotUnavailableError,
                datasets.DatasetNotFoundError, datasets.DatasetFormatError,
                search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
                checkpoints.CheckpointError, workdir.WorkdirError,
-               genotype.GenotypeFormatError)
+               genotype.GenotypeFormatError, genotype.NonFinitePsiError)
 
 
 def define_resume_flag():

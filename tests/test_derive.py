@@ -156,6 +156,31 @@ def test_derivation_replaces_every_file_atomically(tmp_path, monkeypatch):
       os.path.join(out, n) for n in written if not n.endswith(".txt"))
 
 
+def test_non_finite_psi_is_refused_by_the_library():
+  psi = _psi_for(_intended_cells(L_SEARCH))
+  psi[0, 0, 0], psi[3, 5, 1], psi[7, 13, 2] = np.nan, np.inf, -np.inf
+  with pytest.raises(genotype_lib.NonFinitePsiError,
+                     match=f"ψ holds 3 of {psi.size} values that are not finite"):
+    genotype_lib.derive_genotype(psi, PRIMS)
+
+
+def test_derive_command_refuses_a_non_finite_psi_in_one_line(tmp_path):
+  search_dir, out = str(tmp_path / "search"), str(tmp_path / "out")
+  psi = _fake_search_workdir(search_dir)
+  psi[2, :2, 0] = np.nan
+  np.save(os.path.join(search_dir, "psi.npy"), psi)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.derive", f"--workdir={search_dir}",
+       f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: {os.path.join(search_dir, 'psi.npy')} holds 2 of {psi.size} values that "
+      "are not finite (NaN or inf): no genotype can be derived from it")
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(out)  # nothing written
+
+
 def _pc_darts_parse(weights, weights2, primitives):
   """PC-DARTS's `Network.genotype()._parse` (yuhuixu1993/PC-DARTS model_search.py),
   written out: W = softmax(α) rows times the edge weights; per node, the two edges with

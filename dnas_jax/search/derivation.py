@@ -14,7 +14,8 @@ atomically):
   also as images in TensorBoard event files, with the derived genotype as text.
 
 `output_folder` says where that goes, refusing the own workdir of a search that still
-runs (its genotype.json is the search's).
+runs (its genotype.json is the search's). A ψ holding NaN or inf is refused in one line
+naming its source, before anything is written.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def write_derivation(out: str, psi: np.ndarray, primitives: Sequence[str],
   checkpoint's 'meta'); `title` heads the architecture figure. Returns {'genotype',
   'mapped' (None unless `num_layers` differs from the search depth), 'files'}."""
   check_options(edges_per_node, num_layers)
+  genotype_lib.check_finite_psi(psi, info["source"])  # before anything is written
   from dnas_jax.search import figures as plots  # pylint: disable=g-import-not-at-top  (matplotlib)
   os.makedirs(out, exist_ok=True)
   geno = genotype_lib.derive_genotype(psi, primitives, edges_per_node)
