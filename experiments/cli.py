@@ -68,11 +68,18 @@ def user_errors():
 
 
 class _QuietLibraries:
-  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+  """Drops INFO records of chatty libraries (orbax logs every file it writes), and the
+  errors Orbax and asyncio log, with tracebacks, for a checkpoint write the file
+  system refused (a full disk): that failure reaches the run, which stops with one
+  line (workdir.WriteError)."""
 
   def filter(self, record) -> bool:
-    return record.levelno > 20 or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
+    if record.levelno <= 20:
+      return not any(f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
+    if record.exc_info and any(f"/{lib}/" in record.pathname
+                               for lib in ("orbax", "asyncio")):
+      return checkpoints.write_failure(record.exc_info[1]) is None
+    return True
 
 
 def _remember_loaded_configs() -> dict:
@@ -117,6 +124,19 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def _quiet_closed_loops(hook):
+  """`sys.unraisablehook` without the "Event loop is closed" errors TensorStore reports
+  from its threads when a write finishes whose asyncio loop Orbax has closed: the other
+  writes of a checkpoint after one of them failed (a full disk), which the run reports
+  in one line."""
+  def unraisablehook(unraisable):
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"):
+      return
+    hook(unraisable)
+  return unraisablehook
+
+
 def _sigterm_as_interrupt(signum, frame):
   del signum, frame
   raise KeyboardInterrupt
@@ -127,6 +147,7 @@ def run(main):
   Ctrl-C (the loops save a checkpoint before stopping)."""
   compilation.avoid_slow_cache_loads()  # before JAX starts a backend
   signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+  sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())

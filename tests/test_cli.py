@@ -1,5 +1,6 @@
 """Entry-point errors a user sees: one clear line and a non-zero status, no traceback."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -168,3 +169,32 @@ def test_the_search_entry_point_runs_with_the_flag():
   # All-ones 8×8×4 input and 3×3×4×4 kernel, SAME padding: per axis the windows hold
   # 2 + 3·6 + 2 = 22 valid pixels in total, so the sum is 4 out × 4 in × 22².
   assert float(out.stdout.split()[1]) == 4 * 4 * 22 * 22
+
+
+def test_only_the_noise_of_a_failed_checkpoint_write_is_quieted():
+  """The entry points drop the "Event loop is closed" errors TensorStore reports for
+  the other writes of a checkpoint after one failed, and the errors Orbax and asyncio
+  log for a write the file system refused; anything else passes."""
+  import types  # pylint: disable=g-import-not-at-top
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  seen = []
+  hook = cli._quiet_closed_loops(seen.append)  # pylint: disable=protected-access
+  closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+  hook(closed)
+  hook(other)
+  assert seen == [other]
+
+  def record(path, exc, level=40):
+    rec = logging.LogRecord("absl", level, path, 1, "failed", None,
+                            (type(exc), exc, None) if exc else None)
+    return cli._QuietLibraries().filter(rec)  # pylint: disable=protected-access
+  full = ValueError("RESOURCE_EXHAUSTED: Error writing local file \"x\": Failed to "
+                    "write 5040 bytes to file 8: No space left on device "
+                    "[os_error_code='28']")
+  orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+  assert not record(orbax, full)
+  assert not record("/lib/python3.11/asyncio/base_events.py", OSError(28, "No space"))
+  assert record(orbax, ValueError("shapes differ"))  # no write failure: kept
+  assert record("/work/dnas_jax/training/loop.py", full)  # not a library's: kept
+  assert not record(orbax, None, level=20)  # orbax's INFO records, as before

@@ -5,6 +5,7 @@ checkpoints at steps 12, 14 and 16) on a copy of its workdir, so that they resto
 compare without compiling; the NaN stop and the lock run the real commands.
 """
 
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dnas_jax.configs import test as test_config
 from dnas_jax.configs import test_retrain
 from dnas_jax.retrain import loop as retrain_loop
 from dnas_jax.retrain import setup as retrain_setup
+from dnas_jax.search import artifacts
 from dnas_jax.search import derivation
 from dnas_jax.search import loop as search_loop
 from dnas_jax.space import genotype as genotype_lib
@@ -101,6 +103,60 @@ def test_any_exception_waits_for_pending_writes_and_releases_the_lock(tmp_path):
     search_loop.train_and_evaluate(test_config.get_config(), str(tmp_path), hooks=[fail])
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
   assert os.path.isfile(tmp_path / "checkpoints" / "2" / "_CHECKPOINT_METADATA")
+  assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
+
+
+# A full disk: one line naming the folder and the last finished checkpoint, kept.
+
+# The tiny search, with Orbax's write of a checkpoint's JSON meta failing as a full
+# disk fails it, in the background, from the second checkpoint (step 4) on.
+_SEARCH_ON_A_FULL_DISK = """
+import errno, runpy, sys
+import orbax.checkpoint as ocp
+real, calls = ocp.JsonCheckpointHandler._save_fn, []
+async def full_disk(self, item, directory):
+  calls.append(directory)
+  if len(calls) >= 2:
+    raise OSError(errno.ENOSPC, "No space left on device", str(directory / "metadata"))
+  return await real(self, item, directory)
+ocp.JsonCheckpointHandler._save_fn = full_disk
+sys.argv = ["experiments.search"] + sys.argv[1:]
+runpy.run_module("experiments.search", run_name="__main__")
+"""
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_checkpoints(
+    tmp_path):
+  run = tmp_path / "run"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _SEARCH_ON_A_FULL_DISK,
+                        "--config=experiments/configs/test.py", f"--workdir={run}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-3000:]
+  checkpoint_dir = run / "checkpoints"
+  assert _last_line(out) == (
+      f"error: cannot write checkpoints in {checkpoint_dir} (No space left on device): "
+      "the last finished checkpoint, step 2, is kept there; run the same command again "
+      "to resume once the folder can be written")
+  assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr
+  assert len([l for l in out.stderr.splitlines() if l.startswith("E")]) == 1  # cli.py's
+  assert checkpoints.finished_steps(str(checkpoint_dir)) == [2]
+  assert not os.path.exists(run / workdir_lib.LOCK_NAME)
+  _, _, step = api.restore_search_run(str(run))  # verified against its digest
+  assert step == 2
+
+
+def test_full_disk_under_another_file_of_the_run_is_one_line(tmp_path, monkeypatch):
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(artifacts, "write_artifacts", full_disk)  # at the first epoch end
+  with pytest.raises(workdir_lib.WriteError) as e:
+    search_loop.train_and_evaluate(test_config.get_config(), str(tmp_path))
+  assert str(e.value) == (
+      f"cannot write in {tmp_path} (No space left on device): the last finished "
+      f"checkpoint, step 8, is kept in {tmp_path / 'checkpoints'}; run the same command "
+      "again to resume once the folder can be written")
+  assert checkpoints.finished_steps(str(tmp_path / "checkpoints")) == [4, 6, 8]
   assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
 
 
@@ -464,3 +520,16 @@ def test_lock_records_holder_and_is_released(tmp_path):
     assert holder["pid"] == os.getpid() and holder["host"]
     assert workdir_lib.lock_holder(str(tmp_path))["pid"] == os.getpid()
   assert workdir_lib.lock_holder(str(tmp_path)) is None
+
+
+def test_write_failures_are_told_from_other_errors():
+  assert checkpoints.write_failure(OSError(errno.ENOSPC, "No space left on device")) == (
+      "No space left on device")
+  tensorstore = ValueError(  # what a full disk under a checkpoint's values raises
+      "RESOURCE_EXHAUSTED: Error writing local file \"x/_sharding\": Failed to write "
+      "139769 bytes to file 7: No space left on device [os_error_code='28']")
+  assert checkpoints.write_failure(tensorstore) == os.strerror(errno.ENOSPC)
+  wrapped = RuntimeError("Save Finalize thread failed")
+  wrapped.__cause__ = tensorstore
+  assert checkpoints.write_failure(wrapped) == os.strerror(errno.ENOSPC)
+  assert checkpoints.write_failure(ValueError("shapes differ")) is None

@@ -137,7 +137,7 @@ def run_loop(phase: Phase, state: Any, run: workdir_lib.RunDir,
     raise type(e)(f"{e}; {run.kept_checkpoint()}") from None
   finally:
     profiler.close()
-  run.manager.wait_until_finished()
+  run.wait()
   if not last_eval:
     last_eval = phase.evaluate(state)
     writer.write_scalars(step, last_eval)
