@@ -14,7 +14,7 @@ from dnas_jax.search import loop as search_loop
 from dnas_jax.space import genotype
 from dnas_jax.tools import aot
 from dnas_jax.training import checkpoints
-from dnas_jax.training import compilation
+from dnas_jax.training import runtime
 from dnas_jax.training import validation
 from dnas_jax.training import workdir
 
@@ -145,7 +145,7 @@ def _sigterm_as_interrupt(signum, frame):
 def run(main):
   """absl's app.run with quiet library logs, clear flag errors, and SIGTERM handled as
   Ctrl-C (the loops save a checkpoint before stopping)."""
-  compilation.avoid_slow_cache_loads()  # before JAX starts a backend
+  runtime.avoid_slow_cache_loads()  # before JAX starts a backend
   signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
   sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
   logging.set_verbosity(logging.INFO)
@@ -153,9 +153,9 @@ def run(main):
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
   def with_cache(argv):
-    compilation.skip_absent_tpu()
+    runtime.skip_absent_tpu()
     folder = _COMPILE_CACHE.value
-    compilation.enable_persistent_cache(
-        compilation.default_cache_dir() if folder is None else folder)
+    runtime.enable_persistent_cache(
+        runtime.default_cache_dir() if folder is None else folder)
     return main(argv)
   app.run(with_cache, flags_parser=_parse_flags)

@@ -49,7 +49,7 @@ def test_every_writer_of_results_writes_atomically(tmp_path, monkeypatch):
   from dnas_jax.search import artifacts  # pylint: disable=g-import-not-at-top
   from dnas_jax.search import figures  # pylint: disable=g-import-not-at-top
   from dnas_jax.tools import compare  # pylint: disable=g-import-not-at-top
-  from dnas_jax.training import compilation  # pylint: disable=g-import-not-at-top
+  from dnas_jax.training import executable_cache  # pylint: disable=g-import-not-at-top
   from dnas_jax.training import loop  # pylint: disable=g-import-not-at-top
   opened = []
   real = files.atomic_open
@@ -66,7 +66,7 @@ def test_every_writer_of_results_writes_atomically(tmp_path, monkeypatch):
   compare.write_report([], str(tmp_path / "comparison"))
   compare._write_json(str(tmp_path / "result.json"), {"row": "dnas"})  # pylint: disable=protected-access
   compiled = jax.jit(lambda x: x + 1).lower(np.float32(1)).compile()
-  assert compilation._save(str(tmp_path / "exe" / "f.jaxexe"), compiled)  # pylint: disable=protected-access
+  assert executable_cache.save(str(tmp_path / "exe" / "f.jaxexe"), compiled)
   assert sorted(opened) == sorted([
       "psi.npy", "genotype.json", "genotype.txt", "a.png", "final_metrics.json",
       os.path.join("comparison", "results.json"),
