@@ -136,15 +136,13 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
       name="search_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
       at_epoch_end=at_epoch_end,
       meta=meta)
-  try:
+  with writer:  # closed on every way out
     state, last_eval, step = loop_lib.run_loop(phase, state, run, writer, config,
                                                steps_per_epoch, hooks)
     if lead:
       artifacts.write_figures(run.workdir, found["psi"], primitives, found["genotype"],
                               writer, step)
     loop_lib.write_final_metrics(run.workdir, last_eval)
-  finally:
-    writer.close()
   logging.info("search done: %s; genotype in %s", last_eval,
                os.path.join(run.workdir, "genotype.json"))
   return {"state": state, **found, **last_eval}

@@ -33,6 +33,10 @@ class GenotypeFormatError(ValueError):
   """A genotype.json that does not follow the schema; the message names what is wrong."""
 
 
+class NonFinitePsiError(ValueError):
+  """ψ holds NaN or inf; the message says where ψ came from and how many values."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CellGenotype:
   nodes: tuple[tuple[tuple[str, int], ...], ...]
@@ -144,14 +148,26 @@ def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
   return CellGenotype(tuple(nodes), reduction)
 
 
+def check_finite_psi(psi: np.ndarray, source: str = "ψ") -> None:
+  """NonFinitePsiError when ψ holds NaN or inf (no arg-max means anything then);
+  `source` names where ψ came from in the message."""
+  psi = np.asarray(psi)
+  bad = int(psi.size - np.count_nonzero(np.isfinite(psi)))
+  if bad:
+    raise NonFinitePsiError(f"{source} holds {bad} of {psi.size} values that are not "
+                            "finite (NaN or inf): no genotype can be derived from it")
+
+
 def derive_genotype(psi: np.ndarray, primitives: Sequence[str],
                     edges_per_node: int = 2) -> GlobalGenotype:
-  """The global genotype of ψ [L, C, Op]: one derived cell per layer."""
+  """The global genotype of ψ [L, C, Op]: one derived cell per layer. A ψ holding NaN
+  or inf is refused (NonFinitePsiError)."""
   psi = np.asarray(psi)
   L = psi.shape[0]
   if psi.shape[1:] != (search_space.NUM_CONNECTIONS, len(primitives)):
     raise ValueError(f"psi has shape {psi.shape}, expected [L, "
                      f"{search_space.NUM_CONNECTIONS}, {len(primitives)}]")
+  check_finite_psi(psi)
   red = search_space.is_reduction(L)
   return GlobalGenotype(tuple(derive_cell(psi[k], primitives, red[k], edges_per_node)
                               for k in range(L)))
