@@ -196,3 +196,32 @@ def test_the_steps_output_structures_can_be_kept():
     assert pickle.loads(pickle.dumps(tree)) == tree, collection
   assert evaluation.output_metric(evaluation.metrics.Average, "loss") is (
       evaluation.output_metric(evaluation.metrics.Average, "loss"))
+
+
+def test_the_key_follows_the_users_operation_files(tmp_path, monkeypatch):
+  """An operation file named in config.model.ops_modules is part of the program: edit
+  it and the next run compiles afresh instead of loading the stale executable."""
+  from dnas_jax.space import ops  # pylint: disable=g-import-not-at-top
+  step, _ = _toy()
+  args = _inputs()
+  before = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  user_file = tmp_path / "key_ops.py"
+  source = ("from dnas_jax.space import ops\n"
+            "def key_op(channels, stride, affine, train, dtype, formulation):\n"
+            "  return ops.create_op('skip_connect', channels, stride, affine=affine,\n"
+            "                       train=train, dtype=dtype, formulation=formulation)\n"
+            "ops.register_op('key_test_op', key_op, replace=True)\n")
+  user_file.write_text(source)
+  monkeypatch.chdir(tmp_path)
+  # The registry and the imported files as they were, restored below.
+  monkeypatch.setattr(ops, "OPS", dict(ops.OPS))
+  monkeypatch.setattr(ops, "_USER_FILES", dict(ops._USER_FILES))  # pylint: disable=protected-access
+  ops.import_ops_modules("key_ops.py")
+  first = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert first != before
+  assert first == executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step,
+                                                   args)
+  user_file.write_text(source + "# edited\n")
+  ops.import_ops_modules("key_ops.py")
+  assert first != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step,
+                                                   args)

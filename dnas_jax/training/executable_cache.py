@@ -38,6 +38,7 @@ from jax import monitoring as jax_monitoring
 import numpy as np
 from absl import logging
 
+from dnas_jax.space import ops
 from dnas_jax.training import files
 from dnas_jax.training import runtime
 
@@ -74,7 +75,10 @@ def executable_path(folder: str, cache_key: Any, name: str, jitted: Callable,
   description = {"key": cache_key, "name": name,
                  "function": f"{getattr(fn, '__module__', '')}."
                              f"{getattr(fn, '__qualname__', repr(fn))}",
-                 "args": _signature(args), "environment": runtime.environment()}
+                 "args": _signature(args), "environment": runtime.environment(),
+                 # A user's operations (config.model.ops_modules) are code outside the
+                 # package: their files' bytes are part of the program.
+                 "user_operations": ops.imported_user_sources()}
   digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
   return os.path.join(folder, EXECUTABLES, f"{digest.hexdigest()}.jaxexe")
 
