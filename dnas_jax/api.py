@@ -19,16 +19,17 @@ machine, a notebook or a colleague needs only the workdir, not the config file::
 checkpoint (verified against its SHA-256 digest; damaged newer ones are skipped, not
 moved: this module only reads) and raise `WorkdirError` saying what is missing.
 
-This is the one module that reads runs back; the entry points use it too:
+This is the one module that reads runs back, and it writes nothing; the entry points
+use it too:
 
 * `restore_search_run` / `restore_train_run`: a checkpoint's state and meta, the
   restore target rebuilt from the meta (shapes only: nothing runs or compiles);
 * `evaluate_workdir(workdir, split)`: a retraining run's loss, accuracy and error
   (experiments/evaluate.py);
 * `search_psi(workdir)`: ψ [L, 14, Op] and the candidate operations of a search
-  workdir, from its `psi.npy` or, when that is absent, its newest checkpoint;
-  `derive_from_search` derives and writes its global genotype and figures
-  (experiments/derive.py).
+  workdir, from its `psi.npy` or, when that is absent, its newest checkpoint
+  (experiments/derive.py, which writes the derived genotype and figures with
+  `dnas_jax.search.derivation`).
 """
 
 from __future__ import annotations
@@ -53,16 +54,12 @@ from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import ops
 from dnas_jax.training import checkpoints
 from dnas_jax.training import evaluation
-from dnas_jax.training import metric_writers
 from dnas_jax.training import sharding
 from dnas_jax.training import workdir as workdir_lib
 
-CHECKPOINT_DIR = "checkpoints"
-
-
-class WorkdirError(FileNotFoundError):
-  """A workdir lacks what is asked of it (checkpoint, psi.npy, meta); the message says
-  what is missing."""
+# What a workdir lacks (checkpoint, psi.npy, meta) is a `WorkdirError`, the one the
+# runs raise; the message says what is missing.
+WorkdirError = workdir_lib.WorkdirError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +82,7 @@ class RestoredRun:
 
 def checkpoint_manager(workdir: str):
   """The Orbax manager of a run's workdir; WorkdirError when it has no checkpoints."""
-  path = os.path.join(workdir, CHECKPOINT_DIR)
+  path = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
   if not os.path.isdir(path):
     raise WorkdirError(f"no checkpoint folder {path}: is {workdir} a run's workdir?")
   return checkpoints.create_manager(path)
@@ -98,7 +95,8 @@ def _meta(manager, workdir: str, step: int | None) -> dict:
     return _with_ops(checkpoints.read_meta(manager, step))
   newest = checkpoints.newest_readable_meta(manager)
   if newest is None:
-    raise WorkdirError(f"no readable checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+    raise WorkdirError("no readable checkpoint in "
+                       f"{os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)}")
   return _with_ops(newest[1])
 
 
@@ -204,7 +202,7 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   known ('step', 'epoch'), the edge weights [L, 14] when known ('edge_weights': from
   edge_weights.npy or the checkpoint) and, when a checkpoint is there, its 'meta'."""
   info: dict[str, Any] = {}
-  ckpt = os.path.join(workdir, CHECKPOINT_DIR)
+  ckpt = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
   manager = checkpoints.create_manager(ckpt) if os.path.isdir(ckpt) else None
   newest = checkpoints.newest_readable_meta(manager) if manager is not None else None
   if newest is not None:
@@ -244,19 +242,6 @@ def search_psi_of(meta: dict, arch_params) -> np.ndarray:
   return search_arch_weights_of(meta, arch_params)[0]
 
 
-def search_derivation(info: dict, **flags) -> genotype_lib.Derivation:
-  """The derivation of a search (`search_psi`'s info): its config's `derive` section
-  (the checkpoint's, else genotype.json's meta), each option in `flags` that is not
-  None replacing the search's; ValueError naming the flag when one is invalid."""
-  recorded = (info.get("meta", {}).get("config", {}).get("derive")
-              or info.get("meta", {}).get("derive") or {})
-  derivation = dataclasses.replace(
-      genotype_lib.Derivation.from_config(recorded),
-      **{k: v for k, v in flags.items() if v is not None})
-  derivation.check("--")
-  return derivation
-
-
 def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
   if meta is not None and "primitives" in meta:
     return tuple(meta["primitives"])
@@ -268,99 +253,6 @@ def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
       return tuple(primitives)
   raise WorkdirError(f"cannot tell the candidate operations of {workdir}: no "
                      "checkpoint meta and no genotype.json with 'primitives'")
-
-
-def _genotype_meta(workdir: str) -> dict:
-  """The meta of a search workdir's genotype.json ({} when unreadable)."""
-  try:
-    with open(os.path.join(workdir, "genotype.json")) as f:
-      meta = json.load(f).get("meta", {})
-    return meta if isinstance(meta, dict) else {}
-  except (OSError, ValueError, AttributeError):
-    return {}
-
-
-def _write_genotype(out: str, stem: str, geno, primitives, meta) -> str:
-  path = os.path.join(out, f"{stem}.json")
-  geno.save(path, primitives=primitives, meta=meta)
-  with open(os.path.join(out, f"{stem}.txt"), "w") as f:
-    f.write(geno.describe() + "\n")
-  return path
-
-
-def derive_from_search(workdir: str, edges_per_node: int | None = None,
-                       num_layers: int | None = None, out: str | None = None, *,
-                       rule: str | None = None, op_threshold: float | None = None,
-                       max_skip_connects: int | None = None) -> dict:
-  """Derives the global genotype of a search workdir's ψ and writes it, with figures
-  and TensorBoard images, into `out` (default `workdir`); experiments/derive.py says
-  which files. The derivation is the search's own (`search_derivation`) with the
-  options given here replacing its. Returns {'genotype', 'mapped' (None unless
-  `num_layers` differs from the search depth), 'files'}."""
-  if edges_per_node is not None and edges_per_node < 1:
-    raise ValueError(f"--edges_per_node={edges_per_node} must be at least 1")
-  if num_layers is not None and num_layers < 3:
-    raise ValueError(f"--num_layers={num_layers} must be at least 3 (two reductions)")
-  if not os.path.isdir(workdir):
-    raise WorkdirError(f"no workdir {workdir}")
-  out = out or workdir
-  holder = workdir_lib.lock_holder(workdir)
-  if holder is not None and os.path.abspath(out) == os.path.abspath(workdir):
-    raise WorkdirError(
-        f"the search in {workdir} is still running (pid {holder.get('pid')} on "
-        f"{holder.get('host')}): its genotype.json is its own; derive into another folder "
-        "with --out=DIR, or wait for it to end")
-  from dnas_jax.search import figures as plots  # pylint: disable=g-import-not-at-top  (matplotlib)
-  psi, primitives, info = search_psi(workdir)
-  if "meta" not in info:  # no checkpoint: what the search's genotype.json records
-    info["meta"] = _genotype_meta(workdir)
-  derivation = search_derivation(info, rule=rule, edges_per_node=edges_per_node,
-                                 op_threshold=op_threshold,
-                                 max_skip_connects=max_skip_connects)
-  if derivation.rule == "threshold" and info.get("edge_weights") is None:
-    raise WorkdirError(f"{workdir} has no edge_weights.npy beside its psi.npy (a "
-                       "search writes both since the threshold rule exists): the "
-                       "threshold rule divides the edge weights out of ψ; derive with "
-                       "--rule=top_k")
-  os.makedirs(out, exist_ok=True)
-  geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
-                                      edge_weights=info.get("edge_weights"))
-  meta = {"source": info["source"], "edges_per_node": derivation.edges_per_node,
-          "derive": dataclasses.asdict(derivation), "search_layers": geno.num_layers}
-  meta.update({k: info[k] for k in ("step", "epoch") if k in info})
-  search_meta = info["meta"]
-  search_config = search_meta.get("config", {})
-  num_epochs = search_meta.get("num_epochs", search_config.get("num_epochs"))
-  if num_epochs is not None:  # for train's warning on an unfinished search
-    meta["num_epochs"] = num_epochs
-  if search_config:
-    meta.update(dataset=search_meta.get("dataset"),
-                arch_kind=search_config.get("arch", {}).get("kind"))
-  files = [_write_genotype(out, "genotype", geno, primitives, meta)]
-  figures = {"global_architecture": plots.plot_global_architecture(
-                 geno, title=f"derived from {workdir}", primitives=primitives),
-             "psi_heatmaps": plots.plot_psi_heatmaps(psi, primitives)}
-  mapped = None
-  if num_layers is not None and num_layers != geno.num_layers:
-    mapped = genotype_lib.map_to_depth(geno, num_layers)
-    network.check_genotype(mapped)
-    name = f"genotype_L{num_layers}"
-    files.append(_write_genotype(out, name, mapped, primitives,
-                                 {**meta, "mapped_to_layers": num_layers}))
-    figures[f"global_architecture_L{num_layers}"] = plots.plot_global_architecture(
-        mapped, title=f"mapped to {num_layers} layers", primitives=primitives)
-  writer = metric_writers.MetricWriter(out, console=False)
-  images = {}
-  for name, fig in figures.items():
-    images[name] = plots.figure_to_image(fig)
-    path = os.path.join(out, f"{name}.png")
-    plots.save_figure(fig, path)
-    files.append(path)
-  step = int(info.get("step", 0))
-  writer.write_images(step, images)
-  writer.write_texts(step, {"derived_genotype": (mapped or geno).describe()})
-  writer.close()
-  return {"genotype": geno, "mapped": mapped, "files": files}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,9 +288,11 @@ def load_search(workdir: str, step: int | None = None,
   arch_params = jax.tree.map(np.asarray, jax.device_get(state.arch_params))
   psi, edge = search_arch_weights_of(meta, arch_params)
   primitives = tuple(meta["primitives"])
-  geno = genotype_lib.derive_genotype(
-      psi, primitives, derivation=search_derivation(
-          {"meta": meta}, edges_per_node=edges_per_node), edge_weights=edge)
+  derivation = genotype_lib.Derivation.from_config(meta["config"]["derive"])
+  if edges_per_node is not None:
+    derivation = dataclasses.replace(derivation, edges_per_node=edges_per_node)
+  geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
+                                      edge_weights=edge)
   return SearchResult(psi, arch_params, geno, primitives,
                       ml_collections.ConfigDict(meta["config"]), int(step), meta)
 
@@ -464,11 +358,11 @@ def load_classifier(workdir: str, step: int | None = None) -> Classifier:
   latest), ready to classify images."""
   run = restore_train_run(workdir, step)
   meta = run.meta
-  if "mean" in meta and "std" in meta:
-    mean, std = tuple(meta["mean"]), tuple(meta["std"])
-  else:  # checkpoints written before the normalisation was saved in meta
-    ds = retrain_setup.load_data(run.config)
-    mean, std = ds.mean, ds.std
+  missing = [k for k in ("mean", "std") if k not in meta]
+  if missing:
+    raise WorkdirError(f"the checkpoint of {workdir} at step {run.step} has no input "
+                       f"normalisation ({', '.join(missing)}) in its meta")
+  mean, std = tuple(meta["mean"]), tuple(meta["std"])
   variables = jax.device_get(run.variables)
   variables = jax.tree.map(jnp.asarray, variables)  # on the default device, unsharded
   return Classifier(net=run.net_eval, variables=variables, mean=mean, std=std,

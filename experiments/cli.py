@@ -9,14 +9,13 @@ from absl import flags
 from absl import logging
 from ml_collections.config_flags import config_flags as ml_config_flags
 
-from dnas_jax import api
 from dnas_jax.data import datasets
 from dnas_jax.search import loop as search_loop
 from dnas_jax.space import genotype
 from dnas_jax.space import ops
 from dnas_jax.tools import aot
 from dnas_jax.training import checkpoints
-from dnas_jax.training import compilation
+from dnas_jax.training import runtime
 from dnas_jax.training import validation
 from dnas_jax.training import workdir
 
@@ -28,8 +27,8 @@ _COMPILE_CACHE = flags.DEFINE_string(
 USER_ERRORS = (validation.ConfigError, aot.AotUnavailableError,
                datasets.DatasetNotFoundError, datasets.DatasetFormatError,
                search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
-               checkpoints.CheckpointError, workdir.WorkdirError, api.WorkdirError,
-               genotype.GenotypeFormatError, ops.OperationError)
+               checkpoints.CheckpointError, workdir.WorkdirError,
+               genotype.GenotypeFormatError, genotype.NonFinitePsiError, ops.OperationError)
 
 
 def define_resume_flag():
@@ -70,11 +69,18 @@ def user_errors():
 
 
 class _QuietLibraries:
-  """Drops INFO records of chatty libraries (orbax logs every file it writes)."""
+  """Drops INFO records of chatty libraries (orbax logs every file it writes), and the
+  errors Orbax and asyncio log, with tracebacks, for a checkpoint write the file
+  system refused (a full disk): that failure reaches the run, which stops with one
+  line (workdir.WriteError)."""
 
   def filter(self, record) -> bool:
-    return record.levelno > 20 or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
+    if record.levelno <= 20:
+      return not any(f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
+    if record.exc_info and any(f"/{lib}/" in record.pathname
+                               for lib in ("orbax", "asyncio")):
+      return checkpoints.write_failure(record.exc_info[1]) is None
+    return True
 
 
 def _remember_loaded_configs() -> dict:
@@ -119,6 +125,19 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def _quiet_closed_loops(hook):
+  """`sys.unraisablehook` without the "Event loop is closed" errors TensorStore reports
+  from its threads when a write finishes whose asyncio loop Orbax has closed: the other
+  writes of a checkpoint after one of them failed (a full disk), which the run reports
+  in one line."""
+  def unraisablehook(unraisable):
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"):
+      return
+    hook(unraisable)
+  return unraisablehook
+
+
 def _sigterm_as_interrupt(signum, frame):
   del signum, frame
   raise KeyboardInterrupt
@@ -127,16 +146,17 @@ def _sigterm_as_interrupt(signum, frame):
 def run(main):
   """absl's app.run with quiet library logs, clear flag errors, and SIGTERM handled as
   Ctrl-C (the loops save a checkpoint before stopping)."""
-  compilation.avoid_slow_cache_loads()  # before JAX starts a backend
+  runtime.avoid_slow_cache_loads()  # before JAX starts a backend
   signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+  sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
   def with_cache(argv):
-    compilation.skip_absent_tpu()
+    runtime.skip_absent_tpu()
     folder = _COMPILE_CACHE.value
-    compilation.enable_persistent_cache(
-        compilation.default_cache_dir() if folder is None else folder)
+    runtime.enable_persistent_cache(
+        runtime.default_cache_dir() if folder is None else folder)
     return main(argv)
   app.run(with_cache, flags_parser=_parse_flags)

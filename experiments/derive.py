@@ -5,13 +5,12 @@
       [--num_layers=L_t] [--out=DIR]
 
 Reads ψ [L, 14, Op] from SEARCH_DIR/psi.npy, or, when that is absent, computes it from
-the architecture parameters of the latest checkpoint (`dnas_jax.api.search_psi`;
-the work is `dnas_jax.api.derive_from_search`).
+the architecture parameters of the latest checkpoint (`dnas_jax.api.search_psi`).
 Derives the global genotype (per layer and node, the `edges_per_node` strongest
 incoming connections, each with its arg-max operation; with --rule=threshold only where
 that operation's weight reaches --op_threshold; with --max_skip_connects at most that
 many skip-connects per normal cell: docs/design.md §1) and writes, into DIR (default
-SEARCH_DIR):
+SEARCH_DIR; `dnas_jax.search.derivation.write_derivation`):
 
 * `genotype.json` and `genotype.txt`: the genotype at the search depth L;
 * `genotype_L{L_t}.json` and `.txt` when --num_layers differs from L: the genotype mapped
@@ -29,6 +28,7 @@ from absl import app
 from absl import flags
 
 from dnas_jax import api
+from dnas_jax.search import derivation
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Search run directory.")
@@ -49,12 +49,18 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (default: --workdir)."
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  workdir = _WORKDIR.value
   with cli.user_errors():
     try:
-      result = api.derive_from_search(_WORKDIR.value, _EDGES.value, _NUM_LAYERS.value,
-                                          _OUT.value, rule=_RULE.value,
-                                          op_threshold=_THRESHOLD.value,
-                                          max_skip_connects=_MAX_SKIP.value)
+      derivation.check_options(_EDGES.value, _NUM_LAYERS.value)
+      out = derivation.output_folder(workdir, _OUT.value)
+      psi, primitives, info = api.search_psi(workdir)
+      result = derivation.write_derivation(out, psi, primitives, info, _EDGES.value,
+                                           _NUM_LAYERS.value,
+                                           title=f"derived from {workdir}",
+                                           rule=_RULE.value,
+                                           op_threshold=_THRESHOLD.value,
+                                           max_skip_connects=_MAX_SKIP.value)
     except (api.WorkdirError, ValueError) as e:
       raise SystemExit(f"error: {e}") from None
   geno = result["mapped"] or result["genotype"]

@@ -72,3 +72,13 @@ def nan_images_from(monkeypatch):
       return out * np.nan if calls["n"] >= first else out
     monkeypatch.setattr(input_pipeline, "normalize", poisoned)
   return install
+
+
+@pytest.fixture
+def run_copy(tiny_search, tmp_path):
+  """A copy of the finished tiny search's workdir, and its final state."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  src, result = tiny_search
+  dst = str(tmp_path / "run")
+  shutil.copytree(src, dst)
+  return dst, result["state"]

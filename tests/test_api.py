@@ -16,6 +16,7 @@ import pytest
 from dnas_jax import api
 from dnas_jax.configs import test_retrain
 from dnas_jax.retrain import loop as retrain_loop
+from dnas_jax.training import workdir as workdir_lib
 
 # The README's "Restore in your own code" example, executed exactly as printed there.
 README_EXAMPLE = next(
@@ -79,6 +80,31 @@ def test_classifier_inputs(runs):
     clf.predict(np.zeros((2, 16, 16, 3), np.uint8))
 
 
+def test_classifier_normalisation_comes_from_the_meta_only(runs, tmp_path, monkeypatch):
+  """The input normalisation is read from the checkpoint's meta, never from the
+  dataset; a meta without it is refused in one line."""
+  from dnas_jax.retrain import setup as retrain_setup  # pylint: disable=g-import-not-at-top
+  _, _, retrain_dir, _ = runs
+
+  def no_data(config):
+    raise AssertionError("the dataset was loaded")
+  monkeypatch.setattr(retrain_setup, "load_data", no_data)
+  clf = api.load_classifier(retrain_dir)
+  assert len(clf.mean) == len(clf.std) == 3
+  copy = str(tmp_path / "retrain")
+  shutil.copytree(retrain_dir, copy)
+  ckpt = os.path.join(copy, workdir_lib.CHECKPOINT_DIR)
+  for step in os.listdir(ckpt):
+    path = os.path.join(ckpt, step, "meta", "metadata")
+    with open(path) as f:
+      meta = json.load(f)
+    del meta["mean"]
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  with pytest.raises(api.WorkdirError, match=r"no input normalisation \(mean\)"):
+    api.load_classifier(copy)
+
+
 def test_wrong_workdir_kind(runs, tmp_path):
   _, search_dir, retrain_dir, _ = runs
   with pytest.raises(api.WorkdirError, match="not a search workdir"):
@@ -87,3 +113,15 @@ def test_wrong_workdir_kind(runs, tmp_path):
     api.load_classifier(search_dir)
   with pytest.raises(api.WorkdirError, match="no checkpoint folder"):
     api.load_search(str(tmp_path))
+
+
+def test_one_workdir_error_and_one_checkpoint_folder(tmp_path, monkeypatch):
+  """The readers raise the runs' own WorkdirError (what the entry points report in one
+  line), and look for checkpoints in the folder the runs write them to."""
+  assert api.WorkdirError is workdir_lib.WorkdirError
+  monkeypatch.setattr(workdir_lib, "CHECKPOINT_DIR", "elsewhere")
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=f"no checkpoint folder {tmp_path / 'elsewhere'}:"):
+    api.checkpoint_manager(str(tmp_path))
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot tell the candidate operations"):
+    api.search_psi(str(tmp_path))

@@ -1,5 +1,6 @@
 """Entry-point errors a user sees: one clear line and a non-zero status, no traceback."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -128,19 +129,19 @@ def test_default_search_workdirs_are_where_the_retraining_configs_look():
 
 def test_entry_points_turn_off_ynn_fusions_only_where_measured(monkeypatch):
   import jaxlib  # pylint: disable=g-import-not-at-top
-  from dnas_jax.training import compilation  # pylint: disable=g-import-not-at-top
+  from dnas_jax.training import runtime  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-  assert compilation.avoid_slow_cache_loads()
+  assert runtime.avoid_slow_cache_loads()
   assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
-                                     + compilation.NO_YNN_FLAG)
-  assert not compilation.avoid_slow_cache_loads()  # already there: not twice
+                                     + runtime.NO_YNN_FLAG)
+  assert not runtime.avoid_slow_cache_loads()  # already there: not twice
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-  assert not compilation.avoid_slow_cache_loads()  # the user's own choice stays
+  assert not runtime.avoid_slow_cache_loads()  # the user's own choice stays
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setattr(jaxlib, "__version__", "0.11.2")  # not measured: unknown flags abort
-  assert not compilation.avoid_slow_cache_loads()
+  assert not runtime.avoid_slow_cache_loads()
   assert "XLA_FLAGS" not in os.environ
 
 
@@ -161,10 +162,39 @@ def test_the_search_entry_point_runs_with_the_flag():
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   import jaxlib  # pylint: disable=g-import-not-at-top
-  from dnas_jax.training import compilation  # pylint: disable=g-import-not-at-top
-  expected = (compilation.NO_YNN_FLAG if jaxlib.__version__.startswith(
-      compilation.NO_YNN_JAXLIB) else "None")
+  from dnas_jax.training import runtime  # pylint: disable=g-import-not-at-top
+  expected = (runtime.NO_YNN_FLAG if jaxlib.__version__.startswith(
+      runtime.NO_YNN_JAXLIB) else "None")
   assert out.stdout.split()[0] == expected
   # All-ones 8×8×4 input and 3×3×4×4 kernel, SAME padding: per axis the windows hold
   # 2 + 3·6 + 2 = 22 valid pixels in total, so the sum is 4 out × 4 in × 22².
   assert float(out.stdout.split()[1]) == 4 * 4 * 22 * 22
+
+
+def test_only_the_noise_of_a_failed_checkpoint_write_is_quieted():
+  """The entry points drop the "Event loop is closed" errors TensorStore reports for
+  the other writes of a checkpoint after one failed, and the errors Orbax and asyncio
+  log for a write the file system refused; anything else passes."""
+  import types  # pylint: disable=g-import-not-at-top
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  seen = []
+  hook = cli._quiet_closed_loops(seen.append)  # pylint: disable=protected-access
+  closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+  hook(closed)
+  hook(other)
+  assert seen == [other]
+
+  def record(path, exc, level=40):
+    rec = logging.LogRecord("absl", level, path, 1, "failed", None,
+                            (type(exc), exc, None) if exc else None)
+    return cli._QuietLibraries().filter(rec)  # pylint: disable=protected-access
+  full = ValueError("RESOURCE_EXHAUSTED: Error writing local file \"x\": Failed to "
+                    "write 5040 bytes to file 8: No space left on device "
+                    "[os_error_code='28']")
+  orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+  assert not record(orbax, full)
+  assert not record("/lib/python3.11/asyncio/base_events.py", OSError(28, "No space"))
+  assert record(orbax, ValueError("shapes differ"))  # no write failure: kept
+  assert record("/work/dnas_jax/training/loop.py", full)  # not a library's: kept
+  assert not record(orbax, None, level=20)  # orbax's INFO records, as before

@@ -1,6 +1,7 @@
-"""`compilation.compile_all`'s executables kept without tracing: written on the first
-compile, loaded by a later call without tracing, the same results, and a miss (compile
-again) for another key, other argument shapes, or a damaged file."""
+"""`compilation.compile_all` with `executable_cache`'s executables kept without tracing:
+written on the first compile, loaded by a later call without tracing, the same results,
+and a miss (compile again) for another key, other argument shapes, or a damaged file;
+the key follows `runtime.environment`."""
 
 import logging
 import os
@@ -11,6 +12,8 @@ import numpy as np
 
 from dnas_jax.training import compilation
 from dnas_jax.training import evaluation
+from dnas_jax.training import executable_cache
+from dnas_jax.training import runtime
 
 
 def _toy():
@@ -39,14 +42,14 @@ def _inputs(rows=4):
 
 
 def _files(folder):
-  sub = folder / compilation.EXECUTABLES
+  sub = folder / executable_cache.EXECUTABLES
   return sorted(os.listdir(sub)) if sub.exists() else []
 
 
 def _forget_jax_cache(folder):
   """Removes JAX's own entries, so that the next compile is XLA's."""
   for name in os.listdir(folder):
-    if name != compilation.EXECUTABLES:
+    if name != executable_cache.EXECUTABLES:
       os.remove(folder / name)
 
 
@@ -134,7 +137,7 @@ def test_a_damaged_file_is_compiled_again_and_replaced(fresh_compile_cache, capl
   step, _ = _toy()
   (first,), _ = compilation.compile_all([("toy", step, _inputs())], cache_key={"run": 1})
   (name,) = _files(fresh_compile_cache)
-  path = fresh_compile_cache / compilation.EXECUTABLES / name
+  path = fresh_compile_cache / executable_cache.EXECUTABLES / name
   path.write_bytes(path.read_bytes()[:100])
   _forget_jax_cache(fresh_compile_cache)
   step2, traces2 = _toy()
@@ -152,18 +155,18 @@ def test_a_damaged_file_is_compiled_again_and_replaced(fresh_compile_cache, capl
 def test_the_key_follows_the_code_versions_and_flags(monkeypatch, tmp_path):
   step, _ = _toy()
   args = _inputs()
-  base = compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
-  assert base == compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
-  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "other", step,
+  base = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert base == executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "other", step,
                                              args)
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_dump_to=/x")
-  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   monkeypatch.undo()
-  monkeypatch.setattr(compilation, "_code_digest", lambda: "edited")
-  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  monkeypatch.setattr(runtime, "_code_digest", lambda: "edited")
+  assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   monkeypatch.undo()
   monkeypatch.setattr(jax, "__version__", "0.0.1")
-  assert base != compilation.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
 
 
 def test_sources_digest_follows_every_python_file(tmp_path):
@@ -171,14 +174,14 @@ def test_sources_digest_follows_every_python_file(tmp_path):
   (tmp_path / "a.py").write_text("x = 1\n")
   (tmp_path / "sub" / "b.py").write_text("y = 2\n")
   (tmp_path / "notes.txt").write_text("not code")
-  first = compilation.sources_digest(str(tmp_path))
+  first = runtime.sources_digest(str(tmp_path))
   (tmp_path / "notes.txt").write_text("still not code")
-  assert compilation.sources_digest(str(tmp_path)) == first
+  assert runtime.sources_digest(str(tmp_path)) == first
   (tmp_path / "sub" / "b.py").write_text("y = 3\n")
-  second = compilation.sources_digest(str(tmp_path))
+  second = runtime.sources_digest(str(tmp_path))
   assert second != first
   (tmp_path / "sub" / "c.py").write_text("")
-  assert compilation.sources_digest(str(tmp_path)) not in (first, second)
+  assert runtime.sources_digest(str(tmp_path)) not in (first, second)
 
 
 def test_the_steps_output_structures_can_be_kept():
@@ -193,3 +196,32 @@ def test_the_steps_output_structures_can_be_kept():
     assert pickle.loads(pickle.dumps(tree)) == tree, collection
   assert evaluation.output_metric(evaluation.metrics.Average, "loss") is (
       evaluation.output_metric(evaluation.metrics.Average, "loss"))
+
+
+def test_the_key_follows_the_users_operation_files(tmp_path, monkeypatch):
+  """An operation file named in config.model.ops_modules is part of the program: edit
+  it and the next run compiles afresh instead of loading the stale executable."""
+  from dnas_jax.space import ops  # pylint: disable=g-import-not-at-top
+  step, _ = _toy()
+  args = _inputs()
+  before = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  user_file = tmp_path / "key_ops.py"
+  source = ("from dnas_jax.space import ops\n"
+            "def key_op(channels, stride, affine, train, dtype, formulation):\n"
+            "  return ops.create_op('skip_connect', channels, stride, affine=affine,\n"
+            "                       train=train, dtype=dtype, formulation=formulation)\n"
+            "ops.register_op('key_test_op', key_op, replace=True)\n")
+  user_file.write_text(source)
+  monkeypatch.chdir(tmp_path)
+  # The registry and the imported files as they were, restored below.
+  monkeypatch.setattr(ops, "OPS", dict(ops.OPS))
+  monkeypatch.setattr(ops, "_USER_FILES", dict(ops._USER_FILES))  # pylint: disable=protected-access
+  ops.import_ops_modules("key_ops.py")
+  first = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+  assert first != before
+  assert first == executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step,
+                                                   args)
+  user_file.write_text(source + "# edited\n")
+  ops.import_ops_modules("key_ops.py")
+  assert first != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step,
+                                                   args)

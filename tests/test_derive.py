@@ -1,5 +1,5 @@
-"""Tests of derivation from a search workdir (experiments/derive.py,
-api.search_psi and api.derive_from_search)."""
+"""Tests of derivation from a search workdir (experiments/derive.py, api.search_psi and
+dnas_jax.search.derivation)."""
 
 import json
 import os
@@ -14,6 +14,7 @@ import pytest
 from dnas_jax import api
 from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import network
+from dnas_jax.search import derivation
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import search_space
 
@@ -126,10 +127,58 @@ def test_psi_from_the_checkpoint_when_psi_npy_is_absent(tmp_path, tiny_search):
   assert primitives == ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
   assert (info["step"], info["epoch"]) == (16, 2)
   np.testing.assert_allclose(psi, written, rtol=1e-6, atol=1e-7)
-  result = api.derive_from_search(search_dir, edges_per_node=2)
+  result = derivation.write_derivation(search_dir, psi, primitives, info, edges_per_node=2)
   assert result["genotype"] == genotype_lib.derive_genotype(psi, primitives)
   assert result["mapped"] is None
   assert os.path.isfile(os.path.join(search_dir, "psi_heatmaps.png"))
+
+
+def test_derivation_replaces_every_file_atomically(tmp_path, monkeypatch):
+  """Every file a derivation writes goes to a temporary file first, which then
+  replaces it (a reader never sees half of one), and no temporary file is left."""
+  search_dir, out = str(tmp_path / "search"), str(tmp_path / "out")
+  _fake_search_workdir(search_dir)
+  replaced = []
+  real_replace = os.replace
+
+  def replace(src, dst):
+    replaced.append(os.path.abspath(dst))
+    real_replace(src, dst)
+  monkeypatch.setattr(os, "replace", replace)
+  result = derivation.write_derivation(out, *api.search_psi(search_dir), num_layers=5)
+  written = sorted(n for n in os.listdir(out) if not n.startswith("events.out"))
+  assert written == ["genotype.json", "genotype.txt", "genotype_L5.json",
+                     "genotype_L5.txt", "global_architecture.png",
+                     "global_architecture_L5.png", "psi_heatmaps.png"]
+  for name in written:
+    assert os.path.join(out, name) in replaced, name
+  assert sorted(result["files"]) == sorted(
+      os.path.join(out, n) for n in written if not n.endswith(".txt"))
+
+
+def test_non_finite_psi_is_refused_by_the_library():
+  psi = _psi_for(_intended_cells(L_SEARCH))
+  psi[0, 0, 0], psi[3, 5, 1], psi[7, 13, 2] = np.nan, np.inf, -np.inf
+  with pytest.raises(genotype_lib.NonFinitePsiError,
+                     match=f"ψ holds 3 of {psi.size} values that are not finite"):
+    genotype_lib.derive_genotype(psi, PRIMS)
+
+
+def test_derive_command_refuses_a_non_finite_psi_in_one_line(tmp_path):
+  search_dir, out = str(tmp_path / "search"), str(tmp_path / "out")
+  psi = _fake_search_workdir(search_dir)
+  psi[2, :2, 0] = np.nan
+  np.save(os.path.join(search_dir, "psi.npy"), psi)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.derive", f"--workdir={search_dir}",
+       f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: {os.path.join(search_dir, 'psi.npy')} holds 2 of {psi.size} values that "
+      "are not finite (NaN or inf): no genotype can be derived from it")
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(out)  # nothing written
 
 
 def _pc_darts_parse(weights, weights2, primitives):

@@ -2,6 +2,7 @@
 
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -31,3 +32,47 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 def test_flatten_walks_nested_dicts():
   assert files.flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {
       "a.b": 1, "a.c.d": [2], "e": None}
+
+
+def test_flatten_walks_config_dicts_and_drops_empty_sections():
+  config = ml_collections.ConfigDict({"optim": {"lr": 0.1, "adam": {"b1": 0.5}},
+                                      "empty": {}, "seed": 0})
+  assert files.flatten(config) == {"optim.lr": 0.1, "optim.adam.b1": 0.5, "seed": 0}
+  assert files.flatten({"a": ml_collections.ConfigDict({"b": 1})}) == {"a.b": 1}
+
+
+def test_every_writer_of_results_writes_atomically(tmp_path, monkeypatch):
+  """What the library writes for people and for later runs (artifacts, figures,
+  final metrics, the comparison's files, kept executables) goes through
+  `files.atomic_open`, and no temporary file is left beside it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dnas_jax.search import artifacts  # pylint: disable=g-import-not-at-top
+  from dnas_jax.search import figures  # pylint: disable=g-import-not-at-top
+  from dnas_jax.tools import compare  # pylint: disable=g-import-not-at-top
+  from dnas_jax.training import executable_cache  # pylint: disable=g-import-not-at-top
+  from dnas_jax.training import loop  # pylint: disable=g-import-not-at-top
+  opened = []
+  real = files.atomic_open
+
+  def spy(path, mode="w"):
+    opened.append(os.path.relpath(path, tmp_path))
+    return real(path, mode)
+  monkeypatch.setattr(files, "atomic_open", spy)
+  psi = np.random.default_rng(0).dirichlet(np.ones(3), size=(5, 14)).astype(np.float32)
+  prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  geno = artifacts.write_artifacts(str(tmp_path), psi, prims, {"step": 1})
+  figures.save_figure(figures.plot_global_architecture(geno), str(tmp_path / "a.png"))
+  loop.write_final_metrics(str(tmp_path), {"test_error": 0.5})
+  compare.write_report([], str(tmp_path / "comparison"))
+  compare._write_json(str(tmp_path / "result.json"), {"row": "dnas"})  # pylint: disable=protected-access
+  compiled = jax.jit(lambda x: x + 1).lower(np.float32(1)).compile()
+  assert executable_cache.save(str(tmp_path / "exe" / "f.jaxexe"), compiled)
+  assert sorted(opened) == sorted([
+      "psi.npy", "genotype.json", "genotype.txt", "a.png", "final_metrics.json",
+      os.path.join("comparison", "results.json"),
+      os.path.join("comparison", "comparison.md"),
+      os.path.join("comparison", "comparison.png"), "result.json",
+      os.path.join("exe", "f.jaxexe")])
+  leftovers = [os.path.join(r, n) for r, _, names in os.walk(tmp_path) for n in names
+               if n.endswith(".tmp")]
+  assert leftovers == []

@@ -208,7 +208,9 @@ def test_the_cpu_scans_only_stages_of_two_cells_or_more(num_layers, cpu_scan):
   config.model.num_layers = num_layers
   assert program_lib.resolve_program(config, "cpu")["scan"] == cpu_scan
   assert program_lib.resolve_program(config, "tpu")["scan"] == "stages"
-  assert program_lib.resolve_program(config, "cpu", stored={"scan": "stages"})["scan"] \
-      == "stages"
+  stored = program_lib.resolve_program(config, "tpu")  # what a run stores: every field
+  assert program_lib.resolve_program(config, "cpu", stored=stored) == stored
+  with pytest.raises(KeyError):  # a partial program is no program a run stored
+    program_lib.resolve_program(config, "cpu", stored={"scan": "stages"})
   config.program.scan = "stages"
   assert program_lib.resolve_program(config, "cpu")["scan"] == "stages"

@@ -144,7 +144,7 @@ def test_two_processes_retrain_like_one(tmp_path):
   state, step = _state(str(run))
   assert step == ref_step == 1
   # Measured 2026-11-30 (20:22 UTC): with XLA:CPU's YNN fusions off, as the entry
-  # points run (compilation.NO_YNN_FLAG), the batch statistics agree to 4e-7 of each
+  # points run (runtime.NO_YNN_FLAG), the batch statistics agree to 4e-7 of each
   # array's largest value, and the parameters and momentum to 2.6e-3 of it: the worst
   # array is a batch-norm bias, 0 before the step and minus the learning rate times a
   # gradient that sums 256 images with much cancellation, so the two layouts'

@@ -27,6 +27,7 @@ from dnas_jax.models import arch
 from dnas_jax.models import network
 from dnas_jax.models import skip_dropout
 from dnas_jax.models import supernet
+from dnas_jax.search import derivation as derivation_lib
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import search_space
 from dnas_jax.training import validation
@@ -371,11 +372,15 @@ def test_bad_option_values_are_one_line(field, value, message):
   assert "\n" not in str(e.value)
 
 
-def test_a_config_without_the_options_takes_the_defaults():
+@pytest.mark.parametrize("section,name", [
+    ("model", "skip_dropout_schedule"), ("optim", "zero_one_target"),
+    ("data", "arch_sampling"), ("derive", "max_skip_connects")])
+def test_a_config_without_an_option_names_it(section, name):
   config = test_config.get_config()
-  del config.model["skip_dropout_schedule"], config.optim["zero_one_target"]
-  del config.data["arch_sampling"], config["derive"]
-  validation.validate_search_config(config)
+  del config[section][name]
+  with pytest.raises(validation.ConfigError,
+                     match=f"config.{section}.{name} is missing"):
+    validation.validate_search_config(config)
 
 
 def _fake_search(path, derive=None, with_edges=True):
@@ -393,29 +398,33 @@ def _fake_search(path, derive=None, with_edges=True):
   return psi, edge
 
 
+def _derive(search, out, **options):
+  psi, primitives, info = api.search_psi(str(search))
+  return derivation_lib.write_derivation(str(out), psi, primitives, info, **options)
+
+
 def test_derive_takes_the_searchs_options_and_the_flags_replace_them(tmp_path):
   recorded = {"rule": "threshold", "edges_per_node": 2, "op_threshold": 0.6,
               "max_skip_connects": 1}
   psi, edge = _fake_search(tmp_path / "search", recorded)
-  result = api.derive_from_search(str(tmp_path / "search"), out=str(tmp_path / "a"))
+  result = _derive(tmp_path / "search", tmp_path / "a")
   expected = genotype_lib.Derivation(**recorded)
   assert result["genotype"] == genotype_lib.derive_genotype(
       psi, search_space.PRIMITIVES, derivation=expected, edge_weights=edge)
   meta = json.loads((tmp_path / "a" / "genotype.json").read_text())["meta"]
   assert meta["derive"] == recorded and (meta["epoch"], meta["num_epochs"]) == (3, 10)
-  result = api.derive_from_search(str(tmp_path / "search"), out=str(tmp_path / "b"),
-                                  rule="top_k", max_skip_connects=-1)
+  result = _derive(tmp_path / "search", tmp_path / "b", rule="top_k",
+                   max_skip_connects=-1)
   assert result["genotype"] == genotype_lib.derive_genotype(psi, search_space.PRIMITIVES)
   with pytest.raises(ValueError, match="--op_threshold=2.0 must be in"):
-    api.derive_from_search(str(tmp_path / "search"), out=str(tmp_path / "c"),
-                           op_threshold=2.0)
+    _derive(tmp_path / "search", tmp_path / "c", op_threshold=2.0)
+  assert not (tmp_path / "c").exists()
 
 
 def test_threshold_without_edge_weights_says_so(tmp_path):
   _fake_search(tmp_path / "search", with_edges=False)
   with pytest.raises(api.WorkdirError, match="no edge_weights.npy"):
-    api.derive_from_search(str(tmp_path / "search"), out=str(tmp_path / "out"),
-                           rule="threshold")
+    _derive(tmp_path / "search", tmp_path / "out", rule="threshold")
 
 
 def test_derive_command_line_flags(tmp_path):

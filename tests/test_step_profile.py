@@ -1,7 +1,7 @@
 """The CPU step profile (`--what=profile`, dnas_jax/tools/step_profile.py): HLO
 instructions parsed from text, kinds, halves and directions, and sums that count each
-event once (containers left out). The command itself runs in test_accelerators.py's
-benchmark test."""
+event once (containers left out). The command itself runs in test_benchmarking.py's
+profile test."""
 
 import pytest
 

@@ -38,9 +38,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Data: the whole training set; the test set for evaluation.
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = "cifar10"
-  config.data.source = "auto"  # auto | tfds | archive | digits | synthetic
+  config.data.dataset = "cifar10"  # a registered name, or your own data's name
+  # auto | tfds | archive | digits | synthetic; your own files: npz | folder | tfds:<name>
+  config.data.source = "auto"
   config.data.data_dir = ""
+  config.data.path = ""  # source npz: the .npz file; folder: the folder tree
+  config.data.image_size = 0  # resize every image to this square size (0: keep)
+  config.data.train_split = "train"  # folder and tfds:<name>: the splits' names
+  config.data.test_split = "test"
   config.data.crop_padding = 4
   config.data.flip = True
   config.data.cutout = 16

@@ -1,5 +1,6 @@
 """A dataset in memory (`Dataset`, uint8 NHWC arrays), the consistency check every
-loader applies to its splits, and the per-channel statistics of the training set."""
+loader applies to its splits, the per-channel statistics of the training set, and the
+resizing of images to one square size."""
 
 from __future__ import annotations
 
@@ -71,3 +72,28 @@ def make_dataset(name, source, train, test, num_classes) -> Dataset:
   mean, std = channel_stats(train[0])
   return Dataset(name, source, train[0], train[1], test[0], test[1], num_classes,
                  mean, std)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """One uint8 [H, W, C] image resized to [size, size, C] with PIL's bilinear filter
+  (antialiased when it shrinks); channels other than 1 and 3 are resized one by one."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if image.shape[:2] == (size, size):
+    return image
+  resample = Image.Resampling.BILINEAR
+  if image.shape[-1] == 3:
+    return np.asarray(Image.fromarray(image, "RGB").resize((size, size), resample))
+  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., k]), "L")
+                              .resize((size, size), resample))
+                   for k in range(image.shape[-1])], axis=-1)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [N, H, W, C] → [N, size, size, C] (`resize_image` on each); the same array
+  when it already has that size."""
+  if images.shape[1:3] == (size, size):
+    return images
+  out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+  for i, image in enumerate(images):
+    out[i] = resize_image(image, size)
+  return out

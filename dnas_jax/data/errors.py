@@ -7,3 +7,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class DatasetFormatError(ValueError):
   """A dataset file exists but is not in the expected format."""
+
+
+class DataConfigError(ValueError):
+  """A config.data field names no dataset or source, or a combination that does not
+  exist; the message names the field and the valid values."""

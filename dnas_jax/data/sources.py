@@ -1,20 +1,10 @@
-"""Which sources each dataset name accepts, where their files are published and where
-they are looked for, and the layout of the CIFAR sets."""
+"""Where the built-in datasets' files are published and where they are looked for, and
+the layout of the CIFAR sets (which sources each name accepts: `registry`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-
-# Valid sources per dataset name, in the order `auto` tries them.
-SOURCES = {
-    "cifar10": ("tfds", "archive"),
-    "cifar100": ("tfds", "archive"),
-    "tiny_imagenet": ("archive",),
-    "digits": ("digits",),
-    "synthetic": ("synthetic",),
-}
-ALL_SOURCES = ("auto", "tfds", "archive", "digits", "synthetic")
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

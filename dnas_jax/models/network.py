@@ -8,6 +8,12 @@ pooling and a linear classifier. Stacking DARTS's own genotypes 20 times at C = 
 gives exactly the official parameter counts (tests/test_network.py).
 `NetworkTinyImageNet` is our variant for 64×64 inputs (see its docstring).
 
+Input sizes: any height and width that the network's stride-2 layers divide
+(`size_divisor`: 4 for `cifar`, 8 for `tiny_imagenet`). The auxiliary head is DARTS's
+for an 8×8 map: a larger map at layer 2L//3 is first average-pooled to 8×8
+(`adaptive_avg_pool`, PyTorch's AdaptiveAvgPool2d), so the head and its parameters are
+DARTS's at every size; a smaller one cannot feed it (`auxiliary_min_size`).
+
 Call convention: `net.apply(variables, images, drop_prob, rngs={"dropout": key},
 mutable=["batch_stats"])` in training returns `(logits, aux_logits)` (`aux_logits`
 is None when the network has no auxiliary head); in evaluation (`train=False`) it
@@ -121,20 +127,49 @@ class Cell(nn.Module):
     return jnp.concatenate([states[i] for i in cell.concat], axis=-1)
 
 
+def _pool_matrix(size: int, out: int) -> np.ndarray:
+  """[out, size]: row i averages the inputs floor(i·size/out) .. ceil((i+1)·size/out)-1."""
+  m = np.zeros((out, size), np.float32)
+  for i in range(out):
+    lo, hi = (i * size) // out, -((-(i + 1) * size) // out)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """PyTorch's AdaptiveAvgPool2d on NHWC: [B, H, W, C] → [B, size[0], size[1], C]; an
+  output cell averages its share of the input rows and columns (equal windows when the
+  size divides H and W)."""
+  (h, w), (oh, ow) = x.shape[1:3], size
+  if (h, w) == (oh, ow):
+    return x
+  if h % oh == 0 and w % ow == 0:
+    return nn.avg_pool(x, (h // oh, w // ow), (h // oh, w // ow))
+  rows = jnp.asarray(_pool_matrix(h, oh), x.dtype)
+  cols = jnp.asarray(_pool_matrix(w, ow), x.dtype)
+  return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols)
+
+
+# The auxiliary head reads an 8×8 map (DARTS's CIFAR head; a larger one is pooled).
+AUXILIARY_MAP = 8
+
+
 class AuxiliaryHeadCIFAR(nn.Module):
   """DARTS's CIFAR auxiliary head, for an 8×8 input: ReLU, 5×5 average pool stride 3
-  (no padding) to 2×2, 1×1 conv 128 + BN + ReLU, 2×2 conv 768 + BN + ReLU, linear."""
+  (no padding) to 2×2, 1×1 conv 128 + BN + ReLU, 2×2 conv 768 + BN + ReLU, linear. A
+  larger input is average-pooled to 8×8 after the ReLU (`adaptive_avg_pool`)."""
   num_classes: int
   train: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    if min(x.shape[1:3]) < 8:  # the pool must leave 2×2 for the 2×2 convolution
+    if min(x.shape[1:3]) < AUXILIARY_MAP:  # the pool must leave 2×2 for the 2×2 conv
       raise ValueError(f"the auxiliary head needs a feature map of at least 8×8 at "
-                       f"layer 2L//3, got {x.shape[1]}×{x.shape[2]}: use 32×32 "
-                       "images (64×64 for tiny_imagenet) or auxiliary=False")
-    x = nn.avg_pool(nn.relu(x), (5, 5), (3, 3), padding="VALID")
+                       f"layer 2L//3, got {x.shape[1]}×{x.shape[2]}: use images of at "
+                       "least 32×32 (64×64 for tiny_imagenet) or auxiliary=False")
+    x = adaptive_avg_pool(nn.relu(x), (AUXILIARY_MAP, AUXILIARY_MAP))
+    x = nn.avg_pool(x, (5, 5), (3, 3), padding="VALID")
     x = ops.conv(128, 1, dtype=self.dtype)(x)
     x = nn.relu(ops.BatchNorm(True, self.train, self.dtype)(x))
     x = ops.conv(768, 2, dtype=self.dtype)(x)
@@ -144,7 +179,8 @@ class AuxiliaryHeadCIFAR(nn.Module):
 
 
 class NetworkCIFAR(nn.Module):
-  """DARTS's NetworkCIFAR with a different cell per layer (32×32 inputs).
+  """DARTS's NetworkCIFAR with a different cell per layer (32×32 inputs, or any size
+  divisible by 4).
 
   Attributes:
     genotype: one cell per layer; reduction flags must be set at L//3 and 2L//3.
@@ -222,6 +258,21 @@ class NetworkTinyImageNet(NetworkCIFAR):
 
 NETWORKS = {"cifar": NetworkCIFAR, "tiny_imagenet": NetworkTinyImageNet}
 INPUT_SHAPES = {"cifar": (32, 32, 3), "tiny_imagenet": (64, 64, 3)}
+# The stride-2 layers between the input and the last stage: the stem's (tiny_imagenet)
+# and the two reduction cells'.
+_STRIDE2_LAYERS = {"cifar": 2, "tiny_imagenet": 3}
+
+
+def size_divisor(network_kind: str) -> int:
+  """What the input height and width must be divisible by: each stride-2 layer halves
+  them, and a factorized reduce needs an even size."""
+  return 2 ** _STRIDE2_LAYERS[network_kind]
+
+
+def auxiliary_min_size(network_kind: str) -> int:
+  """The smallest input height and width whose map at layer 2L//3 feeds the auxiliary
+  head (8×8 there): 32 for `cifar`, 64 for `tiny_imagenet`."""
+  return AUXILIARY_MAP * size_divisor(network_kind)
 
 
 def create_network(genotype: genotype_lib.GlobalGenotype, num_classes: int,

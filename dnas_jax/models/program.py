@@ -68,18 +68,17 @@ PROGRAM_CHOICES = {"depthwise": ("auto",) + ops.DEPTHWISE,
 def resolve_program(config: ml_collections.ConfigDict, backend: str | None = None,
                     stored: dict | None = None) -> dict[str, str]:
   """`config.program` with "auto" replaced by the value `stored` with a run's
-  checkpoints (when resuming), else by the backend's measured choice; a config without
-  the section (stored by an older version) is all "auto". The second-order step always
-  has separate halves."""
+  checkpoints (when resuming: the whole resolved program), else by the backend's
+  measured choice; a config without the section is all "auto". The second-order step
+  always has separate halves."""
   backend = backend or jax.default_backend()
   auto = AUTO_PROGRAM.get(backend, AUTO_PROGRAM["gpu"])
   program = dict(config.get("program", {}))
-  stored = stored or {}
   out = {}
   for key in PROGRAM_CHOICES:
     value = program.get(key, "auto")
-    out[key] = value if value != "auto" else stored.get(key, auto[key])
-  if (program.get("scan", "auto") == "auto" and "scan" not in stored and backend == "cpu"
+    out[key] = value if value != "auto" else (stored or auto)[key]
+  if (program.get("scan", "auto") == "auto" and not stored and backend == "cpu"
       and _longest_stage(config.model.num_layers) < 2):
     # A stage of one normal cell gains nothing from a scan over it: on the CPU such a
     # network (L <= 5: the quick start, the tests) traces and compiles faster cell by

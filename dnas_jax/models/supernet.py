@@ -398,6 +398,11 @@ def offset_grids(x: jax.Array) -> jax.Array:
   return jnp.concatenate([x[:, ::2, ::2], x[:, 1::2, 1::2]], axis=-1)
 
 
+# What the input height and width must be divisible by: the two reduction cells halve
+# them (stride-2 edges; a factorized reduce needs an even size).
+SIZE_DIVISOR = 4
+
+
 def stage_plan(num_layers: int) -> list[tuple[int | None, int, int]]:
   """Per stage: (its reduction layer or None for the first stage, first and end layer of
   its normal cells). Every stage's normal cells run under one scan, so the program has

@@ -111,13 +111,10 @@ def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split,
       name="train_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
       meta=meta)
   lead = sharding.is_lead_process()  # writes the event files
-  writer = metric_writers.MetricWriter(run.workdir, events=lead)
-  try:
+  with metric_writers.MetricWriter(run.workdir, events=lead) as writer:
     writer.write_texts(0, {"genotype": geno.describe()})
     state, last_eval, step = loop_lib.run_loop(phase, state, run, writer, config,
                                                steps_per_epoch, hooks)
-  finally:
-    writer.close()
   final = {**last_eval, "step": step, "epochs": config.num_epochs,
            "num_params": setup.num_params, "num_params_total": setup.num_params_total}
   loop_lib.write_final_metrics(run.workdir, final)

@@ -7,7 +7,6 @@ restore target of a retraining run (`abstract_state`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Callable
 
@@ -26,13 +25,6 @@ from dnas_jax.space import known_genotypes
 from dnas_jax.training import optimizers
 from dnas_jax.training import sharding
 from dnas_jax.training import validation
-
-# Input shape and number of classes of each dataset, known without loading it (for
-# --dry_run); `load_data` checks them against the loaded data.
-DATASET_SHAPES = {"cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100),
-                  "tiny_imagenet": ((64, 64, 3), 200), "digits": ((8, 8, 1), 10),
-                  "synthetic": ((8, 8, 3), 10)}
-
 
 def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
   """The genotype named by `config.genotype` for a `num_layers`-layer network: a known
@@ -67,11 +59,10 @@ def unfinished_search(path: str) -> str:
   """'' unless the genotype.json at `path` records a search epoch below the search's
   configured epochs (a search rewrites it after every epoch); then the line saying so."""
   try:
-    with open(path) as f:
-      meta = json.load(f).get("meta", {})
-    epoch, num_epochs = meta["epoch"], meta["num_epochs"]
-  except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    meta = genotype_lib.read_meta(path)
+  except (OSError, ValueError):
     return ""
+  epoch, num_epochs = meta.get("epoch"), meta.get("num_epochs")
   if not (isinstance(epoch, int) and isinstance(num_epochs, int) and epoch < num_epochs):
     return ""
   return (f"comes from a search that had run {epoch} of its {num_epochs} configured "
@@ -101,10 +92,10 @@ def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(parameters excluding the auxiliary head, all parameters) of the config's network,
   from shapes only: no data is read and nothing is compiled."""
   validation.validate_train_config(config)
-  image_shape, num_classes = DATASET_SHAPES[config.data.dataset]
+  spec = validation.dataset_spec(config)  # the registry's image shape and classes
   geno = genotype_of(config)
-  shapes = network.variable_shapes(create_network(config, geno, num_classes, True),
-                                   image_shape)
+  shapes = network.variable_shapes(create_network(config, geno, spec.num_classes, True),
+                                   spec.image_shape)
   return (network.count_params(shapes),
           network.count_params(shapes, exclude_auxiliary=False))
 
@@ -131,12 +122,10 @@ def abstract_state(net: network.NetworkCIFAR, image_shape, tx, mesh) -> steps.Tr
 
 
 def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
-  ds = datasets.load_dataset(config.data.dataset, config.data.source,
-                             config.data.data_dir or None)
-  expected = DATASET_SHAPES.get(ds.name)
-  if expected and (ds.image_shape, ds.num_classes) != expected:
-    logging.warning("%s has images %s and %d classes, not %s and %d", ds.name,
-                    ds.image_shape, ds.num_classes, *expected)
+  """The dataset of config.data (the registry warns when it differs from its entry),
+  its images checked against the network."""
+  ds = datasets.load_from_config(config.data)
+  validation.check_image_shape(config, ds.image_shape, search=False)
   return ds
 
 

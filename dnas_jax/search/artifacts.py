@@ -1,16 +1,19 @@
 """What a search writes for people, apart from its checkpoints: `psi.npy`,
 `edge_weights.npy`, `genotype.json`, `genotype.txt` (each replaced atomically), the
-figures, and ψ's per-layer summary for TensorBoard and the console."""
+figures, and ψ's per-layer summary for TensorBoard and the console. The derivation after
+a search (`dnas_jax.search.derivation`) writes its genotypes and figures with the same
+functions."""
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.training import files
 from dnas_jax.training import metric_writers
 
 
@@ -44,6 +47,16 @@ def collapse_line(genotype: genotype_lib.GlobalGenotype) -> str:
   return f"parameter-free share of the derived cells per layer: {cells}{tail}"
 
 
+def write_genotype(folder: str, stem: str, geno: genotype_lib.GlobalGenotype,
+                   primitives: Sequence[str], meta: dict) -> str:
+  """`{stem}.json` (the genotype with its primitives and meta) and `{stem}.txt` (its
+  description), each written atomically; returns the path of the JSON file."""
+  path = os.path.join(folder, f"{stem}.json")
+  files.atomic_write(path, geno.to_json(primitives=primitives, meta=meta))
+  files.atomic_write(os.path.join(folder, f"{stem}.txt"), geno.describe() + "\n")
+  return path
+
+
 def write_artifacts(workdir: str, psi: np.ndarray, primitives: Sequence[str],
                     meta: dict, derivation: genotype_lib.Derivation | None = None,
                     edge: np.ndarray | None = None) -> genotype_lib.GlobalGenotype:
@@ -52,23 +65,30 @@ def write_artifacts(workdir: str, psi: np.ndarray, primitives: Sequence[str],
   which the threshold rule divides out) also edge_weights.npy."""
   geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
                                       edge_weights=edge)
-  def atomic(name, write):
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    write(tmp)
-    os.replace(tmp, os.path.join(workdir, name))
-  def save_npy(array):
-    def save(p):
-      with open(p, "wb") as f:
-        np.save(f, array)
-    return save
   # The arrays first: genotype.json's meta then names the step of the psi.npy and
   # edge_weights.npy beside it (what experiments.derive reads while a search runs).
   if edge is not None:
-    atomic("edge_weights.npy", save_npy(np.asarray(edge, np.float32)))
-  atomic("psi.npy", save_npy(psi))
-  atomic("genotype.json", lambda p: geno.save(p, primitives=primitives, meta=meta))
-  atomic("genotype.txt", lambda p: open(p, "w").write(geno.describe() + "\n"))
+    edge = np.asarray(edge, np.float32)
+    files.atomic_write(os.path.join(workdir, "edge_weights.npy"),
+                       lambda f: np.save(f, edge))
+  files.atomic_write(os.path.join(workdir, "psi.npy"), lambda f: np.save(f, psi))
+  write_genotype(workdir, "genotype", geno, primitives, meta)
   return geno
+
+
+def save_figures(folder: str, figures: Mapping[str, Any],
+                 writer: metric_writers.MetricWriter, step: int) -> list[str]:
+  """Each figure as `{folder}/{name}.png` and as a TensorBoard image of that name;
+  returns the paths written."""
+  from dnas_jax.search import figures as plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+  images, paths = {}, []
+  for name, fig in figures.items():
+    images[name] = plots.figure_to_image(fig)
+    path = os.path.join(folder, f"{name}.png")
+    plots.save_figure(fig, path)
+    paths.append(path)
+  writer.write_images(step, images)
+  return paths
 
 
 def write_figures(workdir: str, psi: np.ndarray, primitives: Sequence[str],
@@ -80,10 +100,6 @@ def write_figures(workdir: str, psi: np.ndarray, primitives: Sequence[str],
     from dnas_jax.search import figures  # pylint: disable=g-import-not-at-top
   except ImportError:
     return
-  figs = {"global_architecture": figures.plot_global_architecture(geno),
-          "psi_heatmaps": figures.plot_psi_heatmaps(psi, primitives)}
-  images = {}
-  for name, fig in figs.items():
-    images[name] = figures.figure_to_image(fig)
-    figures.save_figure(fig, os.path.join(workdir, f"{name}.png"))
-  writer.write_images(step, images)
+  save_figures(workdir, {
+      "global_architecture": figures.plot_global_architecture(geno),
+      "psi_heatmaps": figures.plot_psi_heatmaps(psi, primitives)}, writer, step)

@@ -15,7 +15,6 @@ skip-connect green, separable convolutions blues, dilated convolutions orange an
 from __future__ import annotations
 
 import io
-import os
 import sys
 import zlib
 from typing import Sequence
@@ -31,6 +30,7 @@ from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import ops as ops_lib
 from dnas_jax.space import search_space
+from dnas_jax.training import files
 
 OP_COLORS = {
     "none": "#f0f0f0",
@@ -110,11 +110,9 @@ def _style_reduction_ticks(ax, reduction: Sequence[bool]) -> None:
 
 
 def save_figure(fig: Figure, path: str, dpi: float | None = None) -> None:
-  """Writes `fig` as a PNG to `path` (creating its folder) and closes it."""
-  folder = os.path.dirname(path)
-  if folder:
-    os.makedirs(folder, exist_ok=True)
-  fig.savefig(path, format="png", dpi=dpi or fig.dpi, facecolor="white")
+  """Writes `fig` as a PNG to `path` (atomically, creating its folder) and closes it."""
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi or fig.dpi,
+                                                 facecolor="white"))
   close_figure(fig)
 
 

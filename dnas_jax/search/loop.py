@@ -52,8 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validation.validate_search_config(config)
   mesh = loop_lib.create_run_mesh(config)
 
-  ds = datasets.load_dataset(config.data.dataset, config.data.source,
-                             config.data.data_dir or None)
+  ds = datasets.load_from_config(config.data)
+  validation.check_image_shape(config, ds.image_shape, search=True)
   logging.info("dataset %s from %s: %d training images of shape %s, %d classes",
                ds.name, ds.source, len(ds.train_labels), ds.image_shape, ds.num_classes)
   weight_split, arch_split = input_pipeline.search_splits(ds, config.data.train_portion)
@@ -108,8 +108,7 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   def epoch_inputs(epoch: int, offset: int):
     batches = input_pipeline.search_batches(
         weight_split, arch_split, config.batch_size, config.seed, epoch, aug, ds.mean,
-        ds.std, start_step=offset,
-        arch_sampling=config.data.get("arch_sampling", "permutation"))
+        ds.std, start_step=offset, arch_sampling=config.data.arch_sampling)
     return ((sharding.shard_batch(t, mesh), sharding.shard_batch(v, mesh), rng)
             for t, v in batches)
 
@@ -123,7 +122,7 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
   writer = metric_writers.MetricWriter(run.workdir, events=lead)
   found = {}
 
-  derivation = genotype_lib.Derivation.from_config(config.get("derive"))
+  derivation = genotype_lib.Derivation.from_config(config.derive)
 
   def at_epoch_end(state, step: int):
     weights = arch_weights_fn(state.arch_params)  # on every process: SPMD
@@ -147,15 +146,13 @@ def _search(config, run: workdir_lib.RunDir, ds, weight_split, arch_split,
       name="search_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
       at_epoch_end=at_epoch_end,
       meta=meta)
-  try:
+  with writer:  # closed on every way out
     state, last_eval, step = loop_lib.run_loop(phase, state, run, writer, config,
                                                steps_per_epoch, hooks)
     if lead:
       artifacts.write_figures(run.workdir, found["psi"], primitives, found["genotype"],
                               writer, step)
     loop_lib.write_final_metrics(run.workdir, last_eval)
-  finally:
-    writer.close()
   logging.info("search done: %s; genotype in %s", last_eval,
                os.path.join(run.workdir, "genotype.json"))
   return {"state": state, **found, **last_eval}

@@ -63,7 +63,7 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
   primitives = validation.primitives_of(config.model.primitives)
   o = config.optim
   spec = arch_lib.create_arch_spec(config.arch, config.model.num_layers, len(primitives),
-                                   o.get("zero_one_target", "factors"))
+                                   o.zero_one_target)
   net_train = create_supernet(config, num_classes, True, primitives, backend)
   net_eval = create_supernet(config, num_classes, False, primitives, backend)
   weight_tx, lr_schedule = optimizers.weight_tx_of(o, config.num_epochs, steps_per_epoch)
@@ -85,7 +85,7 @@ def create_search_setup(config: ml_collections.ConfigDict, image_shape, num_clas
       weight_decay=o.weight_decay, momentum=o.momentum,
       halves=program_lib.resolve_program(config, backend)["halves"],
       skip_dropout_schedule=skip_dropout.step_schedule(
-          config.model.get("skip_dropout_schedule", "constant"),
+          config.model.skip_dropout_schedule,
           config.model.skip_dropout, config.num_epochs, o.arch_warmup_epochs,
           steps_per_epoch))
   return SearchSetup(sharding.replicate(state, mesh), spec, tuple(primitives), net_train,

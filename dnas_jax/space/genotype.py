@@ -33,6 +33,10 @@ class GenotypeFormatError(ValueError):
   """A genotype.json that does not follow the schema; the message names what is wrong."""
 
 
+class NonFinitePsiError(ValueError):
+  """ψ holds NaN or inf; the message says where ψ came from and how many values."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CellGenotype:
   nodes: tuple[tuple[tuple[str, int], ...], ...]
@@ -205,6 +209,15 @@ def _select(psi_k: np.ndarray, op_weight: np.ndarray, candidate: np.ndarray,
   return nodes
 
 
+def read_meta(path: str) -> dict[str, Any]:
+  """The free-form meta of a genotype.json ({} when it has none or is not an object);
+  OSError when it cannot be read, ValueError when it is not JSON."""
+  with open(path) as f:
+    d = json.load(f)
+  meta = d.get("meta", {}) if isinstance(d, dict) else {}
+  return meta if isinstance(meta, dict) else {}
+
+
 def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
                 edges_per_node: int = 2, *, derivation: Derivation | None = None,
                 edge_k: np.ndarray | None = None) -> CellGenotype:
@@ -258,11 +271,22 @@ def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
   return CellGenotype(tuple(cells), reduction, concat)
 
 
+def check_finite_psi(psi: np.ndarray, source: str = "ψ") -> None:
+  """NonFinitePsiError when ψ holds NaN or inf (no arg-max means anything then);
+  `source` names where ψ came from in the message."""
+  psi = np.asarray(psi)
+  bad = int(psi.size - np.count_nonzero(np.isfinite(psi)))
+  if bad:
+    raise NonFinitePsiError(f"{source} holds {bad} of {psi.size} values that are not "
+                            "finite (NaN or inf): no genotype can be derived from it")
+
+
 def derive_genotype(psi: np.ndarray, primitives: Sequence[str],
                     edges_per_node: int = 2, *, derivation: Derivation | None = None,
                     edge_weights: np.ndarray | None = None) -> GlobalGenotype:
   """The global genotype of ψ [L, C, Op]: one derived cell per layer (`derive_cell`;
-  `edge_weights` [L, C] for the threshold rule)."""
+  `edge_weights` [L, C] for the threshold rule). A ψ holding NaN or inf is refused
+  (NonFinitePsiError)."""
   derivation = derivation or Derivation(edges_per_node=edges_per_node)
   derivation.check()
   psi = np.asarray(psi)
@@ -270,6 +294,7 @@ def derive_genotype(psi: np.ndarray, primitives: Sequence[str],
   if psi.shape[1:] != (search_space.NUM_CONNECTIONS, len(primitives)):
     raise ValueError(f"psi has shape {psi.shape}, expected [L, "
                      f"{search_space.NUM_CONNECTIONS}, {len(primitives)}]")
+  check_finite_psi(psi)
   if edge_weights is not None and np.shape(edge_weights) != psi.shape[:2]:
     raise ValueError(f"edge weights have shape {np.shape(edge_weights)}, expected "
                      f"{list(psi.shape[:2])}")

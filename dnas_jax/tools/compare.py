@@ -44,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from dnas_jax.search import methods
+from dnas_jax.training import files
 from dnas_jax.training import validation
 
 RESULT = "result.json"
@@ -69,14 +70,6 @@ def parse_rows(spec: str) -> list[str]:
   return rows
 
 
-def _flatten(tree: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in dict(tree).items():
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def search_config(config: ml_collections.ConfigDict, row: str, seed: int
@@ -86,7 +79,7 @@ def search_config(config: ml_collections.ConfigDict, row: str, seed: int
   then the row's `row_overrides`."""
   cfg = methods.apply_method(ml_collections.ConfigDict(config.search.to_dict()), row)
   settings = methods.ROWS[row][1]
-  budget = _flatten(config.get("budget", {}))
+  budget = files.flatten(config.get("budget", {}))
   for path, value in budget.items():
     if path == "optim.arch_warmup_epochs":
       raise validation.ConfigError("config.budget.optim.arch_warmup_epochs: the warm-up is the "
@@ -95,7 +88,7 @@ def search_config(config: ml_collections.ConfigDict, row: str, seed: int
     methods.set_path(cfg, path, value)
   cfg.optim.arch_warmup_epochs = int(round(
       settings["optim.arch_warmup_epochs"] * cfg.num_epochs / methods.PAPER_EPOCHS))
-  for path, value in _flatten(config.get("row_overrides", {}).get(row, {})).items():
+  for path, value in files.flatten(config.get("row_overrides", {}).get(row, {})).items():
     methods.set_path(cfg, path, value)
   cfg.seed = seed
   return cfg
@@ -139,10 +132,7 @@ def _read_json(path: str) -> dict | None:
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  files.atomic_write(path, json.dumps(obj, indent=1))
 
 
 def run_one(config: ml_collections.ConfigDict, row: str, seed: int, run_dir: str
@@ -264,7 +254,7 @@ def plot_comparison(summary: Sequence[dict], path: str, title: str = "") -> None
   ax.set_title(title or "test error after retraining (mean ± std over seeds)",
                fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
   plt.close(fig)
 
 
@@ -276,7 +266,6 @@ def write_report(results: Sequence[dict], workdir: str,
   _write_json(os.path.join(workdir, "results.json"),
               {"runs": list(results), "summary": summary})
   table = markdown_table(summary, title)
-  with open(os.path.join(workdir, "comparison.md"), "w") as f:
-    f.write(table)
+  files.atomic_write(os.path.join(workdir, "comparison.md"), table)
   plot_comparison(summary, os.path.join(workdir, "comparison.png"), title)
   return table

@@ -128,6 +128,7 @@ def _step_record(config_path: str, formulation: str, halves: str, backend: str,
                  run: bool) -> dict[str, Any]:
   import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from dnas_jax.data import registry  # pylint: disable=g-import-not-at-top
   from dnas_jax.models import program as program_lib  # pylint: disable=g-import-not-at-top
   from dnas_jax.tools import benchmarking  # pylint: disable=g-import-not-at-top
   from dnas_jax.training import sharding  # pylint: disable=g-import-not-at-top
@@ -139,8 +140,7 @@ def _step_record(config_path: str, formulation: str, halves: str, backend: str,
   config.program.depthwise, config.program.pointwise = depthwise, pointwise
   config.program.halves = halves
   config.optim.arch_warmup_epochs = 0  # time steps that update the architecture
-  shape = {"digits": (8, 8, 1), "synthetic": (8, 8, 3)}.get(config.data.dataset,
-                                                           (32, 32, 3))
+  shape = registry.resolve(config.data).image_shape
   mesh = sharding.create_mesh(jax.devices()[:1])
   progs = benchmarking.search_programs(config, shape, 10, mesh, backend)
   fn, args, _ = progs["search_step"]

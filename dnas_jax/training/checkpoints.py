@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -132,8 +134,8 @@ def _why_damaged(manager, target, step) -> tuple[Any, dict, str | None]:
   except Exception as e:  # pylint: disable=broad-except  (any failure to read it back)
     return None, {}, f"unreadable ({_one_line(e)})"
   expected = meta.get(DIGEST_KEY)
-  if expected is None:  # written before digests existed: nothing to check against
-    return state, meta, None
+  if expected is None:
+    return None, meta, "its meta holds no digest of its values"
   if state_digest(state) != expected:
     return None, meta, "its values differ from the digest saved with it"
   return state, meta, None
@@ -179,6 +181,41 @@ def _move_aside(manager, step: int) -> str:
   dst = os.path.join(dst_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
   shutil.move(src, dst)
   return dst
+
+
+def finished_steps(directory: str) -> list[int]:
+  """The steps of `directory` whose folders Orbax finished (its step metadata written
+  last), in order; what a run can resume from."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isfile(os.path.join(directory, n, _STEP_METADATA)))
+
+
+def write_failure(e: BaseException) -> str | None:
+  """What the file system said when a checkpoint write failed with `e` ("No space left
+  on device", ...), or None when `e` (and what caused it) is no failure to write
+  files. Orbax raises the OSError of a write in Python, and TensorStore's errors name
+  the OS error code (`[os_error_code='28']`)."""
+  while e is not None:
+    if isinstance(e, OSError):
+      return e.strerror or str(e)
+    code = re.search(r"\[os_error_code='(\d+)'\]", str(e))
+    if code:
+      return os.strerror(int(code.group(1)))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def settle_failed_writes(timeout_s: float = 60.0) -> None:
+  """Waits (at most `timeout_s`) for the background threads of Orbax's writes that
+  still run after one of them failed: a process that ends under them gets their
+  clean-up's tracebacks ("Event loop is closed", ...) after its own message."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread()
+        and type(thread).__module__.startswith("orbax.checkpoint._src.futures")):
+      thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def clean_leftovers(directory: str) -> None:

@@ -30,6 +30,7 @@ from absl import logging
 
 from dnas_jax.data import input_pipeline
 from dnas_jax.training import checkpoints
+from dnas_jax.training import files
 from dnas_jax.training import metric_writers
 from dnas_jax.training import monitor as monitor_lib
 from dnas_jax.training import sharding
@@ -41,10 +42,11 @@ FINAL_METRICS = "final_metrics.json"
 
 
 def write_final_metrics(workdir: str, metrics: dict) -> None:
-  """A finished run's metrics as WORKDIR/final_metrics.json (the lead process only)."""
+  """A finished run's metrics as WORKDIR/final_metrics.json (the lead process only;
+  written atomically)."""
   if sharding.is_lead_process():
-    with open(os.path.join(workdir, FINAL_METRICS), "w") as f:
-      json.dump(metrics, f, indent=1)
+    files.atomic_write(os.path.join(workdir, FINAL_METRICS),
+                       json.dumps(metrics, indent=1))
 
 
 @dataclasses.dataclass
@@ -135,7 +137,7 @@ def run_loop(phase: Phase, state: Any, run: workdir_lib.RunDir,
     raise type(e)(f"{e}; {run.kept_checkpoint()}") from None
   finally:
     profiler.close()
-  run.manager.wait_until_finished()
+  run.wait()
   if not last_eval:
     last_eval = phase.evaluate(state)
     writer.write_scalars(step, last_eval)

@@ -53,3 +53,16 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb:
       self._tb.close()
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, exc_type, *exc) -> None:
+    """Closes the writer; on the way out with an error, a failure to flush the event
+    files (the same full disk, say) does not replace that error."""
+    try:
+      self.close()
+    except OSError as e:
+      if exc_type is None:
+        raise
+      logging.debug("closing the event files failed too: %s", e)

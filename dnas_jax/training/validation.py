@@ -1,5 +1,6 @@
 """Host-side checks of the search and retraining configs, each error naming the field and
-the valid values. They run before any data is read, any folder is made or anything is
+the valid values. They run before any data is loaded (of your own files only the headers
+are read, for the image shape, classes and size), any folder is made or anything is
 compiled: a bad field costs a second, not a compile.
 """
 
@@ -10,23 +11,20 @@ import math
 import jax
 import ml_collections
 
+from dnas_jax.data import errors as data_errors
 from dnas_jax.data import input_pipeline
+from dnas_jax.data import registry
 from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import network
 from dnas_jax.models import program as program_lib
 from dnas_jax.models import skip_dropout
+from dnas_jax.models import supernet
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import known_genotypes
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
 
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "synthetic")
-SOURCES = ("auto", "tfds", "archive", "digits", "synthetic")
 DTYPES = ("float32", "bfloat16")
-# Training images of each dataset, known without reading it (every source holds the
-# same images), so that a batch larger than a split is refused before loading.
-NUM_TRAIN = {"cifar10": 50_000, "cifar100": 50_000, "tiny_imagenet": 100_000,
-             "digits": 1_500, "synthetic": 256}
 
 
 class ConfigError(ValueError):
@@ -73,8 +71,6 @@ def _in_range(config, path, low, high):
 
 def _common(config, integers, rates, non_negative):
   """The fields search and retraining configs share."""
-  _choice(config, "data.dataset", DATASETS)
-  _choice(config, "data.source", SOURCES)
   _choice(config, "model.dtype", DTYPES)
   for path in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
                "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
@@ -94,6 +90,53 @@ def _common(config, integers, rates, non_negative):
       raise ConfigError(f"config.{path}={value!r} must be a non-negative integer")
   if _get(config, "model.num_layers") < 3:
     raise ConfigError("config.model.num_layers must be at least 3 (two reduction cells)")
+
+
+def dataset_spec(config: ml_collections.ConfigDict) -> registry.DatasetSpec:
+  """The registry's entry for config.data (`registry.resolve`): a registered dataset's
+  facts, or those your own files' headers give; a bad field is a ConfigError."""
+  for path in ("data.dataset", "data.source"):
+    _get(config, path)
+  for name in ("path", "train_split", "test_split"):
+    value = config.data.get(name, "")
+    if not isinstance(value, str) or (name != "path" and not value):
+      raise ConfigError(f"config.data.{name}={value!r} must be a "
+                        f"{'' if name == 'path' else 'non-empty '}string")
+  size = config.data.get("image_size", 0)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    raise ConfigError(f"config.data.image_size={size!r} must be a non-negative integer "
+                      "(0: the images' own size)")
+  try:
+    return registry.resolve(config.data)
+  except data_errors.DataConfigError as e:
+    raise ConfigError(str(e)) from None
+
+
+def check_image_shape(config: ml_collections.ConfigDict, image_shape,
+                      search: bool) -> None:
+  """The images fit the search network (`search`) or the retraining network: the
+  stride-2 layers divide their height and width, and the auxiliary head has its 8×8."""
+  h, w = image_shape[:2]
+  if search:
+    divisor, net = supernet.SIZE_DIVISOR, "the search network"
+    why = "its two reduction cells halve them"
+  else:
+    kind = _get(config, "model.network")
+    divisor, net = network.size_divisor(kind), f"config.model.network={kind!r}"
+    why = ("its stem and two reduction cells halve them" if kind == "tiny_imagenet"
+           else "its two reduction cells halve them")
+  if h % divisor or w % divisor:
+    near = max(divisor, divisor * round(max(h, w) / divisor))
+    raise ConfigError(f"config.data: the images are {h}×{w}, but {net} needs a height "
+                      f"and width divisible by {divisor} ({why}): set "
+                      f"config.data.image_size to a multiple of {divisor}, e.g. {near}")
+  if not search and _get(config, "model.auxiliary"):
+    least = network.auxiliary_min_size(kind)
+    if min(h, w) < least:
+      raise ConfigError(f"config.model.auxiliary=True needs images of at least "
+                        f"{least}×{least} with config.model.network={kind!r} (the "
+                        f"auxiliary head reads an 8×8 map at layer 2L//3); the images "
+                        f"are {h}×{w}: pass --config.model.auxiliary=False")
 
 
 def check_batch_fits(batch_size: int, num_examples: int, what: str,
@@ -186,11 +229,14 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   _in_range(config, "model.skip_dropout", 0, 1)
   check_regularizers(config)
   primitives = primitives_of(_get(config, "model.primitives"))
-  num_train = NUM_TRAIN[config.data.dataset]
-  smaller = min(int(num_train * tp), num_train - int(num_train * tp))
-  check_batch_fits(config.batch_size, smaller,
-                   f"images of the smaller search split ({config.data.dataset}, "
-                   f"config.data.train_portion={tp})")
+  spec = dataset_spec(config)
+  check_image_shape(config, spec.image_shape, search=True)
+  if spec.num_train is not None:
+    num_train = spec.num_train
+    smaller = min(int(num_train * tp), num_train - int(num_train * tp))
+    check_batch_fits(config.batch_size, smaller,
+                     f"images of the smaller search split ({config.data.dataset}, "
+                     f"config.data.train_portion={tp})")
   c, k = _get(config, "model.channels"), _get(config, "model.partial_k")
   if c % k or (c // k) % 2:
     raise ConfigError(f"config.model.channels={c} must be divisible by "
@@ -202,17 +248,15 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
 
 
 def check_regularizers(config: ml_collections.ConfigDict) -> None:
-  """The options against skip-connect collapse (docs/design.md §1): each field may be
-  absent (a config written before it: the default)."""
-  for path, valid in (("model.skip_dropout_schedule", skip_dropout.SCHEDULES),
-                      ("optim.zero_one_target", arch_lib.ZERO_ONE_TARGETS),
-                      ("data.arch_sampling", input_pipeline.ARCH_SAMPLINGS)):
-    section, name = path.split(".")
-    if name in config.get(section, {}):
-      _choice(config, path, valid)
+  """The options against skip-connect collapse (docs/design.md §1)."""
+  _choice(config, "model.skip_dropout_schedule", skip_dropout.SCHEDULES)
+  _choice(config, "optim.zero_one_target", arch_lib.ZERO_ONE_TARGETS)
+  _choice(config, "data.arch_sampling", input_pipeline.ARCH_SAMPLINGS)
+  for name in ("rule", "edges_per_node", "op_threshold", "max_skip_connects"):
+    _get(config, f"derive.{name}")
   try:
-    genotype_lib.Derivation.from_config(config.get("derive")).check("config.derive.")
-  except (TypeError, ValueError) as e:
+    genotype_lib.Derivation.from_config(config.derive).check("config.derive.")
+  except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
@@ -229,8 +273,11 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.genotype must be a known genotype name "
                       f"{sorted(known_genotypes.KNOWN_GENOTYPES)} or a genotype.json "
                       "path")
-  check_batch_fits(config.batch_size, NUM_TRAIN[config.data.dataset],
-                   f"training images of {config.data.dataset}")
+  spec = dataset_spec(config)
+  check_image_shape(config, spec.image_shape, search=False)
+  if spec.num_train is not None:
+    check_batch_fits(config.batch_size, spec.num_train,
+                     f"training images of {config.data.dataset}")
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -17,10 +17,15 @@ config, its checkpoints verified, and nothing lost on the way out.
   fields in `HARMLESS` (logging and checkpoint cadence, evaluation batch, data folder,
   ...) may change and are listed; any other change refuses with one line listing the
   differences, unless the caller allows changes (`--resume_with_changes`).
+* A checkpoint that cannot be written, or a full disk under any other file of the run
+  (genotype.json, figures, ...), stops the run with one `WriteError` naming the folder
+  and the last finished checkpoint, which is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import socket
@@ -31,6 +36,7 @@ import jax
 from absl import logging
 
 from dnas_jax.training import checkpoints
+from dnas_jax.training import files
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
@@ -39,10 +45,6 @@ LOCK_NAME = ".lock"
 HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
             "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
             "prefetch", "profile", "derive")
-# Fields added since a run may have been stored, read as these values where a stored
-# config lacks them (the same run).
-ADDED_FIELDS = {"model.ops_modules": "", "model.skip_dropout_schedule": "constant",
-                "optim.zero_one_target": "factors", "data.arch_sampling": "permutation"}
 
 
 class WorkdirError(RuntimeError):
@@ -55,6 +57,15 @@ class WorkdirBusyError(WorkdirError):
 
 class ConfigChangedError(WorkdirError):
   """A resume with a config whose meaning differs from the stored one."""
+
+
+class WriteError(WorkdirError):
+  """The run could not write in its workdir (a full disk, say); the message names the
+  folder and the last finished checkpoint, which is kept."""
+
+
+# What the file system says of a full disk (or a full quota) whichever file is written.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Preempted(KeyboardInterrupt):
@@ -161,24 +172,11 @@ def release_lock(path: str) -> None:
 # Config comparison.
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(d, dict):
-    return {prefix: d}
-  out = {}
-  for key, value in d.items():
-    out.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict)
-                        else f"{prefix}{key}"))
-  return out
-
-
 def config_changes(stored: dict, new: dict) -> tuple[list[str], list[str]]:
   """(meaningful, harmless) differences as 'field: old → new' lines, compared after a
   JSON round trip (the stored config went through one)."""
-  old = _flatten(json.loads(json.dumps(stored)))
-  cur = _flatten(json.loads(json.dumps(new)))
-  for key, value in ADDED_FIELDS.items():
-    if key in cur and key not in old:
-      old[key] = value
+  old = files.flatten(json.loads(json.dumps(stored)))
+  cur = files.flatten(json.loads(json.dumps(new)))
   meaningful, harmless = [], []
   for key in sorted(set(old) | set(cur)):
     a, b = old.get(key, "(absent)"), cur.get(key, "(absent)")
@@ -203,6 +201,7 @@ class RunDir:
     self.checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
     self._keep, self._allow_changes = keep_checkpoints, allow_changes
     self._lock = None
+    self._write_failed = False
     self.manager = None
     self.stored_meta: dict | None = None  # the newest readable checkpoint's meta
     self.changed: list[str] = []  # meaningful changes accepted by allow_changes
@@ -252,7 +251,39 @@ class RunDir:
     return checkpoints.restore_verified(self.manager, target, hint=hint)
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    checkpoints.save(self.manager, step, state, meta)
+    """Starts writing checkpoint `step` (after the previous write has finished);
+    WriteError when that write or this one cannot be written."""
+    with self._writing():
+      checkpoints.save(self.manager, step, state, meta)
+
+  def wait(self) -> None:
+    """Waits for the pending checkpoint writes; WriteError when one failed."""
+    with self._writing():
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """A failure to write a checkpoint (the file system's, e.g. a full disk) as one
+    WriteError naming the folder and what is kept; other errors as they are. Orbax
+    writes in the background, so a failed write surfaces in the next save or wait."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless a write failure)
+      reason = checkpoints.write_failure(e)
+      if reason is None:
+        raise
+      self._write_failed = True
+      checkpoints.settle_failed_writes()
+      raise self._write_error(self.checkpoint_dir, reason, "checkpoints") from None
+
+  def _write_error(self, folder: str, reason: str, what: str = "") -> WriteError:
+    step = (checkpoints.finished_steps(self.checkpoint_dir) or [None])[-1]
+    kept = ("no checkpoint was finished" if step is None else
+            f"the last finished checkpoint, step {step}, is kept "
+            + ("there" if folder == self.checkpoint_dir else f"in {self.checkpoint_dir}"))
+    return WriteError(f"cannot write {what + ' ' if what else ''}in {folder} ({reason}): "
+                      f"{kept}; run the same command again to resume once the folder can "
+                      "be written")
 
   def check_preemption(self, step: int) -> None:
     """Raises Preempted on every process at the same step once any of them was told
@@ -265,8 +296,8 @@ class RunDir:
   def kept_checkpoint(self) -> str:
     """What a stopped run leaves to resume from (after its pending writes), for its
     error message."""
-    self.manager.wait_until_finished()
-    step = self.manager.latest_step()
+    self.wait()
+    step = (checkpoints.finished_steps(self.checkpoint_dir) or [None])[-1]
     return (f"the last finished checkpoint, step {step}, is kept in "
             f"{self.checkpoint_dir}" if step is not None else "no checkpoint was finished")
 
@@ -275,10 +306,26 @@ class RunDir:
       release_lock(self._lock)
       self._lock = None
 
-  def __exit__(self, *exc) -> None:
+  def _close_manager(self) -> None:
+    if not self._write_failed:
+      self.manager.close()
+      return
+    with contextlib.suppress(Exception):  # it raises its failed write again
+      self.manager.close()
+
+  def __exit__(self, exc_type, exc, tb) -> None:
     try:
       if self.manager is not None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+          self.wait()
+        except WriteError:
+          if exc_type is None:
+            raise
+          # On the way out with an error already (the same full disk, as a rule).
+        finally:
+          self._close_manager()
     finally:
       self._release()
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+      # Any other file of the run (genotype.json, psi.npy, figures, final metrics).
+      raise self._write_error(self.workdir, exc.strerror) from None

@@ -1,5 +1,7 @@
-"""Issue 6: the program does not grow with depth; batch checks; the benchmark command
-(data parallelism over 8 devices: test_data_parallel.py)."""
+"""dnas_jax.tools.benchmarking and experiments/benchmark.py: the lowered search step does
+not grow with depth (its convolutions counted), a batch the devices do not divide is a
+clear error, and the benchmark command prints its JSON records and the step profile
+(the same steps sharded over 8 devices: test_sharding.py)."""
 
 import json
 import os

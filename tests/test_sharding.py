@@ -1,6 +1,6 @@
-"""Issue 6: data parallelism. One search step and one retraining step sharded over 8
-fake CPU devices give the state one device gives (each in a subprocess, since the
-device count is fixed when JAX starts)."""
+"""Data parallelism (dnas_jax.training.sharding): one search step and one retraining
+step sharded over 8 fake CPU devices give the state one device gives (each in a
+subprocess, since the device count is fixed when JAX starts)."""
 
 import json
 import os
