@@ -1,8 +1,9 @@
 """Global genotypes: one discrete cell per layer, derived from ψ (docs/design.md §1).
 
 A `CellGenotype` lists, per intermediate node, the (operation, input) pairs it sums;
-inputs are numbered as in DARTS (0 = s0, 1 = s1, 2 + n = node n). A `GlobalGenotype`
-is the tuple of the cells of layers 0..L-1.
+inputs are numbered as in DARTS (0 = s0, 1 = s1, 2 + n = node n). A node may keep no
+pair (the threshold rule of `Derivation`); then no node reads it and its cell's concat
+leaves it out. A `GlobalGenotype` is the tuple of the cells of layers 0..L-1.
 
 `genotype.json` schema (version 1)::
 
@@ -13,7 +14,7 @@ is the tuple of the cells of layers 0..L-1.
          "nodes": [[["sep_conv_3x3", 0], ["skip_connect", 1]], ...],  # 4 nodes
          "concat": [2, 3, 4, 5]},
         ...],
-     "meta": {...}}                              # free-form: source, epoch, ...
+     "meta": {...}}                              # free-form: step, epoch, num_epochs, ...
 """
 
 from __future__ import annotations
@@ -136,6 +137,15 @@ class GlobalGenotype:
     return "\n".join(f"layer {k:2d} {c.describe()}" for k, c in enumerate(self.cells))
 
 
+def read_meta(path: str) -> dict[str, Any]:
+  """The free-form meta of a genotype.json ({} when it has none or is not an object);
+  OSError when it cannot be read, ValueError when it is not JSON."""
+  with open(path) as f:
+    d = json.load(f)
+  meta = d.get("meta", {}) if isinstance(d, dict) else {}
+  return meta if isinstance(meta, dict) else {}
+
+
 # How a cell is read off ψ (docs/design.md §1 tabulates them with their sources):
 # `top_k`, per node the `edges_per_node` strongest connections (DARTS's parse);
 # `threshold`, the same connections, each kept only where its operation's weight reaches
@@ -207,15 +217,6 @@ def _select(psi_k: np.ndarray, op_weight: np.ndarray, candidate: np.ndarray,
       pairs.append((j, int(e)))
     nodes.append(pairs)
   return nodes
-
-
-def read_meta(path: str) -> dict[str, Any]:
-  """The free-form meta of a genotype.json ({} when it has none or is not an object);
-  OSError when it cannot be read, ValueError when it is not JSON."""
-  with open(path) as f:
-    d = json.load(f)
-  meta = d.get("meta", {}) if isinstance(d, dict) else {}
-  return meta if isinstance(meta, dict) else {}
 
 
 def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
