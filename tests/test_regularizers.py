@@ -440,3 +440,12 @@ def test_derive_command_line_flags(tmp_path):
       derivation=genotype_lib.Derivation("threshold", 2, 0.7, 0))
   assert expected.describe() in proc.stdout
   assert genotype_lib.GlobalGenotype.load(str(out / "genotype.json")) == expected
+
+
+def test_each_row_draws_architecture_batches_as_its_authors_code_does():
+  """DARTS's and PC-DARTS's train_search.py take next(iter(valid_queue)) from a shuffling
+  loader each step (independent draws); DNAS keeps the project's per-epoch permutation."""
+  from dnas_jax.configs import darts_cifar10, global_cifar10, pc_darts_cifar10  # pylint: disable=g-import-not-at-top
+  for module in (darts_cifar10, pc_darts_cifar10, global_cifar10):
+    assert module.get_config().data.arch_sampling == "independent"
+  assert cifar10.get_config().data.arch_sampling == "permutation"

@@ -9,10 +9,10 @@ docs/comparison.md; `--config.optim.second_order=True` gives `darts_2nd`). One �
 cell type, so the global genotype it produces has identical normal cells (and
 identical reduction cells).
 
-Against skip-connect collapse it keeps the project's defaults (docs/design.md
-§1): no skip dropout and no zero-one loss (the row), top-k derivation (DARTS's
-parse), architecture batches by per-epoch permutation, where DARTS's code draws
-`next(iter(valid_queue))` each step (--config.data.arch_sampling=independent).
+Against skip-connect collapse: no skip dropout and no zero-one loss (the row), top-k
+derivation (DARTS's parse), and a fresh random architecture batch each step, as
+DARTS's code draws `next(iter(valid_queue))` (the row's `data.arch_sampling=independent`;
+docs/design.md §1).
 """
 
 from dnas_jax.configs import cifar10

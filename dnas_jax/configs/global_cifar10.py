@@ -9,10 +9,10 @@ docs/comparison.md): PC-DARTS's search with its own weights for every layer of t
 whole L = 20 network, Ψ [20, 14, 8] and edge weights β [20, 14], 2,520 architecture
 numbers where DNAS has 518. Produces a global genotype like cifar10.py.
 
-Against skip-connect collapse it keeps the project's defaults (docs/design.md
-§1): no skip dropout and no zero-one loss (the row), top-k derivation (PC-DARTS's
-parse), architecture batches by per-epoch permutation, where PC-DARTS's code draws
-`next(iter(valid_queue))` each step (--config.data.arch_sampling=independent).
+Against skip-connect collapse: no skip dropout and no zero-one loss (the row), top-k
+derivation (PC-DARTS's parse), and a fresh random architecture batch each step, as
+PC-DARTS's code draws `next(iter(valid_queue))` (the row's `data.arch_sampling=independent`;
+docs/design.md §1).
 """
 
 from dnas_jax.configs import cifar10

@@ -8,10 +8,10 @@ cifar10.py with the `pc_darts` row applied (Xu et al. 2020; the row's settings:
 docs/comparison.md): partial channels with edge normalisation over DARTS's 8
 operations, one α and one β per cell type.
 
-Against skip-connect collapse it keeps the project's defaults (docs/design.md
-§1): no skip dropout and no zero-one loss (the row), top-k derivation (PC-DARTS's
-parse), architecture batches by per-epoch permutation, where PC-DARTS's code draws
-`next(iter(valid_queue))` each step (--config.data.arch_sampling=independent).
+Against skip-connect collapse: no skip dropout and no zero-one loss (the row), top-k
+derivation (PC-DARTS's parse), and a fresh random architecture batch each step, as
+PC-DARTS's code draws `next(iter(valid_queue))` (the row's `data.arch_sampling=independent`;
+docs/design.md §1).
 """
 
 from dnas_jax.configs import cifar10

@@ -22,7 +22,10 @@ _DARTS = {"arch.kind": "iam", "arch.edge_normalization": False, "model.partial_k
           "model.skip_dropout": 0.0, "optim.weight_lr": 0.025,
           "optim.weight_min_lr": 0.001, "optim.arch_lr": 3e-4,
           "optim.arch_warmup_epochs": 0, "optim.zero_one_weight": 0.0,
-          "optim.second_order": False, "batch_size": 64, "num_epochs": PAPER_EPOCHS}
+          "optim.second_order": False, "batch_size": 64, "num_epochs": PAPER_EPOCHS,
+          # train_search.py draws next(iter(valid_queue)) from a shuffling loader each
+          # step: a fresh random architecture batch, not an epoch's permutation.
+          "data.arch_sampling": "independent"}
 _PC_DARTS = {**_DARTS, "arch.edge_normalization": True, "model.partial_k": 4,
              "optim.weight_lr": 0.1, "optim.weight_min_lr": 0.0, "optim.arch_lr": 6e-4,
              "optim.arch_warmup_epochs": 15, "batch_size": 256}
@@ -31,7 +34,8 @@ _DNAS = {"arch.kind": "decoupled", "arch.edge_normalization": False,
          "model.num_layers": 20, "model.channels": 16, "model.skip_dropout": 0.2,
          "optim.weight_lr": 0.025, "optim.weight_min_lr": 0.001, "optim.arch_lr": 6e-4,
          "optim.arch_warmup_epochs": 15, "optim.zero_one_weight": 10.0,
-         "optim.second_order": False, "batch_size": 96, "num_epochs": PAPER_EPOCHS}
+         "optim.second_order": False, "batch_size": 96, "num_epochs": PAPER_EPOCHS,
+         "data.arch_sampling": "permutation"}
 
 # key: (label, the method's settings as dotted paths of the search config).
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
