@@ -95,8 +95,9 @@ def _meta(manager, workdir: str, step: int | None) -> dict:
     return _with_ops(checkpoints.read_meta(manager, step))
   newest = checkpoints.newest_readable_meta(manager)
   if newest is None:
-    raise WorkdirError("no readable checkpoint in "
-                       f"{os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)}")
+    raise WorkdirError(
+      f"no readable checkpoint in {os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)}"
+    )
   return _with_ops(newest[1])
 
 
@@ -119,23 +120,25 @@ def _restore_state(manager, target, step: int | None):
   return state, meta, step
 
 
-def restore_search_run(workdir: str, step: int | None = None, mesh=None
-                       ) -> tuple[Any, dict, int]:
+def restore_search_run(workdir: str, step: int | None = None, mesh=None) -> tuple[Any, dict, int]:
   """(state, meta, step) of a search workdir's checkpoint `step` (default: the newest
   intact one). The restore target is the search state rebuilt from the meta (shapes
   only: nothing runs or compiles)."""
   from dnas_jax.search import setup as search_setup  # pylint: disable=g-import-not-at-top  (heavy)
+
   manager = checkpoint_manager(workdir)
   meta = _meta(manager, workdir, step)
   if "primitives" not in meta or "genotype" in meta:
-    raise WorkdirError(f"{workdir} is not a search workdir (its checkpoint meta has no "
-                       "candidate operations; for a retraining workdir use "
-                       "restore_train_run or api.load_classifier)")
+    raise WorkdirError(
+      f"{workdir} is not a search workdir (its checkpoint meta has no "
+      "candidate operations; for a retraining workdir use "
+      "restore_train_run or api.load_classifier)"
+    )
   config = ml_collections.ConfigDict(meta["config"])
   mesh = sharding.create_mesh() if mesh is None else mesh
-  setup = search_setup.create_search_setup(config, tuple(meta["image_shape"]),
-                                           meta["num_classes"], meta["steps_per_epoch"],
-                                           mesh)
+  setup = search_setup.create_search_setup(
+    config, tuple(meta["image_shape"]), meta["num_classes"], meta["steps_per_epoch"], mesh
+  )
   return _restore_state(manager, checkpoints.abstract_like(setup.state), step)
 
 
@@ -145,8 +148,10 @@ def restore_train_run(workdir: str, step: int | None = None, mesh=None) -> Resto
   manager = checkpoint_manager(workdir)
   meta = _meta(manager, workdir, step)
   if "genotype" not in meta:
-    raise WorkdirError(f"{workdir} is not a retraining workdir (its checkpoint meta has "
-                       "no genotype; for a search workdir use experiments.derive)")
+    raise WorkdirError(
+      f"{workdir} is not a retraining workdir (its checkpoint meta has "
+      "no genotype; for a search workdir use experiments.derive)"
+    )
   config = ml_collections.ConfigDict(meta["config"])
   geno = genotype_lib.GlobalGenotype.from_json(json.dumps(meta["genotype"]))
   mesh = sharding.create_mesh() if mesh is None else mesh
@@ -169,9 +174,17 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None)
   else:
     data = input_pipeline.Split(ds.train_images, ds.train_labels)
   eval_fn = jax.jit(functools.partial(evaluation.eval_step, net=run.net_eval))
-  out = evaluation.evaluate(eval_fn, run.state.params, run.state.batch_stats, data,
-                            run.config.eval_batch_size, ds.mean, ds.std, run.mesh,
-                            prefix=split)
+  out = evaluation.evaluate(
+    eval_fn,
+    run.state.params,
+    run.state.batch_stats,
+    data,
+    run.config.eval_batch_size,
+    ds.mean,
+    ds.std,
+    run.mesh,
+    prefix=split,
+  )
   return {**out, "step": run.step}
 
 
@@ -180,6 +193,7 @@ def _search_step_of_psi(workdir: str) -> tuple[np.ndarray, dict]:
   recorded for it in genotype.json's meta (it writes the arrays first, then
   genotype.json): read around them until both agree, so a search writing them
   meanwhile is never mixed."""
+
   def recorded():
     try:
       with open(os.path.join(workdir, "genotype.json")) as f:
@@ -187,6 +201,7 @@ def _search_step_of_psi(workdir: str) -> tuple[np.ndarray, dict]:
       return {k: meta[k] for k in ("step", "epoch") if k in meta}
     except (OSError, ValueError, AttributeError):
       return {}
+
   edge_path = os.path.join(workdir, "edge_weights.npy")
   for _ in range(5):
     before = recorded()
@@ -208,9 +223,11 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
   if newest is not None:
     info["meta"] = _with_ops(newest[1])
     if "genotype" in info["meta"]:
-      raise WorkdirError(f"{workdir} is a retraining workdir (its checkpoints hold a "
-                         "genotype, not architecture parameters); derive reads a "
-                         "search's workdir")
+      raise WorkdirError(
+        f"{workdir} is a retraining workdir (its checkpoints hold a "
+        "genotype, not architecture parameters); derive reads a "
+        "search's workdir"
+      )
   primitives = _primitives(workdir, info.get("meta"))
   psi_path = os.path.join(workdir, "psi.npy")
   if os.path.isfile(psi_path):
@@ -218,12 +235,16 @@ def search_psi(workdir: str) -> tuple[np.ndarray, tuple[str, ...], dict]:
     info.update(source=psi_path, **recorded)
     return psi, primitives, info
   if newest is None:
-    raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a "
-                       "search workdir?")
+    raise WorkdirError(f"{workdir} has neither psi.npy nor a checkpoint: is it a search workdir?")
   state, meta, step = restore_search_run(workdir)
   psi, edge = search_arch_weights_of(meta, state.arch_params)
-  info.update(meta=meta, step=step, source=f"{ckpt} (step {step})",
-              epoch=step // meta["steps_per_epoch"], edge_weights=edge)
+  info.update(
+    meta=meta,
+    step=step,
+    source=f"{ckpt} (step {step})",
+    epoch=step // meta["steps_per_epoch"],
+    edge_weights=edge,
+  )
   return psi, primitives, info
 
 
@@ -231,8 +252,9 @@ def search_arch_weights_of(meta: dict, arch_params) -> tuple[np.ndarray, np.ndar
   """ψ [L, 14, Op] and the edge weights [L, 14] (float32) of a search checkpoint's
   architecture parameters."""
   config = meta["config"]
-  spec = arch_lib.create_arch_spec(config["arch"], config["model"]["num_layers"],
-                                   len(meta["primitives"]))
+  spec = arch_lib.create_arch_spec(
+    config["arch"], config["model"]["num_layers"], len(meta["primitives"])
+  )
   psi, edge = jax.jit(spec.arch_weights)(arch_params)
   return np.asarray(psi, np.float32), np.asarray(edge, np.float32)
 
@@ -251,8 +273,10 @@ def _primitives(workdir: str, meta: dict | None) -> tuple[str, ...]:
       primitives = json.load(f).get("primitives")
     if primitives:
       return tuple(primitives)
-  raise WorkdirError(f"cannot tell the candidate operations of {workdir}: no "
-                     "checkpoint meta and no genotype.json with 'primitives'")
+  raise WorkdirError(
+    f"cannot tell the candidate operations of {workdir}: no "
+    "checkpoint meta and no genotype.json with 'primitives'"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +290,7 @@ class SearchResult:
   config: the search config (rebuilt from the checkpoint's meta).
   meta: the checkpoint's meta as saved (dataset, image shape, steps per epoch, ...).
   """
+
   psi: np.ndarray
   arch_params: Any
   genotype: genotype_lib.GlobalGenotype
@@ -279,8 +304,9 @@ class SearchResult:
     return self.step // self.meta.get("steps_per_epoch", 1)
 
 
-def load_search(workdir: str, step: int | None = None,
-                edges_per_node: int | None = None) -> SearchResult:
+def load_search(
+  workdir: str, step: int | None = None, edges_per_node: int | None = None
+) -> SearchResult:
   """ψ, the architecture parameters and the derived global genotype of a search
   workdir's checkpoint `step` (default: the newest intact one), derived as the
   search's config.derive says (`edges_per_node` replacing its)."""
@@ -291,10 +317,10 @@ def load_search(workdir: str, step: int | None = None,
   derivation = genotype_lib.Derivation.from_config(meta["config"]["derive"])
   if edges_per_node is not None:
     derivation = dataclasses.replace(derivation, edges_per_node=edges_per_node)
-  geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
-                                      edge_weights=edge)
-  return SearchResult(psi, arch_params, geno, primitives,
-                      ml_collections.ConfigDict(meta["config"]), int(step), meta)
+  geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation, edge_weights=edge)
+  return SearchResult(
+    psi, arch_params, geno, primitives, ml_collections.ConfigDict(meta["config"]), int(step), meta
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +331,7 @@ class Classifier:
   Images are NHWC (or HWC for one image; NHW when there is one channel), uint8 in
   0..255 or float in 0..1, of the shape the network was trained on (`image_shape`).
   """
+
   net: network.NetworkCIFAR
   variables: Any
   mean: tuple[float, ...]
@@ -325,8 +352,10 @@ class Classifier:
     elif x.ndim == 3 and self.image_shape[-1] == 1 and x.shape[1:] == self.image_shape[:2]:
       x = x[..., None]
     if x.ndim != 4 or x.shape[1:] != self.image_shape:
-      raise ValueError(f"images of shape {np.shape(images)}; this network takes "
-                       f"[N, {', '.join(map(str, self.image_shape))}]")
+      raise ValueError(
+        f"images of shape {np.shape(images)}; this network takes "
+        f"[N, {', '.join(map(str, self.image_shape))}]"
+      )
     if x.dtype == np.uint8:
       x = x.astype(np.float32) / 255.0
     else:
@@ -342,11 +371,12 @@ class Classifier:
     n, b = len(x), self.batch_size
     out = []
     for i in range(0, n, b):  # fixed-size (padded) batches: one compilation
-      chunk = x[i:i + b]
+      chunk = x[i : i + b]
       size = b if n > b else n
       pad = np.zeros((size - len(chunk),) + x.shape[1:], np.float32)
-      out.append(np.asarray(self._apply(self.variables, np.concatenate([chunk, pad])))
-                 [:len(chunk)])
+      out.append(
+        np.asarray(self._apply(self.variables, np.concatenate([chunk, pad])))[: len(chunk)]
+      )
     return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
   def predict(self, images) -> np.ndarray:
@@ -360,12 +390,22 @@ def load_classifier(workdir: str, step: int | None = None) -> Classifier:
   meta = run.meta
   missing = [k for k in ("mean", "std") if k not in meta]
   if missing:
-    raise WorkdirError(f"the checkpoint of {workdir} at step {run.step} has no input "
-                       f"normalisation ({', '.join(missing)}) in its meta")
+    raise WorkdirError(
+      f"the checkpoint of {workdir} at step {run.step} has no input "
+      f"normalisation ({', '.join(missing)}) in its meta"
+    )
   mean, std = tuple(meta["mean"]), tuple(meta["std"])
   variables = jax.device_get(run.variables)
   variables = jax.tree.map(jnp.asarray, variables)  # on the default device, unsharded
-  return Classifier(net=run.net_eval, variables=variables, mean=mean, std=std,
-                    image_shape=tuple(meta["image_shape"]),
-                    num_classes=int(meta["num_classes"]), genotype=run.genotype,
-                    config=run.config, step=run.step, meta=meta)
+  return Classifier(
+    net=run.net_eval,
+    variables=variables,
+    mean=mean,
+    std=std,
+    image_shape=tuple(meta["image_shape"]),
+    num_classes=int(meta["num_classes"]),
+    genotype=run.genotype,
+    config=run.config,
+    step=run.step,
+    meta=meta,
+  )

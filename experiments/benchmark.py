@@ -64,16 +64,21 @@ _IMAGE = flags.DEFINE_integer("image_size", 32, "Image height and width.")
 _CHANNELS = flags.DEFINE_integer("image_channels", 3, "Image channels.")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "Batches ahead for --what=prefetch.")
 _TOPOLOGY = flags.DEFINE_string("aot_topology", "v5e:2x2", "TPU topology for --what=aot.")
-_CHIPS = flags.DEFINE_integer("aot_chips", 1, "Chips of the topology the program uses "
-                              "(data parallel) for --what=aot.")
+_CHIPS = flags.DEFINE_integer(
+  "aot_chips", 1, "Chips of the topology the program uses (data parallel) for --what=aot."
+)
 _PEER_DIR = flags.DEFINE_string("peer_dir", None, "A PC-DARTS checkout for --what=peer.")
-_PEER_PYTHON = flags.DEFINE_string("peer_python", None, "Python with torch for --what=peer "
-                                   "(default: this one).")
-_PEER_THREADS = flags.DEFINE_integer("peer_threads", 0, "Torch threads for --what=peer "
-                                     "(0: every core).")
-_PROGRAMS = flags.DEFINE_list("aot_programs", ["search_step", "search_eval_step",
-                                               "train_step"],
-                              "Programs to compile for --what=aot.")
+_PEER_PYTHON = flags.DEFINE_string(
+  "peer_python", None, "Python with torch for --what=peer (default: this one)."
+)
+_PEER_THREADS = flags.DEFINE_integer(
+  "peer_threads", 0, "Torch threads for --what=peer (0: every core)."
+)
+_PROGRAMS = flags.DEFINE_list(
+  "aot_programs",
+  ["search_step", "search_eval_step", "train_step"],
+  "Programs to compile for --what=aot.",
+)
 
 
 def _emit(record):
@@ -92,56 +97,93 @@ def main(argv):
     if _WHAT.value != ["aot"]:
       raise app.UsageError("--what=aot compiles for a TPU on the CPU: measure it alone")
     from dnas_jax.tools import aot  # pylint: disable=g-import-not-at-top
+
     with cli.user_errors():
       aot.prepare_environment(_TOPOLOGY.value)
       for depth, batch in zip(depths, batches):
         c = config.copy_and_resolve_references()
         c.model.num_layers, c.batch_size = depth, batch
         for record in benchmarking.aot_compile(
-            c, _RETRAIN.value if depth == depths[0] else None, _TOPOLOGY.value, shape,
-            num_chips=_CHIPS.value, programs=_PROGRAMS.value):
+          c,
+          _RETRAIN.value if depth == depths[0] else None,
+          _TOPOLOGY.value,
+          shape,
+          num_chips=_CHIPS.value,
+          programs=_PROGRAMS.value,
+        ):
           _emit(record)
     return
   if "profile" in _WHAT.value:
     from dnas_jax.tools import step_profile  # pylint: disable=g-import-not-at-top
+
     step_profile.enable_instruction_events()  # before JAX's CPU backend starts
   if "peer" in _WHAT.value and not _PEER_DIR.value:
-    raise app.UsageError("--what=peer needs --peer_dir (a checkout of "
-                         "https://github.com/yuhuixu1993/PC-DARTS)")
+    raise app.UsageError(
+      "--what=peer needs --peer_dir (a checkout of https://github.com/yuhuixu1993/PC-DARTS)"
+    )
   with cli.user_errors():
     for depth, batch in zip(depths, batches):
       c = config.copy_and_resolve_references()
       c.model.num_layers, c.batch_size = depth, batch
       if "peer" in _WHAT.value:
-        _emit(benchmarking.benchmark_peer(
-            c, _PEER_DIR.value, shape, steps=_STEPS.value, warmup=_WARMUP.value,
-            peer_python=_PEER_PYTHON.value, threads=_PEER_THREADS.value or None))
+        _emit(
+          benchmarking.benchmark_peer(
+            c,
+            _PEER_DIR.value,
+            shape,
+            steps=_STEPS.value,
+            warmup=_WARMUP.value,
+            peer_python=_PEER_PYTHON.value,
+            threads=_PEER_THREADS.value or None,
+          )
+        )
       if "profile" in _WHAT.value:
-        record = step_profile.profile_search_step(c, shape, steps=_STEPS.value,
-                                                  warmup=_WARMUP.value)
+        record = step_profile.profile_search_step(
+          c, shape, steps=_STEPS.value, warmup=_WARMUP.value
+        )
         _emit(record)
         print(step_profile.markdown(record), file=sys.stderr, flush=True)
       if "convs" in _WHAT.value:
-        _emit({"what": "convolutions", "num_layers": depth,
-               "convolutions": benchmarking.count_convolutions(c, shape)})
+        _emit(
+          {
+            "what": "convolutions",
+            "num_layers": depth,
+            "convolutions": benchmarking.count_convolutions(c, shape),
+          }
+        )
       if "search" in _WHAT.value:
-        _emit(benchmarking.benchmark_search_step(c, shape, steps=_STEPS.value,
-                                                 warmup=_WARMUP.value))
+        _emit(
+          benchmarking.benchmark_search_step(c, shape, steps=_STEPS.value, warmup=_WARMUP.value)
+        )
       if "prefetch" in _WHAT.value:
-        _emit(benchmarking.benchmark_prefetch(c, shape, steps=_STEPS.value,
-                                              warmup=_WARMUP.value,
-                                              prefetch=_PREFETCH.value))
+        _emit(
+          benchmarking.benchmark_prefetch(
+            c, shape, steps=_STEPS.value, warmup=_WARMUP.value, prefetch=_PREFETCH.value
+          )
+        )
     if "train" in _WHAT.value and _RETRAIN.value is not None:
-      _emit(benchmarking.benchmark_train_step(_RETRAIN.value, shape, steps=_STEPS.value,
-                                              warmup=_WARMUP.value))
+      _emit(
+        benchmarking.benchmark_train_step(
+          _RETRAIN.value, shape, steps=_STEPS.value, warmup=_WARMUP.value
+        )
+      )
     if "input" in _WHAT.value:
       from dnas_jax.tools import data_benchmark  # pylint: disable=g-import-not-at-top
+
       ds = data_benchmark.random_dataset(10_000, shape[0], shape[2])
-      aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding,
-                                         flip=config.data.flip)
-      _emit({"what": "input_pipeline", "batch_size": batches[0], "image_shape": list(shape),
-             "images_per_s": round(data_benchmark.measure_input_throughput(
-                 ds, batches[0], aug, 2.0), 1)})
+      aug = input_pipeline.AugmentConfig(
+        crop_padding=config.data.crop_padding, flip=config.data.flip
+      )
+      _emit(
+        {
+          "what": "input_pipeline",
+          "batch_size": batches[0],
+          "image_shape": list(shape),
+          "images_per_s": round(
+            data_benchmark.measure_input_throughput(ds, batches[0], aug, 2.0), 1
+          ),
+        }
+      )
 
 
 if __name__ == "__main__":

@@ -20,22 +20,36 @@ from dnas_jax.training import validation
 from dnas_jax.training import workdir
 
 _COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache", None, "Folder of the persistent compilation cache: a second run of "
-    "the same command, or a resume, reads its compiled programs from there (default: "
-    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/dnas_jax/xla; empty: no cache).")
+  "compile_cache",
+  None,
+  "Folder of the persistent compilation cache: a second run of "
+  "the same command, or a resume, reads its compiled programs from there (default: "
+  "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/dnas_jax/xla; empty: no cache).",
+)
 
-USER_ERRORS = (validation.ConfigError, aot.AotUnavailableError,
-               datasets.DatasetNotFoundError, datasets.DatasetFormatError,
-               search_loop.NonFiniteLossError, checkpoints.NonFiniteStateError,
-               checkpoints.CheckpointError, workdir.WorkdirError,
-               genotype.GenotypeFormatError, genotype.NonFinitePsiError, ops.OperationError)
+USER_ERRORS = (
+  validation.ConfigError,
+  aot.AotUnavailableError,
+  datasets.DatasetNotFoundError,
+  datasets.DatasetFormatError,
+  search_loop.NonFiniteLossError,
+  checkpoints.NonFiniteStateError,
+  checkpoints.CheckpointError,
+  workdir.WorkdirError,
+  genotype.GenotypeFormatError,
+  genotype.NonFinitePsiError,
+  ops.OperationError,
+)
 
 
 def define_resume_flag():
   return flags.DEFINE_bool(
-      "resume_with_changes", False, "Resume the run in --workdir although the config "
-      "differs from the one it was started with (the differences are listed; a change "
-      "of shape cannot resume).")
+    "resume_with_changes",
+    False,
+    "Resume the run in --workdir although the config "
+    "differs from the one it was started with (the differences are listed; a change "
+    "of shape cannot resume).",
+  )
 
 
 def config_value(flag):
@@ -77,8 +91,7 @@ class _QuietLibraries:
   def filter(self, record) -> bool:
     if record.levelno <= 20:
       return not any(f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
-    if record.exc_info and any(f"/{lib}/" in record.pathname
-                               for lib in ("orbax", "asyncio")):
+    if record.exc_info and any(f"/{lib}/" in record.pathname for lib in ("orbax", "asyncio")):
       return checkpoints.write_failure(record.exc_info[1]) is None
     return True
 
@@ -90,10 +103,13 @@ def _remember_loaded_configs() -> dict:
   loaded = {}
   for name, flag in flags.FLAGS._flags().items():  # pylint: disable=protected-access
     if isinstance(flag.parser, ml_config_flags.ConfigFileFlagParser) and not hasattr(
-        flag.parser, "dnas_loaded"):
+      flag.parser, "dnas_loaded"
+    ):
+
       def parse(argument, inner=flag.parser.parse, name=name):
         loaded[name] = inner(argument)
         return loaded[name]
+
       flag.parser.parse, flag.parser.dnas_loaded = parse, loaded
   return loaded
 
@@ -130,11 +146,15 @@ def _quiet_closed_loops(hook):
   from its threads when a write finishes whose asyncio loop Orbax has closed: the other
   writes of a checkpoint after one of them failed (a full disk), which the run reports
   in one line."""
+
   def unraisablehook(unraisable):
-    if (isinstance(unraisable.exc_value, RuntimeError)
-        and str(unraisable.exc_value) == "Event loop is closed"):
+    if (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"
+    ):
       return
     hook(unraisable)
+
   return unraisablehook
 
 
@@ -156,7 +176,7 @@ def run(main):
   def with_cache(argv):
     runtime.skip_absent_tpu()
     folder = _COMPILE_CACHE.value
-    runtime.enable_persistent_cache(
-        runtime.default_cache_dir() if folder is None else folder)
+    runtime.enable_persistent_cache(runtime.default_cache_dir() if folder is None else folder)
     return main(argv)
+
   app.run(with_cache, flags_parser=_parse_flags)

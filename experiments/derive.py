@@ -32,17 +32,27 @@ from dnas_jax.search import derivation
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Search run directory.")
-_EDGES = flags.DEFINE_integer("edges_per_node", None,
-                              "Incoming edges kept per node (default: the search's, 2).")
-_RULE = flags.DEFINE_string("rule", None, "top_k (DARTS) or threshold (FairDARTS); "
-                            "default: the search's config.derive.rule.")
-_THRESHOLD = flags.DEFINE_float("op_threshold", None, "threshold rule: the least "
-                                "operation weight kept (default: the search's, 0.85).")
-_MAX_SKIP = flags.DEFINE_integer("max_skip_connects", None, "At most this many "
-                                 "skip-connects per normal cell (P-DARTS: 2); -1: no "
-                                 "cap (default: the search's).")
-_NUM_LAYERS = flags.DEFINE_integer("num_layers", None,
-                                   "Target depth L_t (default: the search depth).")
+_EDGES = flags.DEFINE_integer(
+  "edges_per_node", None, "Incoming edges kept per node (default: the search's, 2)."
+)
+_RULE = flags.DEFINE_string(
+  "rule", None, "top_k (DARTS) or threshold (FairDARTS); default: the search's config.derive.rule."
+)
+_THRESHOLD = flags.DEFINE_float(
+  "op_threshold",
+  None,
+  "threshold rule: the least operation weight kept (default: the search's, 0.85).",
+)
+_MAX_SKIP = flags.DEFINE_integer(
+  "max_skip_connects",
+  None,
+  "At most this many "
+  "skip-connects per normal cell (P-DARTS: 2); -1: no "
+  "cap (default: the search's).",
+)
+_NUM_LAYERS = flags.DEFINE_integer(
+  "num_layers", None, "Target depth L_t (default: the search depth)."
+)
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: --workdir).")
 
 
@@ -55,12 +65,18 @@ def main(argv):
       derivation.check_options(_EDGES.value, _NUM_LAYERS.value)
       out = derivation.output_folder(workdir, _OUT.value)
       psi, primitives, info = api.search_psi(workdir)
-      result = derivation.write_derivation(out, psi, primitives, info, _EDGES.value,
-                                           _NUM_LAYERS.value,
-                                           title=f"derived from {workdir}",
-                                           rule=_RULE.value,
-                                           op_threshold=_THRESHOLD.value,
-                                           max_skip_connects=_MAX_SKIP.value)
+      result = derivation.write_derivation(
+        out,
+        psi,
+        primitives,
+        info,
+        _EDGES.value,
+        _NUM_LAYERS.value,
+        title=f"derived from {workdir}",
+        rule=_RULE.value,
+        op_threshold=_THRESHOLD.value,
+        max_skip_connects=_MAX_SKIP.value,
+      )
     except (api.WorkdirError, ValueError) as e:
       raise SystemExit(f"error: {e}") from None
   geno = result["mapped"] or result["genotype"]

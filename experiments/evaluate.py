@@ -35,9 +35,11 @@ def main(argv):
       raise SystemExit(f"error: {e}") from None
   split = _SPLIT.value
   print(json.dumps(result, indent=1))
-  print(f"{split} loss: {result[f'{split}_loss']:.4f}  {split} accuracy: "
-        f"{result[f'{split}_accuracy']:.4f}  {split} error: "
-        f"{100 * result[f'{split}_error']:.2f} %  (step {result['step']})")
+  print(
+    f"{split} loss: {result[f'{split}_loss']:.4f}  {split} accuracy: "
+    f"{result[f'{split}_accuracy']:.4f}  {split} error: "
+    f"{100 * result[f'{split}_error']:.2f} %  (step {result['step']})"
+  )
 
 
 if __name__ == "__main__":

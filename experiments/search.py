@@ -18,11 +18,12 @@ from dnas_jax.search import loop as search_loop
 from dnas_jax.search import methods
 from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file.", lock_config=True)
 _RESUME_WITH_CHANGES = cli.define_resume_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: "
-                               "workdirs/<dataset>_<method>, e.g. cifar10_dnas).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (default: workdirs/<dataset>_<method>, e.g. cifar10_dnas)."
+)
+
 
 def main(argv):
   if len(argv) > 1:
@@ -31,8 +32,7 @@ def main(argv):
   with cli.user_errors():
     workdir = _WORKDIR.value or methods.default_workdir(config)
     logging.info("workdir: %s", os.path.abspath(workdir))
-    search_loop.train_and_evaluate(config, workdir,
-        allow_config_changes=_RESUME_WITH_CHANGES.value)
+    search_loop.train_and_evaluate(config, workdir, allow_config_changes=_RESUME_WITH_CHANGES.value)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ from dnas_jax.retrain import loop as retrain_loop
 from dnas_jax.retrain import setup as retrain_setup
 from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Retraining config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Retraining config file.", lock_config=True
+)
 _RESUME_WITH_CHANGES = cli.define_resume_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: "
-                               "workdirs/<dataset>_retrain).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (default: workdirs/<dataset>_retrain)."
+)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the parameter counts and exit.")
 
 
@@ -40,10 +42,13 @@ def main(argv):
       return
     workdir = _WORKDIR.value or os.path.join("workdirs", f"{config.data.dataset}_retrain")
     logging.info("workdir: %s", os.path.abspath(workdir))
-    result = retrain_loop.train_and_evaluate(config, workdir,
-        allow_config_changes=_RESUME_WITH_CHANGES.value)
-  print(f"test accuracy: {result['test_accuracy']:.4f}  test error: "
-        f"{100 * result['test_error']:.2f} %  ({result['num_params']} parameters)")
+    result = retrain_loop.train_and_evaluate(
+      config, workdir, allow_config_changes=_RESUME_WITH_CHANGES.value
+    )
+  print(
+    f"test accuracy: {result['test_accuracy']:.4f}  test error: "
+    f"{100 * result['test_error']:.2f} %  ({result['num_params']} parameters)"
+  )
 
 
 if __name__ == "__main__":

@@ -12,20 +12,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0"
-                             " --xla_llvm_disable_expensive_passes=true").strip()
+  os.environ["XLA_FLAGS"] = (
+    _flags + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  ).strip()
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CACHE = os.environ.get("DNAS_TEST_JAX_CACHE",
-                        os.path.join(tempfile.gettempdir(), "dnas_jax_test_cache"))
+_CACHE = os.environ.get(
+  "DNAS_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "dnas_jax_test_cache")
+)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)  # for subprocesses too
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +36,7 @@ def tiny_search(tmp_path_factory):
   it (each search costs tens of seconds of tracing here): (workdir, result)."""
   from dnas_jax.configs import test as test_config  # pylint: disable=g-import-not-at-top
   from dnas_jax.search import loop as search_loop  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path_factory.mktemp("tiny_search") / "run")
   return workdir, search_loop.train_and_evaluate(test_config.get_config(), workdir)
 
@@ -43,8 +46,11 @@ def fresh_compile_cache(tmp_path):
   """JAX's persistent cache in a new folder for this test (and
   `compilation.compile_all` keeping its executables there)."""
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  before = {k: jax.config.values[k] for k in (
-      "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+
+  before = {
+    k: jax.config.values[k]
+    for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  }
   jax.config.update("jax_compilation_cache_dir", str(tmp_path))
   compilation_cache.reset_cache()  # JAX reads the folder once
   try:
@@ -70,7 +76,9 @@ def nan_images_from(monkeypatch):
       calls["n"] += 1
       out = normalize(images, mean, std)
       return out * np.nan if calls["n"] >= first else out
+
     monkeypatch.setattr(input_pipeline, "normalize", poisoned)
+
   return install
 
 
@@ -78,6 +86,7 @@ def nan_images_from(monkeypatch):
 def run_copy(tiny_search, tmp_path):
   """A copy of the finished tiny search's workdir, and its final state."""
   import shutil  # pylint: disable=g-import-not-at-top
+
   src, result = tiny_search
   dst = str(tmp_path / "run")
   shutil.copytree(src, dst)

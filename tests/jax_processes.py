@@ -24,15 +24,20 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def env_for(devices: int, process_id: int | None = None, num_processes: int = 1,
-            port: int | None = None) -> dict:
+def env_for(
+  devices: int, process_id: int | None = None, num_processes: int = 1, port: int | None = None
+) -> dict:
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                   if "xla_force_host_platform_device_count" not in f)
+  flags = " ".join(
+    f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+  )
   env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
   if process_id is not None:
-    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(process_id))
+    env.update(
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES=str(num_processes),
+      JAX_PROCESS_ID=str(process_id),
+    )
   return env
 
 
@@ -45,10 +50,16 @@ class Processes:
     for i in range(num):
       log = open(os.path.join(logdir, f"process_{i}.log"), "w")
       self.logs.append(log)
-      self.procs.append(subprocess.Popen(
-          [sys.executable, "-m", module, *args, "--config.distributed=True"], cwd=ROOT,
-          env=env_for(devices, i, num, port), stdout=log, stderr=subprocess.STDOUT,
-          start_new_session=True))
+      self.procs.append(
+        subprocess.Popen(
+          [sys.executable, "-m", module, *args, "--config.distributed=True"],
+          cwd=ROOT,
+          env=env_for(devices, i, num, port),
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          start_new_session=True,
+        )
+      )
 
   def signal(self, sig: int, which: int | None = None) -> None:
     for i, p in enumerate(self.procs):

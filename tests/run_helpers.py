@@ -26,8 +26,14 @@ def config(base=None, **overrides):
 def cli(module, *args, timeout=300):
   """Runs `python -m module args` from the repository root on the CPU."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def last_line(proc) -> str:
@@ -37,9 +43,17 @@ def last_line(proc) -> str:
 def hold_lock(workdir):
   """A process that takes the workdir's lock and waits."""
   proc = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom dnas_jax.training import workdir\n"
-       "workdir.acquire_lock(sys.argv[1]); print('locked', flush=True); time.sleep(300)",
-       workdir], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
-      stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sys, time\nfrom dnas_jax.training import workdir\n"
+      "workdir.acquire_lock(sys.argv[1]); print('locked', flush=True); time.sleep(300)",
+      workdir,
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert proc.stdout.readline().strip() == "locked"
   return proc

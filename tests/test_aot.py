@@ -12,14 +12,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _benchmark(*args):
   env = {**os.environ, "PYTHONPATH": REPO}
   env.pop("JAX_PLATFORMS", None)  # set by the command itself
-  return subprocess.run([sys.executable, "-m", "experiments.benchmark",
-                         "--config=experiments/configs/test.py", "--what=aot",
-                         "--image_size=8", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      "--config=experiments/configs/test.py",
+      "--what=aot",
+      "--image_size=8",
+      *args,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_aot_compiles_a_mixed_edge_for_a_tpu_v5e_chip():
   from dnas_jax.models import program  # pylint: disable=g-import-not-at-top
+
   # The test config traces its cells one by one; "auto" here takes the TPU's program.
   proc = _benchmark("--aot_programs=mixed_edge", "--config.program.scan=auto")
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,7 +42,7 @@ def test_aot_compiles_a_mixed_edge_for_a_tpu_v5e_chip():
   assert r["what"] == "aot_mixed_edge" and r["device_kind"].startswith("TPU v5")
   assert r["program"] == program.AUTO_PROGRAM["tpu"]  # written for the TPU
   assert r["compile_s"] > 0 and r["trace_lower_s"] > 0
-  assert r["hbm_bytes"] == 16 * 1024 ** 3 and r["fits_hbm"] is True
+  assert r["hbm_bytes"] == 16 * 1024**3 and r["fits_hbm"] is True
   assert 0 < r["total_bytes"] < r["hbm_bytes"] and r["temp_bytes"] >= 0
   assert r["fusions"] > 0 and r["convolutions"] > 0
 

@@ -20,10 +20,17 @@ from dnas_jax.training import workdir as workdir_lib
 
 # The README's "Restore in your own code" example, executed exactly as printed there.
 README_EXAMPLE = next(
-    block for block in re.findall(r"```python\n(.*?)```", open(
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "README.md"), encoding="utf-8").read(), flags=re.S)
-    if "api.load_search" in block)
+  block
+  for block in re.findall(
+    r"```python\n(.*?)```",
+    open(
+      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+      encoding="utf-8",
+    ).read(),
+    flags=re.S,
+  )
+  if "api.load_search" in block
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +63,9 @@ def test_readme_example_runs(runs, monkeypatch, capsys):
 def test_load_search_matches_artifacts(runs):
   _, search_dir, _, _ = runs
   result = api.load_search(search_dir)
-  np.testing.assert_allclose(result.psi, np.load(os.path.join(search_dir, "psi.npy")),
-                             rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+    result.psi, np.load(os.path.join(search_dir, "psi.npy")), rtol=1e-6, atol=1e-7
+  )
   with open(os.path.join(search_dir, "genotype.json")) as f:
     cells = json.load(f)["cells"]
   assert [c.to_dict() for c in result.genotype.cells] == cells
@@ -84,10 +92,12 @@ def test_classifier_normalisation_comes_from_the_meta_only(runs, tmp_path, monke
   """The input normalisation is read from the checkpoint's meta, never from the
   dataset; a meta without it is refused in one line."""
   from dnas_jax.retrain import setup as retrain_setup  # pylint: disable=g-import-not-at-top
+
   _, _, retrain_dir, _ = runs
 
   def no_data(config):
     raise AssertionError("the dataset was loaded")
+
   monkeypatch.setattr(retrain_setup, "load_data", no_data)
   clf = api.load_classifier(retrain_dir)
   assert len(clf.mean) == len(clf.std) == 3
@@ -120,8 +130,9 @@ def test_one_workdir_error_and_one_checkpoint_folder(tmp_path, monkeypatch):
   line), and look for checkpoints in the folder the runs write them to."""
   assert api.WorkdirError is workdir_lib.WorkdirError
   monkeypatch.setattr(workdir_lib, "CHECKPOINT_DIR", "elsewhere")
-  with pytest.raises(workdir_lib.WorkdirError,
-                     match=f"no checkpoint folder {tmp_path / 'elsewhere'}:"):
+  with pytest.raises(
+    workdir_lib.WorkdirError, match=f"no checkpoint folder {tmp_path / 'elsewhere'}:"
+  ):
     api.checkpoint_manager(str(tmp_path))
   with pytest.raises(workdir_lib.WorkdirError, match="cannot tell the candidate operations"):
     api.search_psi(str(tmp_path))

@@ -50,15 +50,17 @@ def test_decoupled_psi_matches_numpy_loop(domain):
   rng = np.random.default_rng(0)
   alpha, beta, gamma = rng.normal(size=(C, OP)), rng.normal(size=(L, C)), rng.normal(size=(L, OP))
   got = np.asarray(arch.decoupled_psi(alpha, beta, gamma, beta_domain=domain))
-  np.testing.assert_allclose(got, numpy_decoupled(alpha, beta, gamma, domain), rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(got, numpy_decoupled(alpha, beta, gamma, domain), rtol=1e-5, atol=1e-7)
 
 
 def test_decoupled_psi_per_cell_type_alpha():
   rng = np.random.default_rng(1)
   spec = arch.ArchSpec("decoupled", L, OP, alpha_sharing="cell_type")
-  params = {"alpha": rng.normal(size=(2, C, OP)), "beta": rng.normal(size=(L, C)),
-            "gamma": rng.normal(size=(L, OP))}
+  params = {
+    "alpha": rng.normal(size=(2, C, OP)),
+    "beta": rng.normal(size=(L, C)),
+    "gamma": rng.normal(size=(L, OP)),
+  }
   red = search_space.is_reduction(L)
   expected = numpy_decoupled(params["alpha"], params["beta"], params["gamma"], "layer", red)
   np.testing.assert_allclose(np.asarray(spec.psi(params)), expected, rtol=1e-5, atol=1e-7)
@@ -100,8 +102,9 @@ def test_full_matches_numpy_loop():
     for i in range(C):
       for j in range(OP):
         expected[k, i, j] = np.exp(logits[k, i, j]) / np.exp(logits[k, i]).sum()
-  np.testing.assert_allclose(np.asarray(spec.psi({"psi_logits": logits})), expected,
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(spec.psi({"psi_logits": logits})), expected, rtol=1e-5, atol=1e-7
+  )
 
 
 def test_number_of_architecture_parameters():
@@ -110,7 +113,8 @@ def test_number_of_architecture_parameters():
   assert arch.ArchSpec("full", 20, 7).num_params() == 20 * 14 * 7
   assert arch.ArchSpec("iam", 20, 8).num_params() == 2 * 14 * 8
   assert arch.ArchSpec("decoupled", 20, 7, alpha_sharing="cell_type").num_params() == (
-      20 * 14 + 20 * 7 + 2 * 14 * 7)
+    20 * 14 + 20 * 7 + 2 * 14 * 7
+  )
   for kind in arch.KINDS:
     spec = arch.ArchSpec(kind, 8, 7)
     params = spec.init(jax.random.key(0))
@@ -121,18 +125,22 @@ def test_number_of_architecture_parameters():
 def test_zero_one_loss_against_numpy():
   rng = np.random.default_rng(5)
   spec = arch.ArchSpec("decoupled", L, OP)
-  params = {"alpha": rng.normal(size=(C, OP)), "beta": rng.normal(size=(L, C)),
-            "gamma": rng.normal(size=(L, OP))}
+  params = {
+    "alpha": rng.normal(size=(C, OP)),
+    "beta": rng.normal(size=(L, C)),
+    "gamma": rng.normal(size=(L, OP)),
+  }
   s = np.concatenate([_sigmoid(params["alpha"]).ravel(), _sigmoid(params["gamma"]).ravel()])
-  np.testing.assert_allclose(float(spec.zero_one_loss(params)), -np.mean((s - 0.5) ** 2),
-                             rtol=1e-5)
+  np.testing.assert_allclose(float(spec.zero_one_loss(params)), -np.mean((s - 0.5) ** 2), rtol=1e-5)
   # Pushing the factors to 0 or 1 lowers the loss; at 0.5 it is 0.
   zeros = {k: np.zeros_like(v) for k, v in params.items()}
   assert float(spec.zero_one_loss(zeros)) == 0.0
   far = {k: 10 * np.sign(v) for k, v in params.items()}
   assert float(spec.zero_one_loss(far)) < float(spec.zero_one_loss(params)) < 0
-  assert float(arch.ArchSpec("full", L, OP).zero_one_loss(
-      {"psi_logits": rng.normal(size=(L, C, OP))})) == 0.0
+  assert (
+    float(arch.ArchSpec("full", L, OP).zero_one_loss({"psi_logits": rng.normal(size=(L, C, OP))}))
+    == 0.0
+  )
 
 
 def test_bad_values_name_the_field_and_valid_values():
@@ -150,8 +158,12 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
   red = search_space.is_reduction(L)
   # iam with edge normalisation: β per cell type, as PC-DARTS's betas_normal/_reduce.
   spec = arch.ArchSpec("iam", L, OP, edge_normalization=True)
-  params = {"alpha_normal": rng.normal(size=(C, OP)), "alpha_reduce": rng.normal(size=(C, OP)),
-            "beta_normal": rng.normal(size=(C,)), "beta_reduce": rng.normal(size=(C,))}
+  params = {
+    "alpha_normal": rng.normal(size=(C, OP)),
+    "alpha_reduce": rng.normal(size=(C, OP)),
+    "beta_normal": rng.normal(size=(C,)),
+    "beta_reduce": rng.normal(size=(C,)),
+  }
   w = spec.arch_weights(params)
   for k in range(L):
     kind = "reduce" if red[k] else "normal"
@@ -159,8 +171,9 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
       lo, hi = _node_of_connection(i)
       e = _softmax(params[f"beta_{kind}"][lo:hi])[i - lo]
       np.testing.assert_allclose(float(w.edge[k, i]), e, rtol=1e-5)
-      np.testing.assert_allclose(np.asarray(w.psi[k, i]),
-                                 _softmax(params[f"alpha_{kind}"][i]) * e, rtol=1e-5)
+      np.testing.assert_allclose(
+        np.asarray(w.psi[k, i]), _softmax(params[f"alpha_{kind}"][i]) * e, rtol=1e-5
+      )
   # full with edge normalisation: β per layer.
   spec = arch.ArchSpec("full", L, OP, edge_normalization=True)
   params = {"psi_logits": rng.normal(size=(L, C, OP)), "beta": rng.normal(size=(L, C))}
@@ -170,8 +183,9 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
       lo, hi = _node_of_connection(i)
       e = _softmax(params["beta"][k, lo:hi])[i - lo]
       np.testing.assert_allclose(float(w.edge[k, i]), e, rtol=1e-5)
-      np.testing.assert_allclose(np.asarray(w.psi[k, i]),
-                                 _softmax(params["psi_logits"][k, i]) * e, rtol=1e-5)
+      np.testing.assert_allclose(
+        np.asarray(w.psi[k, i]), _softmax(params["psi_logits"][k, i]) * e, rtol=1e-5
+      )
   # Without edge normalisation the edge weight is 1 and ψ the softmax alone.
   spec = arch.ArchSpec("full", L, OP)
   w = spec.arch_weights({"psi_logits": params["psi_logits"]})
@@ -179,8 +193,11 @@ def test_edge_weights_of_every_kind_against_numpy_loops():
   # DNAS: the edge weight is σβ, in either β domain; ψ / edge = σα · σγ.
   for domain in ("layer", "node"):
     spec = arch.ArchSpec("decoupled", L, OP, beta_domain=domain)
-    params = {"alpha": rng.normal(size=(C, OP)), "beta": rng.normal(size=(L, C)),
-              "gamma": rng.normal(size=(L, OP))}
+    params = {
+      "alpha": rng.normal(size=(C, OP)),
+      "beta": rng.normal(size=(L, C)),
+      "gamma": rng.normal(size=(L, OP)),
+    }
     w = spec.arch_weights(params)
     psi = numpy_decoupled(params["alpha"], params["beta"], params["gamma"], domain)
     np.testing.assert_allclose(np.asarray(w.psi), psi, rtol=1e-5, atol=1e-7)
@@ -201,7 +218,9 @@ def test_edge_normalization_parameters_and_errors():
     spec = arch.ArchSpec(kind, 8, 7, edge_normalization=True)
     params = spec.init(jax.random.key(0))
     assert sum(v.size for v in params.values()) == spec.num_params()
-    assert float(np.abs(np.asarray(params["beta" if kind == "full" else "beta_normal"])).max()) < 0.01
+    assert (
+      float(np.abs(np.asarray(params["beta" if kind == "full" else "beta_normal"])).max()) < 0.01
+    )
   with pytest.raises(ValueError, match="edge_normalization=True applies to"):
     arch.ArchSpec("decoupled", 8, 7, edge_normalization=True)
   with pytest.raises(ValueError, match="must be True or False"):

@@ -51,11 +51,13 @@ def test_lowered_search_step_has_the_same_convolutions_at_every_depth():
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   import jax  # pylint: disable=g-import-not-at-top
   from dnas_jax.training import sharding  # pylint: disable=g-import-not-at-top
+
   mesh = sharding.create_mesh(jax.devices()[:1])
   sharding.check_batch_size(7, mesh)  # one device divides everything
 
   class FakeMesh:  # the check reads only the device count
     devices = __import__("numpy").zeros(8)
+
   with pytest.raises(ValueError, match=r"config.batch_size=12 is not divisible by the 8"):
     sharding.check_batch_size(12, FakeMesh())
 
@@ -63,11 +65,24 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 def test_benchmark_command_prints_json_lines():
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/test.py",
-       "--config.model.num_layers=3",
-       "--retrain_config=experiments/configs/test_retrain.py", "--image_size=8",
-       "--steps=2", "--warmup=1", "--what=search,train,input"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      "--config=experiments/configs/test.py",
+      "--config.model.num_layers=3",
+      "--retrain_config=experiments/configs/test_retrain.py",
+      "--image_size=8",
+      "--steps=2",
+      "--warmup=1",
+      "--what=search,train,input",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   kinds = [r["what"] for r in records]
@@ -86,17 +101,36 @@ def test_profile_command_splits_the_step_by_kind_and_half():
   forward and backward, and the counted instructions cover the step's time."""
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/test.py",
-       "--config.model.num_layers=3", "--config.model.primitives=max_pool_3x3,sep_conv_3x3",
-       "--image_size=8", "--steps=2", "--warmup=1", "--what=profile"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      "--config=experiments/configs/test.py",
+      "--config.model.num_layers=3",
+      "--config.model.primitives=max_pool_3x3,sep_conv_3x3",
+      "--image_size=8",
+      "--steps=2",
+      "--warmup=1",
+      "--what=profile",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   (profile,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   assert profile["what"] == "search_step_profile"
-  assert {"architecture half, forward", "architecture half, backward",
-          "weight half, forward", "weight half, backward"} <= set(profile["by_half_ms"])
+  assert {
+    "architecture half, forward",
+    "architecture half, backward",
+    "weight half, forward",
+    "weight half, backward",
+  } <= set(profile["by_half_ms"])
   assert 0.3 < profile["covered"] < 2.5, profile
   from dnas_jax.kernels import cpu  # pylint: disable=g-import-not-at-top
+
   if cpu.available():  # the CPU program's kernels are custom calls in the profile
     assert any(k.startswith("compiled kernel dnas_jax_") for k in profile["by_kind_ms"])
   assert "| operation kind | ms/step |" in out.stderr

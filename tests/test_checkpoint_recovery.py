@@ -37,8 +37,12 @@ def _step_dir(workdir, step):
 
 
 def _data_files(step_dir):
-  return sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
-                for f in fs if os.sep + "d" + os.sep in os.path.join(r, f))
+  return sorted(
+    os.path.join(r, f)
+    for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+    for f in fs
+    if os.sep + "d" + os.sep in os.path.join(r, f)
+  )
 
 
 def _flip_bytes(path, where=0.25):
@@ -80,13 +84,24 @@ def _damage(workdir, how):
       json.dump(meta, f)
 
 
-WHY = {"bytes_overwritten": "its values differ from the digest saved with it",
-       "digest_lost": "its meta holds no digest of its values"}
+WHY = {
+  "bytes_overwritten": "its values differ from the digest saved with it",
+  "digest_lost": "its meta holds no digest of its values",
+}
 
 
-@pytest.mark.parametrize("how", ["bytes_overwritten", "file_truncated", "file_deleted",
-                                 "metadata_garbled", "meta_garbled", "folder_emptied",
-                                 "digest_lost"])
+@pytest.mark.parametrize(
+  "how",
+  [
+    "bytes_overwritten",
+    "file_truncated",
+    "file_deleted",
+    "metadata_garbled",
+    "meta_garbled",
+    "folder_emptied",
+    "digest_lost",
+  ],
+)
 def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact(run_copy, how, caplog):
   workdir, state = run_copy
   _damage(workdir, how)
@@ -112,8 +127,11 @@ def test_every_damaged_data_file_is_detected(run_copy, tmp_path):
   # Which file holds the values where (and which parts are compressed) varies from
   # run to run: try the largest files at spread positions until one decodes to
   # changed values.
-  trials = [(path, where) for path in sorted(files, key=os.path.getsize)[::-1][:3]
-            for where in np.linspace(0.02, 0.98, 12)]
+  trials = [
+    (path, where)
+    for path in sorted(files, key=os.path.getsize)[::-1][:3]
+    for where in np.linspace(0.02, 0.98, 12)
+  ]
   for i, (path, where) in enumerate(trials):
     if silent:
       break
@@ -126,8 +144,8 @@ def test_every_damaged_data_file_is_detected(run_copy, tmp_path):
     except ValueError:  # compressed bytes: the restore itself fails
       unverified = None
     changed = unverified is not None and not all(
-        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(unverified),
-                                             jax.tree.leaves(state)))
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(unverified), jax.tree.leaves(state))
+    )
     silent += changed
     restored, _, step = _restore(trial, state, move_damaged=False)
     if changed or unverified is None:
@@ -162,8 +180,7 @@ def test_search_resumes_past_a_damaged_checkpoint_to_the_same_result(run_copy):
   _damage(workdir, "bytes_overwritten")
   result = search_loop.train_and_evaluate(test_config.get_config(), workdir)
   assert int(result["state"].step) == NEWEST  # steps 15 and 16 run again
-  jax.tree.map(np.testing.assert_array_equal, result["state"].arch_params,
-               state.arch_params)
+  jax.tree.map(np.testing.assert_array_equal, result["state"].arch_params, state.arch_params)
   jax.tree.map(np.testing.assert_array_equal, result["state"].params, state.params)
 
 
@@ -178,8 +195,7 @@ def test_readers_skip_a_damaged_checkpoint_without_moving_it(run_copy, how):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "14", "16"]
 
 
-def test_leftovers_of_interrupted_writes_and_deletions_are_cleaned_quietly(run_copy,
-                                                                          caplog):
+def test_leftovers_of_interrupted_writes_and_deletions_are_cleaned_quietly(run_copy, caplog):
   workdir, _ = run_copy
   ckpt = os.path.join(workdir, "checkpoints")
   shutil.copytree(os.path.join(ckpt, "16"), os.path.join(ckpt, "18.orbax-checkpoint-tmp-7"))

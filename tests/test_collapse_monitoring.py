@@ -19,26 +19,35 @@ from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import search_space
 
-NORMAL = genotype_lib.CellGenotype((
+NORMAL = genotype_lib.CellGenotype(
+  (
     (("skip_connect", 0), ("max_pool_3x3", 1)),
     (("skip_connect", 0), ("sep_conv_3x3", 2)),
     (("avg_pool_3x3", 1), ("skip_connect", 3)),
-    (("dil_conv_3x3", 0), ("sep_conv_5x5", 4))))  # 5 of 8 parameter-free
-CONVS = genotype_lib.CellGenotype(tuple(
-    (("sep_conv_3x3", 0), ("dil_conv_5x5", 1)) for _ in range(4)))  # none
+    (("dil_conv_3x3", 0), ("sep_conv_5x5", 4)),
+  )
+)  # 5 of 8 parameter-free
+CONVS = genotype_lib.CellGenotype(
+  tuple((("sep_conv_3x3", 0), ("dil_conv_5x5", 1)) for _ in range(4))
+)  # none
 # A reduction cell: skip_connect from s0/s1 is a factorized reduce (1×1 convs), from a
 # node the identity.
-REDUCE = genotype_lib.CellGenotype((
+REDUCE = genotype_lib.CellGenotype(
+  (
     (("skip_connect", 0), ("skip_connect", 1)),
     (("skip_connect", 2), ("max_pool_3x3", 1)),
     (("sep_conv_3x3", 0), ("sep_conv_3x3", 1)),
-    (("sep_conv_3x3", 0), ("sep_conv_3x3", 1))), reduction=True)  # 2 of 8
+    (("sep_conv_3x3", 0), ("sep_conv_3x3", 1)),
+  ),
+  reduction=True,
+)  # 2 of 8
 GENO = genotype_lib.GlobalGenotype((NORMAL, REDUCE, CONVS, REDUCE, NORMAL))
 
 
 def test_parameter_free_share_counts_pools_and_identity_skips():
-  np.testing.assert_allclose(psi_stats.parameter_free_share(GENO),
-                             [5 / 8, 2 / 8, 0.0, 2 / 8, 5 / 8])
+  np.testing.assert_allclose(
+    psi_stats.parameter_free_share(GENO), [5 / 8, 2 / 8, 0.0, 2 / 8, 5 / 8]
+  )
   sparse = genotype_lib.CellGenotype(((("skip_connect", 0),), (), (), ()), False, (2,))
   assert psi_stats.parameter_free_share(genotype_lib.GlobalGenotype((sparse,)))[0] == 1
 
@@ -49,19 +58,26 @@ def test_summary_and_console_line_name_the_collapsed_layers():
   assert summary["parameter_free/layer_00"] == 5 / 8
   assert summary["parameter_free/layer_02"] == 0.0
   assert "psi_entropy/layer_04" in summary and "psi_skip/layer_04" in summary
-  assert not any(k.startswith("parameter_free") for k in
-                 artifacts.psi_summary(psi, search_space.PRIMITIVES))
+  assert not any(
+    k.startswith("parameter_free") for k in artifacts.psi_summary(psi, search_space.PRIMITIVES)
+  )
   line = artifacts.collapse_line(GENO)
-  assert line == ("parameter-free share of the derived cells per layer: "
-                  "0.62* 0.25 0.00 0.25 0.62* (* above half: layers 0, 4)")
+  assert line == (
+    "parameter-free share of the derived cells per layer: "
+    "0.62* 0.25 0.00 0.25 0.62* (* above half: layers 0, 4)"
+  )
   calm = genotype_lib.GlobalGenotype((CONVS, REDUCE, CONVS))
   assert "above half" not in artifacts.collapse_line(calm)
 
 
 def test_architecture_figure_marks_the_layers_above_half():
   fig = figures.plot_global_architecture(GENO)
-  marks = {round(t.get_position()[1]): t.get_text() for ax in fig.axes for t in ax.texts
-           if "no params" in t.get_text()}
+  marks = {
+    round(t.get_position()[1]): t.get_text()
+    for ax in fig.axes
+    for t in ax.texts
+    if "no params" in t.get_text()
+  }
   assert marks == {0: "▲ 62% no params", 4: "▲ 62% no params"}
   figures.close_figure(fig)
 
@@ -100,26 +116,34 @@ def test_search_writes_the_share_edge_weights_and_its_epochs(tiny_search):
   with open(os.path.join(workdir, "genotype.json")) as f:
     meta = json.load(f)["meta"]
   assert (meta["epoch"], meta["num_epochs"]) == (2, 2)
-  assert meta["derive"] == {"rule": "top_k", "edges_per_node": 2, "op_threshold": 0.85,
-                            "max_skip_connects": -1}
+  assert meta["derive"] == {
+    "rule": "top_k",
+    "edges_per_node": 2,
+    "op_threshold": 0.85,
+    "max_skip_connects": -1,
+  }
   assert result["genotype"] == genotype_lib.GlobalGenotype.load(
-      os.path.join(workdir, "genotype.json"))
+    os.path.join(workdir, "genotype.json")
+  )
 
 
 def _genotype_json(path, meta):
-  genotype_lib.derive_genotype(np.random.default_rng(0).random((5, 14, 7)),
-                               search_space.PRIMITIVES).save(
-      str(path), primitives=search_space.PRIMITIVES, meta=meta)
+  genotype_lib.derive_genotype(
+    np.random.default_rng(0).random((5, 14, 7)), search_space.PRIMITIVES
+  ).save(str(path), primitives=search_space.PRIMITIVES, meta=meta)
   return str(path)
 
 
-@pytest.mark.parametrize("meta,warned", [
+@pytest.mark.parametrize(
+  "meta,warned",
+  [
     ({"step": 30, "epoch": 3, "num_epochs": 10}, True),
     ({"step": 100, "epoch": 10, "num_epochs": 10}, False),
     ({"step": 30, "epoch": 3}, False),  # written before the meta had num_epochs
-    ({}, False)])
-def test_train_warns_on_a_genotype_from_an_unfinished_search(tmp_path, caplog, meta,
-                                                             warned):
+    ({}, False),
+  ],
+)
+def test_train_warns_on_a_genotype_from_an_unfinished_search(tmp_path, caplog, meta, warned):
   path = _genotype_json(tmp_path / "genotype.json", meta)
   caplog.set_level(logging.WARNING)
   retrain_setup.resolve_genotype(path, 5)
@@ -127,6 +151,8 @@ def test_train_warns_on_a_genotype_from_an_unfinished_search(tmp_path, caplog, m
   if not warned:
     assert lines == []
     return
-  assert lines == [f"config.genotype={path} comes from a search that had run 3 of its "
-                   "10 configured epochs when it was written: the architecture may not "
-                   "be the final one"]
+  assert lines == [
+    f"config.genotype={path} comes from a search that had run 3 of its "
+    "10 configured epochs when it was written: the architecture may not "
+    "be the final one"
+  ]

@@ -26,18 +26,21 @@ def _toy():
     logits = batch["image"] @ state["w"]
     loss = jnp.mean((logits - batch["label"][:, None]) ** 2, axis=-1)
     metrics = evaluation.EvalMetrics.single_from_model_output(
-        loss=loss, accuracy=(loss < 1.0).astype(jnp.float32), mask=batch["mask"])
+      loss=loss, accuracy=(loss < 1.0).astype(jnp.float32), mask=batch["mask"]
+    )
     return {"w": state["w"] - 0.1 * jnp.mean(logits), "n": state["n"] + 1}, metrics
+
   return jax.jit(step, donate_argnums=(0,)), traces
 
 
 def _inputs(rows=4):
   rng = np.random.default_rng(0)
-  state = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
-           "n": jnp.zeros((), jnp.int32)}
-  batch = {"image": jnp.asarray(rng.normal(size=(rows, 3)), jnp.float32),
-           "label": jnp.asarray(rng.normal(size=(rows,)), jnp.float32),
-           "mask": jnp.asarray([True] * (rows - 1) + [False])}
+  state = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "n": jnp.zeros((), jnp.int32)}
+  batch = {
+    "image": jnp.asarray(rng.normal(size=(rows, 3)), jnp.float32),
+    "label": jnp.asarray(rng.normal(size=(rows,)), jnp.float32),
+    "mask": jnp.asarray([True] * (rows - 1) + [False]),
+  }
   return state, batch
 
 
@@ -61,14 +64,12 @@ def _run(compiled, rows=4):
 
 def test_second_call_loads_the_executable_without_tracing(fresh_compile_cache):
   step, traces = _toy()
-  (first,), timings = compilation.compile_all([("toy", step, _inputs())],
-                                              cache_key={"run": 1})
+  (first,), timings = compilation.compile_all([("toy", step, _inputs())], cache_key={"run": 1})
   assert len(traces) == 1 and "trace_lower_s" in timings
   assert len(_files(fresh_compile_cache)) == 1
 
   step2, traces2 = _toy()  # a new process would have a new jitted function
-  (loaded,), timings = compilation.compile_all([("toy", step2, _inputs())],
-                                               cache_key={"run": 1})
+  (loaded,), timings = compilation.compile_all([("toy", step2, _inputs())], cache_key={"run": 1})
   assert not traces2 and "trace_lower_s" not in timings
   assert isinstance(loaded, jax.stages.Compiled)
   jax.tree.map(np.testing.assert_array_equal, _run(first), _run(loaded))
@@ -81,17 +82,17 @@ def test_second_call_loads_the_executable_without_tracing(fresh_compile_cache):
   loss = np.mean((b["image"] @ s["w"] - b["label"][:, None]) ** 2, axis=-1)[:3]
   new_state, metrics = _run(loaded)
   np.testing.assert_allclose(metrics["loss"], loss.mean(), rtol=1e-5)
-  np.testing.assert_allclose(new_state["w"], s["w"] - 0.1 * np.mean(b["image"] @ s["w"]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(new_state["w"], s["w"] - 0.1 * np.mean(b["image"] @ s["w"]), rtol=1e-5)
   assert new_state["n"] == 1
 
 
 def test_another_key_or_shape_compiles_again(fresh_compile_cache):
   def compile_toy(key, rows):  # as a new run would: a new jitted function, and XLA
-    step, traces = _toy()     # compiles (not JAX's cache: test_a_program_from_jax_...)
+    step, traces = _toy()  # compiles (not JAX's cache: test_a_program_from_jax_...)
     _forget_jax_cache(fresh_compile_cache)
     compilation.compile_all([("toy", step, _inputs(rows))], cache_key=key)
     return len(traces)
+
   assert compile_toy({"run": 1}, 4) == 1
   assert compile_toy({"run": 2}, 4) == 1
   assert compile_toy({"run": 1}, 5) == 1
@@ -122,8 +123,7 @@ def test_a_program_from_jax_cache_is_not_kept(fresh_compile_cache, caplog):
   assert len(_files(fresh_compile_cache)) == 1
   step2, traces2 = _toy()
   with caplog.at_level(logging.INFO):
-    (from_jax,), _ = compilation.compile_all([("toy", step2, _inputs())],
-                                             cache_key={"run": 2})
+    (from_jax,), _ = compilation.compile_all([("toy", step2, _inputs())], cache_key={"run": 2})
   assert len(traces2) == 1
   assert len(_files(fresh_compile_cache)) == 1
   assert "not kept for tracing-free loads" in caplog.text
@@ -142,8 +142,7 @@ def test_a_damaged_file_is_compiled_again_and_replaced(fresh_compile_cache, capl
   _forget_jax_cache(fresh_compile_cache)
   step2, traces2 = _toy()
   with caplog.at_level(logging.WARNING):
-    (again,), _ = compilation.compile_all([("toy", step2, _inputs())],
-                                          cache_key={"run": 1})
+    (again,), _ = compilation.compile_all([("toy", step2, _inputs())], cache_key={"run": 1})
   assert len(traces2) == 1
   assert "cannot use the cached executable" in caplog.text
   jax.tree.map(np.testing.assert_array_equal, _run(first), _run(again))
@@ -157,8 +156,7 @@ def test_the_key_follows_the_code_versions_and_flags(monkeypatch, tmp_path):
   args = _inputs()
   base = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   assert base == executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
-  assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "other", step,
-                                             args)
+  assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "other", step, args)
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_dump_to=/x")
   assert base != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   monkeypatch.undo()
@@ -190,27 +188,35 @@ def test_the_steps_output_structures_can_be_kept():
   import pickle  # pylint: disable=g-import-not-at-top
   from dnas_jax.retrain import steps as retrain_steps  # pylint: disable=g-import-not-at-top
   from dnas_jax.search import steps as search_steps  # pylint: disable=g-import-not-at-top
-  for collection in (search_steps.SearchMetrics, retrain_steps.TrainMetrics,
-                     evaluation.EvalMetrics):
+
+  for collection in (
+    search_steps.SearchMetrics,
+    retrain_steps.TrainMetrics,
+    evaluation.EvalMetrics,
+  ):
     tree = jax.tree.structure(collection.empty())
     assert pickle.loads(pickle.dumps(tree)) == tree, collection
   assert evaluation.output_metric(evaluation.metrics.Average, "loss") is (
-      evaluation.output_metric(evaluation.metrics.Average, "loss"))
+    evaluation.output_metric(evaluation.metrics.Average, "loss")
+  )
 
 
 def test_the_key_follows_the_users_operation_files(tmp_path, monkeypatch):
   """An operation file named in config.model.ops_modules is part of the program: edit
   it and the next run compiles afresh instead of loading the stale executable."""
   from dnas_jax.space import ops  # pylint: disable=g-import-not-at-top
+
   step, _ = _toy()
   args = _inputs()
   before = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   user_file = tmp_path / "key_ops.py"
-  source = ("from dnas_jax.space import ops\n"
-            "def key_op(channels, stride, affine, train, dtype, formulation):\n"
-            "  return ops.create_op('skip_connect', channels, stride, affine=affine,\n"
-            "                       train=train, dtype=dtype, formulation=formulation)\n"
-            "ops.register_op('key_test_op', key_op, replace=True)\n")
+  source = (
+    "from dnas_jax.space import ops\n"
+    "def key_op(channels, stride, affine, train, dtype, formulation):\n"
+    "  return ops.create_op('skip_connect', channels, stride, affine=affine,\n"
+    "                       train=train, dtype=dtype, formulation=formulation)\n"
+    "ops.register_op('key_test_op', key_op, replace=True)\n"
+  )
   user_file.write_text(source)
   monkeypatch.chdir(tmp_path)
   # The registry and the imported files as they were, restored below.
@@ -219,9 +225,7 @@ def test_the_key_follows_the_users_operation_files(tmp_path, monkeypatch):
   ops.import_ops_modules("key_ops.py")
   first = executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   assert first != before
-  assert first == executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step,
-                                                   args)
+  assert first == executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
   user_file.write_text(source + "# edited\n")
   ops.import_ops_modules("key_ops.py")
-  assert first != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step,
-                                                   args)
+  assert first != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)

@@ -29,8 +29,11 @@ def _pickle_py2_style(obj) -> bytes:
 
 def _cifar_batch(rng, n, num_classes, label_keys=(b"labels",)):
   data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-  batch = {b"batch_label": b"training batch", b"data": data,
-           b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+  batch = {
+    b"batch_label": b"training batch",
+    b"data": data,
+    b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+  }
   for key in label_keys:
     batch[key] = [int(v) for v in rng.integers(0, num_classes, n)]
   return batch
@@ -51,16 +54,16 @@ def write_cifar10(data_dir, n=10, seed=0, edit=None):
   loader orders by name, not by position in the tar.
   """
   rng = np.random.default_rng(seed)
-  batches = {f"cifar-10-batches-py/data_batch_{i}": _cifar_batch(rng, n, 10)
-             for i in range(1, 6)}
+  batches = {f"cifar-10-batches-py/data_batch_{i}": _cifar_batch(rng, n, 10) for i in range(1, 6)}
   batches["cifar-10-batches-py/test_batch"] = _cifar_batch(rng, n, 10)
   if edit:
     edit(batches)
   order = ["cifar-10-batches-py/test_batch", "cifar-10-batches-py/data_batch_3"]
   order += [m for m in batches if m not in order]
-  members = {"cifar-10-batches-py/batches.meta": _pickle_py2_style(
-      {b"label_names": [b"airplane"] * 10}),
-             "cifar-10-batches-py/readme.html": b"<html></html>"}
+  members = {
+    "cifar-10-batches-py/batches.meta": _pickle_py2_style({b"label_names": [b"airplane"] * 10}),
+    "cifar-10-batches-py/readme.html": b"<html></html>",
+  }
   members.update({m: _pickle_py2_style(batches[m]) for m in order if m in batches})
   _write_tar(os.path.join(data_dir, "cifar-10-python.tar.gz"), members)
   return batches
@@ -73,11 +76,14 @@ def write_cifar100(data_dir, n_train=20, n_test=10, seed=1):
   train[b"coarse_labels"] = [v % 20 for v in train[b"coarse_labels"]]
   test = _cifar_batch(rng, n_test, 100, keys)
   test[b"coarse_labels"] = [v % 20 for v in test[b"coarse_labels"]]
-  _write_tar(os.path.join(data_dir, "cifar-100-python.tar.gz"), {
+  _write_tar(
+    os.path.join(data_dir, "cifar-100-python.tar.gz"),
+    {
       "cifar-100-python/meta": _pickle_py2_style({b"fine_label_names": []}),
       "cifar-100-python/test": _pickle_py2_style(test),
       "cifar-100-python/train": _pickle_py2_style(train),
-  })
+    },
+  )
   return train, test
 
 
@@ -91,8 +97,7 @@ WNIDS = ["n03000000", "n01000000", "n02000000"]  # deliberately not sorted
 def _jpeg(rng, mode="RGB") -> bytes:
   shape = (64, 64, 3) if mode == "RGB" else (64, 64)
   buf = io.BytesIO()
-  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
-      buf, "JPEG", quality=90)
+  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, "JPEG", quality=90)
   return buf.getvalue()
 
 
@@ -115,12 +120,15 @@ def write_tiny_imagenet(data_dir, per_class=3, seed=0):
       mode = "L" if (w == WNIDS[0] and i == 1) else "RGB"  # a grayscale JPEG too
       put(f"train/{w}/images/{w}_{i}.JPEG", _jpeg(rng, mode))
     put(f"train/{w}/{w}_boxes.txt", "")
-  val = [("val_3.JPEG", WNIDS[1]), ("val_0.JPEG", WNIDS[0]), ("val_2.JPEG", WNIDS[2]),
-         ("val_1.JPEG", WNIDS[1])]
+  val = [
+    ("val_3.JPEG", WNIDS[1]),
+    ("val_0.JPEG", WNIDS[0]),
+    ("val_2.JPEG", WNIDS[2]),
+    ("val_1.JPEG", WNIDS[1]),
+  ]
   for name, _ in val:
     put(f"val/images/{name}", _jpeg(rng))
-  put("val/val_annotations.txt",
-      "".join(f"{name}\t{w}\t0\t0\t63\t63\n" for name, w in val))
+  put("val/val_annotations.txt", "".join(f"{name}\t{w}\t0\t0\t63\t63\n" for name, w in val))
   put("test/images/test_0.JPEG", _jpeg(rng))  # unlabelled: ignored
   return root
 
@@ -185,8 +193,7 @@ def test_cifar100_archive_fine_and_coarse_labels_and_own_stats(tmp_path):
   np.testing.assert_array_equal(fine.test_images, _hwc(test))
   np.testing.assert_array_equal(fine.train_labels, train[b"fine_labels"])
   np.testing.assert_array_equal(fine.test_labels, test[b"fine_labels"])
-  coarse = load_dataset("cifar100", source="archive", data_dir=str(tmp_path),
-                        coarse_labels=True)
+  coarse = load_dataset("cifar100", source="archive", data_dir=str(tmp_path), coarse_labels=True)
   assert coarse.num_classes == 20
   np.testing.assert_array_equal(coarse.train_labels, train[b"coarse_labels"])
   np.testing.assert_array_equal(coarse.test_labels, test[b"coarse_labels"])
@@ -209,12 +216,15 @@ def test_coarse_labels_only_for_cifar100(tmp_path):
     load_dataset("cifar10", "archive", str(tmp_path), coarse_labels=True)
 
 
-@pytest.mark.parametrize("name,source,archive", [
+@pytest.mark.parametrize(
+  "name,source,archive",
+  [
     ("cifar10", "archive", "cifar-10-python.tar.gz"),
     ("cifar10", "auto", "cifar-10-python.tar.gz"),
     ("cifar100", "archive", "cifar-100-python.tar.gz"),
     ("cifar100", "auto", "cifar-100-python.tar.gz"),
-])
+  ],
+)
 def test_missing_cifar_says_where_to_put_it(tmp_path, name, source, archive):
   with pytest.raises(DatasetNotFoundError) as excinfo:
     load_dataset(name, source, str(tmp_path))
@@ -240,7 +250,7 @@ def test_truncated_archive_is_a_format_error(tmp_path):
   write_cifar10(tmp_path)
   path = tmp_path / "cifar-10-python.tar.gz"
   blob = path.read_bytes()
-  path.write_bytes(blob[:len(blob) // 2])
+  path.write_bytes(blob[: len(blob) // 2])
   with pytest.raises(DatasetFormatError, match="truncated or corrupt") as excinfo:
     load_dataset("cifar10", "archive", str(tmp_path))
   assert str(path) in str(excinfo.value)
@@ -256,6 +266,7 @@ def test_garbage_archive_is_a_format_error(tmp_path):
 def test_label_count_mismatch_is_a_format_error(tmp_path):
   def drop_label(batches):
     batches["cifar-10-batches-py/data_batch_2"][b"labels"].pop()
+
   write_cifar10(tmp_path, edit=drop_label)
   with pytest.raises(DatasetFormatError, match="9 labels for 10 images") as excinfo:
     load_dataset("cifar10", "archive", str(tmp_path))
@@ -265,6 +276,7 @@ def test_label_count_mismatch_is_a_format_error(tmp_path):
 def test_label_out_of_range_is_a_format_error(tmp_path):
   def bad_label(batches):
     batches["cifar-10-batches-py/test_batch"][b"labels"][4] = 10
+
   write_cifar10(tmp_path, edit=bad_label)
   with pytest.raises(DatasetFormatError, match=r"labels must lie in \[0, 10\)"):
     load_dataset("cifar10", "archive", str(tmp_path))
@@ -280,6 +292,7 @@ def test_wrong_data_shape_is_a_format_error(tmp_path):
   def reshape(batches):
     b = batches["cifar-10-batches-py/data_batch_1"]
     b[b"data"] = b[b"data"][:, :1000]
+
   write_cifar10(tmp_path, edit=reshape)
   with pytest.raises(DatasetFormatError, match=r"uint8 array \[N, 3072\]"):
     load_dataset("cifar10", "archive", str(tmp_path))
@@ -310,12 +323,16 @@ def _check_tiny(ds, root):
   expect_train = [f"train/{w}/images/{w}_{i}.JPEG" for w in classes for i in (0, 1, 10)]
   np.testing.assert_array_equal(ds.train_labels, np.repeat([0, 1, 2], 3))
   np.testing.assert_array_equal(
-      ds.train_images, np.stack([_decoded(os.path.join(root, p)) for p in expect_train]))
+    ds.train_images, np.stack([_decoded(os.path.join(root, p)) for p in expect_train])
+  )
   # val sorted by file name; labels = index of the wnid in sorted(wnids.txt).
-  np.testing.assert_array_equal(ds.test_labels, [classes.index(w) for w in (
-      WNIDS[0], WNIDS[1], WNIDS[2], WNIDS[1])])
-  np.testing.assert_array_equal(ds.test_images, np.stack(
-      [_decoded(os.path.join(root, f"val/images/val_{i}.JPEG")) for i in range(4)]))
+  np.testing.assert_array_equal(
+    ds.test_labels, [classes.index(w) for w in (WNIDS[0], WNIDS[1], WNIDS[2], WNIDS[1])]
+  )
+  np.testing.assert_array_equal(
+    ds.test_images,
+    np.stack([_decoded(os.path.join(root, f"val/images/val_{i}.JPEG")) for i in range(4)]),
+  )
   _assert_stats(ds)
 
 
@@ -347,6 +364,7 @@ def test_tiny_imagenet_missing(tmp_path):
 def test_tiny_imagenet_missing_class_folder(tmp_path):
   root = write_tiny_imagenet(tmp_path)
   import shutil  # pylint: disable=g-import-not-at-top
+
   shutil.rmtree(os.path.join(root, "train", WNIDS[2]))
   with pytest.raises(DatasetFormatError, match=WNIDS[2]) as excinfo:
     load_dataset("tiny_imagenet", data_dir=str(tmp_path))
@@ -413,52 +431,72 @@ def write_tfds_metadata(data_dir, name, counts=(7, 3)):
   writes them when it prepares CIFAR in array_record format."""
   folder = os.path.join(data_dir, name, "3.0.2")
   os.makedirs(folder)
-  splits = [{"name": s, "shardLengths": [str(n)], "numBytes": "1000",
-             "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}
-            for s, n in zip(("train", "test"), counts)]
-  info = {"name": name, "version": "3.0.2", "fileFormat": "array_record",
-          "moduleName": "tensorflow_datasets.image_classification.cifar",
-          "splits": splits}
+  splits = [
+    {
+      "name": s,
+      "shardLengths": [str(n)],
+      "numBytes": "1000",
+      "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    }
+    for s, n in zip(("train", "test"), counts)
+  ]
+  info = {
+    "name": name,
+    "version": "3.0.2",
+    "fileFormat": "array_record",
+    "moduleName": "tensorflow_datasets.image_classification.cifar",
+    "splits": splits,
+  }
 
   def label(n):
-    return {"classLabel": {"numClasses": str(n)},
-            "pythonClassName": "tensorflow_datasets.core.features."
-                               "class_label_feature.ClassLabel"}
+    return {
+      "classLabel": {"numClasses": str(n)},
+      "pythonClassName": "tensorflow_datasets.core.features.class_label_feature.ClassLabel",
+    }
 
   features = {
-      "id": {"pythonClassName": "tensorflow_datasets.core.features.text_feature.Text",
-             "text": {}},
-      "image": {"image": {"dtype": "uint8",
-                          "shape": {"dimensions": ["32", "32", "3"]}},
-                "pythonClassName":
-                    "tensorflow_datasets.core.features.image_feature.Image"},
-      "label": label(10 if name == "cifar10" else 100),
+    "id": {"pythonClassName": "tensorflow_datasets.core.features.text_feature.Text", "text": {}},
+    "image": {
+      "image": {"dtype": "uint8", "shape": {"dimensions": ["32", "32", "3"]}},
+      "pythonClassName": "tensorflow_datasets.core.features.image_feature.Image",
+    },
+    "label": label(10 if name == "cifar10" else 100),
   }
   if name == "cifar100":
     features["coarse_label"] = label(20)
   with open(os.path.join(folder, "dataset_info.json"), "w") as f:
     json.dump(info, f)
   with open(os.path.join(folder, "features.json"), "w") as f:
-    json.dump({"featuresDict": {"features": features}, "pythonClassName":
-               "tensorflow_datasets.core.features.features_dict.FeaturesDict"}, f)
+    json.dump(
+      {
+        "featuresDict": {"features": features},
+        "pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
+      },
+      f,
+    )
   return folder
 
 
-@pytest.mark.parametrize("name,source,coarse", [
-    ("cifar10", "tfds", False), ("cifar10", "auto", False), ("cifar100", "tfds", True)])
+@pytest.mark.parametrize(
+  "name,source,coarse",
+  [("cifar10", "tfds", False), ("cifar10", "auto", False), ("cifar100", "tfds", True)],
+)
 def test_tfds_source_with_mock_data(tmp_path, name, source, coarse):
   tfds = pytest.importorskip("tensorflow_datasets")
   write_tfds_metadata(tmp_path, name)
   write_cifar10(tmp_path)  # auto must still prefer the prepared TFDS dataset
   kwargs = {"coarse_labels": True} if coarse else {}
-  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_FILES,
-                              data_dir=str(tmp_path)):
+  with tfds.testing.mock_data(
+    num_examples=6, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)
+  ):
     ds = load_dataset(name, source, str(tmp_path), **kwargs)
-    expect = tfds.data_source(name, split="train", data_dir=str(tmp_path),
-                              builder_kwargs={"file_format": "array_record"})
+    expect = tfds.data_source(
+      name, split="train", data_dir=str(tmp_path), builder_kwargs={"file_format": "array_record"}
+    )
     expect = [expect[i] for i in range(len(expect))]
-  assert ds.source == "tfds" and ds.num_classes == (20 if coarse else
-                                                    (10 if name == "cifar10" else 100))
+  assert ds.source == "tfds" and ds.num_classes == (
+    20 if coarse else (10 if name == "cifar10" else 100)
+  )
   assert ds.train_images.shape == (6, 32, 32, 3) and ds.train_images.dtype == np.uint8
   assert ds.test_images.shape == (6, 32, 32, 3) and ds.test_labels.dtype == np.int32
   key = "coarse_label" if coarse else "label"

@@ -35,8 +35,7 @@ def _intended_cells(num_layers):
       a, b = k % (n + 2), n + 1
       if a == b:
         a = 0
-      nodes.append(((PRIMS[(k + n) % len(PRIMS)], a),
-                    (PRIMS[(k + 2 * n + 1) % len(PRIMS)], b)))
+      nodes.append(((PRIMS[(k + n) % len(PRIMS)], a), (PRIMS[(k + 2 * n + 1) % len(PRIMS)], b)))
     cells.append(genotype_lib.CellGenotype(tuple(nodes), red[k]))
   return genotype_lib.GlobalGenotype(tuple(cells))
 
@@ -61,13 +60,16 @@ def test_hand_written_psi_derives_the_intended_global_genotype():
   network.check_genotype(derived)
 
 
-@pytest.mark.parametrize("target,source_layers", [
+@pytest.mark.parametrize(
+  "target,source_layers",
+  [
     # L=5: reductions at 1, 3; one normal cell per stage.
     (5, [0, 2, 3, 5, 6]),
     # L=14: reductions at 4, 9; four normal cells per stage take the source's two
     # normals of the same stage (0, 1 | 3, 4 | 6, 7) proportionally.
     (14, [0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7, 7]),
-])
+  ],
+)
 def test_target_depth_maps_reductions_to_reductions(target, source_layers):
   source = genotype_lib.derive_genotype(_psi_for(_intended_cells(L_SEARCH)), PRIMS)
   mapped = genotype_lib.map_to_depth(source, target)
@@ -89,8 +91,9 @@ def _fake_search_workdir(path, with_psi=True):
   psi = _psi_for(_intended_cells(L_SEARCH))
   if with_psi:
     np.save(os.path.join(path, "psi.npy"), psi)
-  genotype_lib.derive_genotype(psi, PRIMS).save(os.path.join(path, "genotype.json"),
-                                                 primitives=PRIMS)
+  genotype_lib.derive_genotype(psi, PRIMS).save(
+    os.path.join(path, "genotype.json"), primitives=PRIMS
+  )
   return psi
 
 
@@ -98,9 +101,20 @@ def test_derive_command_writes_genotypes_and_pngs(tmp_path):
   search_dir, out = str(tmp_path / "search"), str(tmp_path / "out")
   psi = _fake_search_workdir(search_dir)
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.derive", f"--workdir={search_dir}",
-       "--num_layers=5", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
-      check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    [
+      sys.executable,
+      "-m",
+      "experiments.derive",
+      f"--workdir={search_dir}",
+      "--num_layers=5",
+      f"--out={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   mapped = genotype_lib.map_to_depth(genotype_lib.derive_genotype(psi, PRIMS), 5)
   assert mapped.describe() in proc.stdout
   assert genotype_lib.GlobalGenotype.load(os.path.join(out, "genotype_L5.json")) == mapped
@@ -108,8 +122,7 @@ def test_derive_command_writes_genotypes_and_pngs(tmp_path):
     saved = json.load(f)
   assert saved["primitives"] == list(PRIMS)
   assert saved["meta"]["edges_per_node"] == 2 and saved["meta"]["search_layers"] == 8
-  for name in ("global_architecture.png", "global_architecture_L5.png",
-               "psi_heatmaps.png"):
+  for name in ("global_architecture.png", "global_architecture_L5.png", "psi_heatmaps.png"):
     with open(os.path.join(out, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
   assert any(n.startswith("events.out.tfevents") for n in os.listdir(out))
@@ -144,23 +157,32 @@ def test_derivation_replaces_every_file_atomically(tmp_path, monkeypatch):
   def replace(src, dst):
     replaced.append(os.path.abspath(dst))
     real_replace(src, dst)
+
   monkeypatch.setattr(os, "replace", replace)
   result = derivation.write_derivation(out, *api.search_psi(search_dir), num_layers=5)
   written = sorted(n for n in os.listdir(out) if not n.startswith("events.out"))
-  assert written == ["genotype.json", "genotype.txt", "genotype_L5.json",
-                     "genotype_L5.txt", "global_architecture.png",
-                     "global_architecture_L5.png", "psi_heatmaps.png"]
+  assert written == [
+    "genotype.json",
+    "genotype.txt",
+    "genotype_L5.json",
+    "genotype_L5.txt",
+    "global_architecture.png",
+    "global_architecture_L5.png",
+    "psi_heatmaps.png",
+  ]
   for name in written:
     assert os.path.join(out, name) in replaced, name
   assert sorted(result["files"]) == sorted(
-      os.path.join(out, n) for n in written if not n.endswith(".txt"))
+    os.path.join(out, n) for n in written if not n.endswith(".txt")
+  )
 
 
 def test_non_finite_psi_is_refused_by_the_library():
   psi = _psi_for(_intended_cells(L_SEARCH))
   psi[0, 0, 0], psi[3, 5, 1], psi[7, 13, 2] = np.nan, np.inf, -np.inf
-  with pytest.raises(genotype_lib.NonFinitePsiError,
-                     match=f"ψ holds 3 of {psi.size} values that are not finite"):
+  with pytest.raises(
+    genotype_lib.NonFinitePsiError, match=f"ψ holds 3 of {psi.size} values that are not finite"
+  ):
     genotype_lib.derive_genotype(psi, PRIMS)
 
 
@@ -170,13 +192,17 @@ def test_derive_command_refuses_a_non_finite_psi_in_one_line(tmp_path):
   psi[2, :2, 0] = np.nan
   np.save(os.path.join(search_dir, "psi.npy"), psi)
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.derive", f"--workdir={search_dir}",
-       f"--out={out}"], cwd=REPO, capture_output=True, text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    [sys.executable, "-m", "experiments.derive", f"--workdir={search_dir}", f"--out={out}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-      f"error: {os.path.join(search_dir, 'psi.npy')} holds 2 of {psi.size} values that "
-      "are not finite (NaN or inf): no genotype can be derived from it")
+    f"error: {os.path.join(search_dir, 'psi.npy')} holds 2 of {psi.size} values that "
+    "are not finite (NaN or inf): no genotype can be derived from it"
+  )
   assert "Traceback" not in proc.stderr
   assert not os.path.exists(out)  # nothing written
 
@@ -192,8 +218,9 @@ def _pc_darts_parse(weights, weights2, primitives):
     W = weights[start:end].copy()
     for j in range(n):
       W[j, :] = W[j, :] * weights2[start + j]
-    edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x]))
-                                                    if k != none))[:2]
+    edges = sorted(
+      range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != none)
+    )[:2]
     for j in edges:
       k_best = None
       for k in range(len(W[j])):
@@ -219,12 +246,17 @@ def test_pc_darts_derivation_uses_the_edge_weights():
       kind = "reduce" if cell.reduction else "normal"
       soft = np.exp(params[f"alpha_{kind}"])
       soft /= soft.sum(-1, keepdims=True)
-      edge = np.concatenate([np.exp(params[f"beta_{kind}"][r.start:r.stop]) /
-                             np.exp(params[f"beta_{kind}"][r.start:r.stop]).sum()
-                             for r in map(search_space.node_edges, range(4))])
+      edge = np.concatenate(
+        [
+          np.exp(params[f"beta_{kind}"][r.start : r.stop])
+          / np.exp(params[f"beta_{kind}"][r.start : r.stop]).sum()
+          for r in map(search_space.node_edges, range(4))
+        ]
+      )
       want = _pc_darts_parse(soft, edge, list(dprims))
       assert [sorted(node) for node in cell.nodes] == [
-          sorted(want[2 * n:2 * n + 2]) for n in range(4)], (trial, k)
+        sorted(want[2 * n : 2 * n + 2]) for n in range(4)
+      ], (trial, k)
       without = _pc_darts_parse(soft, np.ones(14), list(dprims))
       differs += sorted(without) != sorted(want)
   assert differs > 0  # the edge weights change the choice somewhere

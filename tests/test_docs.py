@@ -69,8 +69,7 @@ def _config_docstrings() -> list[tuple[str, str]]:
 
 def _all_commands() -> list[tuple[str, str]]:
   out = [(os.path.relpath(p, REPO), c) for p in _documents() for c in _commands(_read(p))]
-  out += [(os.path.relpath(p, REPO), c) for p, d in _config_docstrings()
-          for c in _commands(d)]
+  out += [(os.path.relpath(p, REPO), c) for p, d in _config_docstrings() for c in _commands(d)]
   return out
 
 
@@ -90,8 +89,11 @@ def test_cited_paths_modules_and_files_exist(doc):
   tracked = _tracked_files()
   basenames = {os.path.basename(p) for p in tracked}
   missing = []
-  for path in re.findall(r"(?<![\w/.~$-])((?:dnas_jax|experiments|tests|docs|\.ci)/"
-                         r"[\w./-]*[\w/])", text):
+  for path in re.findall(
+    r"(?<![\w/.~$-])((?:dnas_jax|experiments|tests|docs|\.ci)/"
+    r"[\w./-]*[\w/])",
+    text,
+  ):
     if not os.path.exists(os.path.join(REPO, path.rstrip("/"))):
       missing.append(path)
   for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
@@ -101,8 +103,9 @@ def test_cited_paths_modules_and_files_exist(doc):
   for module in re.findall(r"\bdnas_jax(?:\.\w+)+", text):
     parts = module.split(".")
     # The longest importable prefix must be a module; the rest may name an attribute.
-    if not any(importlib.util.find_spec(".".join(parts[:n])) is not None
-               for n in range(len(parts), 1, -1)):
+    if not any(
+      importlib.util.find_spec(".".join(parts[:n])) is not None for n in range(len(parts), 1, -1)
+    ):
       missing.append(module)
   for name in re.findall(r"`(\w+\.(?:py|sh|ipynb))`", text):
     if name not in basenames and name not in PEER_FILES:
@@ -113,8 +116,7 @@ def test_cited_paths_modules_and_files_exist(doc):
 def test_config_docstrings_cite_existing_files_and_modules():
   basenames = {os.path.basename(p) for p in _tracked_files()}
   for path, doc in _config_docstrings():
-    for cited in re.findall(r"(?<![\w/.~$-])((?:dnas_jax|experiments|docs)/[\w./-]*\w)",
-                            doc):
+    for cited in re.findall(r"(?<![\w/.~$-])((?:dnas_jax|experiments|docs)/[\w./-]*\w)", doc):
       assert os.path.exists(os.path.join(REPO, cited)), (path, cited)
     for name in re.findall(r"\b(\w+\.py)\b", doc):
       assert name in basenames or name in PEER_FILES, (path, name)
@@ -149,7 +151,10 @@ def test_documented_commands_name_real_modules_flags_and_fields(where, command):
     name, _, value = arg[2:].partition("=")
     root, *field = name.split(".")
     assert root in flags_defined or f"no{root}" in {f"no{f}" for f in flags_defined}, (
-        where, command, root)
+      where,
+      command,
+      root,
+    )
     if root.endswith("config") and not field and value and value.islower():
       assert os.path.isfile(os.path.join(REPO, value)), (where, value)
       configs[root] = value
@@ -162,11 +167,14 @@ def test_documented_commands_name_real_modules_flags_and_fields(where, command):
 
 def test_each_shared_table_lives_in_one_place():
   """The ψ/edge-weight table, the method rows and the data sources are written once."""
-  texts = {os.path.relpath(p, REPO): _read(p)
-           for p in _documents() + glob.glob(os.path.join(REPO, "dnas_jax", "**", "*.py"),
-                                             recursive=True)}
+  texts = {
+    os.path.relpath(p, REPO): _read(p)
+    for p in _documents() + glob.glob(os.path.join(REPO, "dnas_jax", "**", "*.py"), recursive=True)
+  }
+
   def where(pattern):
     return sorted(k for k, t in texts.items() if re.search(pattern, t))
+
   assert where(r"softmax_j\(α_type\(k\)\)") == ["docs/design.md"]
   assert where(r"\|\s*`pc_darts_global`\s*\|") == ["docs/comparison.md"]
   assert where(r"0\.025\s*→\s*0\.001") == ["docs/comparison.md"]
@@ -174,8 +182,7 @@ def test_each_shared_table_lives_in_one_place():
 
 
 def test_readme_has_the_restore_example_that_test_api_runs():
-  assert any("api.load_search" in b and "api.load_classifier" in b
-             for b in readme_python_blocks())
+  assert any("api.load_search" in b and "api.load_classifier" in b for b in readme_python_blocks())
 
 
 def test_cheap_readme_commands_run():
@@ -183,7 +190,12 @@ def test_cheap_readme_commands_run():
   cheap = [c for c in _commands(_read(README)) if "--dry_run" in c]
   assert cheap, "the README shows a --dry_run command"
   for command in cheap:
-    out = subprocess.run([sys.executable, "-m", *shlex.split(command)], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+      [sys.executable, "-m", *shlex.split(command)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "params_excluding_auxiliary: 3349342" in out.stdout

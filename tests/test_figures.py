@@ -60,8 +60,7 @@ def test_global_architecture_png(tmp_path, num_layers):
 def test_psi_heatmaps_png(tmp_path, num_layers):
   psi = _random_psi(num_layers, search_space.PRIMITIVES, seed=num_layers)
   path = tmp_path / "psi.png"
-  plots.save_figure(plots.plot_psi_heatmaps(psi, search_space.PRIMITIVES, title="ψ"),
-                    str(path))
+  plots.save_figure(plots.plot_psi_heatmaps(psi, search_space.PRIMITIVES, title="ψ"), str(path))
   _check_png(path)
 
 
@@ -79,13 +78,13 @@ def test_psi_shape_errors():
   with pytest.raises(ValueError, match="expected"):
     plots.plot_psi_heatmaps(np.zeros((8, 13, 7)), search_space.PRIMITIVES)
   with pytest.raises(ValueError, match="op_reduce"):
-    plots.plot_psi_heatmaps(np.zeros((8, 14, 7)), search_space.PRIMITIVES,
-                            op_reduce="max")
+    plots.plot_psi_heatmaps(np.zeros((8, 14, 7)), search_space.PRIMITIVES, op_reduce="max")
 
 
 def test_figure_to_image_uint8_rgb():
-  genotype = genotype_lib.derive_genotype(_random_psi(8, search_space.PRIMITIVES),
-                                          search_space.PRIMITIVES)
+  genotype = genotype_lib.derive_genotype(
+    _random_psi(8, search_space.PRIMITIVES), search_space.PRIMITIVES
+  )
   fig = plots.plot_global_architecture(genotype)
   width, height = fig.get_size_inches() * fig.dpi
   image = plots.figure_to_image(fig)

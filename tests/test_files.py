@@ -31,12 +31,16 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 def test_flatten_walks_nested_dicts():
   assert files.flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {
-      "a.b": 1, "a.c.d": [2], "e": None}
+    "a.b": 1,
+    "a.c.d": [2],
+    "e": None,
+  }
 
 
 def test_flatten_walks_config_dicts_and_drops_empty_sections():
-  config = ml_collections.ConfigDict({"optim": {"lr": 0.1, "adam": {"b1": 0.5}},
-                                      "empty": {}, "seed": 0})
+  config = ml_collections.ConfigDict(
+    {"optim": {"lr": 0.1, "adam": {"b1": 0.5}}, "empty": {}, "seed": 0}
+  )
   assert files.flatten(config) == {"optim.lr": 0.1, "optim.adam.b1": 0.5, "seed": 0}
   assert files.flatten({"a": ml_collections.ConfigDict({"b": 1})}) == {"a.b": 1}
 
@@ -51,12 +55,14 @@ def test_every_writer_of_results_writes_atomically(tmp_path, monkeypatch):
   from dnas_jax.tools import compare  # pylint: disable=g-import-not-at-top
   from dnas_jax.training import executable_cache  # pylint: disable=g-import-not-at-top
   from dnas_jax.training import loop  # pylint: disable=g-import-not-at-top
+
   opened = []
   real = files.atomic_open
 
   def spy(path, mode="w"):
     opened.append(os.path.relpath(path, tmp_path))
     return real(path, mode)
+
   monkeypatch.setattr(files, "atomic_open", spy)
   psi = np.random.default_rng(0).dirichlet(np.ones(3), size=(5, 14)).astype(np.float32)
   prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
@@ -67,12 +73,21 @@ def test_every_writer_of_results_writes_atomically(tmp_path, monkeypatch):
   compare._write_json(str(tmp_path / "result.json"), {"row": "dnas"})  # pylint: disable=protected-access
   compiled = jax.jit(lambda x: x + 1).lower(np.float32(1)).compile()
   assert executable_cache.save(str(tmp_path / "exe" / "f.jaxexe"), compiled)
-  assert sorted(opened) == sorted([
-      "psi.npy", "genotype.json", "genotype.txt", "a.png", "final_metrics.json",
+  assert sorted(opened) == sorted(
+    [
+      "psi.npy",
+      "genotype.json",
+      "genotype.txt",
+      "a.png",
+      "final_metrics.json",
       os.path.join("comparison", "results.json"),
       os.path.join("comparison", "comparison.md"),
-      os.path.join("comparison", "comparison.png"), "result.json",
-      os.path.join("exe", "f.jaxexe")])
-  leftovers = [os.path.join(r, n) for r, _, names in os.walk(tmp_path) for n in names
-               if n.endswith(".tmp")]
+      os.path.join("comparison", "comparison.png"),
+      "result.json",
+      os.path.join("exe", "f.jaxexe"),
+    ]
+  )
+  leftovers = [
+    os.path.join(r, n) for r, _, names in os.walk(tmp_path) for n in names if n.endswith(".tmp")
+  ]
   assert leftovers == []

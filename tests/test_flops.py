@@ -14,10 +14,15 @@ from dnas_jax.space import search_space
 
 
 def _conv(x, w, stride=1, dilation=1, groups=1, padding="SAME"):
-  return lax.conv_general_dilated(x, w, (stride, stride), padding,
-                                  rhs_dilation=(dilation, dilation),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                  feature_group_count=groups)
+  return lax.conv_general_dilated(
+    x,
+    w,
+    (stride, stride),
+    padding,
+    rhs_dilation=(dilation, dilation),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+  )
 
 
 def _loop_macs(x_shape, w_shape, stride, dilation, groups, pad):
@@ -38,12 +43,15 @@ def _loop_macs(x_shape, w_shape, stride, dilation, groups, pad):
   return n * cout * cin_g * real
 
 
-@pytest.mark.parametrize("stride,dilation,groups,pad", [
+@pytest.mark.parametrize(
+  "stride,dilation,groups,pad",
+  [
     (1, 1, 1, ((1, 1), (1, 1))),
     (2, 2, 4, ((2, 2), (2, 2))),
     (2, 1, 8, ((0, 1), (1, 0))),
     (1, 2, 2, ((0, 0), (0, 0))),
-])
+  ],
+)
 def test_convolution_matches_loops_and_xla(stride, dilation, groups, pad):
   x = jnp.ones((2, 9, 9, 8))
   w = jnp.ones((3, 3, 8 // groups, 8))
@@ -71,8 +79,9 @@ def test_gradients_equal_xla_and_dead_forward_is_dropped():
   cotangent = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 5)), jnp.float32)
   # The vector-Jacobian product alone: no element-wise work for XLA to add.
   vjp = jax.jit(lambda *a: jax.vjp(f, *a)[1](cotangent))
-  assert flops.count_flops(vjp, x, w, m).total == (
-      vjp.lower(x, w, m).compile().cost_analysis()["flops"])
+  assert (
+    flops.count_flops(vjp, x, w, m).total == (vjp.lower(x, w, m).compile().cost_analysis()["flops"])
+  )
   # d/dw of a linear loss needs the weight-gradient convolution only: the traced
   # forward convolution is dead code and must not be counted.
   x2, w2 = jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8, 8))
@@ -120,8 +129,7 @@ class _Block(nn.Module):
 class _Scanned(nn.Module):
   @nn.compact
   def __call__(self, x):
-    scan = nn.scan(_Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   length=6)
+    scan = nn.scan(_Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=6)
     return scan()(x, None)[0]
 
 
@@ -155,8 +163,9 @@ def test_supernet_forward_grows_linearly_with_scanned_depth():
   x = jnp.ones((2, 8, 8, 3))
   total = {}
   for depth in (8, 14, 20):
-    net = supernet.SearchNetwork(num_classes=10, num_layers=depth, channels=8,
-                                 primitives=prims, partial_k=2, train=False)
+    net = supernet.SearchNetwork(
+      num_classes=10, num_layers=depth, channels=8, primitives=prims, partial_k=2, train=False
+    )
     psi = jnp.ones((depth, search_space.NUM_CONNECTIONS, len(prims))) / len(prims)
     shapes = jax.eval_shape(net.init, jax.random.key(0), x, psi)
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -30,28 +30,33 @@ def _assert_same_value_and_gradients(plain, alternative, x):
   with the same parameters."""
   params = plain.init(jax.random.key(1), x)
   r = jax.random.normal(jax.random.key(2), plain.apply(params, x).shape)
-  f = lambda m: jax.jit(jax.value_and_grad(
-      lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1)))(params, x)
+  f = lambda m: jax.jit(
+    jax.value_and_grad(lambda p, x: jnp.sum(m.apply(p, x) * r), argnums=(0, 1))
+  )(params, x)
   (v_plain, g_plain), (v_alt, g_alt) = f(plain), f(alternative)
   np.testing.assert_allclose(float(v_alt), float(v_plain), rtol=1e-5)
   _close(g_alt, g_plain)
 
 
-@pytest.mark.parametrize("k,stride,padding,dilation",
-                         [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)])
+@pytest.mark.parametrize(
+  "k,stride,padding,dilation", [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)]
+)
 def test_shifted_depthwise_equals_the_grouped_convolution(k, stride, padding, dilation):
   _assert_same_value_and_gradients(
-      ops.DepthwiseConv(k, stride, padding, dilation, "conv"),
-      ops.DepthwiseConv(k, stride, padding, dilation, "shifted"),
-      jax.random.normal(jax.random.key(0), (2, 9, 8, 6)))
+    ops.DepthwiseConv(k, stride, padding, dilation, "conv"),
+    ops.DepthwiseConv(k, stride, padding, dilation, "shifted"),
+    jax.random.normal(jax.random.key(0), (2, 9, 8, 6)),
+  )
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("formulation", ["einsum", "broadcast"])
 def test_pointwise_formulations_equal_the_1x1_convolution(stride, formulation):
   _assert_same_value_and_gradients(
-      ops.PointwiseConv(5, stride, "conv"), ops.PointwiseConv(5, stride, formulation),
-      jax.random.normal(jax.random.key(0), (2, 7, 8, 6)))
+    ops.PointwiseConv(5, stride, "conv"),
+    ops.PointwiseConv(5, stride, formulation),
+    jax.random.normal(jax.random.key(0), (2, 7, 8, 6)),
+  )
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -69,11 +74,16 @@ def test_edge_group_of_every_operation_is_the_same_in_every_formulation(stride):
 
   def run(module):
     def loss(params, xs, w, e):
-      out, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                            xs, w, e, mutable=["batch_stats"])
+      out, _ = module.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        xs,
+        w,
+        e,
+        mutable=["batch_stats"],
+      )
       return jnp.sum(out * r)
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(
-        variables["params"], xs, w, e)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(variables["params"], xs, w, e)
 
   v_plain, g_plain = run(plain)
   v_alt, g_alt = run(make(ops.Formulation("shifted", "einsum")))
@@ -81,24 +91,35 @@ def test_edge_group_of_every_operation_is_the_same_in_every_formulation(stride):
   _close(g_alt, g_plain)
 
 
-def _tiny(num_layers=3, prims=("max_pool_3x3", "skip_connect", "sep_conv_3x3",
-                                "dil_conv_3x3")):
+def _tiny(num_layers=3, prims=("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")):
   net = supernet.SearchNetwork(4, num_layers, 8, prims, partial_k=2, skip_dropout=0.2)
   spec = arch.ArchSpec("decoupled", num_layers, len(prims))
   r = np.random.default_rng(0)
-  batch = lambda: {"image": jnp.asarray(r.normal(size=(4, 8, 8, 3)), jnp.float32),
-                   "label": jnp.asarray(r.integers(0, 4, 4), jnp.int32)}
+  batch = lambda: {
+    "image": jnp.asarray(r.normal(size=(4, 8, 8, 3)), jnp.float32),
+    "label": jnp.asarray(r.integers(0, 4, 4), jnp.int32),
+  }
   tb, vb = batch(), batch()
   v = init_lib.init_from_shapes(net, 0, tb["image"], jnp.zeros((num_layers, 14, len(prims))))
   sched = optimizers.weight_lr_schedule(0.025, 0.001, 10, 5)
   wtx = optimizers.create_weight_tx(sched, 0.9, 3e-4, 5.0)
   atx = optimizers.create_arch_tx(6e-4, 0.5, 0.999, 1e-3)
-  arch_params = jax.tree.map(lambda a: a + jnp.asarray(r.normal(size=a.shape), a.dtype),
-                             spec.init(jax.random.key(0)))
+  arch_params = jax.tree.map(
+    lambda a: a + jnp.asarray(r.normal(size=a.shape), a.dtype), spec.init(jax.random.key(0))
+  )
   state = search_steps.create_search_state(v["params"], v["batch_stats"], arch_params, wtx, atx)
-  kwargs = dict(net=net, spec=spec, weight_tx=wtx, arch_tx=atx, lr_schedule=sched,
-                arch_warmup_steps=1, zero_one_weight=10.0, second_order=False,
-                weight_decay=3e-4, momentum=0.9)
+  kwargs = dict(
+    net=net,
+    spec=spec,
+    weight_tx=wtx,
+    arch_tx=atx,
+    lr_schedule=sched,
+    arch_warmup_steps=1,
+    zero_one_weight=10.0,
+    second_order=False,
+    weight_decay=3e-4,
+    momentum=0.9,
+  )
   return state, tb, vb, kwargs
 
 
@@ -117,18 +138,20 @@ def test_shared_halves_step_equals_separate_halves():
     _close(b.arch_params, a.arch_params, rtol=1e-5, atol=1e-6)
     _close(b.arch_opt_state, a.arch_opt_state)
     for k, v in ma.compute().items():
-      np.testing.assert_allclose(float(mb.compute()[k]), float(v), rtol=1e-5, atol=1e-6,
-                                 err_msg=k)
-    moved = any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(
-        jax.tree.leaves(b.arch_params), jax.tree.leaves(state.arch_params)))
+      np.testing.assert_allclose(float(mb.compute()[k]), float(v), rtol=1e-5, atol=1e-6, err_msg=k)
+    moved = any(
+      not np.array_equal(np.asarray(x), np.asarray(y))
+      for x, y in zip(jax.tree.leaves(b.arch_params), jax.tree.leaves(state.arch_params))
+    )
     assert moved == (step == 1)
   # The architecture pass leaves the weights bit-identical: only the weight pass, on
   # the training batch, changes them (a step with another validation batch agrees).
   other = {"image": vb["image"][::-1], "label": vb["label"][::-1]}
   b1, _ = shared(state.replace(step=jnp.int32(1)), tb, vb, rng)
   b2, _ = shared(state.replace(step=jnp.int32(1)), tb, other, rng)
-  assert not np.array_equal(np.asarray(jax.tree.leaves(b1.arch_params)[0]),
-                            np.asarray(jax.tree.leaves(b2.arch_params)[0]))
+  assert not np.array_equal(
+    np.asarray(jax.tree.leaves(b1.arch_params)[0]), np.asarray(jax.tree.leaves(b2.arch_params)[0])
+  )
 
 
 def test_rematerialised_cells_give_the_same_gradients():
@@ -141,9 +164,11 @@ def test_rematerialised_cells_give_the_same_gradients():
 
   def grads(net):
     def loss(params, psi, edge):
-      out, _ = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x, psi, edge,
-                         mutable=["batch_stats"])
-      return jnp.sum(out ** 2)
+      out, _ = net.apply(
+        {"params": params, "batch_stats": v["batch_stats"]}, x, psi, edge, mutable=["batch_stats"]
+      )
+      return jnp.sum(out**2)
+
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(v["params"], psi, edge)
 
   (v0, g0), (v1, g1) = grads(nets[0]), grads(nets[1])
@@ -156,8 +181,10 @@ def _f64(tree):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("formulation", [("kernel", "einsum"), ("shifted", "einsum"),
-                                         ("conv", "conv"), ("shifted", "broadcast")])
+@pytest.mark.parametrize(
+  "formulation",
+  [("kernel", "einsum"), ("shifted", "einsum"), ("conv", "conv"), ("shifted", "broadcast")],
+)
 def test_edges_beside_the_channels_equal_the_vmapped_edges(stride, formulation):
   """A node's edges laid out [B, H, W, E, c] (`BatchedMixedOps`, with every depthwise
   and pointwise formulation; `kernel` stacks the conv ops into two stages) against the
@@ -177,21 +204,31 @@ def test_edges_beside_the_channels_equal_the_vmapped_edges(stride, formulation):
 
     plain = make(ops.CONV, "vmap")
     # Initialised in evaluation mode (no dropout key needed): the same variables.
-    variables = _f64(init_lib.init_from_shapes(make(ops.CONV, "vmap", train=False), 0,
-                                               xs, w, e))
+    variables = _f64(init_lib.init_from_shapes(make(ops.CONV, "vmap", train=False), 0, xs, w, e))
     batched = make(ops.Formulation(*formulation), "channels")
-    assert (jax.tree.structure(_f64(init_lib.init_from_shapes(
-        make(ops.Formulation(*formulation), "channels", train=False), 0, xs, w, e)))
-            == jax.tree.structure(variables))
+    assert jax.tree.structure(
+      _f64(
+        init_lib.init_from_shapes(
+          make(ops.Formulation(*formulation), "channels", train=False), 0, xs, w, e
+        )
+      )
+    ) == jax.tree.structure(variables)
 
     def run(module):
       def loss(params, xs, w, e):
-        out, new = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                                xs, w, e, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(7)})
+        out, new = module.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]},
+          xs,
+          w,
+          e,
+          mutable=["batch_stats"],
+          rngs={"dropout": jax.random.key(7)},
+        )
         return jnp.sum(out * r), new
+
       return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(
-          variables["params"], xs, w, e)
+        variables["params"], xs, w, e
+      )
 
     (v_plain, stats_plain), g_plain = run(plain)
     (v_alt, stats_alt), g_alt = run(batched)
@@ -210,27 +247,28 @@ def test_the_cpu_program_equals_the_plain_program_on_a_whole_network():
   compiled kernels, matrix products) against the plain one (vmapped edges,
   convolutions), float64: logits, gradients in the weights, ψ and the edge weights,
   and the batch statistics."""
-  prims = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-           "dil_conv_5x5")
+  prims = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5")
   with jax.enable_x64(True):
     x = _f64(jax.random.normal(jax.random.key(0), (2, 8, 8, 3)))
     psi = _f64(jax.random.uniform(jax.random.key(1), (5, 14, len(prims))))
     edge = _f64(jax.random.uniform(jax.random.key(2), (5, 14)))
 
     def net(formulation, layout):
-      return supernet.SearchNetwork(4, 5, 8, prims, partial_k=2, dtype=jnp.float64,
-                                    formulation=formulation, edge_layout=layout)
+      return supernet.SearchNetwork(
+        4, 5, 8, prims, partial_k=2, dtype=jnp.float64, formulation=formulation, edge_layout=layout
+      )
 
     plain, cpu = net(ops.CONV, "vmap"), net(ops.Formulation("kernel", "einsum"), "channels")
     v = _f64(init_lib.init_from_shapes(plain, 0, x, psi, edge))
 
     def grads(module):
       def loss(params, psi, edge):
-        out, new = module.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                                psi, edge, mutable=["batch_stats"])
-        return jnp.sum(out ** 2), (out, new)
-      return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(v["params"], psi,
-                                                                       edge)
+        out, new = module.apply(
+          {"params": params, "batch_stats": v["batch_stats"]}, x, psi, edge, mutable=["batch_stats"]
+        )
+        return jnp.sum(out**2), (out, new)
+
+      return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(v["params"], psi, edge)
 
     g_plain, (out_plain, stats_plain) = grads(plain)
     g_cpu, (out_cpu, stats_cpu) = grads(cpu)
@@ -257,5 +295,4 @@ def test_a_search_step_with_the_cpu_program_equals_the_plain_step():
   _close(b.batch_stats, a.batch_stats, rtol=1e-4, atol=1e-5)
   _close(b.arch_params, a.arch_params, rtol=1e-4, atol=1e-6)
   for k, v in ma.compute().items():
-    np.testing.assert_allclose(float(mb.compute()[k]), float(v), rtol=1e-4, atol=1e-5,
-                               err_msg=k)
+    np.testing.assert_allclose(float(mb.compute()[k]), float(v), rtol=1e-4, atol=1e-5, err_msg=k)

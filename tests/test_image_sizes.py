@@ -39,18 +39,22 @@ def test_adaptive_avg_pool_equals_pytorchs(size):
 
 
 def _shapes(kind, size, auxiliary=True, classes=7):
-  net = network.create_network(known_genotypes.get_genotype("DARTS_V2", 8), classes, 8,
-                               auxiliary, kind)
+  net = network.create_network(
+    known_genotypes.get_genotype("DARTS_V2", 8), classes, 8, auxiliary, kind
+  )
   variables = network.variable_shapes(net, (size, size, 3))
   images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   logits, aux = jax.eval_shape(
-      lambda v, x: net.apply(v, x, 0.2, rngs={"dropout": jax.random.key(0)},
-                             mutable=["batch_stats"])[0], variables, images)
+    lambda v, x: net.apply(v, x, 0.2, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])[
+      0
+    ],
+    variables,
+    images,
+  )
   return variables, logits, aux
 
 
-@pytest.mark.parametrize("kind, size", [("cifar", 96), ("cifar", 128),
-                                        ("tiny_imagenet", 128)])
+@pytest.mark.parametrize("kind, size", [("cifar", 96), ("cifar", 128), ("tiny_imagenet", 128)])
 def test_retraining_network_takes_larger_images_with_darts_auxiliary_head(kind, size):
   """Same parameters as at the size the network was made for: the cells are
   convolutional, the classifier reads a global average, and the auxiliary head pools
@@ -59,7 +63,8 @@ def test_retraining_network_takes_larger_images_with_darts_auxiliary_head(kind, 
   assert logits.shape == aux.shape == (2, 7)
   base, _, _ = _shapes(kind, network.INPUT_SHAPES[kind][0])
   assert network.count_params(variables, exclude_auxiliary=False) == (
-      network.count_params(base, exclude_auxiliary=False))
+    network.count_params(base, exclude_auxiliary=False)
+  )
 
 
 def test_search_step_at_96x96():
@@ -69,16 +74,19 @@ def test_search_step_at_96x96():
   config.model.num_layers = 3
   mesh = sharding.create_mesh(jax.devices()[:1])
   setup = search_setup.create_search_setup(config, (96, 96, 3), 5, 2, mesh)
-  batch = compilation.abstract_batch(config.batch_size, (96, 96, 3),
-                                     sharding.batch_sharding(mesh))
+  batch = compilation.abstract_batch(config.batch_size, (96, 96, 3), sharding.batch_sharding(mesh))
   state, _ = jax.eval_shape(setup.step_fn, setup.state, batch, batch, jax.random.key(0))
   assert jax.tree.map(lambda s: s.shape, state.params) == jax.tree.map(
-      jnp.shape, setup.state.params)
+    jnp.shape, setup.state.params
+  )
   logits = jax.eval_shape(
-      lambda p, s, x: setup.net_eval.apply(
-          {"params": p, "batch_stats": s}, x,
-          *setup.spec.arch_weights(setup.state.arch_params)),
-      setup.state.params, setup.state.batch_stats, batch["image"])
+    lambda p, s, x: setup.net_eval.apply(
+      {"params": p, "batch_stats": s}, x, *setup.spec.arch_weights(setup.state.arch_params)
+    ),
+    setup.state.params,
+    setup.state.batch_stats,
+    batch["image"],
+  )
   assert logits.shape == (config.batch_size, 5)
 
 
@@ -88,12 +96,11 @@ def test_retraining_step_at_96x96():
   geno = known_genotypes.get_genotype("DARTS_V1", config.model.num_layers)
   mesh = sharding.create_mesh(jax.devices()[:1])
   setup = retrain_setup.create_train_setup(config, geno, (96, 96, 3), 4, 2, mesh)
-  batch = compilation.abstract_batch(config.batch_size, (96, 96, 3),
-                                     sharding.batch_sharding(mesh))
-  state, _ = jax.eval_shape(setup.step_fn, setup.state, batch, jax.random.key(0),
-                            jnp.float32(0.1))
+  batch = compilation.abstract_batch(config.batch_size, (96, 96, 3), sharding.batch_sharding(mesh))
+  state, _ = jax.eval_shape(setup.step_fn, setup.state, batch, jax.random.key(0), jnp.float32(0.1))
   assert jax.tree.map(lambda s: s.shape, state.params) == jax.tree.map(
-      jnp.shape, setup.state.params)
+    jnp.shape, setup.state.params
+  )
 
 
 @pytest.fixture
@@ -103,8 +110,10 @@ def sized():
 
   def register(h, w, name="sized"):
     names.append(name)
-    registry.register_dataset(name, lambda s, d: None, num_classes=3,
-                              image_shape=(h, w, 3), num_train=100)
+    registry.register_dataset(
+      name, lambda s, d: None, num_classes=3, image_shape=(h, w, 3), num_train=100
+    )
+
   yield register
   for name in names:
     registry.unregister_dataset(name)
@@ -118,22 +127,32 @@ def _config(search, **data):
 
 def test_sizes_the_networks_cannot_take_are_refused_in_one_line(sized):
   sized(90, 90)
-  with pytest.raises(validation.ConfigError, match=(
+  with pytest.raises(
+    validation.ConfigError,
+    match=(
       r"^config.data: the images are 90×90, but the search network needs a height and "
       r"width divisible by 4 \(its two reduction cells halve them\): set "
-      r"config.data.image_size to a multiple of 4, e.g. 88$")):
+      r"config.data.image_size to a multiple of 4, e.g. 88$"
+    ),
+  ):
     validation.validate_search_config(_config(True))
-  with pytest.raises(validation.ConfigError, match=r"the images are 90×90, but "
-                     r"config.model.network='cifar' needs a height and width divisible "
-                     r"by 4"):
+  with pytest.raises(
+    validation.ConfigError,
+    match=r"the images are 90×90, but "
+    r"config.model.network='cifar' needs a height and width divisible "
+    r"by 4",
+  ):
     validation.validate_train_config(_config(False))
   validation.validate_search_config(_config(True, image_size=96))
   sized(96, 100)
   config = _config(False)
   config.model.network = "tiny_imagenet"
-  with pytest.raises(validation.ConfigError, match=r"the images are 96×100, but "
-                     r"config.model.network='tiny_imagenet' needs a height and width "
-                     r"divisible by 8 \(its stem and two reduction cells halve them\)"):
+  with pytest.raises(
+    validation.ConfigError,
+    match=r"the images are 96×100, but "
+    r"config.model.network='tiny_imagenet' needs a height and width "
+    r"divisible by 8 \(its stem and two reduction cells halve them\)",
+  ):
     validation.validate_train_config(config)
 
 
@@ -141,10 +160,14 @@ def test_auxiliary_head_needs_32x32(sized):
   sized(16, 16)
   config = _config(False)
   config.model.auxiliary = True
-  with pytest.raises(validation.ConfigError, match=(
+  with pytest.raises(
+    validation.ConfigError,
+    match=(
       r"config.model.auxiliary=True needs images of at least 32×32 with "
       r"config.model.network='cifar' \(the auxiliary head reads an 8×8 map at layer "
-      r"2L//3\); the images are 16×16: pass --config.model.auxiliary=False")):
+      r"2L//3\); the images are 16×16: pass --config.model.auxiliary=False"
+    ),
+  ):
     validation.validate_train_config(config)
   config.model.auxiliary = False
   validation.validate_train_config(config)

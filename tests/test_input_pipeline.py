@@ -34,32 +34,37 @@ def reference_augment(images, rng, cfg, mean=MEAN, std=STD):
   out = np.empty(images.shape, np.float64)
   for b in range(n):
     padded = np.pad(images[b], ((p, p), (p, p), (0, 0)))
-    crop = padded[dy[b]:dy[b] + h, dx[b]:dx[b] + w]
+    crop = padded[dy[b] : dy[b] + h, dx[b] : dx[b] + w]
     if flip[b]:
       crop = crop[:, ::-1]
     x = (crop / 255.0 - mean) / std
     if cfg.cutout:
       half = cfg.cutout // 2
-      x[max(0, cy[b] - half):max(0, cy[b] + half),
-        max(0, cx[b] - half):max(0, cx[b] + half)] = 0.0
+      x[
+        max(0, cy[b] - half) : max(0, cy[b] + half), max(0, cx[b] - half) : max(0, cx[b] + half)
+      ] = 0.0
     out[b] = x
   return out
 
 
-@pytest.mark.parametrize("cfg", [
+@pytest.mark.parametrize(
+  "cfg",
+  [
     ip.AugmentConfig(crop_padding=4),
     ip.AugmentConfig(crop_padding=2, flip=True),
     ip.AugmentConfig(flip=True),
     ip.AugmentConfig(cutout=4),
     ip.AugmentConfig(crop_padding=3, flip=True, cutout=6),
     ip.AugmentConfig(crop_padding=1, cutout=5),  # odd cutout: a 4×4 square (DARTS)
-])
+  ],
+)
 def test_augment_and_normalize_matches_per_image_reference(cfg):
   x = _images()
   out = ip.augment_and_normalize(x, np.random.default_rng(7), cfg, MEAN, STD)
   assert out.shape == x.shape and out.dtype == np.float32
-  np.testing.assert_allclose(out, reference_augment(x, np.random.default_rng(7), cfg),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    out, reference_augment(x, np.random.default_rng(7), cfg), rtol=1e-5, atol=1e-5
+  )
   if not cfg.cutout:  # the uint8 geometric part alone, normalised, is the same
     geo = ip.augment(x, np.random.default_rng(7), cfg)
     assert geo.dtype == np.uint8
@@ -71,9 +76,14 @@ def test_crop_moves_content_and_pads_with_zeros():
   out = ip.augment(x, np.random.default_rng(1), ip.AugmentConfig(crop_padding=2))
   shifts = set()
   for b in range(len(x)):  # find the offset that explains each output
-    found = [(sy, sx) for sy in range(-2, 3) for sx in range(-2, 3)
-             if np.array_equal(out[b], np.roll(np.pad(x[b], ((2, 2), (2, 2), (0, 0))),
-                                                (-sy, -sx), (0, 1))[2:10, 2:10])]
+    found = [
+      (sy, sx)
+      for sy in range(-2, 3)
+      for sx in range(-2, 3)
+      if np.array_equal(
+        out[b], np.roll(np.pad(x[b], ((2, 2), (2, 2), (0, 0))), (-sy, -sx), (0, 1))[2:10, 2:10]
+      )
+    ]
     assert len(found) == 1
     shifts.add(found[0])
   assert len(shifts) > 10  # offsets vary across the batch
@@ -96,25 +106,29 @@ def test_cutout_sets_one_square_to_the_normalised_mean():
   # would give); outside it is the normalised pixel.
   x = np.full((200, 20, 20, 3), 255, np.uint8)
   mean, std = np.array([0.49, 0.48, 0.45]), np.array([0.25, 0.24, 0.26])
-  out = ip.augment_and_normalize(x, np.random.default_rng(3), ip.AugmentConfig(cutout=8),
-                                 mean, std)
+  out = ip.augment_and_normalize(x, np.random.default_rng(3), ip.AugmentConfig(cutout=8), mean, std)
   white = (1.0 - mean) / std
   for o in out:
-    inside = (o == 0.0)
+    inside = o == 0.0
     assert (inside.all(-1) | ~inside.any(-1)).all()  # all channels or none
-    np.testing.assert_allclose(o[~inside.any(-1)], np.broadcast_to(white, o[~inside.any(-1)].shape),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      o[~inside.any(-1)], np.broadcast_to(white, o[~inside.any(-1)].shape), rtol=1e-6
+    )
     ys, xs = np.nonzero(inside[..., 0])
     if len(ys):
-      box = inside[ys.min():ys.max() + 1, xs.min():xs.max() + 1, 0]
+      box = inside[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1, 0]
       assert box.all() and box.shape[0] <= 8 and box.shape[1] <= 8
   full = [(o[..., 0] == 0).sum() for o in out]
   assert max(full) == 64  # an interior centre zeroes the whole 8×8 square
   # A black image: cutting out after normalising is 0 in the square, where cutting the
   # uint8 image first would have given -mean/std (about -2).
-  black = ip.augment_and_normalize(np.zeros((50, 20, 20, 3), np.uint8),
-                                   np.random.default_rng(4), ip.AugmentConfig(cutout=8),
-                                   mean, std)
+  black = ip.augment_and_normalize(
+    np.zeros((50, 20, 20, 3), np.uint8),
+    np.random.default_rng(4),
+    ip.AugmentConfig(cutout=8),
+    mean,
+    std,
+  )
   assert (black == 0.0).any() and np.isclose(black.min(), (-mean / std).min())
   np.testing.assert_allclose(np.unique(black[..., 0]), [-mean[0] / std[0], 0.0], rtol=1e-6)
 
@@ -146,8 +160,9 @@ def test_rotation_shape_dtype_and_geometry():
   # 0°: rotation composes with crop and flip without changing them.
   crop_flip = ip.AugmentConfig(crop_padding=2, flip=True)
   np.testing.assert_array_equal(
-      ip.augment(x, _FixedAngle(5, 0.0), ip.AugmentConfig(2, True, 0, 10.0)),
-      ip.augment(x, np.random.default_rng(5), crop_flip))
+    ip.augment(x, _FixedAngle(5, 0.0), ip.AugmentConfig(2, True, 0, 10.0)),
+    ip.augment(x, np.random.default_rng(5), crop_flip),
+  )
   # 45° on a square: the corners come from outside the image, so they are zero.
   out45 = ip.augment(x, _FixedAngle(0, 45.0), ip.AugmentConfig(rotate_degrees=45.0))
   assert (out45[:, 0, 0] == 0).all() and (out45[:, -1, -1] == 0).all()
@@ -161,16 +176,19 @@ def test_no_augmentation_returns_input():
 def test_normalize_matches_textbook_formula():
   x = _images(n=5, c=3)
   mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-  expect = ((x.astype(np.float32) * np.float32(1 / 255.0) - np.asarray(mean, np.float32))
-            / np.asarray(std, np.float32))
+  expect = (
+    x.astype(np.float32) * np.float32(1 / 255.0) - np.asarray(mean, np.float32)
+  ) / np.asarray(std, np.float32)
   out = ip.normalize(x, mean, std)
   assert out.dtype == np.float32 and out.shape == x.shape
   np.testing.assert_array_equal(out, expect)
-  np.testing.assert_allclose(ip.normalize(x, 0.5, 0.25), (x / 255.0 - 0.5) / 0.25,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    ip.normalize(x, 0.5, 0.25), (x / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-5
+  )
   x1 = _images(n=3, c=1)
-  np.testing.assert_allclose(ip.normalize(x1, (0.3,), (0.2,)), (x1 / 255.0 - 0.3) / 0.2,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    ip.normalize(x1, (0.3,), (0.2,)), (x1 / 255.0 - 0.3) / 0.2, rtol=1e-5, atol=1e-5
+  )
 
 
 def _split(n=40):
@@ -204,18 +222,17 @@ def test_splits_and_eval_batches():
   np.testing.assert_array_equal(a.images, ds.train_images[6:])
   with pytest.raises(ValueError, match="train_portion"):
     ip.search_splits(ds, 1.0)
-  batches = list(ip.eval_batches(ip.Split(ds.test_images, ds.test_labels), 4,
-                                 ds.mean, ds.std))
+  batches = list(ip.eval_batches(ip.Split(ds.test_images, ds.test_labels), 4, ds.mean, ds.std))
   assert [b["mask"].sum() for b in batches] == [4, 1]
 
 
 def test_throughput_benchmark_runs_and_prints_json(capsys):
   ds = data_benchmark.random_dataset(num_train=512)
   rate = data_benchmark.measure_input_throughput(
-      ds, 96, ip.AugmentConfig(4, True, 16), seconds=0.05)
+    ds, 96, ip.AugmentConfig(4, True, 16), seconds=0.05
+  )
   assert rate > 0
-  data_benchmark.main(["--num_train=512", "--batch_size=64", "--seconds=0.05",
-                       "--cutout=16"])
+  data_benchmark.main(["--num_train=512", "--batch_size=64", "--seconds=0.05", "--cutout=16"])
   record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert record["batch_size"] == 64 and record["images_per_s"] > 0
   assert record["augment"]["cutout"] == 16 and record["image_shape"] == [32, 32, 3]
@@ -229,8 +246,9 @@ def test_search_batches_train_weights_on_the_first_half_and_architecture_on_the_
   assert not first & second
   seen_train, seen_val = set(), set()
   for epoch in range(2):
-    for train, val in ip.search_batches(weight_split, arch_split, 8, 0, epoch, None,
-                                        0.0, 1 / 255.0):
+    for train, val in ip.search_batches(
+      weight_split, arch_split, 8, 0, epoch, None, 0.0, 1 / 255.0
+    ):
       # mean 0, std 1/255: normalising gives back the uint8 values as floats.
       seen_train |= {np.rint(im).astype(np.uint8).tobytes() for im in train["image"]}
       seen_val |= {np.rint(im).astype(np.uint8).tobytes() for im in val["image"]}
@@ -239,6 +257,7 @@ def test_search_batches_train_weights_on_the_first_half_and_architecture_on_the_
 
 def test_prefetch_yields_the_same_items_and_stops_its_thread():
   import threading  # pylint: disable=g-import-not-at-top
+
   items = [{"x": np.full(3, i)} for i in range(20)]
   for size in (0, 1, 3):
     out = list(ip.prefetch(iter(items), size))
@@ -252,5 +271,6 @@ def test_prefetch_yields_the_same_items_and_stops_its_thread():
   def failing():
     yield 1
     raise OSError("disk gone")
+
   with pytest.raises(OSError, match="disk gone"):
     list(ip.prefetch(failing(), 2))

@@ -35,8 +35,7 @@ def _value_and_grads(fn, *args):
   """fn(*args) and the gradients in every argument of Σ(fn(*args) · R)."""
   out = fn(*args)
   r = _random(out.shape, 99)
-  return out, jax.grad(lambda *a: jnp.sum(fn(*a) * r), argnums=tuple(range(len(args))))(
-      *args)
+  return out, jax.grad(lambda *a: jnp.sum(fn(*a) * r), argnums=tuple(range(len(args))))(*args)
 
 
 def _assert_close(got, want, tol=1e-12):
@@ -53,19 +52,23 @@ def test_the_kernels_build_here():
 # k//2) and dilated (dilation 2) convolutions at strides 1 and 2, odd sizes, a
 # stride 3, no padding, and a padding beyond (k − 1)·d (the input gradient's general
 # path).
-CASES = [(2, 9, 8, 6, 3, 1, 1, 1), (2, 8, 8, 6, 5, 1, 2, 1), (2, 9, 7, 5, 5, 2, 2, 1),
-         (3, 8, 8, 5, 3, 2, 2, 2), (2, 7, 9, 4, 5, 1, 4, 2), (2, 8, 8, 3, 3, 1, 0, 1),
-         (1, 7, 6, 2, 3, 3, 1, 1), (2, 6, 6, 3, 3, 1, 3, 1)]
+CASES = [
+  (2, 9, 8, 6, 3, 1, 1, 1),
+  (2, 8, 8, 6, 5, 1, 2, 1),
+  (2, 9, 7, 5, 5, 2, 2, 1),
+  (3, 8, 8, 5, 3, 2, 2, 2),
+  (2, 7, 9, 4, 5, 1, 4, 2),
+  (2, 8, 8, 3, 3, 1, 0, 1),
+  (1, 7, 6, 2, 3, 3, 1, 1),
+  (2, 6, 6, 3, 3, 1, 3, 1),
+]
 
 
 @pytest.mark.parametrize("n,h,w,c,k,stride,padding,dilation", CASES)
-def test_depthwise_kernel_equals_the_grouped_convolution(n, h, w, c, k, stride, padding,
-                                                         dilation):
+def test_depthwise_kernel_equals_the_grouped_convolution(n, h, w, c, k, stride, padding, dilation):
   x, kernel = _random((n, h, w, c), 0), _random((k, k, c), 1)
-  got = _value_and_grads(lambda x, kk: cpu.depthwise(x, kk, stride, padding, dilation),
-                         x, kernel)
-  want = _value_and_grads(lambda x, kk: cpu.reference(x, kk, stride, padding, dilation),
-                          x, kernel)
+  got = _value_and_grads(lambda x, kk: cpu.depthwise(x, kk, stride, padding, dilation), x, kernel)
+  want = _value_and_grads(lambda x, kk: cpu.reference(x, kk, stride, padding, dilation), x, kernel)
   _assert_close(got, want)
 
 
@@ -79,17 +82,18 @@ def test_depthwise_kernel_in_float32_to_float32_rounding():
 
 
 @pytest.mark.parametrize("average", [False, True])
-@pytest.mark.parametrize("n,h,w,c,stride", [(2, 8, 8, 5, 1), (2, 9, 7, 3, 2),
-                                            (1, 5, 6, 2, 3)])
+@pytest.mark.parametrize("n,h,w,c,stride", [(2, 8, 8, 5, 1), (2, 9, 7, 3, 2), (1, 5, 6, 2, 3)])
 def test_pools_equal_flax_pools(n, h, w, c, stride, average):
   x = _random((n, h, w, c), 0)
   if average:
-    ref = lambda x: nn.avg_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)),
-                                count_include_pad=False)
+    ref = lambda x: nn.avg_pool(
+      x, (3, 3), (stride, stride), ((1, 1), (1, 1)), count_include_pad=False
+    )
   else:
     ref = lambda x: nn.max_pool(x, (3, 3), (stride, stride), ((1, 1), (1, 1)))
-  _assert_close(_value_and_grads(lambda x: cpu.pool_3x3(x, stride, average), x),
-                _value_and_grads(ref, x))
+  _assert_close(
+    _value_and_grads(lambda x: cpu.pool_3x3(x, stride, average), x), _value_and_grads(ref, x)
+  )
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum():
@@ -106,8 +110,9 @@ def test_grouped_pointwise_equals_a_product_per_group(c, o):
   x, w = _random((11, 100, 4 * c), 0), _random((4, c, o), 1)
 
   def reference(x, w):
-    return jnp.einsum("...gc,gco->...go", x.reshape(x.shape[:-1] + (4, c)),
-                      w).reshape(x.shape[:-1] + (4 * o,))
+    return jnp.einsum("...gc,gco->...go", x.reshape(x.shape[:-1] + (4, c)), w).reshape(
+      x.shape[:-1] + (4 * o,)
+    )
 
   want_y, (want_dx, want_dw) = _value_and_grads(reference, x, w)
   r = _random(want_y.shape, 99)  # the cotangent `_value_and_grads` used
@@ -123,16 +128,15 @@ def test_materialize_is_the_identity_and_so_is_its_gradient():
   _assert_close(g, _random(x.shape, 99))
 
 
-@pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 2, 1, 5),
-                                                      (1, 4, 2, 5)])
-def test_kernel_calls_count_the_flops_of_the_convolution_they_replace(stride, padding,
-                                                                      dilation, k):
+@pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 2, 1, 5), (1, 4, 2, 5)])
+def test_kernel_calls_count_the_flops_of_the_convolution_they_replace(stride, padding, dilation, k):
   x, kernel = _random((2, 9, 8, 4), 0), _random((k, k, 4), 1)
   r = _random(cpu.reference(x, kernel, stride, padding, dilation).shape, 2)
 
   def count(fn):
     loss = lambda x, kk: jnp.sum(fn(x, kk, stride, padding, dilation) * r)
     return flops.count_flops(jax.grad(loss, argnums=(0, 1)), x, kernel).total
+
   assert count(cpu.depthwise) == count(cpu.reference) > 0
 
 
@@ -162,10 +166,23 @@ try:
 except validation.ConfigError as e:
   print("ERROR", e)
 """
-  env = dict(os.environ, DNAS_JAX_KERNEL_DIR=str(tmp_path), CXX="/nonexistent/c++",
-             PATH="/nonexistent", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        env=env, cwd=ROOT, timeout=300, check=False)
+  env = dict(
+    os.environ,
+    DNAS_JAX_KERNEL_DIR=str(tmp_path),
+    CXX="/nonexistent/c++",
+    PATH="/nonexistent",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT,
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+    timeout=300,
+    check=False,
+  )
   assert done.returncode == 0, done.stderr
   out = done.stdout
   assert "REASON no C++ compiler found" in out
@@ -176,17 +193,18 @@ except validation.ConfigError as e:
 
 
 def test_kernels_are_built_once_into_the_kernel_folder(tmp_path):
-  env = dict(os.environ, DNAS_JAX_KERNEL_DIR=str(tmp_path), JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT)
+  env = dict(os.environ, DNAS_JAX_KERNEL_DIR=str(tmp_path), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   script = "from dnas_jax.kernels import cpu; print(cpu.available(), cpu.kernel_dir())"
-  first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=300, check=True)
+  first = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=True
+  )
   assert first.stdout.split() == ["True", str(tmp_path)]
   built = os.listdir(tmp_path)
   assert len(built) == 1 and built[0].startswith("cpu-") and built[0].endswith(".so")
   stamp = os.path.getmtime(tmp_path / built[0])
-  subprocess.run([sys.executable, "-c", script], env=env, timeout=300, check=True,
-                 capture_output=True)
+  subprocess.run(
+    [sys.executable, "-c", script], env=env, timeout=300, check=True, capture_output=True
+  )
   assert os.listdir(tmp_path) == built and os.path.getmtime(tmp_path / built[0]) == stamp
 
 
@@ -198,12 +216,14 @@ def test_kernel_program_is_the_cpus_choice_and_only_the_cpus():
     assert program_lib.AUTO_PROGRAM[backend]["depthwise"] != "kernel"
 
 
-@pytest.mark.parametrize("num_layers,cpu_scan", [(3, "none"), (5, "none"), (6, "stages"),
-                                                 (8, "stages"), (20, "stages")])
+@pytest.mark.parametrize(
+  "num_layers,cpu_scan", [(3, "none"), (5, "none"), (6, "stages"), (8, "stages"), (20, "stages")]
+)
 def test_the_cpu_scans_only_stages_of_two_cells_or_more(num_layers, cpu_scan):
   """Normal cells per stage at L = 5: 1, 1, 1 (reductions at 1 and 3); at L = 6: 2, 1,
   1. Other backends, an explicit value and a stored one are left as they are."""
   from dnas_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
+
   config = cifar10.get_config()
   config.model.num_layers = num_layers
   assert program_lib.resolve_program(config, "cpu")["scan"] == cpu_scan

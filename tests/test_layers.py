@@ -11,8 +11,18 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Package (or top-level module) of dnas_jax → layer. Two packages of one layer
 # (search, retrain) do not import each other.
-LAYERS = {"kernels": 0, "space": 1, "models": 2, "data": 3, "training": 4, "search": 5, "retrain": 5,
-          "api": 6, "tools": 7, "configs": 8}
+LAYERS = {
+  "kernels": 0,
+  "space": 1,
+  "models": 2,
+  "data": 3,
+  "training": 4,
+  "search": 5,
+  "retrain": 5,
+  "api": 6,
+  "tools": 7,
+  "configs": 8,
+}
 
 
 def _unit(module: str) -> str:
@@ -31,8 +41,9 @@ def _imports(path, package):
     if isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                        + ([base] if base else []))
+        base = ".".join(
+          package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+        )
       for a in node.names:
         yield f"{base}.{a.name}" if base in ("dnas_jax",) else base
     elif isinstance(node, ast.Import):
@@ -64,8 +75,7 @@ def _violations(modules):
       if other not in LAYERS:
         out.append(f"{name} imports {imported}, which has no layer")
       elif LAYERS[other] >= LAYERS[unit]:
-        out.append(f"{name} (layer {LAYERS[unit]}) imports {imported} "
-                   f"(layer {LAYERS[other]})")
+        out.append(f"{name} (layer {LAYERS[unit]}) imports {imported} (layer {LAYERS[other]})")
   return out
 
 
@@ -81,19 +91,20 @@ def test_every_library_module_imports_only_from_lower_layers():
 
 def test_the_layer_check_sees_violations(tmp_path):
   bad = tmp_path / "bad.py"
-  bad.write_text("from dnas_jax.search import loop\nimport experiments.cli\n"
-                 "from dnas_jax.retrain import steps\nfrom dnas_jax.models import arch\n"
-                 "from dnas_jax import api\n")
-  found = _violations([("dnas_jax.search.steps", str(bad)),
-                       ("dnas_jax.training.loop", str(bad))])
+  bad.write_text(
+    "from dnas_jax.search import loop\nimport experiments.cli\n"
+    "from dnas_jax.retrain import steps\nfrom dnas_jax.models import arch\n"
+    "from dnas_jax import api\n"
+  )
+  found = _violations([("dnas_jax.search.steps", str(bad)), ("dnas_jax.training.loop", str(bad))])
   assert found == [
-      "dnas_jax.search.steps imports the entry points (experiments.cli)",
-      "dnas_jax.search.steps (layer 5) imports dnas_jax.retrain (layer 5)",
-      "dnas_jax.search.steps (layer 5) imports dnas_jax.api (layer 6)",
-      "dnas_jax.training.loop (layer 4) imports dnas_jax.search (layer 5)",
-      "dnas_jax.training.loop imports the entry points (experiments.cli)",
-      "dnas_jax.training.loop (layer 4) imports dnas_jax.retrain (layer 5)",
-      "dnas_jax.training.loop (layer 4) imports dnas_jax.api (layer 6)",
+    "dnas_jax.search.steps imports the entry points (experiments.cli)",
+    "dnas_jax.search.steps (layer 5) imports dnas_jax.retrain (layer 5)",
+    "dnas_jax.search.steps (layer 5) imports dnas_jax.api (layer 6)",
+    "dnas_jax.training.loop (layer 4) imports dnas_jax.search (layer 5)",
+    "dnas_jax.training.loop imports the entry points (experiments.cli)",
+    "dnas_jax.training.loop (layer 4) imports dnas_jax.retrain (layer 5)",
+    "dnas_jax.training.loop (layer 4) imports dnas_jax.api (layer 6)",
   ]
 
 
@@ -102,6 +113,7 @@ def test_only_dnas_jax_is_installed_and_it_holds_the_configs():
   (its configs among them, for the notebook after a pip install), no top-level
   `experiments`."""
   from setuptools.config import setupcfg  # pylint: disable=g-import-not-at-top
+
   cwd = os.getcwd()
   os.chdir(ROOT)  # find_packages runs relative to the project
   try:
@@ -111,12 +123,14 @@ def test_only_dnas_jax_is_installed_and_it_holds_the_configs():
   assert {p.split(".")[0] for p in packages} == {"dnas_jax"}
   assert {f"dnas_jax.{unit}" for unit in LAYERS if unit != "api"} <= set(packages)
   assert os.path.realpath(os.path.join(ROOT, "experiments", "configs")) == os.path.join(
-      ROOT, "dnas_jax", "configs")
+    ROOT, "dnas_jax", "configs"
+  )
 
 
 def test_no_file_refers_to_a_document_the_repository_does_not_hold():
-  files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.split()
+  files = subprocess.run(
+    ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout.split()
   docs = {os.path.basename(f) for f in files if f.endswith(".md")}
   docs.add("comparison.md")  # not a document: the table experiments.compare writes
   missing = []

@@ -25,38 +25,53 @@ import jax_processes as mp  # tests/jax_processes.py
 # reduction cells: the runtime, not the network, is under test, and this keeps each
 # process's compile short), one epoch of 8 steps with architecture updates from the
 # first.
-SEARCH = ["--config=experiments/configs/test.py", "--config.num_epochs=1",
-          "--config.optim.arch_warmup_epochs=0", "--config.eval_batch_size=16",
-          "--config.model.primitives=max_pool_3x3,skip_connect",
-          "--config.model.num_layers=3"]
+SEARCH = [
+  "--config=experiments/configs/test.py",
+  "--config.num_epochs=1",
+  "--config.optim.arch_warmup_epochs=0",
+  "--config.eval_batch_size=16",
+  "--config.model.primitives=max_pool_3x3,skip_connect",
+  "--config.model.num_layers=3",
+]
 # One retraining step of the whole training set (256 images): over more steps the
 # retraining's rounding differences grow (measured: 3e-6 of an array's largest value
 # after one step of 64 images, 1e-3 after three; near-ties in max pooling flip).
-RETRAIN = ["--config=experiments/configs/test_retrain.py", "--config.num_epochs=1",
-           "--config.batch_size=256"]
+RETRAIN = [
+  "--config=experiments/configs/test_retrain.py",
+  "--config.num_epochs=1",
+  "--config.batch_size=256",
+]
 LIMIT = 420  # seconds per command
 
 
 def _single(module, args, workdir):
-  out = subprocess.run([sys.executable, "-m", module, *args, f"--workdir={workdir}"],
-                       cwd=mp.ROOT, env=mp.env_for(8), capture_output=True, text=True,
-                       timeout=LIMIT)
+  out = subprocess.run(
+    [sys.executable, "-m", module, *args, f"--workdir={workdir}"],
+    cwd=mp.ROOT,
+    env=mp.env_for(8),
+    capture_output=True,
+    text=True,
+    timeout=LIMIT,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
 
 
 def _state(workdir):
   """The newest checkpoint's state as nested dicts of arrays, and its step."""
   manager = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "meta": ocp.JsonCheckpointHandler()})
+    os.path.join(workdir, "checkpoints"),
+    item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+  )
   step = manager.latest_step()
   # Saved over 8 devices; restored here onto this process's one device.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        manager.item_metadata(step)["state"])
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target))).state
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    manager.item_metadata(step)["state"],
+  )
+  state = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+  ).state
   manager.close()
   return state, step
 
@@ -80,9 +95,11 @@ def _finished_steps(workdir):
   folder = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(folder):
     return []
-  return sorted(int(s) for s in os.listdir(folder)
-                if s.isdigit() and os.path.isfile(os.path.join(folder, s,
-                                                               "_CHECKPOINT_METADATA")))
+  return sorted(
+    int(s)
+    for s in os.listdir(folder)
+    if s.isdigit() and os.path.isfile(os.path.join(folder, s, "_CHECKPOINT_METADATA"))
+  )
 
 
 def _wait_for_checkpoint(procs, workdir, after: int):
@@ -124,10 +141,11 @@ def test_two_processes_search_like_one_and_resume_after_kill_and_preemption(tmp_
   state, step = _state(str(run))
   assert step == ref_step == 8
   _assert_same_state(state, ref_state)
-  np.testing.assert_allclose(np.load(run / "psi.npy"), np.load(ref / "psi.npy"),
-                             rtol=1e-5)
-  assert (json.loads((run / "genotype.json").read_text())["cells"]
-          == json.loads((ref / "genotype.json").read_text())["cells"])
+  np.testing.assert_allclose(np.load(run / "psi.npy"), np.load(ref / "psi.npy"), rtol=1e-5)
+  assert (
+    json.loads((run / "genotype.json").read_text())["cells"]
+    == json.loads((ref / "genotype.json").read_text())["cells"]
+  )
   # Only process 0 wrote the artifacts and event files: one set, no temporaries.
   events = [n for n in os.listdir(run) if n.startswith("events.out.tfevents")]
   assert len(events) == 3  # one per launch
@@ -137,8 +155,9 @@ def test_two_processes_search_like_one_and_resume_after_kill_and_preemption(tmp_
 def test_two_processes_retrain_like_one(tmp_path):
   ref, run = tmp_path / "one_process", tmp_path / "two_processes"
   _single("experiments.train", RETRAIN, ref)
-  with mp.Processes("experiments.train", RETRAIN + [f"--workdir={run}"], 2, 4,
-                    str(tmp_path)) as procs:
+  with mp.Processes(
+    "experiments.train", RETRAIN + [f"--workdir={run}"], 2, 4, str(tmp_path)
+  ) as procs:
     assert procs.wait(LIMIT) == [0, 0], procs.output()
   ref_state, ref_step = _state(str(ref))
   state, step = _state(str(run))

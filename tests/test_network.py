@@ -34,13 +34,13 @@ def test_parameter_counts_equal_official_code(name):
   net = network.create_network(known_genotypes.get_genotype(name, 20), 10, 36, True)
   shapes = _shapes(net)
   assert network.count_params(shapes) == OFFICIAL_COUNTS[name]
-  assert (network.count_params(shapes, exclude_auxiliary=False)
-          - network.count_params(shapes)) == OFFICIAL_AUXILIARY_COUNT
+  assert (
+    network.count_params(shapes, exclude_auxiliary=False) - network.count_params(shapes)
+  ) == OFFICIAL_AUXILIARY_COUNT
 
 
 def _small_net(name="DARTS_V2", layers=5, channels=4, **kwargs):
-  return network.create_network(known_genotypes.get_genotype(name, layers), 10,
-                                channels, **kwargs)
+  return network.create_network(known_genotypes.get_genotype(name, layers), 10, channels, **kwargs)
 
 
 def test_eval_returns_logits_only_and_never_runs_auxiliary_head():
@@ -49,8 +49,12 @@ def test_eval_returns_logits_only_and_never_runs_auxiliary_head():
   variables = _shapes(net)
   assert network.AUXILIARY_NAME in variables["params"]
   logits, aux = jax.eval_shape(
-      lambda v, x: net.apply(v, x, 0.2, rngs={"dropout": jax.random.key(0)},
-                             mutable=["batch_stats"])[0], variables, images)
+    lambda v, x: net.apply(v, x, 0.2, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])[
+      0
+    ],
+    variables,
+    images,
+  )
   assert logits.shape == aux.shape == (2, 10)
   eval_net = net.clone(train=False)
   out = jax.eval_shape(eval_net.apply, variables, images)
@@ -65,15 +69,13 @@ def test_eval_returns_logits_only_and_never_runs_auxiliary_head():
 # set to the value `_reference_variables` gives its Flax counterpart (kernels transposed
 # to PyTorch's layout), running statistics at their initial values; rounded to 1e-5.
 REFERENCE_TRAIN_LOGITS = [
-    [4.42818, 0.89857, 11.64663, -4.11673, 3.80290, -1.59326, -1.76778, 0.93036,
-     3.17569, 5.46415],
-    [4.89391, 0.59702, 10.90449, -2.96175, 2.97462, -1.47328, -1.03348, 0.85071,
-     3.11848, 5.49873]]
+  [4.42818, 0.89857, 11.64663, -4.11673, 3.80290, -1.59326, -1.76778, 0.93036, 3.17569, 5.46415],
+  [4.89391, 0.59702, 10.90449, -2.96175, 2.97462, -1.47328, -1.03348, 0.85071, 3.11848, 5.49873],
+]
 REFERENCE_EVAL_LOGITS = [
-    [3.52242, 4.06383, 13.44401, -5.81898, 5.79248, 3.35202, -0.78791, 2.51387,
-     4.30792, 8.62880],
-    [3.47258, 4.32623, 13.88150, -6.23086, 5.94325, 3.29901, -0.80239, 2.68434,
-     4.52790, 8.54698]]
+  [3.52242, 4.06383, 13.44401, -5.81898, 5.79248, 3.35202, -0.78791, 2.51387, 4.30792, 8.62880],
+  [3.47258, 4.32623, 13.88150, -6.23086, 5.94325, 3.29901, -0.80239, 2.68434, 4.52790, 8.54698],
+]
 
 
 def _reference_inputs():
@@ -88,13 +90,14 @@ def _reference_variables(net, images):
   for i, path in enumerate(sorted(flat)):
     shape = flat[path].shape
     scale = 0.3 if len(shape) > 1 else 1.0
-    params[path] = jnp.asarray(np.random.default_rng(i).normal(size=shape) * scale,
-                               jnp.float32)
+    params[path] = jnp.asarray(np.random.default_rng(i).normal(size=shape) * scale, jnp.float32)
   stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
   stats = flax.traverse_util.flatten_dict(stats)
   stats = {p: (jnp.ones_like(v) if p[-1] == "var" else v) for p, v in stats.items()}
-  return {"params": flax.traverse_util.unflatten_dict(params),
-          "batch_stats": flax.traverse_util.unflatten_dict(stats)}
+  return {
+    "params": flax.traverse_util.unflatten_dict(params),
+    "batch_stats": flax.traverse_util.unflatten_dict(stats),
+  }
 
 
 def test_tiny_forward_equals_official_code():
@@ -117,8 +120,9 @@ def _run_cell(cell_genotype, drop_prob, seed):
   cell = network.Cell(cell_genotype, 4, reduction_prev=False, train=True)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, 6, 4)), jnp.float32)
   variables = init_lib.init_from_shapes(cell, 0, x, x)
-  out, _ = cell.apply(variables, x, x, drop_prob, rngs={"dropout": jax.random.key(seed)},
-                      mutable=["batch_stats"])
+  out, _ = cell.apply(
+    variables, x, x, drop_prob, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
+  )
   return np.asarray(out)
 
 
@@ -183,8 +187,10 @@ def test_tiny_imagenet_variant():
   extra = 27 * c + 2 * c + 9 * c * 3 * c - 27 * 3 * c
   assert network.count_params(tiny_shapes) == network.count_params(_shapes(cifar)) + extra
   logits, aux = jax.eval_shape(
-      lambda v, x: tiny.apply(v, x, mutable=["batch_stats"])[0], tiny_shapes,
-      jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
+    lambda v, x: tiny.apply(v, x, mutable=["batch_stats"])[0],
+    tiny_shapes,
+    jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32),
+  )
   assert logits.shape == aux.shape == (2, 200)
 
 

@@ -24,15 +24,29 @@ NOTEBOOK = os.path.join(REPO, "experiments", "colab_tpu.ipynb")
 
 
 def _tiny_parameters(workdir: str) -> str:
-  return "\n".join([
-      "TINY = True", "SEARCH_EPOCHS = None", "RETRAIN_EPOCHS = 1", "BATCH_SIZE = None",
-      f"WORKDIR = {workdir!r}", 'DATA_DIR = ""', "USE_DRIVE = False",
-      'DRIVE_DIR = ""', f"PACKAGE = {REPO!r}"])
+  return "\n".join(
+    [
+      "TINY = True",
+      "SEARCH_EPOCHS = None",
+      "RETRAIN_EPOCHS = 1",
+      "BATCH_SIZE = None",
+      f"WORKDIR = {workdir!r}",
+      'DATA_DIR = ""',
+      "USE_DRIVE = False",
+      'DRIVE_DIR = ""',
+      f"PACKAGE = {REPO!r}",
+    ]
+  )
 
 
 def _assigned(source: str) -> set[str]:
-  return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
-          for t in node.targets if isinstance(t, ast.Name)}
+  return {
+    t.id
+    for node in ast.parse(source).body
+    if isinstance(node, ast.Assign)
+    for t in node.targets
+    if isinstance(t, ast.Name)
+  }
 
 
 def _code_cell(needle: str) -> str:
@@ -72,8 +86,11 @@ def _no_pip(*args, **kwargs):
 
 def _without_dnas_jax(monkeypatch):
   real = importlib.util.find_spec
-  monkeypatch.setattr(importlib.util, "find_spec",
-                      lambda name, *a, **k: None if name == "dnas_jax" else real(name, *a, **k))
+  monkeypatch.setattr(
+    importlib.util,
+    "find_spec",
+    lambda name, *a, **k: None if name == "dnas_jax" else real(name, *a, **k),
+  )
 
 
 def test_install_cell_without_package_says_what_to_set(monkeypatch):
@@ -105,19 +122,22 @@ def test_drive_cell_puts_workdir_and_cache_on_drive(monkeypatch):
   colab = types.ModuleType("google.colab")
   colab.drive = types.SimpleNamespace(mount=mounted.append)
   try:
-    import google  # pylint: disable=g-import-not-at-top,unused-import
+    import google  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
   monkeypatch.setitem(sys.modules, "google.colab", colab)
   source = _code_cell("drive.mount")
-  scope = {"USE_DRIVE": True, "DRIVE_DIR": "/d/dnas", "WORKDIR": "/content/dnas",
-           "PACKAGE": ""}
+  scope = {"USE_DRIVE": True, "DRIVE_DIR": "/d/dnas", "WORKDIR": "/content/dnas", "PACKAGE": ""}
   exec(source, scope)  # pylint: disable=exec-used
   assert mounted == ["/content/drive"]
   assert scope["WORKDIR"] == "/d/dnas/workdir"
   assert scope["CACHE_DIR"] == "/d/dnas/compile_cache"
-  scope = {"USE_DRIVE": False, "DRIVE_DIR": "/d/dnas", "WORKDIR": "/content/dnas",
-           "PACKAGE": "git+https://example.invalid/x.git"}
+  scope = {
+    "USE_DRIVE": False,
+    "DRIVE_DIR": "/d/dnas",
+    "WORKDIR": "/content/dnas",
+    "PACKAGE": "git+https://example.invalid/x.git",
+  }
   exec(source, scope)  # pylint: disable=exec-used
   assert mounted == ["/content/drive"] and scope["WORKDIR"] == "/content/dnas"
   assert scope["CACHE_DIR"] == ""
@@ -136,8 +156,9 @@ def test_notebook_runs_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", cache)
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([REPO, *sys.path]))
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                   resources={"metadata": {"path": REPO}})
+  client = nbclient.NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": REPO}}
+  )
   client.execute()  # raises CellExecutionError on the first failing cell
 
   code = [c for c in nb.cells if c.cell_type == "code"]

@@ -27,24 +27,46 @@ from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
 from dnas_jax.training import validation
-from dnas_jax.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTENDING = os.path.join(ROOT, "docs", "extending.md")
-DNAS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-        "dil_conv_3x3", "dil_conv_5x5")
+DNAS = (
+  "max_pool_3x3",
+  "avg_pool_3x3",
+  "skip_connect",
+  "sep_conv_3x3",
+  "sep_conv_5x5",
+  "dil_conv_3x3",
+  "dil_conv_5x5",
+)
 # quark0/darts cnn/operations.py's OPS.
-DARTS_OPS = {"none", "avg_pool_3x3", "max_pool_3x3", "skip_connect", "sep_conv_3x3",
-             "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5",
-             "conv_7x1_1x7"}
+DARTS_OPS = {
+  "none",
+  "avg_pool_3x3",
+  "max_pool_3x3",
+  "skip_connect",
+  "sep_conv_3x3",
+  "sep_conv_5x5",
+  "sep_conv_7x7",
+  "dil_conv_3x3",
+  "dil_conv_5x5",
+  "conv_7x1_1x7",
+}
 
 
 @pytest.fixture
 def registry():
   """The registry, restored after the test: what a test registers or imports is
   forgotten (the module's dictionaries are the registry; private state included)."""
-  saved = [(d, dict(d)) for d in (ops.OPS, ops.PRIMITIVE_SETS, ops._USER_FILES,  # pylint: disable=protected-access
-                                   ops._USER_MODULES)]  # pylint: disable=protected-access
+  saved = [
+    (d, dict(d))
+    for d in (
+      ops.OPS,
+      ops.PRIMITIVE_SETS,
+      ops._USER_FILES,  # pylint: disable=protected-access
+      ops._USER_MODULES,
+    )
+  ]  # pylint: disable=protected-access
   yield ops
   for d, before in saved:
     d.clear()
@@ -68,8 +90,7 @@ def test_the_built_in_lists_are_unchanged_and_every_darts_operation_is_there():
   assert DARTS_OPS <= set(ops.registered_ops())
   assert all(ops.is_builtin(p) for p in DARTS_OPS)
   # The issue: a registered operation outside DARTS's list is accepted by name.
-  assert validation.primitives_of("sep_conv_7x7,skip_connect") == ("sep_conv_7x7",
-                                                                   "skip_connect")
+  assert validation.primitives_of("sep_conv_7x7,skip_connect") == ("sep_conv_7x7", "skip_connect")
   assert validation.primitives_of("conv_7x1_1x7") == ("conv_7x1_1x7",)
   with pytest.raises(validation.ConfigError, match=r"Unknown operations \['foo'\]"):
     validation.primitives_of("skip_connect,foo")
@@ -100,7 +121,9 @@ def test_registering_a_name_again_needs_replace(registry):
 
 def test_named_lists_of_operations_are_registered_too(registry):
   assert registry.register_primitives("mine", ["skip_connect", "conv_7x1_1x7"]) == (
-      "skip_connect", "conv_7x1_1x7")
+    "skip_connect",
+    "conv_7x1_1x7",
+  )
   assert validation.primitives_of("mine") == ("skip_connect", "conv_7x1_1x7")
   with pytest.raises(ops.OperationError, match="'mine' is already registered"):
     registry.register_primitives("mine", ["skip_connect"])
@@ -114,7 +137,7 @@ def test_named_lists_of_operations_are_registered_too(registry):
     registry.get_primitives("other")
 
 
-USER_FILE = '''
+USER_FILE = """
 import flax.linen as nn
 from dnas_jax.space import ops
 
@@ -127,11 +150,10 @@ class Twice(nn.Module):
 
 ops.register_op("twice", lambda c, stride, affine, train, dtype, f: Twice(stride))
 ops.register_primitives("with_twice", ["skip_connect", "twice"])
-'''
+"""
 
 
-def test_a_users_file_registers_its_operations_and_its_bytes_are_hashed(registry,
-                                                                         tmp_path):
+def test_a_users_file_registers_its_operations_and_its_bytes_are_hashed(registry, tmp_path):
   path = tmp_path / "user_ops.py"
   path.write_text(USER_FILE)
   registry.import_ops_modules(f" {path} ,")
@@ -143,8 +165,9 @@ def test_a_users_file_registers_its_operations_and_its_bytes_are_hashed(registry
   path.write_text(USER_FILE.replace('"twice"', '"thrice"'))
   registry.import_ops_modules(str(path))
   assert "thrice" in registry.OPS and "twice" not in registry.OPS
-  assert registry.imported_user_sources()[str(path)] == hashlib.sha256(
-      path.read_bytes()).hexdigest()
+  assert (
+    registry.imported_user_sources()[str(path)] == hashlib.sha256(path.read_bytes()).hexdigest()
+  )
   # An operation registered from code outside any imported file: its source file.
   registry.register_op("here", _pool)
   assert os.path.abspath(__file__) in registry.imported_user_sources()
@@ -155,8 +178,9 @@ def test_an_operations_module_that_cannot_be_imported_is_one_line(registry, tmp_
   bad.write_text("from dnas_jax.space import ops\n\nx = 1\nraise RuntimeError('oops')\n")
   with pytest.raises(ops.OperationError) as e:
     registry.import_ops_modules(str(bad))
-  assert str(e.value) == (f"cannot import the operations module {str(bad)!r} (line 4): "
-                          "RuntimeError: oops")
+  assert str(e.value) == (
+    f"cannot import the operations module {str(bad)!r} (line 4): RuntimeError: oops"
+  )
   config = test_config.get_config()
   config.model.ops_modules = str(tmp_path / "absent.py")
   with pytest.raises(validation.ConfigError, match="no such file"):
@@ -211,21 +235,30 @@ class _NoVmap(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return _unbatchable(x[:, ::self.stride, ::self.stride])
+    return _unbatchable(x[:, :: self.stride, :: self.stride])
 
 
-@pytest.mark.parametrize("factory, message", [
-    (lambda c, s, a, t, d, f: _WrongChannels(c, s),
-     "config.model.primitives: operation 'broken' (stride 1) on input [2, 8, 8, 2] "
-     "float32 gave [2, 8, 8, 4] float32, expected [2, 8, 8, 2] float32"),
-    (lambda c, s, a, t, d, f: _NoHalving(c),
-     "config.model.primitives: operation 'broken' (stride 2) on input [2, 8, 8, 2] "
-     "float32 gave [2, 8, 8, 2] float32, expected [2, 4, 4, 2] float32"),
-    (lambda c, s, a, t, d, f: _NoVmap(s),
-     "config.model.primitives: operation 'broken' (stride 1, vmapped over 2 edges) on "
-     "input [2, 2, 8, 8, 2] float32 fails to trace: NotImplementedError: this "
-     "operation cannot be vmapped"),
-])
+@pytest.mark.parametrize(
+  "factory, message",
+  [
+    (
+      lambda c, s, a, t, d, f: _WrongChannels(c, s),
+      "config.model.primitives: operation 'broken' (stride 1) on input [2, 8, 8, 2] "
+      "float32 gave [2, 8, 8, 4] float32, expected [2, 8, 8, 2] float32",
+    ),
+    (
+      lambda c, s, a, t, d, f: _NoHalving(c),
+      "config.model.primitives: operation 'broken' (stride 2) on input [2, 8, 8, 2] "
+      "float32 gave [2, 8, 8, 2] float32, expected [2, 4, 4, 2] float32",
+    ),
+    (
+      lambda c, s, a, t, d, f: _NoVmap(s),
+      "config.model.primitives: operation 'broken' (stride 1, vmapped over 2 edges) on "
+      "input [2, 2, 8, 8, 2] float32 fails to trace: NotImplementedError: this "
+      "operation cannot be vmapped",
+    ),
+  ],
+)
 def test_a_broken_operation_is_refused_in_one_line(registry, factory, message):
   registry.register_op("broken", factory)
   config = test_config.get_config()
@@ -240,14 +273,27 @@ def test_a_broken_operation_stops_the_entry_point_before_compiling(tmp_path):
   """The refusal docs/extending.md shows, from the command line: one line, status 1,
   nothing compiled (an operation that ignores its stride)."""
   path = tmp_path / "broken_ops.py"
-  path.write_text("from dnas_jax.space import ops\n"
-                  "ops.register_op('my_op', lambda c, stride, affine, train, dtype, f: "
-                  "ops.ReLUConvBN(c, 1, 1, 0, affine, train, dtype))\n")
+  path.write_text(
+    "from dnas_jax.space import ops\n"
+    "ops.register_op('my_op', lambda c, stride, affine, train, dtype, f: "
+    "ops.ReLUConvBN(c, 1, 1, 0, affine, train, dtype))\n"
+  )
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.search", "--config=experiments/configs/test.py",
-       f"--workdir={tmp_path / 'run'}", f"--config.model.ops_modules={path}",
-       "--config.model.primitives=skip_connect,my_op"],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "experiments.search",
+      "--config=experiments/configs/test.py",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.model.ops_modules={path}",
+      "--config.model.primitives=skip_connect,my_op",
+    ],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 1, out.stderr[-2000:]
   errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in out.stderr
@@ -270,7 +316,7 @@ def _numpy_conv(x, w, stride, padding):
   out = np.zeros((x.shape[0], ho, wo, w.shape[3]))
   for i in range(ho):
     for j in range(wo):
-      window = xp[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :]
+      window = xp[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
       out[:, i, j, :] = np.einsum("bhwc,hwco->bo", window, w)
   return out
 
@@ -281,10 +327,10 @@ def test_conv_7x1_1x7_is_darts_two_convolutions(stride):
   float64 (the batch norm in evaluation with its initial statistics: x / √(1 + ε))."""
   with jax.enable_x64(True):
     x = np.random.default_rng(0).normal(size=(2, 9, 10, 3))
-    op = ops.create_op("conv_7x1_1x7", 3, stride, affine=True, train=False,
-                       dtype=jnp.float64)
-    variables = jax.tree.map(lambda a: np.asarray(a, np.float64),
-                             init_lib.init_from_shapes(op, 0, jnp.asarray(x)))
+    op = ops.create_op("conv_7x1_1x7", 3, stride, affine=True, train=False, dtype=jnp.float64)
+    variables = jax.tree.map(
+      lambda a: np.asarray(a, np.float64), init_lib.init_from_shapes(op, 0, jnp.asarray(x))
+    )
     k1 = variables["params"]["Conv_0"]["kernel"]
     k2 = variables["params"]["Conv_1"]["kernel"]
     assert k1.shape == (1, 7, 3, 3) and k2.shape == (7, 1, 3, 3)
@@ -307,6 +353,7 @@ def _close(a, b, rtol, atol):
 
 class _Conv3x3(nn.Module):
   """A user's operation: ReLU, 3×3 convolution, BN."""
+
   channels: int
   stride: int
   affine: bool
@@ -315,8 +362,9 @@ class _Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.channels, (3, 3), strides=self.stride, padding=1, use_bias=False,
-                dtype=self.dtype)(nn.relu(x))
+    x = nn.Conv(
+      self.channels, (3, 3), strides=self.stride, padding=1, use_bias=False, dtype=self.dtype
+    )(nn.relu(x))
     return ops.BatchNorm(self.affine, self.train, self.dtype)(x)
 
 
@@ -343,18 +391,25 @@ def test_new_operations_search_the_same_in_the_cpu_and_vmap_programs(registry, s
       return supernet._EdgeGroup(8, stride, prims, 4, 0.3, train, jnp.float64, f, layout)  # pylint: disable=protected-access
 
     v = _f64(init_lib.init_from_shapes(make("vmap", False), 0, xs, w, e))
-    assert (jax.tree.structure(_f64(init_lib.init_from_shapes(make("channels", False), 0,
-                                                              xs, w, e)))
-            == jax.tree.structure(v))
+    assert jax.tree.structure(
+      _f64(init_lib.init_from_shapes(make("channels", False), 0, xs, w, e))
+    ) == jax.tree.structure(v)
 
     def run(module):
       def loss(params, xs, w, e):
-        out, new = module.apply({"params": params, "batch_stats": v["batch_stats"]}, xs,
-                                w, e, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(7)})
+        out, new = module.apply(
+          {"params": params, "batch_stats": v["batch_stats"]},
+          xs,
+          w,
+          e,
+          mutable=["batch_stats"],
+          rngs={"dropout": jax.random.key(7)},
+        )
         return jnp.sum(out * g), new
+
       return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(
-          v["params"], xs, w, e)
+        v["params"], xs, w, e
+      )
 
     (value_plain, stats_plain), g_plain = run(make("vmap"))
     (value_cpu, stats_cpu), g_cpu = run(make("channels"))
@@ -363,16 +418,27 @@ def test_new_operations_search_the_same_in_the_cpu_and_vmap_programs(registry, s
     _close(stats_cpu, stats_plain, 1e-10, 1e-10)
     assert all(float(jnp.abs(g_plain[2][:, j]).max()) > 0 for j in range(1, len(prims)))
     trained = {"params": v["params"], **stats_plain}
-    _close(make("channels", False).apply(trained, xs, w, e),
-           make("vmap", False).apply(trained, xs, w, e), 1e-10, 1e-10)
+    _close(
+      make("channels", False).apply(trained, xs, w, e),
+      make("vmap", False).apply(trained, xs, w, e),
+      1e-10,
+      1e-10,
+    )
 
 
 def test_sep_conv_7x7_and_conv_7x1_1x7_retrain():
   """A tiny retraining network whose cells use both: forward and backward, finite,
   with DARTS's parameter count for conv_7x1_1x7 (two C×C×7 kernels and an affine BN)."""
-  pairs = [("sep_conv_7x7", 0), ("conv_7x1_1x7", 1), ("skip_connect", 2),
-           ("skip_connect", 1), ("skip_connect", 0), ("conv_7x1_1x7", 3),
-           ("skip_connect", 4), ("skip_connect", 2)]
+  pairs = [
+    ("sep_conv_7x7", 0),
+    ("conv_7x1_1x7", 1),
+    ("skip_connect", 2),
+    ("skip_connect", 1),
+    ("skip_connect", 0),
+    ("conv_7x1_1x7", 3),
+    ("skip_connect", 4),
+    ("skip_connect", 2),
+  ]
   geno = genotype_lib.stack_block_genotype(pairs, pairs, 3)
   assert genotype_lib.GlobalGenotype.from_json(geno.to_json()) == geno
   net = network.create_network(geno, 4, 8, auxiliary=False)
@@ -383,10 +449,14 @@ def test_sep_conv_7x7_and_conv_7x1_1x7_retrain():
   assert network.count_params({"params": edge}) == 2 * 7 * 8 * 8 + 2 * 8
 
   def loss(params):
-    (logits, _), _ = net.apply({"params": params, "batch_stats": v["batch_stats"]}, x,
-                               0.2, rngs={"dropout": jax.random.key(1)},
-                               mutable=["batch_stats"])
-    return jnp.mean(logits ** 2)
+    (logits, _), _ = net.apply(
+      {"params": params, "batch_stats": v["batch_stats"]},
+      x,
+      0.2,
+      rngs={"dropout": jax.random.key(1)},
+      mutable=["batch_stats"],
+    )
+    return jnp.mean(logits**2)
 
   value, grads = jax.jit(jax.value_and_grad(loss))(params)
   assert np.isfinite(float(value))
@@ -401,7 +471,7 @@ def test_sep_conv_7x7_and_conv_7x1_1x7_retrain():
 def _doc_blocks(kind: str) -> list[str]:
   """The `kind` blocks of docs/extending.md's "Your own operation" section."""
   text = open(EXTENDING, encoding="utf-8").read()
-  text = text[text.index("## Your own operation"):].split("\n## ")[0]
+  text = text[text.index("## Your own operation") :].split("\n## ")[0]
   return re.findall(rf"```{kind}\n(.*?)```", text, flags=re.S)
 
 
@@ -416,13 +486,22 @@ def test_the_extending_example_runs_as_written(tmp_path):
   os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
   commands = re.sub(r"\\\n\s*", " ", commands).strip().splitlines()
   assert [c.split()[2] for c in commands] == [
-      "experiments.search", "experiments.derive", "experiments.train",
-      "experiments.evaluate"]
+    "experiments.search",
+    "experiments.derive",
+    "experiments.train",
+    "experiments.evaluate",
+  ]
   for command in commands:
     args = shlex.split(command)
     assert args[:2] == ["python", "-m"]
-    out = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+      [sys.executable, *args[1:]],
+      cwd=tmp_path,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert out.returncode == 0, (command, out.stderr[-3000:])
   with open(tmp_path / "workdirs" / "my_ops_search" / "genotype.json") as f:
     derived = json.load(f)

@@ -38,20 +38,23 @@ def _psis():
   # softmax ψ (each connection sums to one), one-hot ψ (zeros) and uniform ψ.
   one_hot = np.zeros((4, 14, num_ops))
   one_hot[:, :, 1] = 1.0
-  return [rng.uniform(0.01, 1.0, (6, 14, num_ops)),
-          rng.dirichlet(np.ones(num_ops), size=(5, 14)),
-          one_hot,
-          np.full((3, 14, num_ops), 0.3)]
+  return [
+    rng.uniform(0.01, 1.0, (6, 14, num_ops)),
+    rng.dirichlet(np.ones(num_ops), size=(5, 14)),
+    one_hot,
+    np.full((3, 14, num_ops), 0.3),
+  ]
 
 
 @pytest.mark.parametrize("index", range(4))
 def test_entropy_and_skip_match_the_definitions(index):
   psi = _psis()[index]
-  np.testing.assert_allclose(psi_stats.psi_entropy(psi),
-                             [_entropy_by_hand(layer) for layer in psi],
-                             rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(psi_stats.psi_skip(psi, PRIMS),
-                             [_skip_by_hand(layer, PRIMS) for layer in psi], rtol=1e-12)
+  np.testing.assert_allclose(
+    psi_stats.psi_entropy(psi), [_entropy_by_hand(layer) for layer in psi], rtol=1e-12, atol=1e-12
+  )
+  np.testing.assert_allclose(
+    psi_stats.psi_skip(psi, PRIMS), [_skip_by_hand(layer, PRIMS) for layer in psi], rtol=1e-12
+  )
 
 
 def test_entropy_bounds():
@@ -71,12 +74,13 @@ def test_skip_needs_skip_connect():
 def test_tensorboard_summary_uses_the_same_definitions():
   psi = _psis()[0].astype(np.float32)
   summary = artifacts.psi_summary(psi, PRIMS)
-  assert sorted(summary) == sorted([f"psi_entropy/layer_{k:02d}" for k in range(6)]
-                                   + [f"psi_skip/layer_{k:02d}" for k in range(6)])
+  assert sorted(summary) == sorted(
+    [f"psi_entropy/layer_{k:02d}" for k in range(6)] + [f"psi_skip/layer_{k:02d}" for k in range(6)]
+  )
   for k, layer in enumerate(psi):
-    assert summary[f"psi_entropy/layer_{k:02d}"] == pytest.approx(
-        _entropy_by_hand(layer), rel=1e-5)
+    assert summary[f"psi_entropy/layer_{k:02d}"] == pytest.approx(_entropy_by_hand(layer), rel=1e-5)
     assert summary[f"psi_skip/layer_{k:02d}"] == pytest.approx(
-        _skip_by_hand(layer, PRIMS), rel=1e-5)
+      _skip_by_hand(layer, PRIMS), rel=1e-5
+    )
   no_skip = artifacts.psi_summary(psi[:, :, :2], ("max_pool_3x3", "avg_pool_3x3"))
   assert sorted(no_skip) == [f"psi_entropy/layer_{k:02d}" for k in range(6)]

@@ -51,22 +51,26 @@ def test_reference_records_its_script_and_the_official_commits():
 # Skip dropout schedule.
 
 
-@pytest.mark.parametrize("case", REFERENCE["pdarts_skip_dropout"],
-                         ids=lambda c: f"E{c['num_epochs']}_W{c['warmup_epochs']}_"
-                                       f"p{c['base_rate']}")
+@pytest.mark.parametrize(
+  "case",
+  REFERENCE["pdarts_skip_dropout"],
+  ids=lambda c: f"E{c['num_epochs']}_W{c['warmup_epochs']}_p{c['base_rate']}",
+)
 def test_decay_schedule_is_pdarts_per_epoch(case):
   epochs = np.arange(case["num_epochs"])
-  ours = skip_dropout.skip_dropout_rate(epochs, case["base_rate"], case["num_epochs"],
-                                        case["warmup_epochs"], "decay")
-  np.testing.assert_allclose(np.asarray(ours, np.float64), case["rates"], rtol=0,
-                             atol=1e-7)
+  ours = skip_dropout.skip_dropout_rate(
+    epochs, case["base_rate"], case["num_epochs"], case["warmup_epochs"], "decay"
+  )
+  np.testing.assert_allclose(np.asarray(ours, np.float64), case["rates"], rtol=0, atol=1e-7)
   # In the step, from the step count: one rate per epoch.
   steps_per_epoch = 3
-  schedule = skip_dropout.step_schedule("decay", case["base_rate"], case["num_epochs"],
-                                        case["warmup_epochs"], steps_per_epoch)
+  schedule = skip_dropout.step_schedule(
+    "decay", case["base_rate"], case["num_epochs"], case["warmup_epochs"], steps_per_epoch
+  )
   per_step = jax.jit(jax.vmap(schedule))(jnp.arange(case["num_epochs"] * steps_per_epoch))
-  np.testing.assert_allclose(np.asarray(per_step)[::steps_per_epoch], case["rates"],
-                             rtol=0, atol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(per_step)[::steps_per_epoch], case["rates"], rtol=0, atol=1e-7
+  )
 
 
 def test_constant_schedule_keeps_the_networks_rate():
@@ -95,13 +99,13 @@ def test_skip_dropout_at_a_traced_rate(layout):
   if layout == "channels":  # one edge beside the channels
     x, w = x[..., None, :], w[None]
   module = _mixed(prims, 0.3, layout)
-  variables = module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                          x, w)
+  variables = module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, w)
 
   @jax.jit
   def apply(rate, key):
     out, _ = module.clone(skip_dropout=rate).apply(
-        variables, x, w, mutable=["batch_stats"], rngs={"dropout": key})
+      variables, x, w, mutable=["batch_stats"], rngs={"dropout": key}
+    )
     return out
 
   x_np = np.asarray(x).reshape(-1)
@@ -131,13 +135,17 @@ def test_zero_one_targets_against_numpy(target):
   sig = lambda v: 1 / (1 + np.exp(-np.asarray(v, np.float64)))
   a, g = sig(params["alpha"]), sig(params["gamma"])
   loss = lambda s: -np.mean((s - 0.5) ** 2)
-  expected = {"factors": loss(np.concatenate([a.ravel(), g.ravel()])),
-              "psi": loss(np.asarray(spec.psi(params), np.float64)),
-              "per_factor": loss(a) + loss(g)}[target]
+  expected = {
+    "factors": loss(np.concatenate([a.ravel(), g.ravel()])),
+    "psi": loss(np.asarray(spec.psi(params), np.float64)),
+    "per_factor": loss(a) + loss(g),
+  }[target]
   np.testing.assert_allclose(float(spec.zero_one_loss(params)), expected, rtol=1e-5)
   # The targets differ from one another on these parameters.
-  others = {t: float(arch.ArchSpec("decoupled", L, 7, zero_one_target=t)
-                     .zero_one_loss(params)) for t in arch.ZERO_ONE_TARGETS}
+  others = {
+    t: float(arch.ArchSpec("decoupled", L, 7, zero_one_target=t).zero_one_loss(params))
+    for t in arch.ZERO_ONE_TARGETS
+  }
   assert len({round(v, 6) for v in others.values()}) == 3
 
 
@@ -146,8 +154,9 @@ def test_zero_one_default_is_the_factors_together():
   assert spec.zero_one_target == "factors" == cifar10.get_config().optim.zero_one_target
   assert arch.create_arch_spec(cifar10.get_config().arch, L, 7).zero_one_target == "factors"
   np.testing.assert_array_equal(
-      np.asarray(spec.zero_one_loss(params)),
-      np.asarray(arch.zero_one_loss(spec.sigmoid_factors(params))))
+    np.asarray(spec.zero_one_loss(params)),
+    np.asarray(arch.zero_one_loss(spec.sigmoid_factors(params))),
+  )
   # ψ itself is defined for every kind; the factors are not.
   full = arch.ArchSpec("full", L, 7, zero_one_target="psi")
   assert float(full.zero_one_loss(full.init(jax.random.key(0)))) < 0
@@ -174,8 +183,7 @@ def test_default_sampling_gives_the_batches_it_gave_before():
   the code path of the project before the option."""
   weight_split, arch_split = _splits()
   for epoch in range(2):
-    pairs = list(ip.search_batches(weight_split, arch_split, 8, 3, epoch, None, 0.0,
-                                   1 / 255.0))
+    pairs = list(ip.search_batches(weight_split, arch_split, 8, 3, epoch, None, 0.0, 1 / 255.0))
     before = list(ip.epoch_batches(arch_split, 8, 4, epoch, None, 0.0, 1 / 255.0))
     assert len(pairs) == len(before) == 4
     for (_, val), old in zip(pairs, before):
@@ -189,21 +197,33 @@ def test_independent_sampling_draws_each_step_afresh_and_resumes_exactly():
   arch_ids = {im.tobytes() for im in arch_split.images}
   batches = []
   for epoch in range(3):
-    for train, val in ip.search_batches(weight_split, arch_split, 8, 3, epoch, None,
-                                        0.0, 1 / 255.0, arch_sampling="independent"):
+    for train, val in ip.search_batches(
+      weight_split, arch_split, 8, 3, epoch, None, 0.0, 1 / 255.0, arch_sampling="independent"
+    ):
       ids = _ids(val)
       assert len(set(ids)) == 8 and set(ids) <= arch_ids  # distinct, from its half
       batches.append(ids)
   # Not a partition of the split per epoch: some epoch repeats an image.
-  assert any(len(set(sum(batches[e * 4:(e + 1) * 4], []))) < 32 for e in range(3))
+  assert any(len(set(sum(batches[e * 4 : (e + 1) * 4], []))) < 32 for e in range(3))
   # Deterministic, and a resume from step 2 sees the same batches.
-  again = [_ids(v) for _, v in ip.search_batches(
-      weight_split, arch_split, 8, 3, 1, None, 0.0, 1 / 255.0, start_step=2,
-      arch_sampling="independent")]
+  again = [
+    _ids(v)
+    for _, v in ip.search_batches(
+      weight_split,
+      arch_split,
+      8,
+      3,
+      1,
+      None,
+      0.0,
+      1 / 255.0,
+      start_step=2,
+      arch_sampling="independent",
+    )
+  ]
   assert again == batches[6:8]
   with pytest.raises(ValueError, match="arch_sampling='shuffle' is not valid"):
-    ip.search_batches(weight_split, arch_split, 8, 3, 0, None, 0.0, 1.0,
-                      arch_sampling="shuffle")
+    ip.search_batches(weight_split, arch_split, 8, 3, 0, None, 0.0, 1.0, arch_sampling="shuffle")
 
 
 # ---------------------------------------------------------------------------------
@@ -223,7 +243,7 @@ def _pdarts_psi(case):
 
 
 def _pdarts_nodes(gene):
-  return tuple(tuple((op, i) for op, i in gene[2 * n:2 * n + 2]) for n in range(4))
+  return tuple(tuple((op, i) for op, i in gene[2 * n : 2 * n + 2]) for n in range(4))
 
 
 @pytest.mark.parametrize("cap", [-1] + list(range(9)))
@@ -233,18 +253,21 @@ def test_skip_cap_is_pdarts_end_of_search(cap):
   for case in cap_data["cases"]:
     official = case["uncapped"] if cap < 0 else case["capped"][str(cap)]
     geno = genotype_lib.derive_genotype(
-        _pdarts_psi(case), search_space.DARTS_PRIMITIVES,
-        derivation=genotype_lib.Derivation(max_skip_connects=cap))
+      _pdarts_psi(case),
+      search_space.DARTS_PRIMITIVES,
+      derivation=genotype_lib.Derivation(max_skip_connects=cap),
+    )
     for k, cell in enumerate(geno.cells):
-      assert cell.nodes == _pdarts_nodes(official["reduce" if REDUCTION[k] else
-                                                   "normal"]), (cap, k)
+      assert cell.nodes == _pdarts_nodes(official["reduce" if REDUCTION[k] else "normal"]), (cap, k)
       if cap >= 0 and not REDUCTION[k]:
         assert sum(op == "skip_connect" for n in cell.nodes for op, _ in n) <= cap
 
 
 def test_the_references_exercise_the_cap():
-  counts = [sum(op == "skip_connect" for op, _ in c["uncapped"]["normal"])
-            for c in REFERENCE["pdarts_skip_cap"]["cases"]]
+  counts = [
+    sum(op == "skip_connect" for op, _ in c["uncapped"]["normal"])
+    for c in REFERENCE["pdarts_skip_cap"]["cases"]
+  ]
   assert min(counts) > 2  # P-DARTS's cap of 2 removes skip-connects in every case
 
 
@@ -261,9 +284,14 @@ def _fairdarts_runnable(gene):
   return kept
 
 
-@pytest.mark.parametrize("key,rule,threshold", [
-    ("threshold_sparse_0.85", "threshold", 0.85), ("threshold_sparse_0.6", "threshold", 0.6),
-    ("darts", "top_k", 0.85)])
+@pytest.mark.parametrize(
+  "key,rule,threshold",
+  [
+    ("threshold_sparse_0.85", "threshold", 0.85),
+    ("threshold_sparse_0.6", "threshold", 0.6),
+    ("darts", "top_k", 0.85),
+  ],
+)
 def test_threshold_rule_is_fairdarts_parse(key, rule, threshold):
   data = REFERENCE["fairdarts_parse"]
   assert tuple(data["primitives"]) == search_space.PRIMITIVES
@@ -274,17 +302,20 @@ def test_threshold_rule_is_fairdarts_parse(key, rule, threshold):
       weights = np.asarray(case["weights"][cell], np.float32)
       gene = case[key][cell]
       if rule == "top_k":  # DARTS's (op, input) pairs, two per node
-        gene = [(op, 2 + n, i) for n in range(4) for op, i in gene[2 * n:2 * n + 2]]
+        gene = [(op, 2 + n, i) for n in range(4) for op, i in gene[2 * n : 2 * n + 2]]
       expected = _fairdarts_runnable(gene)
       if not expected:
         with pytest.raises(ValueError, match="keeps no node"):
-          genotype_lib.derive_cell(weights, search_space.PRIMITIVES, cell == "reduce",
-                                   derivation=derivation)
+          genotype_lib.derive_cell(
+            weights, search_space.PRIMITIVES, cell == "reduce", derivation=derivation
+          )
         continue
-      derived = genotype_lib.derive_cell(weights, search_space.PRIMITIVES,
-                                         cell == "reduce", derivation=derivation)
-      assert {(op, 2 + n, i) for n, edges in enumerate(derived.nodes)
-              for op, i in edges} == expected
+      derived = genotype_lib.derive_cell(
+        weights, search_space.PRIMITIVES, cell == "reduce", derivation=derivation
+      )
+      assert {
+        (op, 2 + n, i) for n, edges in enumerate(derived.nodes) for op, i in edges
+      } == expected
       assert derived.concat == tuple(sorted({to for _, to, _ in expected}))
       empty_nodes += sum(not edges for edges in derived.nodes)
   assert (empty_nodes > 0) == (rule == "threshold")
@@ -297,8 +328,9 @@ def test_threshold_divides_the_edge_weight_out():
   edge = rng.uniform(0.01, 0.2, (L, 14))
   psi = op_weight * edge[:, :, None]
   derivation = genotype_lib.Derivation("threshold", op_threshold=0.9)
-  with_edges = genotype_lib.derive_genotype(psi, search_space.PRIMITIVES,
-                                            derivation=derivation, edge_weights=edge)
+  with_edges = genotype_lib.derive_genotype(
+    psi, search_space.PRIMITIVES, derivation=derivation, edge_weights=edge
+  )
   for k, cell in enumerate(with_edges.cells):
     top = genotype_lib.derive_cell(psi[k], search_space.PRIMITIVES, REDUCTION[k])
     for n, edges in enumerate(cell.nodes):
@@ -314,9 +346,9 @@ def test_default_derivation_is_dartss_parse():
   psi = np.random.default_rng(1).random((L, 14, 7))
   config = cifar10.get_config()
   assert genotype_lib.Derivation.from_config(config.derive) == genotype_lib.Derivation()
-  assert (genotype_lib.derive_genotype(psi, search_space.PRIMITIVES, derivation=
-                                       genotype_lib.Derivation.from_config(config.derive))
-          == genotype_lib.derive_genotype(psi, search_space.PRIMITIVES))
+  assert genotype_lib.derive_genotype(
+    psi, search_space.PRIMITIVES, derivation=genotype_lib.Derivation.from_config(config.derive)
+  ) == genotype_lib.derive_genotype(psi, search_space.PRIMITIVES)
 
 
 # ---------------------------------------------------------------------------------
@@ -325,8 +357,8 @@ def test_default_derivation_is_dartss_parse():
 
 def _sparse_cell(reduction=False):
   return genotype_lib.CellGenotype(
-      ((("sep_conv_3x3", 0),), (), (("skip_connect", 1), ("max_pool_3x3", 2)), ()),
-      reduction, (2, 4))
+    ((("sep_conv_3x3", 0),), (), (("skip_connect", 1), ("max_pool_3x3", 2)), ()), reduction, (2, 4)
+  )
 
 
 def test_a_node_without_edges_is_left_out_and_never_read():
@@ -334,8 +366,9 @@ def test_a_node_without_edges_is_left_out_and_never_read():
   assert "n1=(no edge)" in cell.describe()
   assert genotype_lib.CellGenotype.from_dict(cell.to_dict()) == cell
   with pytest.raises(ValueError, match="node 2 reads node 1, which has no incoming"):
-    genotype_lib.CellGenotype(((("sep_conv_3x3", 0),), (), (("skip_connect", 3),), ()),
-                              False, (2, 4))
+    genotype_lib.CellGenotype(
+      ((("sep_conv_3x3", 0),), (), (("skip_connect", 3),), ()), False, (2, 4)
+    )
   with pytest.raises(ValueError, match="concat .* names a node without incoming edges"):
     genotype_lib.CellGenotype(cell.nodes, False)  # the default concat names n1 and n3
 
@@ -354,7 +387,9 @@ def test_network_of_a_sparse_genotype_runs():
 # Config checks and experiments.derive's flags.
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("model.skip_dropout_schedule", "linear", "config.model.skip_dropout_schedule="),
     ("optim.zero_one_target", "alpha", "config.optim.zero_one_target="),
     ("data.arch_sampling", "random", "config.data.arch_sampling="),
@@ -362,7 +397,9 @@ def test_network_of_a_sparse_genotype_runs():
     ("derive.op_threshold", 1.5, r"config.derive.op_threshold=1.5 must be in \(0, 1\]"),
     ("derive.op_threshold", float("nan"), "config.derive.op_threshold=nan"),
     ("derive.max_skip_connects", -2, "config.derive.max_skip_connects=-2 must be"),
-    ("derive.edges_per_node", 0, "config.derive.edges_per_node=0 must be at least 1")])
+    ("derive.edges_per_node", 0, "config.derive.edges_per_node=0 must be at least 1"),
+  ],
+)
 def test_bad_option_values_are_one_line(field, value, message):
   config = test_config.get_config()
   section, name = field.split(".")
@@ -372,14 +409,19 @@ def test_bad_option_values_are_one_line(field, value, message):
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("section,name", [
-    ("model", "skip_dropout_schedule"), ("optim", "zero_one_target"),
-    ("data", "arch_sampling"), ("derive", "max_skip_connects")])
+@pytest.mark.parametrize(
+  "section,name",
+  [
+    ("model", "skip_dropout_schedule"),
+    ("optim", "zero_one_target"),
+    ("data", "arch_sampling"),
+    ("derive", "max_skip_connects"),
+  ],
+)
 def test_a_config_without_an_option_names_it(section, name):
   config = test_config.get_config()
   del config[section][name]
-  with pytest.raises(validation.ConfigError,
-                     match=f"config.{section}.{name} is missing"):
+  with pytest.raises(validation.ConfigError, match=f"config.{section}.{name} is missing"):
     validation.validate_search_config(config)
 
 
@@ -394,7 +436,8 @@ def _fake_search(path, derive=None, with_edges=True):
     np.save(path / "edge_weights.npy", edge)
   meta = {"step": 30, "epoch": 3, "num_epochs": 10, "derive": derive or {}}
   genotype_lib.derive_genotype(psi, search_space.PRIMITIVES).save(
-      str(path / "genotype.json"), primitives=search_space.PRIMITIVES, meta=meta)
+    str(path / "genotype.json"), primitives=search_space.PRIMITIVES, meta=meta
+  )
   return psi, edge
 
 
@@ -404,17 +447,16 @@ def _derive(search, out, **options):
 
 
 def test_derive_takes_the_searchs_options_and_the_flags_replace_them(tmp_path):
-  recorded = {"rule": "threshold", "edges_per_node": 2, "op_threshold": 0.6,
-              "max_skip_connects": 1}
+  recorded = {"rule": "threshold", "edges_per_node": 2, "op_threshold": 0.6, "max_skip_connects": 1}
   psi, edge = _fake_search(tmp_path / "search", recorded)
   result = _derive(tmp_path / "search", tmp_path / "a")
   expected = genotype_lib.Derivation(**recorded)
   assert result["genotype"] == genotype_lib.derive_genotype(
-      psi, search_space.PRIMITIVES, derivation=expected, edge_weights=edge)
+    psi, search_space.PRIMITIVES, derivation=expected, edge_weights=edge
+  )
   meta = json.loads((tmp_path / "a" / "genotype.json").read_text())["meta"]
   assert meta["derive"] == recorded and (meta["epoch"], meta["num_epochs"]) == (3, 10)
-  result = _derive(tmp_path / "search", tmp_path / "b", rule="top_k",
-                   max_skip_connects=-1)
+  result = _derive(tmp_path / "search", tmp_path / "b", rule="top_k", max_skip_connects=-1)
   assert result["genotype"] == genotype_lib.derive_genotype(psi, search_space.PRIMITIVES)
   with pytest.raises(ValueError, match="--op_threshold=2.0 must be in"):
     _derive(tmp_path / "search", tmp_path / "c", op_threshold=2.0)
@@ -431,13 +473,28 @@ def test_derive_command_line_flags(tmp_path):
   psi, edge = _fake_search(tmp_path / "search")
   out = tmp_path / "out"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.derive", f"--workdir={tmp_path / 'search'}",
-       "--rule=threshold", "--op_threshold=0.7", "--max_skip_connects=0",
-       f"--out={out}"], cwd=REPO, capture_output=True, text=True, check=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    [
+      sys.executable,
+      "-m",
+      "experiments.derive",
+      f"--workdir={tmp_path / 'search'}",
+      "--rule=threshold",
+      "--op_threshold=0.7",
+      "--max_skip_connects=0",
+      f"--out={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   expected = genotype_lib.derive_genotype(
-      psi, search_space.PRIMITIVES, edge_weights=edge,
-      derivation=genotype_lib.Derivation("threshold", 2, 0.7, 0))
+    psi,
+    search_space.PRIMITIVES,
+    edge_weights=edge,
+    derivation=genotype_lib.Derivation("threshold", 2, 0.7, 0),
+  )
   assert expected.describe() in proc.stdout
   assert genotype_lib.GlobalGenotype.load(str(out / "genotype.json")) == expected
 
@@ -446,6 +503,7 @@ def test_each_row_draws_architecture_batches_as_its_authors_code_does():
   """DARTS's and PC-DARTS's train_search.py take next(iter(valid_queue)) from a shuffling
   loader each step (independent draws); DNAS keeps the project's per-epoch permutation."""
   from dnas_jax.configs import darts_cifar10, global_cifar10, pc_darts_cifar10  # pylint: disable=g-import-not-at-top
+
   for module in (darts_cifar10, pc_darts_cifar10, global_cifar10):
     assert module.get_config().data.arch_sampling == "independent"
   assert cifar10.get_config().data.arch_sampling == "permutation"

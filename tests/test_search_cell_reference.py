@@ -53,12 +53,18 @@ def conv(x, w, stride=1, pad=0, dilation=1, groups=1):
   cout_g = cout // groups
   for dy in range(kh):
     for dx in range(kw):
-      patch = xp[:, dy * dilation:dy * dilation + stride * (ho - 1) + 1:stride,
-                 dx * dilation:dx * dilation + stride * (wo - 1) + 1:stride, :]
+      patch = xp[
+        :,
+        dy * dilation : dy * dilation + stride * (ho - 1) + 1 : stride,
+        dx * dilation : dx * dilation + stride * (wo - 1) + 1 : stride,
+        :,
+      ]
       for g in range(groups):
-        out[..., g * cout_g:(g + 1) * cout_g] += np.einsum(
-            "nhwc,co->nhwo", patch[..., g * cin_g:(g + 1) * cin_g],
-            w[dy, dx, :, g * cout_g:(g + 1) * cout_g])
+        out[..., g * cout_g : (g + 1) * cout_g] += np.einsum(
+          "nhwc,co->nhwo",
+          patch[..., g * cin_g : (g + 1) * cin_g],
+          w[dy, dx, :, g * cout_g : (g + 1) * cout_g],
+        )
   return out
 
 
@@ -77,8 +83,10 @@ def max_pool3(x, stride):
   out = np.full((x.shape[0], ho, wo, x.shape[3]), -np.inf)
   for dy in range(3):
     for dx in range(3):
-      out = np.maximum(out, xp[:, dy:dy + stride * (ho - 1) + 1:stride,
-                               dx:dx + stride * (wo - 1) + 1:stride])
+      out = np.maximum(
+        out,
+        xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride],
+      )
   return out
 
 
@@ -140,8 +148,7 @@ def mixed_edge(x, op_kernels, op_weights, stride):
   channel-shuffled. Returns the shuffled edge output (not yet edge-weighted)."""
   c = x.shape[-1] // K
   x1, x2 = x[..., :c], x[..., c:]
-  y = sum(w * operation(name, x1, op_kernels[name], stride)
-          for name, w in zip(PRIMS, op_weights))
+  y = sum(w * operation(name, x1, op_kernels[name], stride) for name, w in zip(PRIMS, op_weights))
   if stride == 2:
     n, h, wd, ch = x2.shape
     x2 = x2.reshape(n, h // 2, 2, wd // 2, 2, ch).max(axis=(2, 4))
@@ -153,8 +160,11 @@ def search_cell(s0, s1, kw, op_weights, edge_weights, reduction, reduction_prev)
   edge_weight · mixed_edge(input, ψ / edge_weight), the nodes concatenated.
   `op_weights` [14, Op] are the weights *inside* the edge (PC-DARTS: softmax(α);
   DNAS: ψ / σβ(β)), `edge_weights` [14] the factor on the whole edge."""
-  s0 = (factorized_reduce(s0, kw["pre0"]) if reduction_prev
-        else batch_norm(conv(relu(s0), kw["pre0"][0])))
+  s0 = (
+    factorized_reduce(s0, kw["pre0"])
+    if reduction_prev
+    else batch_norm(conv(relu(s0), kw["pre0"][0]))
+  )
   s1 = batch_norm(conv(relu(s1), kw["pre1"][0]))
   states = [s0, s1]
   i = 0
@@ -162,8 +172,7 @@ def search_cell(s0, s1, kw, op_weights, edge_weights, reduction, reduction_prev)
     total = 0.0
     for j, h in enumerate(states):
       stride = 2 if reduction and j < 2 else 1
-      total = total + edge_weights[i] * mixed_edge(h, kw["edges"][i], op_weights[i],
-                                                   stride)
+      total = total + edge_weights[i] * mixed_edge(h, kw["edges"][i], op_weights[i], stride)
       i += 1
     states.append(total)
   return np.concatenate(states[2:], -1)
@@ -190,7 +199,7 @@ def node_softmax(beta):
   out = np.empty_like(beta)
   start = 0
   for node in range(4):
-    out[start:start + 2 + node] = softmax(beta[start:start + 2 + node])
+    out[start : start + 2 + node] = softmax(beta[start : start + 2 + node])
     start += 2 + node
   return out
 
@@ -198,9 +207,15 @@ def node_softmax(beta):
 # ---------------------------------------------------------------------------------
 # The Flax side.
 
-_MODULE_OF_OP = {"max_pool_3x3": None, "avg_pool_3x3": None, "skip_connect": None,
-                 "sep_conv_3x3": "SepConv_0", "sep_conv_5x5": "SepConv_1",
-                 "dil_conv_3x3": "DilConv_0", "dil_conv_5x5": "DilConv_1"}
+_MODULE_OF_OP = {
+  "max_pool_3x3": None,
+  "avg_pool_3x3": None,
+  "skip_connect": None,
+  "sep_conv_3x3": "SepConv_0",
+  "sep_conv_5x5": "SepConv_1",
+  "dil_conv_3x3": "DilConv_0",
+  "dil_conv_5x5": "DilConv_1",
+}
 
 
 def flax_to_reference_weights(params, reduction):
@@ -209,9 +224,15 @@ def flax_to_reference_weights(params, reduction):
   conv_1, conv_2)."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   pre0 = p["pre0"]
-  out = {"pre0": ([pre0["Conv_0"]["kernel"], pre0["Conv_1"]["kernel"]]
-                  if "Conv_1" in pre0 else [pre0["Conv_0"]["kernel"]]),
-         "pre1": [p["pre1"]["Conv_0"]["kernel"]], "edges": [None] * 14}
+  out = {
+    "pre0": (
+      [pre0["Conv_0"]["kernel"], pre0["Conv_1"]["kernel"]]
+      if "Conv_1" in pre0
+      else [pre0["Conv_0"]["kernel"]]
+    ),
+    "pre1": [p["pre1"]["Conv_0"]["kernel"]],
+    "edges": [None] * 14,
+  }
   for node in range(4):
     first = search_space.node_edges(node).start
     n_inputs = 2 + node
@@ -232,8 +253,12 @@ def flax_to_reference_weights(params, reduction):
             kernels[name] = []
           elif module.startswith("SepConv"):
             m = group[module]
-            kernels[name] = [at(m["DilConv_0"]["Conv_0"]), at(m["DilConv_0"]["Conv_1"]),
-                             at(m["DilConv_1"]["Conv_0"]), at(m["DilConv_1"]["Conv_1"])]
+            kernels[name] = [
+              at(m["DilConv_0"]["Conv_0"]),
+              at(m["DilConv_0"]["Conv_1"]),
+              at(m["DilConv_1"]["Conv_0"]),
+              at(m["DilConv_1"]["Conv_1"]),
+            ]
           else:
             m = group[module]
             kernels[name] = [at(m["Conv_0"]), at(m["Conv_1"])]
@@ -243,8 +268,8 @@ def flax_to_reference_weights(params, reduction):
 
 
 CASES = {  # name: (reduction, reduction_prev, s0 size, s1 size)
-    "reduction": (True, False, 8, 8),
-    "normal_after_reduction": (False, True, 8, 4),
+  "reduction": (True, False, 8, 8),
+  "normal_after_reduction": (False, True, 8, 4),
 }
 
 
@@ -253,13 +278,14 @@ def _setup(case, channels=8, batch=2):
   r = np.random.default_rng(0)
   s0 = r.normal(size=(batch, h0, h0, 2 * channels))
   s1 = r.normal(size=(batch, h1, h1, 3 * channels))
-  cell = supernet.SearchCell(channels, reduction, reduction_prev, PRIMS, K,
-                             dtype=jnp.float64)
-  variables = init_lib.init_from_shapes(cell, 0, jnp.zeros(s0.shape), jnp.zeros(s1.shape),
-                                        jnp.zeros((14, len(PRIMS))), jnp.ones(14))
+  cell = supernet.SearchCell(channels, reduction, reduction_prev, PRIMS, K, dtype=jnp.float64)
+  variables = init_lib.init_from_shapes(
+    cell, 0, jnp.zeros(s0.shape), jnp.zeros(s1.shape), jnp.zeros((14, len(PRIMS))), jnp.ones(14)
+  )
   # Kernels of a larger scale than PyTorch's default init, so that every term matters.
-  params = jax.tree.map(lambda a: jnp.asarray(r.normal(size=a.shape), jnp.float64),
-                        variables["params"])
+  params = jax.tree.map(
+    lambda a: jnp.asarray(r.normal(size=a.shape), jnp.float64), variables["params"]
+  )
   return cell, {"params": params, "batch_stats": variables["batch_stats"]}, s0, s1
 
 
@@ -292,8 +318,14 @@ def test_cell_forward_equals_the_reference_for_dnas_and_pc_darts(case):
     # PC-DARTS: softmax(α) inside the edge, node-wise softmax(β) on the whole edge.
     a_pc, b_pc = r.normal(size=(14, 7)), r.normal(size=(14,))
     spec = arch.ArchSpec("iam", 3, 7, edge_normalization=True)
-    w = spec.arch_weights({"alpha_normal": r.normal(size=(14, 7)), "alpha_reduce": a_pc,
-                      "beta_normal": r.normal(size=(14,)), "beta_reduce": b_pc})
+    w = spec.arch_weights(
+      {
+        "alpha_normal": r.normal(size=(14, 7)),
+        "alpha_reduce": a_pc,
+        "beta_normal": r.normal(size=(14,)),
+        "beta_reduce": b_pc,
+      }
+    )
     got = np.asarray(forward(w.psi[1], w.edge[1]))
     inside = np.stack([softmax(a) for a in a_pc])
     want = search_cell(s0, s1, kw, inside, node_softmax(b_pc), reduction, reduction_prev)
@@ -335,13 +367,14 @@ def test_cell_gradients_wrt_alpha_beta_gamma_equal_reference_finite_differences(
     fd_alpha = central(lambda a: ref_loss(a, beta[1], gamma[1]), alpha)
     fd_beta = central(lambda b: ref_loss(alpha, b, gamma[1]), beta[1])
     fd_gamma = central(lambda g: ref_loss(alpha, beta[1], g), gamma[1])
-    for name, got, want in (("alpha", grads["alpha"], fd_alpha),
-                            ("beta", grads["beta"][1], fd_beta),
-                            ("gamma", grads["gamma"][1], fd_gamma)):
+    for name, got, want in (
+      ("alpha", grads["alpha"], fd_alpha),
+      ("beta", grads["beta"][1], fd_beta),
+      ("gamma", grads["gamma"][1], fd_gamma),
+    ):
       got = np.asarray(got)
       assert np.abs(want).max() > 1e-3, name
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
-                                 err_msg=name)
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(), err_msg=name)
     # Layers 0 and 2 do not enter this cell.
     assert not np.asarray(grads["beta"])[[0, 2]].any()
     assert not np.asarray(grads["gamma"])[[0, 2]].any()

@@ -38,23 +38,27 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path, tiny_search):
   def interrupt(step):
     if step == 7:
       raise KeyboardInterrupt
+
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path / "resumed", hooks=[interrupt])
-  saved = sorted(int(s) for s in os.listdir(tmp_path / "resumed" / "checkpoints")
-                 if s.isdigit())
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "resumed" / "checkpoints") if s.isdigit())
   assert saved[-1] == 7
   resumed = _run(tmp_path / "resumed")
-  for a, b in zip(jax.tree.leaves(full["state"].arch_params),
-                  jax.tree.leaves(resumed["state"].arch_params)):
+  for a, b in zip(
+    jax.tree.leaves(full["state"].arch_params), jax.tree.leaves(resumed["state"].arch_params)
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (full_dir / "genotype.json").read_text() == (
-      tmp_path / "resumed" / "genotype.json").read_text()
-  np.testing.assert_array_equal(np.load(full_dir / "psi.npy"),
-                                np.load(tmp_path / "resumed" / "psi.npy"))
+    tmp_path / "resumed" / "genotype.json"
+  ).read_text()
+  np.testing.assert_array_equal(
+    np.load(full_dir / "psi.npy"), np.load(tmp_path / "resumed" / "psi.npy")
+  )
 
 
-def test_a_second_run_loads_its_steps_without_tracing(tmp_path, fresh_compile_cache,
-                                                       monkeypatch, caplog):
+def test_a_second_run_loads_its_steps_without_tracing(
+  tmp_path, fresh_compile_cache, monkeypatch, caplog
+):
   """A first run with an empty compilation cache keeps its compiled steps; a second run
   of the same config in another workdir loads them, never traces the search step, and
   ends bitwise in the same state."""
@@ -68,6 +72,7 @@ def test_a_second_run_loads_its_steps_without_tracing(tmp_path, fresh_compile_ca
   def counting(*args, **kwargs):
     traced.append(1)
     return original(*args, **kwargs)
+
   monkeypatch.setattr(search_steps, "search_step", counting)
   caplog.clear()
   with caplog.at_level(logging.INFO):
@@ -75,24 +80,31 @@ def test_a_second_run_loads_its_steps_without_tracing(tmp_path, fresh_compile_ca
   assert not traced
   assert "loaded search step (decoupled, L=5, batch 16), evaluation step" in caplog.text
   assert "compiling" not in caplog.text
-  for a, b in ((first["state"].params, second["state"].params),
-               (first["state"].arch_params, second["state"].arch_params)):
+  for a, b in (
+    (first["state"].params, second["state"].params),
+    (first["state"].arch_params, second["state"].arch_params),
+  ):
     jax.tree.map(np.testing.assert_array_equal, a, b)
   assert first["val_accuracy"] == second["val_accuracy"]
 
 
 @pytest.mark.parametrize("kind,edge_normalization", [("iam", False), ("full", True)])
 def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalization):
-  result = _run(tmp_path, **{"arch.kind": kind, "optim.zero_one_weight": 0.0,
-                             "arch.edge_normalization": edge_normalization})
+  result = _run(
+    tmp_path,
+    **{
+      "arch.kind": kind,
+      "optim.zero_one_weight": 0.0,
+      "arch.edge_normalization": edge_normalization,
+    },
+  )
   meta = json.loads((tmp_path / "genotype.json").read_text())["meta"]
   assert meta["arch_kind"] == kind
   psi = np.load(tmp_path / "psi.npy")
   assert psi.shape == (5, 14, 3)
   if edge_normalization:  # ψ = softmax over ops × edge weight (a softmax per node)
     for edges in map(search_space.node_edges, range(4)):
-      np.testing.assert_allclose(psi[:, edges.start:edges.stop].sum((-1, -2)), 1.0,
-                                 rtol=1e-5)
+      np.testing.assert_allclose(psi[:, edges.start : edges.stop].sum((-1, -2)), 1.0, rtol=1e-5)
     assert not np.allclose(psi.sum(-1), 1.0, rtol=1e-3)
     assert set(result["state"].arch_params) == {"psi_logits", "beta"}
   else:
@@ -107,8 +119,10 @@ def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalizatio
 
 def test_non_finite_loss_stops_with_the_step(tmp_path, nan_images_from):
   nan_images_from(7)  # the 7th host batch is the training batch of step 4
-  with pytest.raises(search_loop.NonFiniteLossError,
-                     match=r"at step 4: .*the last finished checkpoint, step 2, is kept"):
+  with pytest.raises(
+    search_loop.NonFiniteLossError,
+    match=r"at step 4: .*the last finished checkpoint, step 2, is kept",
+  ):
     _run(tmp_path)
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
 
@@ -118,6 +132,7 @@ def test_no_architecture_update_during_the_warmup_epochs():
   architecture parameters at their initial values for steps 0-7 and moves them at
   step 8 (epochs are converted to steps where the step is built)."""
   from dnas_jax.training import sharding  # pylint: disable=g-import-not-at-top
+
   config = test_config.get_config()
   mesh = sharding.create_mesh()
   setup = search_setup.create_search_setup(config, (8, 8, 3), 10, 8, mesh)
@@ -125,12 +140,21 @@ def test_no_architecture_update_during_the_warmup_epochs():
   state = setup.state
   r = np.random.default_rng(0)
   for step in range(9):
-    batches = [sharding.shard_batch(
-        {"image": r.normal(size=(16, 8, 8, 3)).astype(np.float32),
-         "label": r.integers(0, 10, 16).astype(np.int32)}, mesh) for _ in range(2)]
+    batches = [
+      sharding.shard_batch(
+        {
+          "image": r.normal(size=(16, 8, 8, 3)).astype(np.float32),
+          "label": r.integers(0, 10, 16).astype(np.int32),
+        },
+        mesh,
+      )
+      for _ in range(2)
+    ]
     state, m = setup.step_fn(state, *batches, jax.random.key(0))
-    moved = any(not np.array_equal(np.asarray(a), b) for a, b in zip(
-        jax.tree.leaves(state.arch_params), jax.tree.leaves(initial)))
+    moved = any(
+      not np.array_equal(np.asarray(a), b)
+      for a, b in zip(jax.tree.leaves(state.arch_params), jax.tree.leaves(initial))
+    )
     assert moved == (step == 8), step
     assert float(m.compute()["arch_updates"]) == float(step == 8)
 
@@ -141,8 +165,10 @@ def test_prefetch_and_profiling_leave_the_result_unchanged(tmp_path, tiny_search
   the trace is in the workdir."""
   _, full = tiny_search
   result = _run(tmp_path, prefetch=0, **{"profile.first_step": 3, "profile.num_steps": 2})
-  for a, b in ((full["state"].params, result["state"].params),
-               (full["state"].arch_params, result["state"].arch_params)):
+  for a, b in (
+    (full["state"].params, result["state"].params),
+    (full["state"].arch_params, result["state"].arch_params),
+  ):
     jax.tree.map(np.testing.assert_array_equal, a, b)
   runs = list((tmp_path / "plugins" / "profile").iterdir())
   assert len(runs) == 1

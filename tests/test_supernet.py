@@ -30,10 +30,15 @@ def test_one_hot_mixed_edge_equals_the_operation_alone(op_index):
   op = ops.create_op(PRIMS[op_index], 4, 1, affine=False, train=True)
   names = [n for n in variables["params"]] + [n for n in variables.get("batch_stats", {})]
   alone_vars = {}
-  expected_name = {"max_pool_3x3": "Pool_0", "avg_pool_3x3": "Pool_1",
-                   "skip_connect": None, "sep_conv_3x3": "SepConv_0",
-                   "sep_conv_5x5": "SepConv_1", "dil_conv_3x3": "DilConv_0",
-                   "dil_conv_5x5": "DilConv_1"}[PRIMS[op_index]]
+  expected_name = {
+    "max_pool_3x3": "Pool_0",
+    "avg_pool_3x3": "Pool_1",
+    "skip_connect": None,
+    "sep_conv_3x3": "SepConv_0",
+    "sep_conv_5x5": "SepConv_1",
+    "dil_conv_3x3": "DilConv_0",
+    "dil_conv_5x5": "DilConv_1",
+  }[PRIMS[op_index]]
   if expected_name is not None:
     assert expected_name in names
     for col in ("params", "batch_stats"):
@@ -69,8 +74,9 @@ def test_partial_channels_shape_and_bypass(stride):
   ops_positions = [(m % group) * k + m // group for m in range(group)]
   x2 = x.at[..., group:].set(0.0)
   y2, _ = mixed.apply(variables, x2, w, jnp.float32(1.0), mutable=["batch_stats"])
-  np.testing.assert_allclose(np.asarray(y2)[..., ops_positions], y_np[..., ops_positions],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(y2)[..., ops_positions], y_np[..., ops_positions], rtol=1e-5, atol=1e-6
+  )
   # Without an edge weight the bypass passes unweighted.
   y1, _ = mixed.apply(variables, x, w, mutable=["batch_stats"])
   pos = (group % group) * k + group // group
@@ -80,6 +86,7 @@ def test_partial_channels_shape_and_bypass(stride):
 class _CellByCell(nn.Module):
   """DARTS's search network written cell by cell (no scan), with SearchCell for every
   layer: the reference the scanned network must equal."""
+
   num_layers: int
   channels: int
   primitives: tuple
@@ -93,8 +100,9 @@ class _CellByCell(nn.Module):
     c = self.channels
     for k in range(self.num_layers):
       c = c * 2 if red[k] else c
-      cell = supernet.SearchCell(c, red[k], k > 0 and red[k - 1], self.primitives, 4,
-                                 dtype=self.dtype, name=f"cell{k}")
+      cell = supernet.SearchCell(
+        c, red[k], k > 0 and red[k - 1], self.primitives, 4, dtype=self.dtype, name=f"cell{k}"
+      )
       s0, s1 = s1, cell(s0, s1, psi[k], edge[k])
     return nn.Dense(10, dtype=self.dtype, name="classifier")(jnp.mean(s1, axis=(1, 2)))
 
@@ -118,8 +126,11 @@ def _to_cell_by_cell(params, num_layers):
     regular0 = [k for k in range(a, b) if k not in narrow0 + reduce0]
     regular1 = [k for k in range(a, b) if k not in narrow1]
     for k in range(a, b):
-      cell = {name: jax.tree.map(lambda x: x[k - a], tree)  # pylint: disable=cell-var-from-loop
-              for name, tree in body.items() if name.startswith("node")}
+      cell = {
+        name: jax.tree.map(lambda x: x[k - a], tree)  # pylint: disable=cell-var-from-loop
+        for name, tree in body.items()
+        if name.startswith("node")
+      }
       if k in narrow0:
         cell["pre0"] = {"Conv_0": {"kernel": pre0["stem"]["kernel"][narrow0.index(k)]}}
       elif k in reduce0:
@@ -153,19 +164,22 @@ def test_scanned_network_equals_the_cell_by_cell_network(num_layers):
     stats_ref = f64(init_lib.init_from_shapes(ref, 0, x, psi, edge)["batch_stats"])
     params = _to_cell_by_cell(v["params"], num_layers)
     assert jax.tree.structure(params) == jax.tree.structure(
-        init_lib.init_from_shapes(ref, 0, x, psi, edge)["params"])
+      init_lib.init_from_shapes(ref, 0, x, psi, edge)["params"]
+    )
     got, _ = net.apply(v, x, psi, edge, mutable=["batch_stats"])
-    want, _ = ref.apply({"params": params, "batch_stats": stats_ref}, x, psi, edge,
-                        mutable=["batch_stats"])
+    want, _ = ref.apply(
+      {"params": params, "batch_stats": stats_ref}, x, psi, edge, mutable=["batch_stats"]
+    )
     assert got.shape == (2, 10) and got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
     # `scan_stages=False` is that cell-by-cell network, with its parameter tree.
-    flat = supernet.SearchNetwork(10, num_layers, 8, prims, partial_k=4,
-                                  scan_stages=False, dtype=jnp.float64)
-    got_flat, _ = flat.apply({"params": params, "batch_stats": stats_ref}, x, psi, edge,
-                             mutable=["batch_stats"])
-    np.testing.assert_allclose(np.asarray(got_flat), np.asarray(want), rtol=1e-10,
-                               atol=1e-10)
+    flat = supernet.SearchNetwork(
+      10, num_layers, 8, prims, partial_k=4, scan_stages=False, dtype=jnp.float64
+    )
+    got_flat, _ = flat.apply(
+      {"params": params, "batch_stats": stats_ref}, x, psi, edge, mutable=["batch_stats"]
+    )
+    np.testing.assert_allclose(np.asarray(got_flat), np.asarray(want), rtol=1e-10, atol=1e-10)
     # Each layer's ψ matters: changing the last layer's ψ changes the logits.
     other, _ = net.apply(v, x, psi.at[-1].set(0.0), edge, mutable=["batch_stats"])
     assert not np.allclose(np.asarray(other), np.asarray(got))
@@ -184,13 +198,15 @@ def test_stage_plan_scans_every_normal_cell():
   assert supernet.stage_plan(20) == [(None, 0, 6), (6, 7, 13), (13, 14, 20)]
 
 
-def _pc_darts_search_param_count(num_layers, c=16, k=4, num_classes=10, steps=4,
-                                 multiplier=4, stem_multiplier=3):
+def _pc_darts_search_param_count(
+  num_layers, c=16, k=4, num_classes=10, steps=4, multiplier=4, stem_multiplier=3
+):
   """Weight parameters of PC-DARTS's `model_search.Network`, counted by reading its
   code (yuhuixu1993/PC-DARTS): stem conv + affine BN; per cell two preprocessing
   1×1 convs (a factorized reduce after a reduction cell: two 1×1 convs to c/2 each),
   14 MixedOps whose ops act on c/k channels (BNs without affine, pooling and `none`
   parameter-free), and the linear classifier."""
+
   def mixed(ch, stride):
     sep = lambda kk: 2 * (ch * kk * kk + ch * ch)
     dil = lambda kk: ch * kk * kk + ch * ch
@@ -205,7 +221,7 @@ def _pc_darts_search_param_count(num_layers, c=16, k=4, num_classes=10, steps=4,
     reduction = i in (num_layers // 3, 2 * num_layers // 3)
     if reduction:
       c_curr *= 2
-    total += (2 * c_pp * (c_curr // 2) if reduction_prev else c_pp * c_curr)
+    total += 2 * c_pp * (c_curr // 2) if reduction_prev else c_pp * c_curr
     total += c_p * c_curr
     for node in range(steps):
       for j in range(2 + node):
@@ -218,11 +234,16 @@ def _pc_darts_search_param_count(num_layers, c=16, k=4, num_classes=10, steps=4,
 @pytest.mark.parametrize("num_layers", [5, 8, 20])
 @pytest.mark.parametrize("primitives", ["dnas", "darts"])
 def test_weight_count_equals_pc_darts(num_layers, primitives):
-  net = supernet.SearchNetwork(10, num_layers, 16, search_space.get_primitives(primitives),
-                               partial_k=4)
-  shapes = jax.eval_shape(lambda: net.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-      jnp.zeros((num_layers, 14, len(search_space.get_primitives(primitives))))))
+  net = supernet.SearchNetwork(
+    10, num_layers, 16, search_space.get_primitives(primitives), partial_k=4
+  )
+  shapes = jax.eval_shape(
+    lambda: net.init(
+      jax.random.key(0),
+      jnp.zeros((1, 32, 32, 3)),
+      jnp.zeros((num_layers, 14, len(search_space.get_primitives(primitives)))),
+    )
+  )
   count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"]))
   assert count == _pc_darts_search_param_count(num_layers)
 
@@ -273,15 +294,15 @@ def test_skip_connect_dropout_only_on_identity_edges_in_training():
   w = jnp.array([0.0, 1.0])
   mixed = supernet.MixedOp(8, 1, prims, partial_k=1, skip_dropout=p)
   variables = _mixed_variables(mixed, x, w)
-  y, _ = mixed.apply(variables, x, w, mutable=["batch_stats"],
-                     rngs={"dropout": jax.random.key(0)})
+  y, _ = mixed.apply(variables, x, w, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
   y, x_np = np.asarray(y), np.asarray(x)
   dropped = y == 0
   np.testing.assert_allclose(y[~dropped], x_np[~dropped] / (1 - p), rtol=1e-6)
   n = y.size  # 2,048 draws: the dropped share is within 4.5 standard deviations of p
   assert abs(dropped.mean() - p) < 4.5 * np.sqrt(p * (1 - p) / n)
-  other, _ = mixed.apply(variables, x, w, mutable=["batch_stats"],
-                         rngs={"dropout": jax.random.key(1)})
+  other, _ = mixed.apply(
+    variables, x, w, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}
+  )
   assert not np.array_equal(np.asarray(other) == 0, dropped)  # a new mask per key
   # Evaluation: the identity.
   out = mixed.clone(train=False).apply(variables, x, w)

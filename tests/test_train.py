@@ -45,12 +45,21 @@ def test_dry_run_parameter_counts_equal_official_code(name):
 
 def test_dry_run_command_prints_exactly_two_lines():
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.train",
-       "--config=experiments/configs/cifar10_retrain.py", "--config.genotype=PC_DARTS",
-       "--dry_run"], cwd=REPO, capture_output=True, text=True, check=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert out.stdout.splitlines() == ["params_excluding_auxiliary: 3634678",
-                                     "params_total: 4111104"]
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      "--config=experiments/configs/cifar10_retrain.py",
+      "--config.genotype=PC_DARTS",
+      "--dry_run",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert out.stdout.splitlines() == ["params_excluding_auxiliary: 3634678", "params_total: 4111104"]
 
 
 def test_resolve_genotype_by_name_and_by_file_with_depth_mapping(tmp_path):
@@ -65,11 +74,14 @@ def test_resolve_genotype_by_name_and_by_file_with_depth_mapping(tmp_path):
     retrain_setup.resolve_genotype("NOPE", 8)
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("optim.drop_path_prob", 1.5, "config.optim.drop_path_prob"),
     ("model.network", "resnet", "config.model.network='resnet'.*'tiny_imagenet'"),
     ("data.cutout", -1, "config.data.cutout"),
-])
+  ],
+)
 def test_config_errors_name_the_field(field, value, match):
   config = test_retrain.get_config()
   section, name = field.split(".")
@@ -81,12 +93,12 @@ def test_config_errors_name_the_field(field, value, match):
 def test_drop_path_ramps_linearly_per_epoch():
   config = cifar10_retrain.get_config()
   probs = [retrain_steps.drop_path_prob(config, step, 10) for step in (0, 9, 10, 3000, 5999)]
-  np.testing.assert_allclose(probs, [0.0, 0.0, 0.2 / 600, 0.2 * 300 / 600,
-                                     0.2 * 599 / 600])
+  np.testing.assert_allclose(probs, [0.0, 0.0, 0.2 / 600, 0.2 * 300 / 600, 0.2 * 599 / 600])
 
 
 class _FixedNet(nn.Module):
   """Returns given logits and auxiliary logits; has one batch statistic."""
+
   logits: tuple
   aux: tuple | None
 
@@ -103,11 +115,19 @@ def test_loss_adds_weighted_auxiliary_cross_entropy():
   batch = {"image": jnp.zeros((2, 1)), "label": labels}
   ce = lambda l: optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(l), labels)
   variables = {"params": {}, "batch_stats": {"count": jnp.zeros(())}}
-  for aux_value, expected in ((aux, ce(logits).mean() + 0.4 * ce(aux).mean()),
-                              (None, ce(logits).mean())):
-    loss, _ = retrain_steps.loss_fn(variables["params"], variables["batch_stats"], batch, 0.0,
-                            jax.random.key(0), net=_FixedNet(logits, aux_value),
-                            auxiliary_weight=0.4)
+  for aux_value, expected in (
+    (aux, ce(logits).mean() + 0.4 * ce(aux).mean()),
+    (None, ce(logits).mean()),
+  ):
+    loss, _ = retrain_steps.loss_fn(
+      variables["params"],
+      variables["batch_stats"],
+      batch,
+      0.0,
+      jax.random.key(0),
+      net=_FixedNet(logits, aux_value),
+      auxiliary_weight=0.4,
+    )
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
 
 
@@ -126,8 +146,14 @@ def runs(tmp_path_factory):
     retrain_loop.train_and_evaluate(config, resumed, hooks=[interrupt])
   steps_saved = api.restore_train_run(resumed).step
   resumed_result = retrain_loop.train_and_evaluate(config, resumed)
-  return {"config": config, "full": full, "result": result, "resumed": resumed,
-          "resumed_result": resumed_result, "interrupted_at": steps_saved}
+  return {
+    "config": config,
+    "full": full,
+    "result": result,
+    "resumed": resumed,
+    "resumed_result": resumed_result,
+    "interrupted_at": steps_saved,
+  }
 
 
 def test_tiny_retraining_writes_final_metrics(runs):
@@ -158,25 +184,38 @@ def test_data_parallel_commands_on_two_devices_reproduce_accuracy(tmp_path):
   """experiments.train and experiments.evaluate with the batch sharded over 2 fake CPU
   devices: the evaluation reproduces the reported accuracy; a batch the devices do not
   divide is a clear error."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-                      + " --xla_force_host_platform_device_count=2",
-         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
-  base = [sys.executable, "-m", "experiments.train",
-          "--config=experiments/configs/test_retrain.py", f"--workdir={tmp_path}",
-          "--config.num_epochs=1"]
-  bad = subprocess.run(base + ["--config.batch_size=15"], cwd=REPO, env=env,
-                       capture_output=True, text=True)
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
+  }
+  base = [
+    sys.executable,
+    "-m",
+    "experiments.train",
+    "--config=experiments/configs/test_retrain.py",
+    f"--workdir={tmp_path}",
+    "--config.num_epochs=1",
+  ]
+  bad = subprocess.run(
+    base + ["--config.batch_size=15"], cwd=REPO, env=env, capture_output=True, text=True
+  )
   assert bad.returncode == 1
   assert "config.batch_size=15 is not divisible by the 2 devices" in bad.stderr
   subprocess.run(base, cwd=REPO, env=env, capture_output=True, check=True)
-  out = subprocess.run([sys.executable, "-m", "experiments.evaluate",
-                        f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
-                       text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.evaluate", f"--workdir={tmp_path}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   with open(os.path.join(tmp_path, retrain_loop.FINAL_METRICS)) as f:
     final = json.load(f)
   assert final["step"] == 16
-  reported = json.loads(out.stdout[:out.stdout.rindex("}") + 1])
+  reported = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
   assert reported["test_accuracy"] == final["test_accuracy"]
 
 

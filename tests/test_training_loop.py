@@ -35,15 +35,23 @@ class CounterMetrics(metrics.Collection):
 @jax.jit
 def add_step(state, x):
   total = state.total + x
-  return (state.replace(step=state.step + 1, total=total),
-          CounterMetrics.single_from_model_output(train_loss=total))
+  return (
+    state.replace(step=state.step + 1, total=total),
+    CounterMetrics.single_from_model_output(train_loss=total),
+  )
 
 
 def _config(num_epochs=2):
-  return ml_collections.ConfigDict({
-      "num_epochs": num_epochs, "eval_every_epochs": 1, "checkpoint_every_steps": 100,
-      "log_every_steps": 100, "prefetch": 0,
-      "profile": {"first_step": 0, "num_steps": 0}})
+  return ml_collections.ConfigDict(
+    {
+      "num_epochs": num_epochs,
+      "eval_every_epochs": 1,
+      "checkpoint_every_steps": 100,
+      "log_every_steps": 100,
+      "prefetch": 0,
+      "profile": {"first_step": 0, "num_steps": 0},
+    }
+  )
 
 
 class Recorder:
@@ -56,8 +64,7 @@ class Recorder:
   def epoch_inputs(self, epoch, offset):
     self.epochs_asked.append((epoch, offset))
     first = epoch * STEPS_PER_EPOCH + offset
-    return ((jnp.float32(self.inputs(s)),)
-            for s in range(first, (epoch + 1) * STEPS_PER_EPOCH))
+    return ((jnp.float32(self.inputs(s)),) for s in range(first, (epoch + 1) * STEPS_PER_EPOCH))
 
   def evaluate(self, state):
     self.evaluated.append(int(state.step))
@@ -67,9 +74,14 @@ class Recorder:
     self.artifacts.append((step, float(state.total)))
 
   def phase(self):
-    return loop_lib.Phase(name="counter_step", step_fn=add_step,
-                          epoch_inputs=self.epoch_inputs, evaluate=self.evaluate,
-                          meta={"what": "counter"}, at_epoch_end=self.at_epoch_end)
+    return loop_lib.Phase(
+      name="counter_step",
+      step_fn=add_step,
+      epoch_inputs=self.epoch_inputs,
+      evaluate=self.evaluate,
+      meta={"what": "counter"},
+      at_epoch_end=self.at_epoch_end,
+    )
 
 
 def _run(workdir, recorder, hooks=(), num_epochs=2):
@@ -80,8 +92,9 @@ def _run(workdir, recorder, hooks=(), num_epochs=2):
       state = restored[0]
     writer = metric_writers.MetricWriter(str(workdir), events=False)
     try:
-      return loop_lib.run_loop(recorder.phase(), state, run, writer,
-                               _config(num_epochs), STEPS_PER_EPOCH, hooks)
+      return loop_lib.run_loop(
+        recorder.phase(), state, run, writer, _config(num_epochs), STEPS_PER_EPOCH, hooks
+      )
     finally:
       writer.close()
 
@@ -105,6 +118,7 @@ def test_an_interrupted_run_saves_and_resumes_mid_epoch(tmp_path):
   def stop_at_4(step):
     if step == 4:
       raise KeyboardInterrupt
+
   first = Recorder()
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path, first, hooks=[stop_at_4])

@@ -22,19 +22,20 @@ def test_lock_records_holder_and_is_released(tmp_path):
   assert workdir_lib.lock_holder(str(tmp_path)) is None
 
 
-def test_second_run_in_a_workdir_refuses_and_a_dead_holder_is_taken_over(run_copy,
-                                                                         caplog):
+def test_second_run_in_a_workdir_refuses_and_a_dead_holder_is_taken_over(run_copy, caplog):
   workdir, _ = run_copy
   holder = rh.hold_lock(workdir)
   try:
     with pytest.raises(workdir_lib.WorkdirBusyError, match=f"pid {holder.pid} on "):
       with workdir_lib.RunDir(workdir):
         pass
-    out = rh.cli("experiments.search", "--config=experiments/configs/test.py",
-                 f"--workdir={workdir}")
+    out = rh.cli(
+      "experiments.search", "--config=experiments/configs/test.py", f"--workdir={workdir}"
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert rh.last_line(out).startswith(
-        f"error: workdir {workdir} is in use by another run (pid {holder.pid} ")
+      f"error: workdir {workdir} is in use by another run (pid {holder.pid} "
+    )
   finally:
     holder.kill()
     holder.wait(timeout=30)
@@ -53,8 +54,10 @@ def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
     if str(path).endswith(workdir_lib.LOCK_NAME):
       raise PermissionError(13, "Permission denied")
     return real_open(path, flags, *args)
+
   monkeypatch.setattr(os, "open", read_only)
-  with pytest.raises(workdir_lib.WorkdirError,
-                     match=f"cannot write in workdir {tmp_path}: Permission denied"):
+  with pytest.raises(
+    workdir_lib.WorkdirError, match=f"cannot write in workdir {tmp_path}: Permission denied"
+  ):
     with workdir_lib.RunDir(str(tmp_path)):
       pass

@@ -27,10 +27,15 @@ def test_derive_leaves_a_running_search_alone_and_labels_psi_by_its_own_step(tmp
   np.save(search / "psi.npy", psi)
   prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
   genotype_lib.derive_genotype(psi, prims).save(
-      str(search / "genotype.json"), primitives=prims, meta={"step": 40, "epoch": 5})
+    str(search / "genotype.json"), primitives=prims, meta={"step": 40, "epoch": 5}
+  )
   manager = checkpoints.create_manager(str(search / "checkpoints"))
-  checkpoints.save(manager, 50, {"w": np.ones(2, np.float32)},  # newer than psi.npy
-                   {"primitives": list(prims), "steps_per_epoch": 8})
+  checkpoints.save(
+    manager,
+    50,
+    {"w": np.ones(2, np.float32)},  # newer than psi.npy
+    {"primitives": list(prims), "steps_per_epoch": 8},
+  )
   manager.wait_until_finished()
   holder = rh.hold_lock(str(search))
   try:
@@ -49,30 +54,39 @@ def test_derive_leaves_a_running_search_alone_and_labels_psi_by_its_own_step(tmp
 
 def test_derive_on_a_retraining_workdir_says_what_it_is(tmp_path):
   manager = checkpoints.create_manager(str(tmp_path / "checkpoints"))
-  checkpoints.save(manager, 3, {"w": np.ones(2, np.float32)},
-                   {"genotype": {"version": 1, "cells": []}, "config": {}})
+  checkpoints.save(
+    manager,
+    3,
+    {"w": np.ones(2, np.float32)},
+    {"genotype": {"version": 1, "cells": []}, "config": {}},
+  )
   manager.wait_until_finished()
   with pytest.raises(api.WorkdirError, match="is a retraining workdir"):
     api.search_psi(str(tmp_path))
 
 
 def test_failed_derive_and_train_create_no_workdir(tmp_path):
-  out = rh.cli("experiments.derive", f"--workdir={tmp_path / 'absent'}",
-               f"--out={tmp_path / 'out'}")
+  out = rh.cli(
+    "experiments.derive", f"--workdir={tmp_path / 'absent'}", f"--out={tmp_path / 'out'}"
+  )
   assert out.returncode == 1 and rh.last_line(out).startswith("error: no workdir")
   assert not os.path.exists(tmp_path / "out")
   with pytest.raises(validation.ConfigError):
-    retrain_loop.train_and_evaluate(rh.config(test_retrain.get_config(), genotype="NOPE"),
-                                    str(tmp_path / "train"))
+    retrain_loop.train_and_evaluate(
+      rh.config(test_retrain.get_config(), genotype="NOPE"), str(tmp_path / "train")
+    )
   assert not os.path.exists(tmp_path / "train")
 
 
-@pytest.mark.parametrize("document, message", [
+@pytest.mark.parametrize(
+  "document, message",
+  [
     ([1, 2], "the top level is a list"),
     ({"version": 1}, "it has no 'cells' list"),
     ({"version": 1, "cells": [{"reduction": False}]}, "cells[0]: no 'nodes'"),
     ({"version": 2, "cells": []}, "version 2 is not 1"),
-])
+  ],
+)
 def test_malformed_genotype_json_names_what_is_wrong(tmp_path, document, message):
   path = tmp_path / "genotype.json"
   path.write_text(json.dumps(document))

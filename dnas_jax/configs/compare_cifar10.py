@@ -27,8 +27,9 @@ from dnas_jax.configs import cifar10_retrain
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.title = ("CIFAR-10, each method's own search settings (50 epochs); retrain L=20 "
-                  "C=36 600 epochs")
+  config.title = (
+    "CIFAR-10, each method's own search settings (50 epochs); retrain L=20 C=36 600 epochs"
+  )
   config.rows = "darts_1st,darts_2nd,pc_darts,pc_darts_global,dnas,dnas_node"
   config.seeds = "0,1,2"
   config.search = cifar10.get_config()

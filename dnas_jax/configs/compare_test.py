@@ -29,11 +29,15 @@ def get_config():
   config.budget.num_epochs = search.num_epochs
   config.budget.batch_size = search.batch_size
   config.budget.model = ml_collections.ConfigDict(
-      {"num_layers": search.model.num_layers, "channels": search.model.channels})
+    {"num_layers": search.model.num_layers, "channels": search.model.channels}
+  )
   prims = search.model.primitives
-  config.row_overrides = ml_collections.ConfigDict({
+  config.row_overrides = ml_collections.ConfigDict(
+    {
       "pc_darts_global": {"model": {"primitives": "none," + prims}},
-      "dnas": {"model": {"primitives": prims}}})
+      "dnas": {"model": {"primitives": prims}},
+    }
+  )
   config.retrain = test_retrain.get_config()
   config.retrain.num_epochs = 1
   config.retrain.checkpoint_every_steps = 100

@@ -16,10 +16,11 @@ Writes checkpoints, event files and `final_metrics.json`; the test accuracy ends
 far above chance (10 %).
 
 Choices: L = 8 and C = 16 (the 5-layer searched genotype is mapped to 8 layers,
-proportionally inside each stage, reduction cells to reduction cells); no auxiliary head (at layer 2L//3
-the feature map is 2×2, too small for DARTS's head, which needs 8×8); 1-pixel crop
-padding and no flips (digits are not mirror-symmetric), no cutout (a 8×8 image has
-little to spare); batch 64 and 20 epochs of 23 steps (30 reach the same accuracy, a third slower); the rest is DARTS's recipe.
+proportionally inside each stage, reduction cells to reduction cells); no auxiliary
+head (at layer 2L//3 the feature map is 2×2, too small for DARTS's head, which needs
+8×8); 1-pixel crop padding and no flips (digits are not mirror-symmetric), no cutout
+(a 8×8 image has little to spare); batch 64 and 20 epochs of 23 steps (30 reach the
+same accuracy, a third slower); the rest is DARTS's recipe.
 """
 
 from dnas_jax.configs import cifar10_retrain

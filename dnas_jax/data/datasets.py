@@ -70,9 +70,17 @@ load_folder = local_files.load_folder
 load_tfds = tfds_source.load_tfds
 
 
-def load_dataset(name: str, source: str = "auto", data_dir: str | None = None, *,
-                 path: str = "", image_size: int = 0, train_split: str = "train",
-                 test_split: str = "test", **kwargs) -> arrays.Dataset:
+def load_dataset(
+  name: str,
+  source: str = "auto",
+  data_dir: str | None = None,
+  *,
+  path: str = "",
+  image_size: int = 0,
+  train_split: str = "train",
+  test_split: str = "test",
+  **kwargs,
+) -> arrays.Dataset:
   """Loads dataset `name` from `source` ('auto' picks the first available).
 
   Args:
@@ -94,9 +102,10 @@ def load_dataset(name: str, source: str = "auto", data_dir: str | None = None, *
     DatasetNotFoundError: the data is not there; the message says where to put it.
     DatasetFormatError: a file is there but not in the published format.
   """
-  return registry.load(registry.DataConfig(name, source, data_dir or "", path,
-                                           image_size, train_split, test_split),
-                       **kwargs)
+  return registry.load(
+    registry.DataConfig(name, source, data_dir or "", path, image_size, train_split, test_split),
+    **kwargs,
+  )
 
 
 def load_from_config(data: Mapping[str, Any]) -> arrays.Dataset:

@@ -47,6 +47,7 @@ class AugmentConfig:
     image centre, nearest neighbour, zeros outside (e.g. 20 for Tiny-ImageNet); 0
     disables it.
   """
+
   crop_padding: int = 0
   flip: bool = False
   cutout: int = 0
@@ -58,8 +59,10 @@ def search_splits(ds: Dataset, train_portion: float = 0.5) -> tuple[Split, Split
   if not 0.0 < train_portion < 1.0:
     raise ValueError(f"config.data.train_portion={train_portion} must be in (0, 1)")
   n = int(len(ds.train_labels) * train_portion)
-  return (Split(ds.train_images[:n], ds.train_labels[:n]),
-          Split(ds.train_images[n:], ds.train_labels[n:]))
+  return (
+    Split(ds.train_images[:n], ds.train_labels[:n]),
+    Split(ds.train_images[n:], ds.train_labels[n:]),
+  )
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
@@ -79,8 +82,9 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
   return x.reshape(images.shape)
 
 
-def _source_index(rng: np.random.Generator, cfg: AugmentConfig, n: int, h: int,
-                  w: int, pad: int) -> np.ndarray:
+def _source_index(
+  rng: np.random.Generator, cfg: AugmentConfig, n: int, h: int, w: int, pad: int
+) -> np.ndarray:
   """For each output pixel [n, h, w], its flat pixel index in the zero-padded batch.
 
   The padded batch is [n, h + 2·pad, w + 2·pad] followed by one extra zero pixel;
@@ -121,8 +125,7 @@ def _source_index(rng: np.random.Generator, cfg: AugmentConfig, n: int, h: int,
   return index
 
 
-def cutout_mask(rng: np.random.Generator, size: int, n: int, h: int, w: int
-                ) -> np.ndarray:
+def cutout_mask(rng: np.random.Generator, size: int, n: int, h: int, w: int) -> np.ndarray:
   """bool [n, h, w], True inside each image's cutout square: side `size` (an odd size
   gives size - 1, as DARTS's `Cutout`), centre uniform over the pixels, clipped at the
   border."""
@@ -149,13 +152,14 @@ def augment(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) ->
   pad = cfg.crop_padding
   hp, wp = h + 2 * pad, w + 2 * pad
   source = np.zeros((n * hp * wp + 1, c), images.dtype)  # padded batch + zero pixel
-  source[:-1].reshape(n, hp, wp, c)[:, pad:pad + h, pad:pad + w] = images
+  source[:-1].reshape(n, hp, wp, c)[:, pad : pad + h, pad : pad + w] = images
   index = _source_index(rng, cfg, n, h, w, pad)
   return np.take(source, index.reshape(-1), axis=0).reshape(n, h, w, c)
 
 
-def augment_and_normalize(images: np.ndarray, rng: np.random.Generator,
-                          cfg: AugmentConfig, mean, std) -> np.ndarray:
+def augment_and_normalize(
+  images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, mean, std
+) -> np.ndarray:
   """uint8 NHWC → float32: `augment`, `normalize`, then cutout (the square set to 0,
   the mean after normalisation; DARTS: `Normalize` then `Cutout`). The cutout centres
   are drawn from `rng` after the geometric transforms' draws."""
@@ -173,20 +177,28 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
   return steps
 
 
-def epoch_batches(split: Split, batch_size: int, seed: int, epoch: int,
-                  augment_cfg: AugmentConfig | None, mean, std,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def epoch_batches(
+  split: Split,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  augment_cfg: AugmentConfig | None,
+  mean,
+  std,
+  start_step: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields {'image': float32 NHWC, 'label': int32} batches of one epoch, from step
   `start_step` on; the order and augmentation depend only on (seed, epoch, step)."""
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
   for step in range(start_step, steps_per_epoch(len(split), batch_size)):
-    idx = order[step * batch_size:(step + 1) * batch_size]
+    idx = order[step * batch_size : (step + 1) * batch_size]
     images = split.images[idx]
     if augment_cfg is None:
       batch = normalize(images, mean, std)
     else:
-      batch = augment_and_normalize(images, np.random.default_rng([seed, epoch, step, 1]),
-                                    augment_cfg, mean, std)
+      batch = augment_and_normalize(
+        images, np.random.default_rng([seed, epoch, step, 1]), augment_cfg, mean, std
+      )
     yield {"image": batch, "label": split.labels[idx]}
 
 
@@ -196,43 +208,62 @@ def epoch_batches(split: Split, batch_size: int, seed: int, epoch: int,
 ARCH_SAMPLINGS = ("permutation", "independent")
 
 
-def independent_batches(split: Split, batch_size: int, seed: int, epoch: int,
-                        augment_cfg: AugmentConfig | None, mean, std,
-                        start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def independent_batches(
+  split: Split,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  augment_cfg: AugmentConfig | None,
+  mean,
+  std,
+  start_step: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
   """As `epoch_batches`, but every step's batch is the first `batch_size` of a fresh
   permutation of the split (seeded with (seed, epoch, step, 0)): distinct examples
   within a batch, drawn independently of the other steps. The augmentation is
   `epoch_batches`'s, seeded with (seed, epoch, step, 1)."""
   for step in range(start_step, steps_per_epoch(len(split), batch_size)):
-    idx = np.random.default_rng([seed, epoch, step, 0]).permutation(len(split))[
-        :batch_size]
+    idx = np.random.default_rng([seed, epoch, step, 0]).permutation(len(split))[:batch_size]
     images = split.images[idx]
     if augment_cfg is None:
       batch = normalize(images, mean, std)
     else:
-      batch = augment_and_normalize(images, np.random.default_rng([seed, epoch, step, 1]),
-                                    augment_cfg, mean, std)
+      batch = augment_and_normalize(
+        images, np.random.default_rng([seed, epoch, step, 1]), augment_cfg, mean, std
+      )
     yield {"image": batch, "label": split.labels[idx]}
 
 
-def search_batches(weight_split: Split, arch_split: Split, batch_size: int, seed: int,
-                   epoch: int, augment_cfg: AugmentConfig | None, mean, std,
-                   start_step: int = 0, arch_sampling: str = "permutation"
-                   ) -> Iterator[tuple[dict, dict]]:
+def search_batches(
+  weight_split: Split,
+  arch_split: Split,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  augment_cfg: AugmentConfig | None,
+  mean,
+  std,
+  start_step: int = 0,
+  arch_sampling: str = "permutation",
+) -> Iterator[tuple[dict, dict]]:
   """The (training batch, validation batch) pairs of one search epoch: the weights train
   on `weight_split` (the first part of the training set), the architecture on
   `arch_split` (the rest), each in its own order (seeds `seed` and `seed + 1`). The
   architecture's batches are drawn as `arch_sampling` says (`ARCH_SAMPLINGS`:
   `epoch_batches` or `independent_batches`)."""
   if arch_sampling not in ARCH_SAMPLINGS:
-    raise ValueError(f"arch_sampling={arch_sampling!r} is not valid; valid values: "
-                     f"{list(ARCH_SAMPLINGS)}")
-  arch_batches = (epoch_batches if arch_sampling == "permutation"
-                  else independent_batches)
-  return zip(epoch_batches(weight_split, batch_size, seed, epoch, augment_cfg, mean, std,
-                           start_step=start_step),
-             arch_batches(arch_split, batch_size, seed + 1, epoch, augment_cfg, mean, std,
-                          start_step=start_step))
+    raise ValueError(
+      f"arch_sampling={arch_sampling!r} is not valid; valid values: {list(ARCH_SAMPLINGS)}"
+    )
+  arch_batches = epoch_batches if arch_sampling == "permutation" else independent_batches
+  return zip(
+    epoch_batches(
+      weight_split, batch_size, seed, epoch, augment_cfg, mean, std, start_step=start_step
+    ),
+    arch_batches(
+      arch_split, batch_size, seed + 1, epoch, augment_cfg, mean, std, start_step=start_step
+    ),
+  )
 
 
 def eval_batches(split: Split, batch_size: int, mean, std) -> Iterator[dict[str, np.ndarray]]:

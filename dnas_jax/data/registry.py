@@ -53,6 +53,7 @@ class DatasetSpec:
   loader: `loader(source, data_dir, **kwargs)` → a `Dataset` or
     (x_train, y_train, x_test, y_test).
   """
+
   name: str
   loader: Callable[..., Any]
   num_classes: int
@@ -67,6 +68,7 @@ class DatasetSpec:
 class DataConfig:
   """The fields of `config.data` that choose and shape the data (a stored config
   without the newer ones gets their defaults)."""
+
   dataset: str
   source: str = "auto"
   data_dir: str = ""
@@ -79,8 +81,7 @@ class DataConfig:
   def of(cls, data: DataConfig | Mapping[str, Any]) -> DataConfig:
     if isinstance(data, DataConfig):
       return data
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
-                  if f.name in data})
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -91,18 +92,26 @@ def _check_stats(name: str, what: str, values, channels: int, positive: bool):
   if values is None:
     return None
   values = tuple(float(v) for v in np.ravel(values))
-  if len(values) != channels or not all(np.isfinite(values)) or (
-      positive and min(values) <= 0):
-    raise ValueError(f"register_dataset({name!r}): {what} must be {channels} finite "
-                     f"{'positive ' if positive else ''}numbers (one per channel, on "
-                     f"the 0..1 scale), got {values}")
+  if len(values) != channels or not all(np.isfinite(values)) or (positive and min(values) <= 0):
+    raise ValueError(
+      f"register_dataset({name!r}): {what} must be {channels} finite "
+      f"{'positive ' if positive else ''}numbers (one per channel, on "
+      f"the 0..1 scale), got {values}"
+    )
   return values
 
 
-def register_dataset(name: str, loader: Callable[..., Any], *, num_classes: int,
-                     image_shape: tuple[int, int, int], num_train: int | None = None,
-                     mean=None, std=None, sources: tuple[str, ...] | None = None
-                     ) -> DatasetSpec:
+def register_dataset(
+  name: str,
+  loader: Callable[..., Any],
+  *,
+  num_classes: int,
+  image_shape: tuple[int, int, int],
+  num_train: int | None = None,
+  mean=None,
+  std=None,
+  sources: tuple[str, ...] | None = None,
+) -> DatasetSpec:
   """Adds dataset `name` to the table (`config.data.dataset=name` then loads it).
 
   Args:
@@ -124,32 +133,46 @@ def register_dataset(name: str, loader: Callable[..., Any], *, num_classes: int,
     The entry.
   """
   if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
-    raise ValueError(f"register_dataset: the name {name!r} must be letters, digits, "
-                     "'_', '.' or '-'")
+    raise ValueError(
+      f"register_dataset: the name {name!r} must be letters, digits, '_', '.' or '-'"
+    )
   if name in _BUILTINS:
-    raise ValueError(f"register_dataset: {name!r} is a built-in dataset; choose "
-                     "another name")
+    raise ValueError(f"register_dataset: {name!r} is a built-in dataset; choose another name")
   if not callable(loader):
     raise ValueError(f"register_dataset({name!r}): the loader must be callable")
   shape = tuple(image_shape)
   if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-    raise ValueError(f"register_dataset({name!r}): image_shape must be three positive "
-                     f"integers [H, W, C], got {image_shape}")
+    raise ValueError(
+      f"register_dataset({name!r}): image_shape must be three positive "
+      f"integers [H, W, C], got {image_shape}"
+    )
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"register_dataset({name!r}): num_classes must be a positive "
-                     f"integer, got {num_classes!r}")
-  if num_train is not None and (isinstance(num_train, bool) or
-                                not isinstance(num_train, int) or num_train < 1):
-    raise ValueError(f"register_dataset({name!r}): num_train must be a positive "
-                     f"integer or None, got {num_train!r}")
+    raise ValueError(
+      f"register_dataset({name!r}): num_classes must be a positive integer, got {num_classes!r}"
+    )
+  if num_train is not None and (
+    isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1
+  ):
+    raise ValueError(
+      f"register_dataset({name!r}): num_train must be a positive integer or None, got {num_train!r}"
+    )
   sources = tuple(sources) if sources is not None else (name,)
   reserved = [s for s in sources if s == "auto" or _file_source(s)[0]]
   if not sources or reserved:
-    raise ValueError(f"register_dataset({name!r}): sources {sources} must be names "
-                     f"other than 'auto' and {list(FILE_SOURCES)}")
-  spec = DatasetSpec(name, loader, num_classes, shape, num_train,
-                     _check_stats(name, "mean", mean, shape[-1], False),
-                     _check_stats(name, "std", std, shape[-1], True), sources)
+    raise ValueError(
+      f"register_dataset({name!r}): sources {sources} must be names "
+      f"other than 'auto' and {list(FILE_SOURCES)}"
+    )
+  spec = DatasetSpec(
+    name,
+    loader,
+    num_classes,
+    shape,
+    num_train,
+    _check_stats(name, "mean", mean, shape[-1], False),
+    _check_stats(name, "std", std, shape[-1], True),
+    sources,
+  )
   if name in _REGISTRY:
     logging.info("register_dataset: %s replaces the earlier registration", name)
   _REGISTRY[name] = spec
@@ -181,7 +204,7 @@ def _file_source(source: str) -> tuple[str | None, str]:
   if source in ("npz", "folder"):
     return source, ""
   if isinstance(source, str) and source.startswith("tfds:"):
-    return "tfds", source[len("tfds:"):]
+    return "tfds", source[len("tfds:") :]
   return None, ""
 
 
@@ -197,54 +220,62 @@ def resolve(data: DataConfig | Mapping[str, Any]) -> DatasetSpec:
   kind, tfds_name = _file_source(d.source)
   if kind is None:
     if d.source not in source_names():
-      raise errors.DataConfigError(f"config.data.source={d.source!r} is not valid; "
-                                   f"valid values: {source_names()}")
+      raise errors.DataConfigError(
+        f"config.data.source={d.source!r} is not valid; valid values: {source_names()}"
+      )
     if d.dataset not in _REGISTRY:
       raise errors.DataConfigError(
-          f"config.data.dataset={d.dataset!r} is not valid; valid values: "
-          f"{list(_REGISTRY)}; or, for your own files, any name with "
-          f"config.data.source one of {list(FILE_SOURCES)}")
+        f"config.data.dataset={d.dataset!r} is not valid; valid values: "
+        f"{list(_REGISTRY)}; or, for your own files, any name with "
+        f"config.data.source one of {list(FILE_SOURCES)}"
+      )
     spec = _REGISTRY[d.dataset]
     if d.source != "auto" and d.source not in spec.sources:
       raise errors.DataConfigError(
-          f"config.data.source={d.source!r} is not valid for config.data.dataset="
-          f"{d.dataset!r}; valid values: {['auto', *spec.sources]}")
+        f"config.data.source={d.source!r} is not valid for config.data.dataset="
+        f"{d.dataset!r}; valid values: {['auto', *spec.sources]}"
+      )
     if d.image_size:
       spec = dataclasses.replace(
-          spec, image_shape=(d.image_size, d.image_size, spec.image_shape[-1]))
+        spec, image_shape=(d.image_size, d.image_size, spec.image_shape[-1])
+      )
     return spec
   if d.dataset in _REGISTRY:
     raise errors.DataConfigError(
-        f"config.data.dataset={d.dataset!r} is a registered dataset; the data of "
-        f"config.data.source={d.source!r} needs a name of its own: "
-        "--config.data.dataset=NAME")
-  if not isinstance(d.dataset, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*",
-                                                        d.dataset):
+      f"config.data.dataset={d.dataset!r} is a registered dataset; the data of "
+      f"config.data.source={d.source!r} needs a name of its own: "
+      "--config.data.dataset=NAME"
+    )
+  if not isinstance(d.dataset, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", d.dataset):
     raise errors.DataConfigError(
-        f"config.data.dataset={d.dataset!r} must be a name of letters, digits, '_', "
-        "'.' or '-' (it names your data in logs and checkpoints)")
+      f"config.data.dataset={d.dataset!r} must be a name of letters, digits, '_', "
+      "'.' or '-' (it names your data in logs and checkpoints)"
+    )
   if kind == "tfds":
     if not re.fullmatch(r"[a-z0-9_]+(/[\w.-]+)?", tfds_name):
       raise errors.DataConfigError(
-          f"config.data.source={d.source!r} names no TFDS dataset: use tfds:<name>, "
-          "e.g. tfds:oxford_flowers102 (a builder config: tfds:<name>/<config>)")
+        f"config.data.source={d.source!r} names no TFDS dataset: use tfds:<name>, "
+        "e.g. tfds:oxford_flowers102 (a builder config: tfds:<name>/<config>)"
+      )
     shape, num_classes, num_train = tfds_source.probe_tfds(
-        tfds_name, d.data_dir or None, d.train_split, d.test_split, d.image_size)
+      tfds_name, d.data_dir or None, d.train_split, d.test_split, d.image_size
+    )
     loader = functools.partial(_load_tfds, tfds_name, d)
   else:
     if not d.path:
       raise errors.DataConfigError(
-          f"config.data.source={d.source!r} reads config.data.path, which is empty: "
-          f"pass --config.data.path={'FILE.npz' if kind == 'npz' else 'FOLDER'}")
+        f"config.data.source={d.source!r} reads config.data.path, which is empty: "
+        f"pass --config.data.path={'FILE.npz' if kind == 'npz' else 'FOLDER'}"
+      )
     if kind == "npz":
       shape, num_classes, num_train, _ = local_files.probe_npz(d.path, d.image_size)
       loader = functools.partial(_load_npz, d)
     else:
       shape, num_classes, num_train = local_files.probe_folder(
-          d.path, d.train_split, d.test_split, d.image_size)
+        d.path, d.train_split, d.test_split, d.image_size
+      )
       loader = functools.partial(_load_folder, d)
-  return DatasetSpec(d.dataset, loader, num_classes, shape, num_train,
-                     sources=(d.source,))
+  return DatasetSpec(d.dataset, loader, num_classes, shape, num_train, sources=(d.source,))
 
 
 def _load_npz(d: DataConfig, source, data_dir):
@@ -254,14 +285,14 @@ def _load_npz(d: DataConfig, source, data_dir):
 
 def _load_folder(d: DataConfig, source, data_dir):
   del source, data_dir
-  return local_files.load_folder(d.path, d.train_split, d.test_split, d.image_size,
-                                 d.dataset)
+  return local_files.load_folder(d.path, d.train_split, d.test_split, d.image_size, d.dataset)
 
 
 def _load_tfds(tfds_name: str, d: DataConfig, source, data_dir):
   del source
-  return tfds_source.load_tfds(tfds_name, data_dir, d.train_split, d.test_split,
-                               d.image_size, d.dataset)
+  return tfds_source.load_tfds(
+    tfds_name, data_dir, d.train_split, d.test_split, d.image_size, d.dataset
+  )
 
 
 def _as_dataset(spec: DatasetSpec, source: str, out) -> arrays.Dataset:
@@ -270,16 +301,22 @@ def _as_dataset(spec: DatasetSpec, source: str, out) -> arrays.Dataset:
   dataset) is logged."""
   if isinstance(out, arrays.Dataset):
     if (out.image_shape, out.num_classes) != (spec.image_shape, spec.num_classes):
-      logging.warning("the loader of dataset %s returned images %s and %d classes, "
-                      "not the registered %s and %d", spec.name, out.image_shape,
-                      out.num_classes, spec.image_shape, spec.num_classes)
+      logging.warning(
+        "the loader of dataset %s returned images %s and %d classes, not the registered %s and %d",
+        spec.name,
+        out.image_shape,
+        out.num_classes,
+        spec.image_shape,
+        spec.num_classes,
+      )
     return out
   try:
     x_train, y_train, x_test, y_test = out
   except (TypeError, ValueError):
     raise errors.DatasetFormatError(
-        f"the loader of dataset {spec.name!r} must return a Dataset or (x_train, "
-        f"y_train, x_test, y_test), got {type(out).__name__}") from None
+      f"the loader of dataset {spec.name!r} must return a Dataset or (x_train, "
+      f"y_train, x_test, y_test), got {type(out).__name__}"
+    ) from None
   splits = []
   for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
     x, y = np.asarray(x), np.asarray(y)
@@ -287,18 +324,24 @@ def _as_dataset(spec: DatasetSpec, source: str, out) -> arrays.Dataset:
       x = x[..., None]
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
       raise errors.DatasetFormatError(
-          f"the loader of dataset {spec.name!r}: {split} labels must be integers [N], "
-          f"got {y.dtype} {y.shape}")
+        f"the loader of dataset {spec.name!r}: {split} labels must be integers [N], "
+        f"got {y.dtype} {y.shape}"
+      )
     y = y.astype(np.int32)
-    arrays.check_split(x, y, spec.num_classes, spec.image_shape,
-                       f"the loader of dataset {spec.name!r} ({split} split)")
+    arrays.check_split(
+      x,
+      y,
+      spec.num_classes,
+      spec.image_shape,
+      f"the loader of dataset {spec.name!r} ({split} split)",
+    )
     splits.append((x, y))
   source = spec.sources[0] if source == "auto" else source
   if spec.mean is None or spec.std is None:
-    return arrays.make_dataset(spec.name, source, splits[0], splits[1],
-                               spec.num_classes)
-  return arrays.Dataset(spec.name, source, *splits[0], *splits[1], spec.num_classes,
-                        spec.mean, spec.std)
+    return arrays.make_dataset(spec.name, source, splits[0], splits[1], spec.num_classes)
+  return arrays.Dataset(
+    spec.name, source, *splits[0], *splits[1], spec.num_classes, spec.mean, spec.std
+  )
 
 
 def shuffled_train(ds: arrays.Dataset) -> arrays.Dataset:
@@ -309,8 +352,9 @@ def shuffled_train(ds: arrays.Dataset) -> arrays.Dataset:
   (a folder tree always is) would give the two parts different classes.
   """
   order = np.random.default_rng(0).permutation(len(ds.train_labels))
-  return dataclasses.replace(ds, train_images=ds.train_images[order],
-                             train_labels=ds.train_labels[order])
+  return dataclasses.replace(
+    ds, train_images=ds.train_images[order], train_labels=ds.train_labels[order]
+  )
 
 
 def load(data: DataConfig | Mapping[str, Any], **kwargs) -> arrays.Dataset:
@@ -332,12 +376,17 @@ def load(data: DataConfig | Mapping[str, Any], **kwargs) -> arrays.Dataset:
   if d.image_size and ds.image_shape[:2] != (d.image_size, d.image_size):
     train = arrays.resize_images(ds.train_images, d.image_size)
     test = arrays.resize_images(ds.test_images, d.image_size)
-    mean, std = ((ds.mean, ds.std) if registered.mean is not None
-                 else arrays.channel_stats(train))
+    mean, std = (ds.mean, ds.std) if registered.mean is not None else arrays.channel_stats(train)
     ds = dataclasses.replace(ds, train_images=train, test_images=test, mean=mean, std=std)
-  logging.info("Dataset %s (source=%s): %d train, %d test images of shape %s, "
-               "%d classes", ds.name, ds.source, len(ds.train_labels),
-               len(ds.test_labels), ds.image_shape, ds.num_classes)
+  logging.info(
+    "Dataset %s (source=%s): %d train, %d test images of shape %s, %d classes",
+    ds.name,
+    ds.source,
+    len(ds.train_labels),
+    len(ds.test_labels),
+    ds.image_shape,
+    ds.num_classes,
+  )
   return ds
 
 
@@ -348,6 +397,7 @@ def load(data: DataConfig | Mapping[str, Any], **kwargs) -> arrays.Dataset:
 def _cifar_loader(name: str):
   def load_cifar(source, data_dir, coarse_labels=False):
     return cifar.load_cifar(name, source, data_dir, coarse_labels)
+
   return load_cifar
 
 
@@ -367,13 +417,13 @@ def _load_synthetic(source, data_dir, **kwargs):
 
 
 for _name, _loader, _classes, _shape, _num_train, _sources in (
-    ("cifar10", _cifar_loader("cifar10"), 10, (32, 32, 3), 50_000, ("tfds", "archive")),
-    ("cifar100", _cifar_loader("cifar100"), 100, (32, 32, 3), 50_000,
-     ("tfds", "archive")),
-    ("tiny_imagenet", _load_tiny_imagenet, 200, (64, 64, 3), 100_000, ("archive",)),
-    ("digits", _load_digits, 10, (8, 8, 1), 1_500, ("digits",)),
-    ("synthetic", _load_synthetic, 10, (8, 8, 3), 256, ("synthetic",)),
+  ("cifar10", _cifar_loader("cifar10"), 10, (32, 32, 3), 50_000, ("tfds", "archive")),
+  ("cifar100", _cifar_loader("cifar100"), 100, (32, 32, 3), 50_000, ("tfds", "archive")),
+  ("tiny_imagenet", _load_tiny_imagenet, 200, (64, 64, 3), 100_000, ("archive",)),
+  ("digits", _load_digits, 10, (8, 8, 1), 1_500, ("digits",)),
+  ("synthetic", _load_synthetic, 10, (8, 8, 3), 256, ("synthetic",)),
 ):
-  register_dataset(_name, _loader, num_classes=_classes, image_shape=_shape,
-                   num_train=_num_train, sources=_sources)
+  register_dataset(
+    _name, _loader, num_classes=_classes, image_shape=_shape, num_train=_num_train, sources=_sources
+  )
   _BUILTINS.add(_name)

@@ -24,13 +24,15 @@ class CifarSpec:
 
 
 CIFAR = {
-    "cifar10": CifarSpec(
-        "CIFAR-10", "cifar-10-python.tar.gz",
-        tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
-        ("cifar-10-batches-py/test_batch",)),
-    "cifar100": CifarSpec(
-        "CIFAR-100", "cifar-100-python.tar.gz",
-        ("cifar-100-python/train",), ("cifar-100-python/test",)),
+  "cifar10": CifarSpec(
+    "CIFAR-10",
+    "cifar-10-python.tar.gz",
+    tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
+    ("cifar-10-batches-py/test_batch",),
+  ),
+  "cifar100": CifarSpec(
+    "CIFAR-100", "cifar-100-python.tar.gz", ("cifar-100-python/train",), ("cifar-100-python/test",)
+  ),
 }
 
 
@@ -38,8 +40,7 @@ def cifar_labels(name: str, coarse_labels: bool) -> tuple[str, int]:
   """(TFDS label key, number of classes)."""
   if name == "cifar10":
     if coarse_labels:
-      raise ValueError("coarse_labels=True is only valid for config.data.dataset="
-                       "'cifar100'")
+      raise ValueError("coarse_labels=True is only valid for config.data.dataset='cifar100'")
     return "label", 10
   return ("coarse_label", 20) if coarse_labels else ("label", 100)
 
@@ -52,10 +53,13 @@ def default_archive_dir() -> str:
 def default_tfds_dir() -> str:
   """TFDS's own default data dir, found without importing tensorflow_datasets."""
   return os.path.expanduser(
-      os.environ.get("TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")))
+    os.environ.get("TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets"))
+  )
 
 
 def archive_not_found(path: str, url: str, what: str) -> str:
   """The end of a not-found message: where to download `what` and where to put it."""
-  return (f"download {what} from {url} and put it at {path}, or pass {DATA_FIELD} "
-          f"(the folder that holds it)")
+  return (
+    f"download {what} from {url} and put it at {path}, or pass {DATA_FIELD} "
+    f"(the folder that holds it)"
+  )

@@ -54,15 +54,16 @@ class _ZipReader:
       names = self._zip.namelist()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
       raise errors.DatasetFormatError(
-          f"{path} is not a readable zip archive ({type(e).__name__}: {e}); download "
-          f"it again from {sources.TINY_IMAGENET_URL}") from None
+        f"{path} is not a readable zip archive ({type(e).__name__}: {e}); download "
+        f"it again from {sources.TINY_IMAGENET_URL}"
+      ) from None
     tops = sorted((n for n in names if n.endswith("wnids.txt")), key=len)
-    self._prefix = tops[0][:-len("wnids.txt")] if tops else ""
+    self._prefix = tops[0][: -len("wnids.txt")] if tops else ""
     self._files = {}  # dir → file names
     self._names = set()
     for n in names:
       if n.startswith(self._prefix) and not n.endswith("/"):
-        rel = n[len(self._prefix):]
+        rel = n[len(self._prefix) :]
         self._names.add(rel)
         head, _, tail = rel.rpartition("/")
         self._files.setdefault(head, []).append(tail)
@@ -74,8 +75,8 @@ class _ZipReader:
         return self._zip.read(self._prefix + rel)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
       raise errors.DatasetFormatError(
-          f"{self.where}: cannot read {rel} ({type(e).__name__}: {e}); the zip is "
-          "corrupt") from None
+        f"{self.where}: cannot read {rel} ({type(e).__name__}: {e}); the zip is corrupt"
+      ) from None
 
   def exists(self, rel: str) -> bool:
     return rel in self._names
@@ -89,16 +90,18 @@ class _ZipReader:
 
 def _decode_rgb(blob: bytes, where: str, shape: tuple[int, int, int]) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   try:
     with Image.open(io.BytesIO(blob)) as im:
       array = np.asarray(im.convert("RGB"))
   except Exception as e:  # pylint: disable=broad-except  # PIL raises many types
     raise errors.DatasetFormatError(
-        f"{where} is not a readable image ({type(e).__name__}: {e})") from None
+      f"{where} is not a readable image ({type(e).__name__}: {e})"
+    ) from None
   if array.shape != shape:
     raise errors.DatasetFormatError(
-        f"{where} is {array.shape[1]}x{array.shape[0]}, expected "
-        f"{shape[1]}x{shape[0]}")
+      f"{where} is {array.shape[1]}x{array.shape[0]}, expected {shape[1]}x{shape[0]}"
+    )
   return array
 
 
@@ -107,8 +110,7 @@ def _decode_all(reader, rels: Sequence[str], num_workers: int) -> np.ndarray:
   out = np.empty((len(rels),) + _TINY_SHAPE, np.uint8)
 
   def work(i):
-    out[i] = _decode_rgb(reader.read(rels[i]), f"{reader.where}/{rels[i]}",
-                         _TINY_SHAPE)
+    out[i] = _decode_rgb(reader.read(rels[i]), f"{reader.where}/{rels[i]}", _TINY_SHAPE)
 
   with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
     for _ in pool.map(work, range(len(rels))):  # re-raises the first error
@@ -125,13 +127,15 @@ def _tiny_imagenet_files(reader):
   where = reader.where
   if not reader.exists("wnids.txt"):
     raise errors.DatasetFormatError(
-        f"{where} has no wnids.txt; it is not the published Tiny-ImageNet "
-        f"({sources.TINY_IMAGENET_URL})")
+      f"{where} has no wnids.txt; it is not the published Tiny-ImageNet "
+      f"({sources.TINY_IMAGENET_URL})"
+    )
   wnids = reader.read("wnids.txt").decode("utf-8", "replace").split()
   if not wnids or len(set(wnids)) != len(wnids):
     raise errors.DatasetFormatError(
-        f"{where}/wnids.txt must list distinct class ids, one a line; found "
-        f"{len(wnids)} ids, {len(set(wnids))} distinct")
+      f"{where}/wnids.txt must list distinct class ids, one a line; found "
+      f"{len(wnids)} ids, {len(set(wnids))} distinct"
+    )
   classes = sorted(wnids)
   index = {w: i for i, w in enumerate(classes)}
 
@@ -149,10 +153,11 @@ def _tiny_imagenet_files(reader):
     train_labels += [index[wnid]] * len(names)
   if missing or empty:
     raise errors.DatasetFormatError(
-        f"{where} is incomplete: of the {len(classes)} classes in wnids.txt, "
-        f"{len(missing)} have no train/<wnid>/images folder (first: {missing[:5]}) and "
-        f"{len(empty)} have no JPEG in it (first: {empty[:5]}); extract "
-        f"{sources.TINY_IMAGENET_ZIP} again")
+      f"{where} is incomplete: of the {len(classes)} classes in wnids.txt, "
+      f"{len(missing)} have no train/<wnid>/images folder (first: {missing[:5]}) and "
+      f"{len(empty)} have no JPEG in it (first: {empty[:5]}); extract "
+      f"{sources.TINY_IMAGENET_ZIP} again"
+    )
 
   ann = "val/val_annotations.txt"
   if not reader.exists(ann):
@@ -164,8 +169,9 @@ def _tiny_imagenet_files(reader):
     fields = line.split("\t")
     if len(fields) < 2 or fields[1] not in index:
       raise errors.DatasetFormatError(
-          f"{where}/{ann} line {n + 1}: expected 'file<TAB>wnid<TAB>bbox...' with a "
-          f"wnid from wnids.txt, got {line[:80]!r}")
+        f"{where}/{ann} line {n + 1}: expected 'file<TAB>wnid<TAB>bbox...' with a "
+        f"wnid from wnids.txt, got {line[:80]!r}"
+      )
     val[fields[0]] = index[fields[1]]
   if not val:
     raise errors.DatasetFormatError(f"{where}/{ann} lists no images")
@@ -173,15 +179,21 @@ def _tiny_imagenet_files(reader):
   absent = [f for f in val_files if not reader.exists(f"val/images/{f}")]
   if absent:
     raise errors.DatasetFormatError(
-        f"{where}: {len(absent)} images listed in {ann} are missing from val/images "
-        f"(first: {absent[:5]})")
-  return (train, np.asarray(train_labels, np.int32),
-          [f"val/images/{f}" for f in val_files],
-          np.asarray([val[f] for f in val_files], np.int32), len(classes))
+      f"{where}: {len(absent)} images listed in {ann} are missing from val/images "
+      f"(first: {absent[:5]})"
+    )
+  return (
+    train,
+    np.asarray(train_labels, np.int32),
+    [f"val/images/{f}" for f in val_files],
+    np.asarray([val[f] for f in val_files], np.int32),
+    len(classes),
+  )
 
 
-def load_tiny_imagenet(data_dir: str | None = None,
-                       num_workers: int | None = None) -> arrays.Dataset:
+def load_tiny_imagenet(
+  data_dir: str | None = None, num_workers: int | None = None
+) -> arrays.Dataset:
   """Tiny-ImageNet (200 classes, 64×64×3): train set, and val set as 'test'.
 
   Reads `data_dir/tiny-imagenet-200/` if it exists, else
@@ -197,10 +209,11 @@ def load_tiny_imagenet(data_dir: str | None = None,
     reader = _ZipReader(zip_path)
   else:
     raise errors.DatasetNotFoundError(
-        f"Tiny-ImageNet not found (source='archive'): no folder {folder} and no file "
-        f"{zip_path}; download {sources.TINY_IMAGENET_ZIP} from "
-        f"{sources.TINY_IMAGENET_URL} and put it at {zip_path} (or extract it there), "
-        f"or pass {sources.DATA_FIELD}")
+      f"Tiny-ImageNet not found (source='archive'): no folder {folder} and no file "
+      f"{zip_path}; download {sources.TINY_IMAGENET_ZIP} from "
+      f"{sources.TINY_IMAGENET_URL} and put it at {zip_path} (or extract it there), "
+      f"or pass {sources.DATA_FIELD}"
+    )
   logging.info("Loading tiny_imagenet from %s", reader.where)
   workers = num_workers or min(8, os.cpu_count() or 1)
   try:
@@ -209,5 +222,6 @@ def load_tiny_imagenet(data_dir: str | None = None,
     val_images = _decode_all(reader, val, workers)
   finally:
     reader.close()
-  return arrays.make_dataset("tiny_imagenet", "archive", (train_images, train_labels),
-                             (val_images, val_labels), num_classes)
+  return arrays.make_dataset(
+    "tiny_imagenet", "archive", (train_images, train_labels), (val_images, val_labels), num_classes
+  )

@@ -35,17 +35,33 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu.cc")
 # FFI target name -> the symbol of cpu.cc that handles it.
-TARGETS = {f"dnas_jax_depthwise_{what}_{t}": f"Depthwise{sym}{t.upper()}"
-           for what, sym in (("forward", "Forward"), ("input_grad", "InputGrad"),
-                             ("kernel_grad", "KernelGrad"))
-           for t in ("f32", "f64")}
-TARGETS.update({f"dnas_jax_pool_{what}_{t}": f"Pool{sym}{t.upper()}"
-                for what, sym in (("forward", "Forward"), ("backward", "Backward"))
-                for t in ("f32", "f64")})
-TARGETS.update({f"dnas_jax_grouped_{what}_{t}": f"Grouped{sym}{t.upper()}"
-                for what, sym in (("forward", "Forward"), ("input_grad", "InputGrad"),
-                                  ("weight_grad", "WeightGrad"))
-                for t in ("f32", "f64")})
+TARGETS = {
+  f"dnas_jax_depthwise_{what}_{t}": f"Depthwise{sym}{t.upper()}"
+  for what, sym in (
+    ("forward", "Forward"),
+    ("input_grad", "InputGrad"),
+    ("kernel_grad", "KernelGrad"),
+  )
+  for t in ("f32", "f64")
+}
+TARGETS.update(
+  {
+    f"dnas_jax_pool_{what}_{t}": f"Pool{sym}{t.upper()}"
+    for what, sym in (("forward", "Forward"), ("backward", "Backward"))
+    for t in ("f32", "f64")
+  }
+)
+TARGETS.update(
+  {
+    f"dnas_jax_grouped_{what}_{t}": f"Grouped{sym}{t.upper()}"
+    for what, sym in (
+      ("forward", "Forward"),
+      ("input_grad", "InputGrad"),
+      ("weight_grad", "WeightGrad"),
+    )
+    for t in ("f32", "f64")
+  }
+)
 TARGETS["dnas_jax_materialize"] = "MaterializeCopy"
 DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -86,17 +102,21 @@ def source_digest() -> str:
 
 
 def _flags(native: bool) -> list[str]:
-  return (["-O3", "-std=c++17", "-shared", "-fPIC", "-w"]
-          + (["-march=native"] if native else [])
-          + ["-I", jax.ffi.include_dir()])
+  return (
+    ["-O3", "-std=c++17", "-shared", "-fPIC", "-w"]
+    + (["-march=native"] if native else [])
+    + ["-I", jax.ffi.include_dir()]
+  )
 
 
 def _build(compiler: str) -> str:
   """Compiles depthwise.cc (with -march=native where the compiler takes it) into the
   kernel folder unless it is there; returns the library's path."""
   import jaxlib  # pylint: disable=g-import-not-at-top
-  key = hashlib.sha256("\0".join([source_digest(), jaxlib.__version__, compiler,
-                                  _cpu_identity()]).encode()).hexdigest()[:20]
+
+  key = hashlib.sha256(
+    "\0".join([source_digest(), jaxlib.__version__, compiler, _cpu_identity()]).encode()
+  ).hexdigest()[:20]
   folder = kernel_dir()
   path = os.path.join(folder, f"cpu-{key}.so")
   if os.path.exists(path):
@@ -107,8 +127,9 @@ def _build(compiler: str) -> str:
   try:
     errors = ""
     for native in (True, False):
-      done = subprocess.run([compiler, *_flags(native), SOURCE, "-o", tmp],
-                            capture_output=True, text=True, timeout=300)
+      done = subprocess.run(
+        [compiler, *_flags(native), SOURCE, "-o", tmp], capture_output=True, text=True, timeout=300
+      )
       if done.returncode == 0:
         os.replace(tmp, path)  # atomic: a concurrent build writes the same file
         return path
@@ -125,8 +146,7 @@ def _load() -> None:
     raise RuntimeError("no C++ compiler found ($CXX, c++, g++ or clang++)")
   library = ctypes.cdll.LoadLibrary(_build(compiler))
   for target, symbol in TARGETS.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform="cpu")
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
 
 
 def available() -> bool:
@@ -152,19 +172,20 @@ def _call(what: str, dtype, out_shape, a, b, stride: int, padding: int, dilation
     raise TypeError(f"the depthwise kernel takes float32 or float64, not {dtype}")
   if not available():
     raise RuntimeError(f"the CPU depthwise kernel is unavailable: {unavailable_reason()}")
-  return jax.ffi.ffi_call(f"dnas_jax_depthwise_{what}_{name}",
-                          jax.ShapeDtypeStruct(out_shape, dtype),
-                          vmap_method="sequential")(
-                              a, b, stride=np.int64(stride), padding=np.int64(padding),
-                              dilation=np.int64(dilation))
+  return jax.ffi.ffi_call(
+    f"dnas_jax_depthwise_{what}_{name}",
+    jax.ShapeDtypeStruct(out_shape, dtype),
+    vmap_method="sequential",
+  )(a, b, stride=np.int64(stride), padding=np.int64(padding), dilation=np.int64(dilation))
 
 
 def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
   return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
 
-def depthwise_forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                      dilation: int) -> jax.Array:
+def depthwise_forward(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int
+) -> jax.Array:
   """The forward call alone (no gradient): x [N, H, W, C], kernel [K, K, C]."""
   if x.dtype != kernel.dtype:
     raise TypeError(f"input {x.dtype} and kernel {kernel.dtype} differ")
@@ -172,28 +193,33 @@ def depthwise_forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int
   k = kernel.shape[0]
   if kernel.shape != (k, k, c):
     raise ValueError(f"kernel {kernel.shape} for input {x.shape}: expected {(k, k, c)}")
-  shape = (n, _out_size(h, k, stride, padding, dilation),
-           _out_size(w, k, stride, padding, dilation), c)
+  shape = (
+    n,
+    _out_size(h, k, stride, padding, dilation),
+    _out_size(w, k, stride, padding, dilation),
+    c,
+  )
   return _call("forward", x.dtype, shape, x, kernel, stride, padding, dilation)
 
 
-def depthwise_input_grad(g: jax.Array, kernel: jax.Array, x_shape, stride: int,
-                         padding: int, dilation: int) -> jax.Array:
+def depthwise_input_grad(
+  g: jax.Array, kernel: jax.Array, x_shape, stride: int, padding: int, dilation: int
+) -> jax.Array:
   """The gradient in the input [N, H, W, C] (`x_shape`) of Σ(y · g)."""
-  return _call("input_grad", g.dtype, tuple(x_shape), g, kernel, stride, padding,
-               dilation)
+  return _call("input_grad", g.dtype, tuple(x_shape), g, kernel, stride, padding, dilation)
 
 
-def depthwise_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int, padding: int,
-                          dilation: int) -> jax.Array:
+def depthwise_kernel_grad(
+  x: jax.Array, g: jax.Array, k: int, stride: int, padding: int, dilation: int
+) -> jax.Array:
   """The gradient in the kernel [K, K, C] of Σ(y · g)."""
-  return _call("kernel_grad", x.dtype, (k, k, x.shape[-1]), x, g, stride, padding,
-               dilation)
+  return _call("kernel_grad", x.dtype, (k, k, x.shape[-1]), x, g, stride, padding, dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-              dilation: int) -> jax.Array:
+def depthwise(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int
+) -> jax.Array:
   """Depthwise convolution of x [N, H, W, C] with kernel [K, K, C] (zero padding
   `padding` on every side, `stride`, `dilation`): [N, H', W', C]."""
   return depthwise_forward(x, kernel, stride, padding, dilation)
@@ -205,8 +231,10 @@ def _forward(x, kernel, stride, padding, dilation):
 
 def _backward(stride, padding, dilation, residuals, g):
   x, kernel = residuals
-  return (depthwise_input_grad(g, kernel, x.shape, stride, padding, dilation),
-          depthwise_kernel_grad(x, g, kernel.shape[0], stride, padding, dilation))
+  return (
+    depthwise_input_grad(g, kernel, x.shape, stride, padding, dilation),
+    depthwise_kernel_grad(x, g, kernel.shape[0], stride, padding, dilation),
+  )
 
 
 depthwise.defvjp(_forward, _backward)
@@ -215,13 +243,14 @@ depthwise.defvjp(_forward, _backward)
 def _grouped_call(what: str, out_shape, a, b):
   name = DTYPES.get(np.dtype(a.dtype))
   if name is None or a.dtype != b.dtype:
-    raise TypeError(f"the grouped 1×1 kernel takes float32 or float64, not {a.dtype}, "
-                    f"{b.dtype}")
+    raise TypeError(f"the grouped 1×1 kernel takes float32 or float64, not {a.dtype}, {b.dtype}")
   if not available():
     raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
-  return jax.ffi.ffi_call(f"dnas_jax_grouped_{what}_{name}",
-                          jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
-                          vmap_method="sequential")(a, b)
+  return jax.ffi.ffi_call(
+    f"dnas_jax_grouped_{what}_{name}",
+    jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
+    vmap_method="sequential",
+  )(a, b)
 
 
 def grouped_forward(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -251,10 +280,11 @@ def _pool_call(what: str, out_shape, args, stride: int, average: bool):
     raise TypeError(f"the pooling kernel takes float32 or float64, not {x.dtype}")
   if not available():
     raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
-  return jax.ffi.ffi_call(f"dnas_jax_pool_{what}_{name}",
-                          jax.ShapeDtypeStruct(out_shape, x.dtype),
-                          vmap_method="sequential")(
-                              *args, stride=np.int64(stride), average=np.int64(average))
+  return jax.ffi.ffi_call(
+    f"dnas_jax_pool_{what}_{name}",
+    jax.ShapeDtypeStruct(out_shape, x.dtype),
+    vmap_method="sequential",
+  )(*args, stride=np.int64(stride), average=np.int64(average))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -278,14 +308,19 @@ def _pool_backward(stride, average, x, g):
 pool_3x3.defvjp(_pool_forward, _pool_backward)
 
 
-def reference(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-              dilation: int) -> jax.Array:
+def reference(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int
+) -> jax.Array:
   """The same convolution by XLA (a grouped convolution), for tests and fallbacks."""
   return jax.lax.conv_general_dilated(
-      x, kernel[:, :, None, :], (stride, stride), ((padding, padding),) * 2,
-      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=x.shape[-1])
-
+    x,
+    kernel[:, :, None, :],
+    (stride, stride),
+    ((padding, padding),) * 2,
+    rhs_dilation=(dilation, dilation),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=x.shape[-1],
+  )
 
 
 @jax.custom_vjp
@@ -296,8 +331,9 @@ def materialize(x: jax.Array) -> jax.Array:
   memory access), they then read one plain array."""
   if not available():
     raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
-  return jax.ffi.ffi_call("dnas_jax_materialize", jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          vmap_method="broadcast_all")(x)
+  return jax.ffi.ffi_call(
+    "dnas_jax_materialize", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="broadcast_all"
+  )(x)
 
 
 materialize.defvjp(lambda x: (materialize(x), None), lambda _, g: (materialize(g),))

@@ -49,6 +49,7 @@ ArchParams = dict[str, jax.Array]
 class ArchWeights(NamedTuple):
   """What the supernet takes: ψ [L, C, Op] for the operations (edge weight included)
   and the edge weights [L, C] for the bypassed channels."""
+
   psi: jax.Array
   edge: jax.Array
 
@@ -60,8 +61,10 @@ def _check(name: str, value: Any, valid: tuple[str, ...]) -> None:
 
 def node_softmax(beta: jax.Array) -> jax.Array:
   """Softmax of β [..., C] within each node's incoming connections (PC-DARTS)."""
-  parts = [jax.nn.softmax(beta[..., r.start:r.stop], axis=-1)
-           for r in (search_space.node_edges(n) for n in range(search_space.NUM_NODES))]
+  parts = [
+    jax.nn.softmax(beta[..., r.start : r.stop], axis=-1)
+    for r in (search_space.node_edges(n) for n in range(search_space.NUM_NODES))
+  ]
   return jnp.concatenate(parts, axis=-1)
 
 
@@ -69,8 +72,9 @@ def _activate(x: jax.Array, activation: str, axis: int = -1) -> jax.Array:
   return jax.nn.sigmoid(x) if activation == "sigmoid" else jax.nn.softmax(x, axis=axis)
 
 
-def beta_factor(beta: jax.Array, beta_domain: str = "layer",
-                beta_activation: str = "softmax") -> jax.Array:
+def beta_factor(
+  beta: jax.Array, beta_domain: str = "layer", beta_activation: str = "softmax"
+) -> jax.Array:
   """σβ(β) [L, C]: the connection factor of formula (4), DNAS's edge weight."""
   _check("beta_domain", beta_domain, BETA_DOMAINS)
   if beta_activation == "softmax":
@@ -78,12 +82,17 @@ def beta_factor(beta: jax.Array, beta_domain: str = "layer",
   return jax.nn.sigmoid(beta)
 
 
-def decoupled_psi(alpha: jax.Array, beta: jax.Array, gamma: jax.Array, *,
-                  beta_domain: str = "layer",
-                  alpha_activation: str = "sigmoid",
-                  beta_activation: str = "softmax",
-                  gamma_activation: str = "sigmoid",
-                  reduction: Any = None) -> jax.Array:
+def decoupled_psi(
+  alpha: jax.Array,
+  beta: jax.Array,
+  gamma: jax.Array,
+  *,
+  beta_domain: str = "layer",
+  alpha_activation: str = "sigmoid",
+  beta_activation: str = "softmax",
+  gamma_activation: str = "sigmoid",
+  reduction: Any = None,
+) -> jax.Array:
   """ψ of DNAS, formula (4): σα(α[i,j]) · σβ(β[k])[i] · σγ(γ[k,j]).
 
   Args:
@@ -126,6 +135,7 @@ class ArchSpec:
   incoming edges that multiplies the whole edge. The decoupled kind always has them:
   its β is the edge weight.
   """
+
   kind: str
   num_layers: int
   num_ops: int
@@ -146,14 +156,17 @@ class ArchSpec:
     _check("beta_activation", self.beta_activation, ACTIVATIONS)
     _check("gamma_activation", self.gamma_activation, ACTIVATIONS)
     if self.zero_one_target not in ZERO_ONE_TARGETS:
-      raise ValueError(f"optim.zero_one_target={self.zero_one_target!r} is not valid; "
-                       f"valid values: {list(ZERO_ONE_TARGETS)}")
+      raise ValueError(
+        f"optim.zero_one_target={self.zero_one_target!r} is not valid; "
+        f"valid values: {list(ZERO_ONE_TARGETS)}"
+      )
     if not isinstance(self.edge_normalization, bool):
-      raise ValueError(f"arch.edge_normalization={self.edge_normalization!r} must be "
-                       "True or False")
+      raise ValueError(f"arch.edge_normalization={self.edge_normalization!r} must be True or False")
     if self.edge_normalization and self.kind == "decoupled":
-      raise ValueError("arch.edge_normalization=True applies to the kinds 'iam' and "
-                       "'full'; the decoupled kind's β is always its edge weight")
+      raise ValueError(
+        "arch.edge_normalization=True applies to the kinds 'iam' and "
+        "'full'; the decoupled kind's β is always its edge weight"
+      )
 
   @property
   def num_connections(self) -> int:
@@ -182,8 +195,10 @@ class ArchSpec:
     """Initial parameters: init_scale · N(0, 1), as DARTS (1e-3 · randn)."""
     shapes = self.shapes()
     keys = jax.random.split(rng, len(shapes))
-    return {name: self.init_scale * jax.random.normal(k, shape, jnp.float32)
-            for k, (name, shape) in zip(keys, sorted(shapes.items()))}
+    return {
+      name: self.init_scale * jax.random.normal(k, shape, jnp.float32)
+      for k, (name, shape) in zip(keys, sorted(shapes.items()))
+    }
 
   def num_params(self) -> int:
     """Trainable architecture numbers (decoupled, global α: L·C + L·Op + C·Op)."""
@@ -198,19 +213,31 @@ class ArchSpec:
     L, C = self.num_layers, self.num_connections
     if self.kind == "decoupled":
       edge = beta_factor(params["beta"], self.beta_domain, self.beta_activation)
-      psi = decoupled_psi(params["alpha"], params["beta"], params["gamma"],
-                          beta_domain=self.beta_domain,
-                          alpha_activation=self.alpha_activation,
-                          beta_activation=self.beta_activation,
-                          gamma_activation=self.gamma_activation,
-                          reduction=self.reduction)
+      psi = decoupled_psi(
+        params["alpha"],
+        params["beta"],
+        params["gamma"],
+        beta_domain=self.beta_domain,
+        alpha_activation=self.alpha_activation,
+        beta_activation=self.beta_activation,
+        gamma_activation=self.gamma_activation,
+        reduction=self.reduction,
+      )
       return ArchWeights(psi, edge)
     if self.kind == "iam":
-      ops = self._per_layer(jnp.stack([jax.nn.softmax(params["alpha_normal"], axis=-1),
-                                       jax.nn.softmax(params["alpha_reduce"], axis=-1)]))
-      edge = (self._per_layer(node_softmax(jnp.stack([params["beta_normal"],
-                                                      params["beta_reduce"]])))
-              if self.edge_normalization else None)
+      ops = self._per_layer(
+        jnp.stack(
+          [
+            jax.nn.softmax(params["alpha_normal"], axis=-1),
+            jax.nn.softmax(params["alpha_reduce"], axis=-1),
+          ]
+        )
+      )
+      edge = (
+        self._per_layer(node_softmax(jnp.stack([params["beta_normal"], params["beta_reduce"]])))
+        if self.edge_normalization
+        else None
+      )
     else:
       ops = jax.nn.softmax(params["psi_logits"], axis=-1)
       edge = node_softmax(params["beta"]) if self.edge_normalization else None
@@ -227,8 +254,11 @@ class ArchSpec:
     if self.kind != "decoupled":
       return []
     out = []
-    for name, act in (("alpha", self.alpha_activation), ("beta", self.beta_activation),
-                      ("gamma", self.gamma_activation)):
+    for name, act in (
+      ("alpha", self.alpha_activation),
+      ("beta", self.beta_activation),
+      ("gamma", self.gamma_activation),
+    ):
       if act == "sigmoid":
         out.append(jax.nn.sigmoid(params[name]))
     return out
@@ -238,17 +268,21 @@ class ArchSpec:
     if self.zero_one_target == "psi":
       return zero_one_loss([self.psi(params)])
     if self.zero_one_target == "per_factor":
-      return sum((zero_one_loss([f]) for f in self.sigmoid_factors(params)),
-                 jnp.zeros((), jnp.float32))
+      return sum(
+        (zero_one_loss([f]) for f in self.sigmoid_factors(params)), jnp.zeros((), jnp.float32)
+      )
     return zero_one_loss(self.sigmoid_factors(params))
 
 
-def create_arch_spec(arch_config: Mapping[str, Any], num_layers: int,
-                     num_ops: int, zero_one_target: str = "factors") -> ArchSpec:
+def create_arch_spec(
+  arch_config: Mapping[str, Any], num_layers: int, num_ops: int, zero_one_target: str = "factors"
+) -> ArchSpec:
   """An ArchSpec from the `config.arch` section (kind, beta_domain, ...) and the
   zero-one loss's target (`config.optim.zero_one_target`)."""
-  fields = ({f.name for f in dataclasses.fields(ArchSpec)}
-            - {"num_layers", "num_ops", "zero_one_target"})
+  fields = {f.name for f in dataclasses.fields(ArchSpec)} - {
+    "num_layers",
+    "num_ops",
+    "zero_one_target",
+  }
   kwargs = {k: v for k, v in dict(arch_config).items() if k in fields}
-  return ArchSpec(num_layers=num_layers, num_ops=num_ops,
-                  zero_one_target=zero_one_target, **kwargs)
+  return ArchSpec(num_layers=num_layers, num_ops=num_ops, zero_one_target=zero_one_target, **kwargs)

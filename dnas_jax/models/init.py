@@ -28,7 +28,7 @@ def _is_dense(path: tuple[str, ...]) -> bool:
 def _fan_in(path: tuple[str, ...], flat: dict) -> int:
   kernel = flat[path[:-1] + ("kernel",)].shape
   fan_dims = 1 if _is_dense(path) else 3
-  return int(np.prod(kernel[-1 - fan_dims:-1]))
+  return int(np.prod(kernel[-1 - fan_dims : -1]))
 
 
 def init_from_shapes(module: flax.linen.Module, seed: int, *args, **kwargs) -> dict:

@@ -66,15 +66,17 @@ def check_genotype(genotype: genotype_lib.GlobalGenotype) -> None:
   """Raises ValueError when the cells' reduction flags are not at L//3 and 2L//3 or a
   cell concatenates a state it does not have."""
   expected = search_space.is_reduction(genotype.num_layers)
-  wrong = [k for k, (cell, red) in enumerate(zip(genotype.cells, expected))
-           if cell.reduction != red]
+  wrong = [
+    k for k, (cell, red) in enumerate(zip(genotype.cells, expected)) if cell.reduction != red
+  ]
   if wrong:
     raise ValueError(
-        f"genotype reduction flags disagree with the network's layers at {wrong}: a "
-        f"{genotype.num_layers}-layer network reduces at layers "
-        f"{search_space.reduction_layers(genotype.num_layers)}, the genotype at "
-        f"{[k for k, c in enumerate(genotype.cells) if c.reduction]} "
-        "(use genotype.map_to_depth to change depth)")
+      f"genotype reduction flags disagree with the network's layers at {wrong}: a "
+      f"{genotype.num_layers}-layer network reduces at layers "
+      f"{search_space.reduction_layers(genotype.num_layers)}, the genotype at "
+      f"{[k for k, c in enumerate(genotype.cells) if c.reduction]} "
+      "(use genotype.map_to_depth to change depth)"
+    )
   for k, cell in enumerate(genotype.cells):
     num_states = search_space.NUM_INPUTS + len(cell.nodes)
     if not cell.concat or any(not 0 <= i < num_states for i in cell.concat):
@@ -83,6 +85,7 @@ def check_genotype(genotype: genotype_lib.GlobalGenotype) -> None:
 
 class Edge(nn.Module):
   """One discrete edge: the named operation with affine batch norms."""
+
   op: str
   channels: int
   stride: int
@@ -91,13 +94,15 @@ class Edge(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return ops.create_op(self.op, self.channels, self.stride, affine=True,
-                         train=self.train, dtype=self.dtype)(x)
+    return ops.create_op(
+      self.op, self.channels, self.stride, affine=True, train=self.train, dtype=self.dtype
+    )(x)
 
 
 class Cell(nn.Module):
   """A discrete DARTS cell: preprocess s0 and s1 to `channels`, each node sums its
   edges (one op each, affine BNs), output the concatenation of `genotype.concat`."""
+
   genotype: genotype_lib.CellGenotype
   channels: int
   reduction_prev: bool
@@ -118,8 +123,7 @@ class Cell(nn.Module):
       total = None
       for e, (op, inp) in enumerate(edges):
         stride = 2 if cell.reduction and inp < search_space.NUM_INPUTS else 1
-        y = Edge(op, c, stride, self.train, self.dtype,
-                 name=f"node{n}_edge{e}")(states[inp])
+        y = Edge(op, c, stride, self.train, self.dtype, name=f"node{n}_edge{e}")(states[inp])
         if use_drop and not is_identity_edge(op, stride):
           y = drop_path(y, drop_prob, self.make_rng("dropout"))
         total = y if total is None else total + y
@@ -158,6 +162,7 @@ class AuxiliaryHeadCIFAR(nn.Module):
   """DARTS's CIFAR auxiliary head, for an 8×8 input: ReLU, 5×5 average pool stride 3
   (no padding) to 2×2, 1×1 conv 128 + BN + ReLU, 2×2 conv 768 + BN + ReLU, linear. A
   larger input is average-pooled to 8×8 after the ReLU (`adaptive_avg_pool`)."""
+
   num_classes: int
   train: bool = True
   dtype: Dtype = jnp.float32
@@ -165,9 +170,11 @@ class AuxiliaryHeadCIFAR(nn.Module):
   @nn.compact
   def __call__(self, x):
     if min(x.shape[1:3]) < AUXILIARY_MAP:  # the pool must leave 2×2 for the 2×2 conv
-      raise ValueError(f"the auxiliary head needs a feature map of at least 8×8 at "
-                       f"layer 2L//3, got {x.shape[1]}×{x.shape[2]}: use images of at "
-                       "least 32×32 (64×64 for tiny_imagenet) or auxiliary=False")
+      raise ValueError(
+        f"the auxiliary head needs a feature map of at least 8×8 at "
+        f"layer 2L//3, got {x.shape[1]}×{x.shape[2]}: use images of at "
+        "least 32×32 (64×64 for tiny_imagenet) or auxiliary=False"
+      )
     x = adaptive_avg_pool(nn.relu(x), (AUXILIARY_MAP, AUXILIARY_MAP))
     x = nn.avg_pool(x, (5, 5), (3, 3), padding="VALID")
     x = ops.conv(128, 1, dtype=self.dtype)(x)
@@ -190,6 +197,7 @@ class NetworkCIFAR(nn.Module):
     train: batch statistics and drop path (True) or running averages (False).
     dtype: the compute dtype; parameters stay float32, logits are float32.
   """
+
   genotype: genotype_lib.GlobalGenotype
   num_classes: int
   channels: int = 36
@@ -203,8 +211,9 @@ class NetworkCIFAR(nn.Module):
     super().__post_init__()
 
   def stem(self, x):
-    x = ops.conv(self.stem_multiplier * self.channels, 3, 1, 1, dtype=self.dtype,
-                 name="stem_conv")(x)
+    x = ops.conv(self.stem_multiplier * self.channels, 3, 1, 1, dtype=self.dtype, name="stem_conv")(
+      x
+    )
     return ops.BatchNorm(True, self.train, self.dtype, name="stem_bn")(x)
 
   @nn.compact
@@ -216,13 +225,13 @@ class NetworkCIFAR(nn.Module):
     for k, cell_genotype in enumerate(self.genotype.cells):
       if cell_genotype.reduction:
         c *= 2
-      cell = Cell(cell_genotype, c, reduction_prev, self.train, self.dtype,
-                  name=f"cell{k}")
+      cell = Cell(cell_genotype, c, reduction_prev, self.train, self.dtype, name=f"cell{k}")
       s0, s1 = s1, cell(s0, s1, drop_prob)
       reduction_prev = cell_genotype.reduction
       if k == aux_layer and self.auxiliary and self.train:
-        aux_logits = AuxiliaryHeadCIFAR(self.num_classes, self.train, self.dtype,
-                                        name=AUXILIARY_NAME)(s1)
+        aux_logits = AuxiliaryHeadCIFAR(
+          self.num_classes, self.train, self.dtype, name=AUXILIARY_NAME
+        )(s1)
         aux_logits = aux_logits.astype(jnp.float32)
     x = jnp.mean(s1, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
@@ -251,8 +260,9 @@ class NetworkTinyImageNet(NetworkCIFAR):
   def stem(self, x):
     x = ops.conv(self.channels, 3, 1, 1, dtype=self.dtype, name="stem_conv0")(x)
     x = nn.relu(ops.BatchNorm(True, self.train, self.dtype, name="stem_bn0")(x))
-    x = ops.conv(self.stem_multiplier * self.channels, 3, 2, 1, dtype=self.dtype,
-                 name="stem_conv1")(x)
+    x = ops.conv(
+      self.stem_multiplier * self.channels, 3, 2, 1, dtype=self.dtype, name="stem_conv1"
+    )(x)
     return ops.BatchNorm(True, self.train, self.dtype, name="stem_bn1")(x)
 
 
@@ -275,16 +285,22 @@ def auxiliary_min_size(network_kind: str) -> int:
   return AUXILIARY_MAP * size_divisor(network_kind)
 
 
-def create_network(genotype: genotype_lib.GlobalGenotype, num_classes: int,
-                   channels: int = 36, auxiliary: bool = True,
-                   dataset_kind: str = "cifar", train: bool = True,
-                   dtype: Dtype = jnp.float32) -> NetworkCIFAR:
+def create_network(
+  genotype: genotype_lib.GlobalGenotype,
+  num_classes: int,
+  channels: int = 36,
+  auxiliary: bool = True,
+  dataset_kind: str = "cifar",
+  train: bool = True,
+  dtype: Dtype = jnp.float32,
+) -> NetworkCIFAR:
   """The retraining network for `dataset_kind` ('cifar' or 'tiny_imagenet')."""
   try:
     cls = NETWORKS[dataset_kind]
   except KeyError:
-    raise ValueError(f"Unknown dataset kind {dataset_kind!r}; valid names: "
-                     f"{sorted(NETWORKS)}") from None
+    raise ValueError(
+      f"Unknown dataset kind {dataset_kind!r}; valid names: {sorted(NETWORKS)}"
+    ) from None
   return cls(genotype, num_classes, channels, auxiliary, train=train, dtype=dtype)
 
 
@@ -303,6 +319,10 @@ def count_params(variables, exclude_auxiliary: bool = True) -> int:
   variables = flax.core.unfreeze(variables)
   params = variables.get("params", variables)
   flat = flax.traverse_util.flatten_dict(params)
-  return int(sum(np.prod(v.shape) for path, v in flat.items()
-                 if path[0] != "batch_stats"
-                 and not (exclude_auxiliary and AUXILIARY_NAME in path)))
+  return int(
+    sum(
+      np.prod(v.shape)
+      for path, v in flat.items()
+      if path[0] != "batch_stats" and not (exclude_auxiliary and AUXILIARY_NAME in path)
+    )
+  )

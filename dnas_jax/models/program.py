@@ -46,27 +46,48 @@ from dnas_jax.space import search_space
 # "auto" per backend: measured (README, Performance); tests/test_formulations.py checks
 # that every formulation computes the same numbers.
 AUTO_PROGRAM = {
-    "cpu": {"depthwise": "kernel", "pointwise": "einsum", "edges": "channels",
-            "halves": "separate", "remat": "none", "scan": "stages"},
-    "gpu": {"depthwise": "conv", "pointwise": "conv", "edges": "vmap", "halves": "separate",
-            "remat": "none", "scan": "stages"},
-    "tpu": {"depthwise": "conv", "pointwise": "conv", "edges": "vmap", "halves": "shared",
-            "remat": "convs", "scan": "stages"},
+  "cpu": {
+    "depthwise": "kernel",
+    "pointwise": "einsum",
+    "edges": "channels",
+    "halves": "separate",
+    "remat": "none",
+    "scan": "stages",
+  },
+  "gpu": {
+    "depthwise": "conv",
+    "pointwise": "conv",
+    "edges": "vmap",
+    "halves": "separate",
+    "remat": "none",
+    "scan": "stages",
+  },
+  "tpu": {
+    "depthwise": "conv",
+    "pointwise": "conv",
+    "edges": "vmap",
+    "halves": "shared",
+    "remat": "convs",
+    "scan": "stages",
+  },
 }
 EDGES = ("vmap", "channels")  # supernet.EDGE_LAYOUTS
 HALVES = ("separate", "shared")  # search.steps.search_step(halves=...)
 REMAT = ("none", "convs")
 SCAN = ("stages", "none")
-PROGRAM_CHOICES = {"depthwise": ("auto",) + ops.DEPTHWISE,
-                   "pointwise": ("auto",) + ops.POINTWISE,
-                   "edges": ("auto",) + EDGES,
-                   "halves": ("auto",) + HALVES,
-                   "remat": ("auto",) + REMAT,
-                   "scan": ("auto",) + SCAN}
+PROGRAM_CHOICES = {
+  "depthwise": ("auto",) + ops.DEPTHWISE,
+  "pointwise": ("auto",) + ops.POINTWISE,
+  "edges": ("auto",) + EDGES,
+  "halves": ("auto",) + HALVES,
+  "remat": ("auto",) + REMAT,
+  "scan": ("auto",) + SCAN,
+}
 
 
-def resolve_program(config: ml_collections.ConfigDict, backend: str | None = None,
-                    stored: dict | None = None) -> dict[str, str]:
+def resolve_program(
+  config: ml_collections.ConfigDict, backend: str | None = None, stored: dict | None = None
+) -> dict[str, str]:
   """`config.program` with "auto" replaced by the value `stored` with a run's
   checkpoints (when resuming: the whole resolved program), else by the backend's
   measured choice; a config without the section is all "auto". The second-order step
@@ -78,8 +99,12 @@ def resolve_program(config: ml_collections.ConfigDict, backend: str | None = Non
   for key in PROGRAM_CHOICES:
     value = program.get(key, "auto")
     out[key] = value if value != "auto" else (stored or auto)[key]
-  if (program.get("scan", "auto") == "auto" and not stored and backend == "cpu"
-      and _longest_stage(config.model.num_layers) < 2):
+  if (
+    program.get("scan", "auto") == "auto"
+    and not stored
+    and backend == "cpu"
+    and _longest_stage(config.model.num_layers) < 2
+  ):
     # A stage of one normal cell gains nothing from a scan over it: on the CPU such a
     # network (L <= 5: the quick start, the tests) traces and compiles faster cell by
     # cell (docs/performance.md).
@@ -90,8 +115,10 @@ def resolve_program(config: ml_collections.ConfigDict, backend: str | None = Non
     # The formulation changes no number and no parameter: a run stored with it (or a
     # config naming it) runs anywhere, with this backend's choice instead.
     fallback = "shifted" if backend == "cpu" else auto["depthwise"]
-    _warn_once(f"program.depthwise='kernel': {kernel_problem(backend)}; using "
-               f"'{fallback}' (the same numbers)")
+    _warn_once(
+      f"program.depthwise='kernel': {kernel_problem(backend)}; using "
+      f"'{fallback}' (the same numbers)"
+    )
     out["depthwise"] = fallback
   return out
 
@@ -120,8 +147,9 @@ def _warn_once(message: str) -> None:
     logging.warning("%s", message)
 
 
-def with_resolved_program(config: ml_collections.ConfigDict, backend: str | None = None,
-                          stored: dict | None = None) -> ml_collections.ConfigDict:
+def with_resolved_program(
+  config: ml_collections.ConfigDict, backend: str | None = None, stored: dict | None = None
+) -> ml_collections.ConfigDict:
   """A copy of `config` whose `program` holds the resolved values (what a run stores
   with its checkpoints, so that restoring it anywhere builds the same network)."""
   out = ml_collections.ConfigDict(config.to_dict())

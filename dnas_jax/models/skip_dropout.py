@@ -29,27 +29,31 @@ SCHEDULES = ("constant", "decay")
 DECAY_PER_EPOCH = 0.2  # P-DARTS's `scale_factor`
 
 
-def skip_dropout_rate(epoch, base_rate: float, num_epochs: int, warmup_epochs: int,
-                      schedule: str = "constant"):
+def skip_dropout_rate(
+  epoch, base_rate: float, num_epochs: int, warmup_epochs: int, schedule: str = "constant"
+):
   """The rate of epoch `epoch` (an int or an integer array): `base_rate` itself for
   ``constant``, a float32 array for ``decay`` (module docstring)."""
   if schedule == "constant":
     return base_rate
   if schedule != "decay":
-    raise ValueError(f"skip dropout schedule {schedule!r} is not valid; valid values: "
-                     f"{list(SCHEDULES)}")
+    raise ValueError(
+      f"skip dropout schedule {schedule!r} is not valid; valid values: {list(SCHEDULES)}"
+    )
   e = jnp.asarray(epoch, jnp.float32)
   during_warmup = base_rate * (num_epochs - e - 1) / num_epochs
   after = base_rate * jnp.exp(-(e - warmup_epochs) * DECAY_PER_EPOCH)
   return jnp.where(e < warmup_epochs, during_warmup, after)
 
 
-def step_schedule(schedule: str, base_rate: float, num_epochs: int, warmup_epochs: int,
-                  steps_per_epoch: int) -> Callable | None:
+def step_schedule(
+  schedule: str, base_rate: float, num_epochs: int, warmup_epochs: int, steps_per_epoch: int
+) -> Callable | None:
   """The rate as a function of the step count for `search_step`, or None for
   ``constant`` (the network keeps its Python number: the step is traced as without a
   schedule)."""
   if schedule == "constant" or base_rate == 0:
     return None
-  return lambda step: skip_dropout_rate(step // steps_per_epoch, base_rate, num_epochs,
-                                        warmup_epochs, schedule)
+  return lambda step: skip_dropout_rate(
+    step // steps_per_epoch, base_rate, num_epochs, warmup_epochs, schedule
+  )

@@ -38,6 +38,7 @@ Dtype = Any
 class MixedOp(nn.Module):
   """One mixed edge on a partial channel slice; x [B,H,W,Cin], psi [Op] (ψ[k,i]),
   edge_weight [] (e[k,i], multiplies the bypassed channels; None: 1)."""
+
   channels: int
   stride: int
   primitives: Sequence[str]
@@ -56,8 +57,15 @@ class MixedOp(nn.Module):
     xs = x[..., :c]
     out = None
     for j, name in enumerate(self.primitives):
-      y = ops.create_op(name, c, self.stride, affine=False, train=self.train,
-                        dtype=self.dtype, formulation=self.formulation)(xs)
+      y = ops.create_op(
+        name,
+        c,
+        self.stride,
+        affine=False,
+        train=self.train,
+        dtype=self.dtype,
+        formulation=self.formulation,
+      )(xs)
       if name == "skip_connect" and self.stride == 1 and skip_dropout_on(self.skip_dropout):
         y = _skip_dropout(self, y)
       term = psi[j].astype(y.dtype) * y
@@ -77,6 +85,7 @@ class BatchedMixedOps(nn.Module):
   channels (`batched_ops`): x [B, H, W, E, Cin], psi [E, Op] (ψ[k, i] of each
   edge), edge_weight [E] (or None: 1) in; the sum over the edges of `MixedOp` out,
   [B, H', W', Cin]. The same variables as `nn.vmap(MixedOp)` and the same numbers."""
+
   channels: int
   stride: int
   primitives: Sequence[str]
@@ -95,9 +104,15 @@ class BatchedMixedOps(nn.Module):
     xs = x[..., :c]
     # Every operation's module gets the scope `MixedOp` gives it (`ops.unattached_ops`),
     # so that both layouts declare the same variables, a user's operations included.
-    built = ops.unattached_ops(self.primitives, c, self.stride, affine=False,
-                               train=self.train, dtype=self.dtype,
-                               formulation=self.formulation)
+    built = ops.unattached_ops(
+      self.primitives,
+      c,
+      self.stride,
+      affine=False,
+      train=self.train,
+      dtype=self.dtype,
+      formulation=self.formulation,
+    )
     if self.formulation.depthwise == "kernel":
       out = self._stacked(xs, psi, built)
     else:
@@ -110,7 +125,7 @@ class BatchedMixedOps(nn.Module):
         out = term if out is None else out + term
       out = None if out is None else jnp.sum(out, axis=-2)
     if out is None:
-      out = jnp.zeros(xs[:, ::self.stride, ::self.stride, 0].shape, xs.dtype)
+      out = jnp.zeros(xs[:, :: self.stride, :: self.stride, 0].shape, xs.dtype)
     # The sums over the edges are materialised, and so are their gradients: XLA:CPU
     # then reduces plain arrays for ψ's and the edge weights' gradients instead of
     # fusing the channel shuffle's transpose into those reductions.
@@ -125,15 +140,17 @@ class BatchedMixedOps(nn.Module):
     rest = ops.materialize(jnp.sum(rest, axis=-2))
     return ops.channel_shuffle(jnp.concatenate([out, rest], -1), k)
 
-
   def _one_op(self, xs, name, built):
     """One operation on the E edges of xs [B, H, W, E, c]: its batched form
     (`batched_ops.BATCHED`) or, without one, its `ops` module edge by edge
     (`batched_ops.per_edge`); the skip connection's dropout after it."""
     scope, op = built
     if batched_ops.has_batched(name):
-      module = ops.unattached(lambda: batched_ops.BATCHED[name](
-          xs.shape[-1], self.stride, self.train, self.dtype, self.formulation))
+      module = ops.unattached(
+        lambda: batched_ops.BATCHED[name](
+          xs.shape[-1], self.stride, self.train, self.dtype, self.formulation
+        )
+      )
       y = module.clone(parent=self, name=scope)(xs)
     else:
       y = batched_ops.per_edge(self, xs, op, scope)
@@ -151,12 +168,15 @@ class BatchedMixedOps(nn.Module):
     blocks = []
     pools = batched_ops.pool_scopes(scopes)
     if pools:
-      blocks.append((list(pools), batched_ops.stacked_pool_ops(
-          self, xs, pools, self.stride, self.train, self.dtype)))
+      blocks.append(
+        (
+          list(pools),
+          batched_ops.stacked_pool_ops(self, xs, pools, self.stride, self.train, self.dtype),
+        )
+      )
     convs = batched_ops.conv_scopes(scopes)
     if convs:
-      blocks += batched_ops.stacked_conv_ops(self, xs, convs, self.stride, self.train,
-                                             self.dtype)
+      blocks += batched_ops.stacked_conv_ops(self, xs, convs, self.stride, self.train, self.dtype)
     for p in prims:
       if p != "none" and p not in pools and p not in convs:
         blocks.append(([p], self._one_op(xs, p, built[p])[..., None, :, :]))
@@ -196,8 +216,13 @@ def _edge_dropout(module: BatchedMixedOps, y):
 # The skip connection's dropout on y [E, B, H, W, c] with the edge axis mapped and the
 # dropout key split over the edges in `module`'s own scope, as `nn.vmap(MixedOp)`
 # splits it: the channels layout draws the masks the vmapped edges draw.
-_dropout_per_edge = nn.vmap(_edge_dropout, in_axes=0, out_axes=0,
-                            variable_axes={}, split_rngs={"params": True, "dropout": True})
+_dropout_per_edge = nn.vmap(
+  _edge_dropout,
+  in_axes=0,
+  out_axes=0,
+  variable_axes={},
+  split_rngs={"params": True, "dropout": True},
+)
 
 
 class _EdgeGroup(nn.Module):
@@ -205,6 +230,7 @@ class _EdgeGroup(nn.Module):
   (or one array [E,B,H,W,C]), psi [E,Op], edge [E]; returns the sum of the edges.
   `edge_layout`: "vmap" (`MixedOp` vmapped over a leading edge axis) or "channels"
   (`BatchedMixedOps`, the edge axis beside the channels)."""
+
   channels: int
   stride: int
   primitives: Sequence[str]
@@ -217,18 +243,29 @@ class _EdgeGroup(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, psi, edge):
-    args = (self.channels, self.stride, tuple(self.primitives), self.partial_k,
-            self.skip_dropout, self.train, self.dtype, self.formulation)
+    args = (
+      self.channels,
+      self.stride,
+      tuple(self.primitives),
+      self.partial_k,
+      self.skip_dropout,
+      self.train,
+      self.dtype,
+      self.formulation,
+    )
     if self.edge_layout == "channels":
-      xs = (jnp.moveaxis(inputs, 0, -2) if hasattr(inputs, "shape")
-            else jnp.stack(inputs, axis=-2))
+      xs = jnp.moveaxis(inputs, 0, -2) if hasattr(inputs, "shape") else jnp.stack(inputs, axis=-2)
       return BatchedMixedOps(*args, name="edges")(xs, psi, edge)
     if self.edge_layout != "vmap":
       raise ValueError(f"edge_layout {self.edge_layout!r}; valid: {list(EDGE_LAYOUTS)}")
     xs = inputs if hasattr(inputs, "shape") else jnp.stack(inputs)
-    batched = nn.vmap(MixedOp, in_axes=(0, 0, 0), out_axes=0,
-                      variable_axes={"params": 0, "batch_stats": 0},
-                      split_rngs={"params": True, "dropout": True})
+    batched = nn.vmap(
+      MixedOp,
+      in_axes=(0, 0, 0),
+      out_axes=0,
+      variable_axes={"params": 0, "batch_stats": 0},
+      split_rngs={"params": True, "dropout": True},
+    )
     return jnp.sum(batched(*args, name="edges")(xs, psi, edge), axis=0)
 
 
@@ -245,8 +282,8 @@ def _cell_nodes(module: nn.Module, p0, p1, psi_k, edge_k, *, reduction: bool):
   states = [p0, p1]
   for node in range(search_space.NUM_NODES):
     edges = search_space.node_edges(node)
-    w = psi_k[edges.start:edges.stop]
-    e = edge_k[edges.start:edges.stop]
+    w = psi_k[edges.start : edges.stop]
+    e = edge_k[edges.start : edges.stop]
     # On a reduction cell the edges from s0 and s1 have stride 2, the others 1.
     n_strided = search_space.NUM_INPUTS if reduction else 0
     groups = [(2, range(0, n_strided)), (1, range(n_strided, len(states)))]
@@ -254,22 +291,30 @@ def _cell_nodes(module: nn.Module, p0, p1, psi_k, edge_k, *, reduction: bool):
     for stride, inputs in groups:
       if not len(inputs):
         continue
-      y = _EdgeGroup(c, stride, tuple(module.primitives), module.partial_k,
-                     module.skip_dropout, module.train, module.dtype, module.formulation,
-                     module.edge_layout, name=f"node{node}_stride{stride}")(
-                         [states[i] for i in inputs], w[inputs.start:inputs.stop],
-                         e[inputs.start:inputs.stop])
+      y = _EdgeGroup(
+        c,
+        stride,
+        tuple(module.primitives),
+        module.partial_k,
+        module.skip_dropout,
+        module.train,
+        module.dtype,
+        module.formulation,
+        module.edge_layout,
+        name=f"node{node}_stride{stride}",
+      )([states[i] for i in inputs], w[inputs.start : inputs.stop], e[inputs.start : inputs.stop])
       total = y if total is None else total + y
     if module.edge_layout == "channels":
       total = ops.materialize(total)
     states.append(total)
-  return jnp.concatenate(states[search_space.NUM_INPUTS:], axis=-1)
+  return jnp.concatenate(states[search_space.NUM_INPUTS :], axis=-1)
 
 
 class SearchCell(nn.Module):
   """A search cell: s0, s1, ψ[k] [14, Op] and e[k] [14] in, the 4 nodes concatenated
   out. Preprocessing as DARTS: s0 by a 1×1 ReLU-conv-BN (a factorized reduce after a
   reduction cell), s1 by a 1×1 ReLU-conv-BN, both to `channels`."""
+
   channels: int
   reduction: bool
   reduction_prev: bool
@@ -285,15 +330,19 @@ class SearchCell(nn.Module):
   def __call__(self, s0, s1, psi_k, edge_k):
     c = self.channels
     if self.reduction_prev:
-      s0 = ops.FactorizedReduce(c, False, self.train, self.dtype, self.formulation,
-                                name="pre0")(s0)
+      s0 = ops.FactorizedReduce(c, False, self.train, self.dtype, self.formulation, name="pre0")(s0)
     else:
-      s0 = ops.ReLUConvBN(c, affine=False, train=self.train, dtype=self.dtype,
-                          formulation=self.formulation,
-                          name="pre0")(s0)
-    s1 = ops.ReLUConvBN(c, affine=False, train=self.train, dtype=self.dtype,
-                        formulation=self.formulation,
-                        name="pre1")(s1)
+      s0 = ops.ReLUConvBN(
+        c,
+        affine=False,
+        train=self.train,
+        dtype=self.dtype,
+        formulation=self.formulation,
+        name="pre0",
+      )(s0)
+    s1 = ops.ReLUConvBN(
+      c, affine=False, train=self.train, dtype=self.dtype, formulation=self.formulation, name="pre1"
+    )(s1)
     return _cell_nodes(self, s0, s1, psi_k, edge_k, reduction=self.reduction)
 
 
@@ -301,8 +350,9 @@ def _relu_conv_bn(module: nn.Module, x, kernel, name: str):
   """ReLU, 1×1 convolution with a given kernel [1, 1, Cin, Cout], BN without affine."""
   x, kernel = nn.dtypes.promote_dtype(nn.relu(x), kernel, dtype=module.dtype)
   if module.formulation.pointwise == "conv":
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
   else:  # a matrix product over the channels: XLA:CPU's 1×1 convolution computes its
     # kernel gradient as a convolution over the whole image, 100× slower than this
     y = jnp.einsum("...c,co->...o", x, kernel[0, 0])
@@ -318,6 +368,7 @@ class _StageCell(nn.Module):
   output before a reduction as its two offset grids side by side, which a
   block-diagonal kernel turns into a factorized reduce), so that every normal cell of
   a stage is this one traced body and no preprocessing runs on placeholders."""
+
   channels: int
   primitives: Sequence[str]
   partial_k: int
@@ -339,6 +390,7 @@ class _StageCell(nn.Module):
 
 class _Kernel(nn.Module):
   """One parameter, `kernel`, of the given shape (its name tells `init` the fan-in)."""
+
   shape: tuple[int, ...]
 
   @nn.compact
@@ -356,6 +408,7 @@ class _Kernels(nn.Module):
   reduction as its two offset grids x[::2, ::2] and x[1::2, 1::2] side by side and
   keeps FactorizedReduce's two kernels (`reduce/kernel`, [2, 1, 1, width/2, cout/2]) as
   the diagonal blocks of its kernel: DARTS's FactorizedReduce."""
+
   length: int
   width: int
   cout: int
@@ -369,20 +422,22 @@ class _Kernels(nn.Module):
     regular = tuple(i for i in range(self.length) if i not in special)
     parts = []  # (where in the full kernel, the kernel kept there)
     if regular:
-      kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                          (len(regular), 1, 1, self.width, self.cout))
+      kernel = self.param(
+        "kernel", nn.initializers.lecun_normal(), (len(regular), 1, 1, self.width, self.cout)
+      )
       parts.append(((jnp.asarray(regular),), kernel))
     if self.narrow:
       stem = _Kernel((len(self.narrow), 1, 1, self.narrow_cin, self.cout), name="stem")()
-      parts.append(((jnp.asarray(self.narrow), slice(None), slice(None),
-                     slice(0, self.narrow_cin)), stem))
+      parts.append(
+        ((jnp.asarray(self.narrow), slice(None), slice(None), slice(0, self.narrow_cin)), stem)
+      )
     if self.factorized:
       half_in, half_out = self.width // 2, self.cout // 2
       grids = _Kernel((2, 1, 1, half_in, half_out), name="reduce")()
-      parts.append(((0, slice(None), slice(None), slice(0, half_in), slice(0, half_out)),
-                    grids[0]))
-      parts.append(((0, slice(None), slice(None), slice(half_in, None),
-                     slice(half_out, None)), grids[1]))
+      parts.append(((0, slice(None), slice(None), slice(0, half_in), slice(0, half_out)), grids[0]))
+      parts.append(
+        ((0, slice(None), slice(None), slice(half_in, None), slice(half_out, None)), grids[1])
+      )
     full = jnp.zeros((self.length, 1, 1, self.width, self.cout), parts[0][1].dtype)
     for where, kernel in parts:
       full = full.at[where].set(kernel)
@@ -393,8 +448,9 @@ def offset_grids(x: jax.Array) -> jax.Array:
   """x[:, ::2, ::2] and x[:, 1::2, 1::2] side by side on the channel axis: what the two
   stride-2 1×1 convolutions of a factorized reduce read."""
   if x.shape[1] % 2 or x.shape[2] % 2:
-    raise ValueError(f"a factorized reduce needs an even height and width, got "
-                     f"{x.shape[1]}×{x.shape[2]}")
+    raise ValueError(
+      f"a factorized reduce needs an even height and width, got {x.shape[1]}×{x.shape[2]}"
+    )
   return jnp.concatenate([x[:, ::2, ::2], x[:, 1::2, 1::2]], axis=-1)
 
 
@@ -420,6 +476,7 @@ class SearchNetwork(nn.Module):
   `skip_dropout` is a Python number, or a scalar array when a schedule changes it
   during the search (`models.skip_dropout`; the step clones the network with it).
   """
+
   num_classes: int
   num_layers: int
   channels: int = 16
@@ -443,32 +500,52 @@ class SearchNetwork(nn.Module):
     if edge_weights is None:
       edge_weights = jnp.ones(expected[:2], psi.dtype)
     if tuple(edge_weights.shape) != expected[:2]:
-      raise ValueError(f"edge_weights has shape {tuple(edge_weights.shape)}, "
-                       f"expected {expected[:2]}")
+      raise ValueError(
+        f"edge_weights has shape {tuple(edge_weights.shape)}, expected {expected[:2]}"
+      )
     x = images.astype(self.dtype)
-    x = ops.StemConv(self.stem_multiplier * self.channels, 3,
-                     self.formulation.pointwise == "einsum", self.dtype, name="stem_conv")(x)
+    x = ops.StemConv(
+      self.stem_multiplier * self.channels,
+      3,
+      self.formulation.pointwise == "einsum",
+      self.dtype,
+      name="stem_conv",
+    )(x)
     stem = ops.BatchNorm(True, self.train, self.dtype, name="stem_bn")(x)
     prims = tuple(self.primitives)
-    common = (prims, self.partial_k, self.skip_dropout, self.train, self.dtype,
-              self.formulation, self.edge_layout)
+    common = (
+      prims,
+      self.partial_k,
+      self.skip_dropout,
+      self.train,
+      self.dtype,
+      self.formulation,
+      self.edge_layout,
+    )
     c = self.channels
     if not self.scan_stages:  # DARTS's network as written: one traced cell per layer
       red = search_space.is_reduction(L)
       s0 = s1 = stem
       for k in range(L):
         c = c * 2 if red[k] else c
-        s0, s1 = s1, SearchCell(c, red[k], k > 0 and red[k - 1], *common,
-                                name=f"cell{k}")(s0, s1, psi[k], edge_weights[k])
+        s0, s1 = (
+          s1,
+          SearchCell(c, red[k], k > 0 and red[k - 1], *common, name=f"cell{k}")(
+            s0, s1, psi[k], edge_weights[k]
+          ),
+        )
       return self._classify(s1)
     before, last = stem, stem  # outputs of the layers k-2 and k-1
     for stage, (reduction, a, b) in enumerate(stage_plan(L)):
       if reduction is not None:
         c *= 2
-        out = SearchCell(c, True, reduction > 0 and reduction - 1 in
-                         search_space.reduction_layers(L), *common,
-                         name=f"cell{reduction}")(before, last, psi[reduction],
-                                                  edge_weights[reduction])
+        out = SearchCell(
+          c,
+          True,
+          reduction > 0 and reduction - 1 in search_space.reduction_layers(L),
+          *common,
+          name=f"cell{reduction}",
+        )(before, last, psi[reduction], edge_weights[reduction])
         before, last = last, out
       if b <= a:
         continue
@@ -478,30 +555,45 @@ class SearchNetwork(nn.Module):
         # through its s1: the stem enters zero-padded to 4C, and their kernels are
         # the stem's width, padded with zero rows.
         if stem.shape[-1] > width:
-          raise ValueError(f"stem_multiplier={self.stem_multiplier} > 4: the stem is "
-                           "wider than a cell's output, which the stage scan needs")
+          raise ValueError(
+            f"stem_multiplier={self.stem_multiplier} > 4: the stem is "
+            "wider than a cell's output, which the stage scan needs"
+          )
         padded = jnp.pad(stem, ((0, 0),) * 3 + ((0, width - stem.shape[-1]),))
         s0 = s1 = padded
-        kernel0 = _Kernels(b - a, width, c, narrow=tuple(range(min(2, b - a))),
-                           narrow_cin=stem.shape[-1], name=f"stage{stage}_pre0")()
-        kernel1 = _Kernels(b - a, width, c, narrow=(0,), narrow_cin=stem.shape[-1],
-                           name=f"stage{stage}_pre1")()
+        kernel0 = _Kernels(
+          b - a,
+          width,
+          c,
+          narrow=tuple(range(min(2, b - a))),
+          narrow_cin=stem.shape[-1],
+          name=f"stage{stage}_pre0",
+        )()
+        kernel1 = _Kernels(
+          b - a, width, c, narrow=(0,), narrow_cin=stem.shape[-1], name=f"stage{stage}_pre1"
+        )()
       else:
         # Layer a reads the output before the reduction through a factorized reduce:
         # its two offset grids (2 × 2C = 4C channels) and a block-diagonal kernel.
         s0, s1 = offset_grids(before), last
         kernel0 = _Kernels(b - a, width, c, factorized=True, name=f"stage{stage}_pre0")()
         kernel1 = _Kernels(b - a, width, c, name=f"stage{stage}_pre1")()
-      body = (nn.remat(_StageCell, policy=ops.REMAT_POLICY, prevent_cse=False)
-              if self.remat else _StageCell)
-      scan = nn.scan(body,
-                     variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-                     split_rngs={"params": True, "dropout": True},
-                     in_axes=0, length=b - a)
+      body = (
+        nn.remat(_StageCell, policy=ops.REMAT_POLICY, prevent_cse=False)
+        if self.remat
+        else _StageCell
+      )
+      scan = nn.scan(
+        body,
+        variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=0,
+        length=b - a,
+      )
       xs = (psi[a:b], edge_weights[a:b], kernel0, kernel1)
       (before, last), _ = scan(c, *common, name=f"cells{a}_{b}")((s0, s1), xs)
       if stage == 0 and b - a == 1:  # the carry's s0 is the padded stem: the layer
-        before = stem                # before layer 0 is the stem itself
+        before = stem  # before layer 0 is the stem itself
     return self._classify(last)
 
   def _classify(self, features):

@@ -38,9 +38,12 @@ from dnas_jax.training import workdir as workdir_lib
 FINAL_METRICS = loop_lib.FINAL_METRICS
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       hooks: Sequence[Callable[[int], None]] = (),
-                       allow_config_changes: bool = False) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  hooks: Sequence[Callable[[int], None]] = (),
+  allow_config_changes: bool = False,
+) -> dict:
   """Retrains (or resumes) `config.genotype` in `workdir`; returns the final state,
   genotype and metrics.
 
@@ -60,65 +63,115 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return _retrain(config, run, geno, ds, train_split, test_split, mesh, hooks)
 
 
-def _retrain(config, run: workdir_lib.RunDir, geno, ds, train_split, test_split, mesh,
-             hooks) -> dict:
+def _retrain(
+  config, run: workdir_lib.RunDir, geno, ds, train_split, test_split, mesh, hooks
+) -> dict:
   steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), config.batch_size)
-  setup = setup_lib.create_train_setup(config, geno, ds.image_shape, ds.num_classes,
-                                       steps_per_epoch, mesh)
+  setup = setup_lib.create_train_setup(
+    config, geno, ds.image_shape, ds.num_classes, steps_per_epoch, mesh
+  )
   state = setup.state
-  logging.info("network: %d parameters (%d with the auxiliary head), %d layers, C=%d",
-               setup.num_params, setup.num_params_total, geno.num_layers,
-               config.model.channels)
+  logging.info(
+    "network: %d parameters (%d with the auxiliary head), %d layers, C=%d",
+    setup.num_params,
+    setup.num_params_total,
+    geno.num_layers,
+    config.model.channels,
+  )
   restored = run.restore(checkpoints.abstract_like(state))
   if restored is not None:
     state = restored[0]
     logging.info("resumed from the checkpoint at step %d", int(state.step))
 
-  meta = {"config": config.to_dict(), "image_shape": list(ds.image_shape),
-          "num_classes": ds.num_classes, "genotype": json.loads(geno.to_json()),
-          "dataset": ds.name, "source": ds.source, "steps_per_epoch": steps_per_epoch,
-          "num_params": setup.num_params, "num_params_total": setup.num_params_total,
-          "mean": list(ds.mean), "std": list(ds.std)}  # input normalisation (api)
+  meta = {
+    "config": config.to_dict(),
+    "image_shape": list(ds.image_shape),
+    "num_classes": ds.num_classes,
+    "genotype": json.loads(geno.to_json()),
+    "dataset": ds.name,
+    "source": ds.source,
+    "steps_per_epoch": steps_per_epoch,
+    "num_params": setup.num_params,
+    "num_params_total": setup.num_params_total,
+    "mean": list(ds.mean),
+    "std": list(ds.std),
+  }  # input normalisation (api)
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
-  (step_fn, eval_fn), _ = compilation.compile_all([
-      (f"retraining step (L={geno.num_layers}, C={config.model.channels}, batch "
-       f"{config.batch_size})", setup.step_fn,
-       (state, compilation.abstract_batch(config.batch_size, ds.image_shape, batch_spec),
-        rng, jnp.float32(0.0))),
-      ("evaluation step", setup.eval_fn,
-       (state.params, state.batch_stats,
-        compilation.abstract_batch(config.eval_batch_size, ds.image_shape, batch_spec,
-                                   mask=True), ()))],
-      cache_key=meta)
+  (step_fn, eval_fn), _ = compilation.compile_all(
+    [
+      (
+        f"retraining step (L={geno.num_layers}, C={config.model.channels}, batch "
+        f"{config.batch_size})",
+        setup.step_fn,
+        (
+          state,
+          compilation.abstract_batch(config.batch_size, ds.image_shape, batch_spec),
+          rng,
+          jnp.float32(0.0),
+        ),
+      ),
+      (
+        "evaluation step",
+        setup.eval_fn,
+        (
+          state.params,
+          state.batch_stats,
+          compilation.abstract_batch(config.eval_batch_size, ds.image_shape, batch_spec, mask=True),
+          (),
+        ),
+      ),
+    ],
+    cache_key=meta,
+  )
 
   aug = input_pipeline.AugmentConfig(
-      crop_padding=config.data.crop_padding, flip=config.data.flip,
-      cutout=config.data.cutout, rotate_degrees=config.data.rotate_degrees)
+    crop_padding=config.data.crop_padding,
+    flip=config.data.flip,
+    cutout=config.data.cutout,
+    rotate_degrees=config.data.rotate_degrees,
+  )
 
   def epoch_inputs(epoch: int, offset: int):
-    drop_prob = jnp.float32(steps.drop_path_prob(config, epoch * steps_per_epoch,
-                                                 steps_per_epoch))
-    batches = input_pipeline.epoch_batches(train_split, config.batch_size, config.seed,
-                                           epoch, aug, ds.mean, ds.std, start_step=offset)
+    drop_prob = jnp.float32(steps.drop_path_prob(config, epoch * steps_per_epoch, steps_per_epoch))
+    batches = input_pipeline.epoch_batches(
+      train_split, config.batch_size, config.seed, epoch, aug, ds.mean, ds.std, start_step=offset
+    )
     return ((sharding.shard_batch(b, mesh), rng, drop_prob) for b in batches)
 
   def evaluate(state) -> dict[str, float]:
-    return evaluation.evaluate(eval_fn, state.params, state.batch_stats, test_split,
-                               config.eval_batch_size, ds.mean, ds.std, mesh)
+    return evaluation.evaluate(
+      eval_fn,
+      state.params,
+      state.batch_stats,
+      test_split,
+      config.eval_batch_size,
+      ds.mean,
+      ds.std,
+      mesh,
+    )
 
   phase = loop_lib.Phase(
-      name="train_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate,
-      meta=meta)
+    name="train_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate, meta=meta
+  )
   lead = sharding.is_lead_process()  # writes the event files
   with metric_writers.MetricWriter(run.workdir, events=lead) as writer:
     writer.write_texts(0, {"genotype": geno.describe()})
-    state, last_eval, step = loop_lib.run_loop(phase, state, run, writer, config,
-                                               steps_per_epoch, hooks)
-  final = {**last_eval, "step": step, "epochs": config.num_epochs,
-           "num_params": setup.num_params, "num_params_total": setup.num_params_total}
+    state, last_eval, step = loop_lib.run_loop(
+      phase, state, run, writer, config, steps_per_epoch, hooks
+    )
+  final = {
+    **last_eval,
+    "step": step,
+    "epochs": config.num_epochs,
+    "num_params": setup.num_params,
+    "num_params_total": setup.num_params_total,
+  }
   loop_lib.write_final_metrics(run.workdir, final)
-  logging.info("retraining done: test accuracy %.4f, test error %.2f %% (%s)",
-               final["test_accuracy"], 100 * final["test_error"],
-               os.path.join(run.workdir, FINAL_METRICS))
+  logging.info(
+    "retraining done: test accuracy %.4f, test error %.2f %% (%s)",
+    final["test_accuracy"],
+    100 * final["test_error"],
+    os.path.join(run.workdir, FINAL_METRICS),
+  )
   return {"state": state, "genotype": geno, **final}

@@ -26,6 +26,7 @@ from dnas_jax.training import optimizers
 from dnas_jax.training import sharding
 from dnas_jax.training import validation
 
+
 def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
   """The genotype named by `config.genotype` for a `num_layers`-layer network: a known
   name stacked over the layers, or a genotype.json mapped to that depth."""
@@ -33,21 +34,24 @@ def resolve_genotype(spec: str, num_layers: int) -> genotype_lib.GlobalGenotype:
     return known_genotypes.get_genotype(spec, num_layers)
   if not os.path.isfile(spec):
     raise validation.ConfigError(
-        f"config.genotype={spec!r} is neither a known genotype "
-        f"{sorted(known_genotypes.KNOWN_GENOTYPES)} nor an existing genotype.json file "
-        "(run the search, or experiments.derive, first)")
+      f"config.genotype={spec!r} is neither a known genotype "
+      f"{sorted(known_genotypes.KNOWN_GENOTYPES)} nor an existing genotype.json file "
+      "(run the search, or experiments.derive, first)"
+    )
   try:
     geno = genotype_lib.GlobalGenotype.load(spec)
   except (ValueError, KeyError, TypeError) as e:
-    raise validation.ConfigError(f"config.genotype={spec!r} is not a valid "
-                                 f"genotype.json: {e}") from None
+    raise validation.ConfigError(
+      f"config.genotype={spec!r} is not a valid genotype.json: {e}"
+    ) from None
   unfinished = unfinished_search(spec)
   if unfinished:
     logging.warning("config.genotype=%s %s", spec, unfinished)
   try:
     if geno.num_layers != num_layers:
-      logging.info("mapping the %d-layer genotype %s to %d layers", geno.num_layers,
-                   spec, num_layers)
+      logging.info(
+        "mapping the %d-layer genotype %s to %d layers", geno.num_layers, spec, num_layers
+      )
       geno = genotype_lib.map_to_depth(geno, num_layers)
     network.check_genotype(geno)
   except ValueError as e:
@@ -65,8 +69,10 @@ def unfinished_search(path: str) -> str:
   epoch, num_epochs = meta.get("epoch"), meta.get("num_epochs")
   if not (isinstance(epoch, int) and isinstance(num_epochs, int) and epoch < num_epochs):
     return ""
-  return (f"comes from a search that had run {epoch} of its {num_epochs} configured "
-          "epochs when it was written: the architecture may not be the final one")
+  return (
+    f"comes from a search that had run {epoch} of its {num_epochs} configured "
+    "epochs when it was written: the architecture may not be the final one"
+  )
 
 
 def genotype_of(config: ml_collections.ConfigDict) -> genotype_lib.GlobalGenotype:
@@ -75,17 +81,26 @@ def genotype_of(config: ml_collections.ConfigDict) -> genotype_lib.GlobalGenotyp
   affine batch norms (from shapes: nothing is compiled)."""
   geno = resolve_genotype(config.genotype, config.model.num_layers)
   used = sorted({op for cell in geno.cells for edges in cell.nodes for op, _ in edges})
-  validation.check_operations(used, config.model.channels, affine=True,
-                              dtype=config.model.dtype, field=f"config.genotype="
-                              f"{config.genotype!r}")
+  validation.check_operations(
+    used,
+    config.model.channels,
+    affine=True,
+    dtype=config.model.dtype,
+    field=f"config.genotype={config.genotype!r}",
+  )
   return geno
 
 
-def create_network(config: ml_collections.ConfigDict, geno: genotype_lib.GlobalGenotype,
-                   num_classes: int, train: bool) -> network.NetworkCIFAR:
+def create_network(
+  config: ml_collections.ConfigDict,
+  geno: genotype_lib.GlobalGenotype,
+  num_classes: int,
+  train: bool,
+) -> network.NetworkCIFAR:
   m = config.model
-  return network.create_network(geno, num_classes, m.channels, m.auxiliary, m.network,
-                                train=train, dtype=jnp.dtype(m.dtype))
+  return network.create_network(
+    geno, num_classes, m.channels, m.auxiliary, m.network, train=train, dtype=jnp.dtype(m.dtype)
+  )
 
 
 def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -94,10 +109,10 @@ def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
   validation.validate_train_config(config)
   spec = validation.dataset_spec(config)  # the registry's image shape and classes
   geno = genotype_of(config)
-  shapes = network.variable_shapes(create_network(config, geno, spec.num_classes, True),
-                                   spec.image_shape)
-  return (network.count_params(shapes),
-          network.count_params(shapes, exclude_auxiliary=False))
+  shapes = network.variable_shapes(
+    create_network(config, geno, spec.num_classes, True), spec.image_shape
+  )
+  return (network.count_params(shapes), network.count_params(shapes, exclude_auxiliary=False))
 
 
 def parameter_count_lines(config: ml_collections.ConfigDict) -> list[str]:
@@ -106,8 +121,9 @@ def parameter_count_lines(config: ml_collections.ConfigDict) -> list[str]:
   return [f"params_excluding_auxiliary: {excluding}", f"params_total: {total}"]
 
 
-def create_tx(config: ml_collections.ConfigDict, steps_per_epoch: int
-              ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_tx(
+  config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   return optimizers.weight_tx_of(config.optim, config.num_epochs, steps_per_epoch)
 
 
@@ -116,7 +132,8 @@ def abstract_state(net: network.NetworkCIFAR, image_shape, tx, mesh) -> steps.Tr
   running or compiling anything."""
   shapes = network.variable_shapes(net, tuple(image_shape))
   state = jax.eval_shape(
-      lambda v: steps.create_train_state(v["params"], v["batch_stats"], tx), shapes)
+    lambda v: steps.create_train_state(v["params"], v["batch_stats"], tx), shapes
+  )
   rep = sharding.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
 
@@ -136,6 +153,7 @@ class TrainSetup:
   step_fn: jitted `steps.train_step`, (state, batch, rng, drop_prob).
   eval_fn: jitted `evaluation.eval_step`, (params, batch_stats, batch, ()).
   """
+
   state: steps.TrainState
   net_train: network.NetworkCIFAR
   net_eval: network.NetworkCIFAR
@@ -145,9 +163,14 @@ class TrainSetup:
   num_params_total: int
 
 
-def create_train_setup(config: ml_collections.ConfigDict,
-                       geno: genotype_lib.GlobalGenotype, image_shape, num_classes: int,
-                       steps_per_epoch: int, mesh) -> TrainSetup:
+def create_train_setup(
+  config: ml_collections.ConfigDict,
+  geno: genotype_lib.GlobalGenotype,
+  image_shape,
+  num_classes: int,
+  steps_per_epoch: int,
+  mesh,
+) -> TrainSetup:
   """Network, optimizer, initial state and jitted steps of `geno`'s retraining."""
   net_train = create_network(config, geno, num_classes, True)
   net_eval = create_network(config, geno, num_classes, False)
@@ -156,8 +179,18 @@ def create_train_setup(config: ml_collections.ConfigDict,
   variables = init_lib.init_from_shapes(net_train, config.seed, example)
   state = steps.create_train_state(variables["params"], variables["batch_stats"], tx)
   step_fn, eval_fn = steps.make_step_fns(
-      net_train=net_train, net_eval=net_eval, tx=tx, lr_schedule=lr_schedule,
-      auxiliary_weight=config.optim.auxiliary_weight)
-  return TrainSetup(sharding.replicate(state, mesh), net_train, net_eval, step_fn, eval_fn,
-                    network.count_params(variables),
-                    network.count_params(variables, exclude_auxiliary=False))
+    net_train=net_train,
+    net_eval=net_eval,
+    tx=tx,
+    lr_schedule=lr_schedule,
+    auxiliary_weight=config.optim.auxiliary_weight,
+  )
+  return TrainSetup(
+    sharding.replicate(state, mesh),
+    net_train,
+    net_eval,
+    step_fn,
+    eval_fn,
+    network.count_params(variables),
+    network.count_params(variables, exclude_auxiliary=False),
+  )

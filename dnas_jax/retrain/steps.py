@@ -40,50 +40,78 @@ class TrainMetrics(metrics.Collection):
 
 
 def create_train_state(params, batch_stats, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params)
+  )
 
 
-def drop_path_prob(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int
-                   ) -> float:
+def drop_path_prob(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int) -> float:
   """DARTS's ramp: drop_path_prob · epoch / num_epochs, for the epoch of `step`."""
   return config.optim.drop_path_prob * (step // steps_per_epoch) / config.num_epochs
 
 
-def loss_fn(params, batch_stats, batch, drop_prob, rng, *, net: network.NetworkCIFAR,
-            auxiliary_weight: float):
+def loss_fn(
+  params, batch_stats, batch, drop_prob, rng, *, net: network.NetworkCIFAR, auxiliary_weight: float
+):
   """Cross-entropy of the logits plus `auxiliary_weight` × that of the auxiliary head."""
   (logits, aux_logits), updates = net.apply(
-      {"params": params, "batch_stats": batch_stats}, batch["image"], drop_prob,
-      rngs={"dropout": rng}, mutable=["batch_stats"])
+    {"params": params, "batch_stats": batch_stats},
+    batch["image"],
+    drop_prob,
+    rngs={"dropout": rng},
+    mutable=["batch_stats"],
+  )
   loss = losses.cross_entropy(logits, batch["label"])
   if aux_logits is not None:
     loss = loss + auxiliary_weight * losses.cross_entropy(aux_logits, batch["label"])
   return loss, (logits, updates["batch_stats"])
 
 
-def train_step(state: TrainState, batch, rng, drop_prob, *, net: network.NetworkCIFAR,
-               tx: optax.GradientTransformation, lr_schedule: optax.Schedule,
-               auxiliary_weight: float) -> tuple[TrainState, TrainMetrics]:
+def train_step(
+  state: TrainState,
+  batch,
+  rng,
+  drop_prob,
+  *,
+  net: network.NetworkCIFAR,
+  tx: optax.GradientTransformation,
+  lr_schedule: optax.Schedule,
+  auxiliary_weight: float,
+) -> tuple[TrainState, TrainMetrics]:
   """One SGD step on a (sharded) training batch; `drop_prob` is a traced scalar."""
   rng = jax.random.fold_in(rng, state.step)
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.batch_stats, batch, drop_prob, rng, net=net,
-      auxiliary_weight=auxiliary_weight)
+    state.params,
+    state.batch_stats,
+    batch,
+    drop_prob,
+    rng,
+    net=net,
+    auxiliary_weight=auxiliary_weight,
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1,
-                            params=optax.apply_updates(state.params, updates),
-                            batch_stats=new_stats, opt_state=opt_state)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=new_stats,
+    opt_state=opt_state,
+  )
   return new_state, TrainMetrics.single_from_model_output(
-      train_loss=loss, train_accuracy=losses.accuracy(logits, batch["label"]),
-      learning_rate=lr_schedule(state.step), drop_prob=drop_prob)
+    train_loss=loss,
+    train_accuracy=losses.accuracy(logits, batch["label"]),
+    learning_rate=lr_schedule(state.step),
+    drop_prob=drop_prob,
+  )
 
 
-def make_step_fns(*, net_train, net_eval, tx, lr_schedule, auxiliary_weight
-                  ) -> tuple[Callable, Callable]:
+def make_step_fns(
+  *, net_train, net_eval, tx, lr_schedule, auxiliary_weight
+) -> tuple[Callable, Callable]:
   """The jitted training step (state donated) and evaluation step."""
-  step = jax.jit(functools.partial(train_step, net=net_train, tx=tx,
-                                   lr_schedule=lr_schedule,
-                                   auxiliary_weight=auxiliary_weight),
-                 donate_argnums=(0,))
+  step = jax.jit(
+    functools.partial(
+      train_step, net=net_train, tx=tx, lr_schedule=lr_schedule, auxiliary_weight=auxiliary_weight
+    ),
+    donate_argnums=(0,),
+  )
   return step, jax.jit(functools.partial(evaluation.eval_step, net=net_eval))

@@ -49,11 +49,15 @@ def derivation_of(info: dict[str, Any], **options) -> genotype_lib.Derivation:
   section (the checkpoint's; without one, what its genotype.json's meta recorded),
   each of `options` that is not None replacing the search's; ValueError naming the
   flag of a bad value."""
-  recorded = (info.get("meta", {}).get("config", {}).get("derive")
-              or info.get("genotype_meta", {}).get("derive") or {})
+  recorded = (
+    info.get("meta", {}).get("config", {}).get("derive")
+    or info.get("genotype_meta", {}).get("derive")
+    or {}
+  )
   derivation = dataclasses.replace(
-      genotype_lib.Derivation.from_config(recorded),
-      **{k: v for k, v in options.items() if v is not None})
+    genotype_lib.Derivation.from_config(recorded),
+    **{k: v for k, v in options.items() if v is not None},
+  )
   derivation.check("--")
   return derivation
 
@@ -68,9 +72,10 @@ def output_folder(workdir: str, out: str | None = None) -> str:
   holder = workdir_lib.lock_holder(workdir)
   if holder is not None and os.path.abspath(out) == os.path.abspath(workdir):
     raise workdir_lib.WorkdirError(
-        f"the search in {workdir} is still running (pid {holder.get('pid')} on "
-        f"{holder.get('host')}): its genotype.json is its own; derive into another folder "
-        "with --out=DIR, or wait for it to end")
+      f"the search in {workdir} is still running (pid {holder.get('pid')} on "
+      f"{holder.get('host')}): its genotype.json is its own; derive into another folder "
+      "with --out=DIR, or wait for it to end"
+    )
   return out
 
 
@@ -85,11 +90,19 @@ def _genotype_meta(info: dict[str, Any]) -> dict:
     return {}
 
 
-def write_derivation(out: str, psi: np.ndarray, primitives: Sequence[str],
-                     info: dict[str, Any], edges_per_node: int | None = None,
-                     num_layers: int | None = None, title: str = "", *,
-                     rule: str | None = None, op_threshold: float | None = None,
-                     max_skip_connects: int | None = None) -> dict:
+def write_derivation(
+  out: str,
+  psi: np.ndarray,
+  primitives: Sequence[str],
+  info: dict[str, Any],
+  edges_per_node: int | None = None,
+  num_layers: int | None = None,
+  title: str = "",
+  *,
+  rule: str | None = None,
+  op_threshold: float | None = None,
+  max_skip_connects: int | None = None,
+) -> dict:
   """Derives the global genotype of ψ and writes it, with its figures and TensorBoard
   images, into `out` (the module docstring lists the files). `info` is what
   `api.search_psi` says of ψ ('source', and when known 'step', 'epoch', the edge
@@ -100,42 +113,64 @@ def write_derivation(out: str, psi: np.ndarray, primitives: Sequence[str],
   check_options(edges_per_node, num_layers)
   genotype_lib.check_finite_psi(psi, info["source"])  # before anything is written
   info = {**info, "genotype_meta": _genotype_meta(info)}
-  derivation = derivation_of(info, rule=rule, edges_per_node=edges_per_node,
-                             op_threshold=op_threshold,
-                             max_skip_connects=max_skip_connects)
+  derivation = derivation_of(
+    info,
+    rule=rule,
+    edges_per_node=edges_per_node,
+    op_threshold=op_threshold,
+    max_skip_connects=max_skip_connects,
+  )
   if derivation.rule == "threshold" and info.get("edge_weights") is None:
     raise workdir_lib.WorkdirError(
-        f"{info['source']} has no edge_weights.npy beside it (a search writes both): "
-        "the threshold rule divides the edge weights out of ψ; derive with --rule=top_k")
+      f"{info['source']} has no edge_weights.npy beside it (a search writes both): "
+      "the threshold rule divides the edge weights out of ψ; derive with --rule=top_k"
+    )
   from dnas_jax.search import figures as plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+
   os.makedirs(out, exist_ok=True)
-  geno = genotype_lib.derive_genotype(psi, primitives, derivation=derivation,
-                                      edge_weights=info.get("edge_weights"))
-  meta = {"source": info["source"], "edges_per_node": derivation.edges_per_node,
-          "derive": dataclasses.asdict(derivation), "search_layers": geno.num_layers}
+  geno = genotype_lib.derive_genotype(
+    psi, primitives, derivation=derivation, edge_weights=info.get("edge_weights")
+  )
+  meta = {
+    "source": info["source"],
+    "edges_per_node": derivation.edges_per_node,
+    "derive": dataclasses.asdict(derivation),
+    "search_layers": geno.num_layers,
+  }
   meta.update({k: info[k] for k in ("step", "epoch") if k in info})
   # For train's warning on a genotype from an unfinished search.
-  num_epochs = info.get("meta", {}).get("config", {}).get(
-      "num_epochs", info["genotype_meta"].get("num_epochs"))
+  num_epochs = (
+    info.get("meta", {})
+    .get("config", {})
+    .get("num_epochs", info["genotype_meta"].get("num_epochs"))
+  )
   if num_epochs is not None:
     meta["num_epochs"] = num_epochs
   if "meta" in info:  # what the search's own genotype.json records
     search_meta = info["meta"]
-    meta.update(dataset=search_meta.get("dataset"),
-                arch_kind=search_meta.get("config", {}).get("arch", {}).get("kind"))
+    meta.update(
+      dataset=search_meta.get("dataset"),
+      arch_kind=search_meta.get("config", {}).get("arch", {}).get("kind"),
+    )
   files = [artifacts.write_genotype(out, "genotype", geno, primitives, meta)]
-  figures = {"global_architecture": plots.plot_global_architecture(
-                 geno, title=title or None, primitives=primitives),
-             "psi_heatmaps": plots.plot_psi_heatmaps(psi, primitives)}
+  figures = {
+    "global_architecture": plots.plot_global_architecture(
+      geno, title=title or None, primitives=primitives
+    ),
+    "psi_heatmaps": plots.plot_psi_heatmaps(psi, primitives),
+  }
   mapped = None
   if num_layers is not None and num_layers != geno.num_layers:
     mapped = genotype_lib.map_to_depth(geno, num_layers)
     network.check_genotype(mapped)
-    files.append(artifacts.write_genotype(out, f"genotype_L{num_layers}", mapped,
-                                          primitives,
-                                          {**meta, "mapped_to_layers": num_layers}))
+    files.append(
+      artifacts.write_genotype(
+        out, f"genotype_L{num_layers}", mapped, primitives, {**meta, "mapped_to_layers": num_layers}
+      )
+    )
     figures[f"global_architecture_L{num_layers}"] = plots.plot_global_architecture(
-        mapped, title=f"mapped to {num_layers} layers", primitives=primitives)
+      mapped, title=f"mapped to {num_layers} layers", primitives=primitives
+    )
   writer = metric_writers.MetricWriter(out, console=False)
   step = int(info.get("step", 0))
   try:

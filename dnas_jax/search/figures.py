@@ -33,33 +33,41 @@ from dnas_jax.space import search_space
 from dnas_jax.training import files
 
 OP_COLORS = {
-    "none": "#f0f0f0",
-    "max_pool_3x3": "#525252",
-    "avg_pool_3x3": "#a8a8a8",
-    "skip_connect": "#31a354",
-    "sep_conv_3x3": "#6baed6",
-    "sep_conv_5x5": "#08519c",
-    "dil_conv_3x3": "#fd8d3c",
-    "dil_conv_5x5": "#cb181d",
-    "sep_conv_7x7": "#08306b",
-    "conv_7x1_1x7": "#54278f",
+  "none": "#f0f0f0",
+  "max_pool_3x3": "#525252",
+  "avg_pool_3x3": "#a8a8a8",
+  "skip_connect": "#31a354",
+  "sep_conv_3x3": "#6baed6",
+  "sep_conv_5x5": "#08519c",
+  "dil_conv_3x3": "#fd8d3c",
+  "dil_conv_5x5": "#cb181d",
+  "sep_conv_7x7": "#08306b",
+  "conv_7x1_1x7": "#54278f",
 }
 OP_ABBREVIATIONS = {
-    "none": "none",
-    "max_pool_3x3": "max3",
-    "avg_pool_3x3": "avg3",
-    "skip_connect": "skip",
-    "sep_conv_3x3": "sep3",
-    "sep_conv_5x5": "sep5",
-    "dil_conv_3x3": "dil3",
-    "dil_conv_5x5": "dil5",
-    "sep_conv_7x7": "sep7",
-    "conv_7x1_1x7": "c7x1",
+  "none": "none",
+  "max_pool_3x3": "max3",
+  "avg_pool_3x3": "avg3",
+  "skip_connect": "skip",
+  "sep_conv_3x3": "sep3",
+  "sep_conv_5x5": "sep5",
+  "dil_conv_3x3": "dil3",
+  "dil_conv_5x5": "dil5",
+  "sep_conv_7x7": "sep7",
+  "conv_7x1_1x7": "c7x1",
 }
 # Any other operation (a user's: `ops.register_op`) takes one of these, chosen by a
 # hash of its name: the same colour in every figure and every run.
-_EXTRA_COLORS = ("#756bb1", "#e7298a", "#66a61e", "#a6761d", "#1b9e77", "#d95f02",
-                 "#7570b3", "#e6ab02")
+_EXTRA_COLORS = (
+  "#756bb1",
+  "#e7298a",
+  "#66a61e",
+  "#a6761d",
+  "#1b9e77",
+  "#d95f02",
+  "#7570b3",
+  "#e6ab02",
+)
 _REDUCTION_COLOR = "#b2182b"
 _REDUCTION_BAND = "#fbe3e3"
 _DPI = 100
@@ -79,8 +87,9 @@ def op_abbreviation(op: str) -> str:
 
 def connection_names() -> tuple[str, ...]:
   """Names of the 14 connections, e.g. 'n2←s1' (node 2 reads s1)."""
-  return tuple(f"n{n}←{_input_name(i)}"
-               for n, i in zip(search_space.EDGE_NODE, search_space.EDGE_INPUT))
+  return tuple(
+    f"n{n}←{_input_name(i)}" for n, i in zip(search_space.EDGE_NODE, search_space.EDGE_INPUT)
+  )
 
 
 def _input_name(i: int) -> str:
@@ -111,8 +120,9 @@ def _style_reduction_ticks(ax, reduction: Sequence[bool]) -> None:
 
 def save_figure(fig: Figure, path: str, dpi: float | None = None) -> None:
   """Writes `fig` as a PNG to `path` (atomically, creating its folder) and closes it."""
-  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi or fig.dpi,
-                                                 facecolor="white"))
+  files.atomic_write(
+    path, lambda f: fig.savefig(f, format="png", dpi=dpi or fig.dpi, facecolor="white")
+  )
   close_figure(fig)
 
 
@@ -137,9 +147,11 @@ def figure_to_image(fig: Figure) -> np.ndarray:
   return np.array(canvas.buffer_rgba())[..., :3]
 
 
-def plot_global_architecture(genotype: genotype_lib.GlobalGenotype,
-                             title: str | None = None,
-                             primitives: Sequence[str] | None = None) -> Figure:
+def plot_global_architecture(
+  genotype: genotype_lib.GlobalGenotype,
+  title: str | None = None,
+  primitives: Sequence[str] | None = None,
+) -> Figure:
   """The whole global architecture at a glance: one row per layer.
 
   Columns are the kept edges of each cell, grouped by the node they feed (n0..n3);
@@ -166,8 +178,9 @@ def plot_global_architecture(genotype: genotype_lib.GlobalGenotype,
     raise ValueError("the genotype has no cells")
   num_nodes = max(len(c.nodes) for c in cells)
   # Slots per node: the most edges any cell gives that node (2 for derived genotypes).
-  slots = [max((len(c.nodes[n]) for c in cells if n < len(c.nodes)), default=0)
-           for n in range(num_nodes)]
+  slots = [
+    max((len(c.nodes[n]) for c in cells if n < len(c.nodes)), default=0) for n in range(num_nodes)
+  ]
   gap = 0.3
   node_x = np.concatenate([[0.0], np.cumsum([s + gap for s in slots])])[:-1]
   width_units = node_x[-1] + slots[-1]
@@ -193,8 +206,11 @@ def plot_global_architecture(genotype: genotype_lib.GlobalGenotype,
   ax.set_yticks(range(num_layers), _layer_labels(reduction), fontsize=8.5)
   _style_reduction_ticks(ax, reduction)
   ax.set_ylabel("layer (input at top)")
-  ax.set_xticks([node_x[n] + slots[n] / 2 for n in range(num_nodes)],
-                [f"node n{n}" for n in range(num_nodes)], fontsize=9)
+  ax.set_xticks(
+    [node_x[n] + slots[n] / 2 for n in range(num_nodes)],
+    [f"node n{n}" for n in range(num_nodes)],
+    fontsize=9,
+  )
   ax.xaxis.tick_top()
   ax.tick_params(axis="both", length=0)
   for spine in ax.spines.values():
@@ -202,41 +218,82 @@ def plot_global_architecture(genotype: genotype_lib.GlobalGenotype,
   _draw_op_counts(bar_ax, cells, ops)
   _mark_collapsed(bar_ax, genotype)
 
-  handles = [patches.Patch(facecolor=op_color(op), label=f"{op} ({op_abbreviation(op)})")
-             for op in ops]
-  fig.legend(handles=handles, loc="outside lower center", ncol=min(len(ops), 7),
-             fontsize=8.5, frameon=False, handlelength=1.2, columnspacing=1.0)
+  handles = [
+    patches.Patch(facecolor=op_color(op), label=f"{op} ({op_abbreviation(op)})") for op in ops
+  ]
+  fig.legend(
+    handles=handles,
+    loc="outside lower center",
+    ncol=min(len(ops), 7),
+    fontsize=8.5,
+    frameon=False,
+    handlelength=1.2,
+    columnspacing=1.0,
+  )
   if title:
     fig.suptitle(title, fontsize=11)
   return fig
 
 
-def _draw_edges(ax, cells: Sequence[genotype_lib.CellGenotype],
-                node_x: np.ndarray) -> None:
+def _draw_edges(ax, cells: Sequence[genotype_lib.CellGenotype], node_x: np.ndarray) -> None:
   """One rounded box per kept edge: input name in bold, operation abbreviated."""
   for k, cell in enumerate(cells):
     for n, edges in enumerate(cell.nodes):
       for s, (op, inp) in enumerate(edges):
         x, color = node_x[n] + s, op_color(op)
-        ax.add_patch(patches.FancyBboxPatch(
-            (x + 0.06, k - 0.36), 0.88, 0.72, boxstyle="round,pad=0,rounding_size=0.12",
-            facecolor=color, edgecolor="white", linewidth=0.5, zorder=2))
+        ax.add_patch(
+          patches.FancyBboxPatch(
+            (x + 0.06, k - 0.36),
+            0.88,
+            0.72,
+            boxstyle="round,pad=0,rounding_size=0.12",
+            facecolor=color,
+            edgecolor="white",
+            linewidth=0.5,
+            zorder=2,
+          )
+        )
         text_color = _text_color(color)
-        ax.text(x + 0.14, k, _input_name(inp), ha="left", va="center",
-                fontsize=8.5, fontweight="bold", color=text_color, zorder=3)
-        ax.text(x + 0.86, k, op_abbreviation(op), ha="right", va="center",
-                fontsize=8, color=text_color, zorder=3)
+        ax.text(
+          x + 0.14,
+          k,
+          _input_name(inp),
+          ha="left",
+          va="center",
+          fontsize=8.5,
+          fontweight="bold",
+          color=text_color,
+          zorder=3,
+        )
+        ax.text(
+          x + 0.86,
+          k,
+          op_abbreviation(op),
+          ha="right",
+          va="center",
+          fontsize=8,
+          color=text_color,
+          zorder=3,
+        )
 
 
-def _draw_op_counts(ax, cells: Sequence[genotype_lib.CellGenotype],
-                    ops: Sequence[str]) -> None:
+def _draw_op_counts(ax, cells: Sequence[genotype_lib.CellGenotype], ops: Sequence[str]) -> None:
   """Each cell's operation counts as a stacked horizontal bar."""
-  counts = np.array([[sum(op == o for edges in c.nodes for o, _ in edges) for op in ops]
-                     for c in cells], float)
+  counts = np.array(
+    [[sum(op == o for edges in c.nodes for o, _ in edges) for op in ops] for c in cells], float
+  )
   left = np.zeros(len(cells))
   for j, op in enumerate(ops):
-    ax.barh(range(len(cells)), counts[:, j], left=left, height=0.72,
-            color=op_color(op), edgecolor="white", linewidth=0.5, zorder=2)
+    ax.barh(
+      range(len(cells)),
+      counts[:, j],
+      left=left,
+      height=0.72,
+      color=op_color(op),
+      edgecolor="white",
+      linewidth=0.5,
+      zorder=2,
+    )
     left += counts[:, j]
   ax.set_xlim(0, max(left.max(), 1))
   ax.set_title("operations per cell", fontsize=9)
@@ -255,9 +312,18 @@ def _mark_collapsed(ax, genotype: genotype_lib.GlobalGenotype) -> None:
   shares = psi_stats.parameter_free_share(genotype)
   right = ax.get_xlim()[1]
   for k in np.flatnonzero(shares > 0.5):
-    ax.text(right, k, f"▲ {shares[k]:.0%} no params", ha="left", va="center",
-            fontsize=7.5, fontweight="bold", color=COLLAPSE_COLOR, clip_on=False,
-            zorder=3)
+    ax.text(
+      right,
+      k,
+      f"▲ {shares[k]:.0%} no params",
+      ha="left",
+      va="center",
+      fontsize=7.5,
+      fontweight="bold",
+      color=COLLAPSE_COLOR,
+      clip_on=False,
+      zorder=3,
+    )
 
 
 def _legend_ops(used: set[str], primitives: Sequence[str] | None) -> list[str]:
@@ -272,8 +338,10 @@ def _check_psi(psi: np.ndarray, primitives: Sequence[str]) -> np.ndarray:
   psi = np.asarray(psi, np.float64)
   expected = (search_space.NUM_CONNECTIONS, len(primitives))
   if psi.ndim != 3 or psi.shape[1:] != expected:
-    raise ValueError(f"psi has shape {psi.shape}, expected [L, {expected[0]}, "
-                     f"{expected[1]}] for primitives {list(primitives)}")
+    raise ValueError(
+      f"psi has shape {psi.shape}, expected [L, {expected[0]}, "
+      f"{expected[1]}] for primitives {list(primitives)}"
+    )
   return psi
 
 
@@ -287,8 +355,9 @@ def label_decimals(values: np.ndarray, least: int = 2, most: int = 6) -> int:
   return int(min(most, max(least, np.ceil(-np.log10(span)) + 1)))
 
 
-def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
-                      title: str | None = None, op_reduce: str = "mean") -> Figure:
+def plot_psi_heatmaps(
+  psi: np.ndarray, primitives: Sequence[str], title: str | None = None, op_reduce: str = "mean"
+) -> Figure:
   """ψ [L, C, Op] as two heatmaps, layer by layer (layer 0 at the top).
 
   Left: layer × operation, ψ averaged (`op_reduce='mean'`) or summed ('sum') over the
@@ -320,24 +389,35 @@ def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
 
   im = ax_op.imshow(by_op, aspect="auto", cmap="viridis", interpolation="nearest")
   fig.colorbar(im, ax=ax_op, shrink=0.9, pad=0.02).set_label(
-      f"ψ, {op_reduce} over connections", fontsize=8)
-  ax_op.set_xticks(range(num_ops), list(primitives), rotation=40, ha="right",
-                   rotation_mode="anchor", fontsize=8)
+    f"ψ, {op_reduce} over connections", fontsize=8
+  )
+  ax_op.set_xticks(
+    range(num_ops), list(primitives), rotation=40, ha="right", rotation_mode="anchor", fontsize=8
+  )
   norm = im.norm
   decimals = label_decimals(by_op)
   for k in range(num_layers):
     for j in range(num_ops):
       value = by_op[k, j]
       shade = im.cmap(norm(value))
-      ax_op.text(j, k, f"{value:.{decimals}f}", ha="center", va="center", fontsize=6.5,
-                 color="black" if sum(shade[:3]) / 3 > 0.5 else "white")
+      ax_op.text(
+        j,
+        k,
+        f"{value:.{decimals}f}",
+        ha="center",
+        va="center",
+        fontsize=6.5,
+        color="black" if sum(shade[:3]) / 3 > 0.5 else "white",
+      )
   ax_op.set_title("layer × operation", fontsize=10)
 
   im = ax_conn.imshow(by_conn, aspect="auto", cmap="magma", interpolation="nearest")
   fig.colorbar(im, ax=ax_conn, shrink=0.9, pad=0.02).set_label(
-      "ψ, summed over operations", fontsize=8)
-  ax_conn.set_xticks(range(num_conn), connection_names(), rotation=60, ha="right",
-                     rotation_mode="anchor", fontsize=8)
+    "ψ, summed over operations", fontsize=8
+  )
+  ax_conn.set_xticks(
+    range(num_conn), connection_names(), rotation=60, ha="right", rotation_mode="anchor", fontsize=8
+  )
   for n in range(1, search_space.NUM_NODES):
     ax_conn.axvline(search_space.node_edges(n).start - 0.5, color="white", linewidth=1.5)
   ax_conn.set_title("layer × connection", fontsize=10)
@@ -347,9 +427,17 @@ def plot_psi_heatmaps(psi: np.ndarray, primitives: Sequence[str],
     _style_reduction_ticks(ax, reduction)
     ax.tick_params(length=0)
     for k in np.flatnonzero(reduction):
-      ax.add_patch(patches.Rectangle((-0.5, k - 0.5), ax.get_xlim()[1] + 0.5, 1,
-                                     fill=False, edgecolor=_REDUCTION_COLOR,
-                                     linewidth=1.5, clip_on=False))
+      ax.add_patch(
+        patches.Rectangle(
+          (-0.5, k - 0.5),
+          ax.get_xlim()[1] + 0.5,
+          1,
+          fill=False,
+          edgecolor=_REDUCTION_COLOR,
+          linewidth=1.5,
+          clip_on=False,
+        )
+      )
   ax_op.set_ylabel("layer")
   if title:
     fig.suptitle(title, fontsize=11)

@@ -46,17 +46,19 @@ def _out_size(size: int, k: int, stride: int, padding: int, dilation: int = 1) -
 
 
 def _pad_hw(x: jax.Array, padding: int, value: float = 0.0) -> jax.Array:
-  return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0), (0, 0)),
-                 constant_values=value)
+  return jnp.pad(
+    x, ((0, 0), (padding, padding), (padding, padding), (0, 0), (0, 0)), constant_values=value
+  )
 
 
 def _tap(xp: jax.Array, i: int, j: int, ho: int, wo: int, stride: int) -> jax.Array:
   """The window offsets (i, j) of a padded input, strided: [B, ho, wo, E, c]."""
-  return xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+  return xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
 
 
 class _Kernel(nn.Module):
   """One parameter, `kernel`, of the given shape (named as the `nn.Conv` it stands for)."""
+
   shape: tuple[int, ...]
 
   @nn.compact
@@ -64,8 +66,9 @@ class _Kernel(nn.Module):
     return self.param("kernel", nn.initializers.lecun_normal(), self.shape)
 
 
-def _correlate(xp: jax.Array, taps, k: int, dilation: int, stride: int, ho: int,
-               wo: int) -> jax.Array:
+def _correlate(
+  xp: jax.Array, taps, k: int, dilation: int, stride: int, ho: int, wo: int
+) -> jax.Array:
   """Σ_{i,j} xp[:, y·s + i·d, x·s + j·d] · taps[i][j]: the k² shifted multiply-adds."""
   out = None
   for i in range(k):
@@ -76,8 +79,9 @@ def _correlate(xp: jax.Array, taps, k: int, dilation: int, stride: int, ho: int,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                      dilation: int) -> jax.Array:
+def shifted_depthwise(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int
+) -> jax.Array:
   """Per-edge depthwise convolution as k² shifted multiply-adds: x [B, H, W, E, c],
   kernel [E, k, k, c]. Its gradient is written out (`_shifted_depthwise_bwd`) in the
   forms XLA:CPU runs fast: the input's as the same multiply-adds over the
@@ -104,8 +108,11 @@ def _shifted_bwd(stride, padding, dilation, residuals, g):
   back_h = h + (k - 1) * dilation - front - ((ho - 1) * stride + 1)
   back_w = w + (k - 1) * dilation - front - ((wo - 1) * stride + 1)
   zero = jnp.zeros((), g.dtype)
-  gp = jax.lax.pad(g, zero, ((0, 0, 0), (front, back_h, stride - 1),
-                             (front, back_w, stride - 1), (0, 0, 0), (0, 0, 0)))
+  gp = jax.lax.pad(
+    g,
+    zero,
+    ((0, 0, 0), (front, back_h, stride - 1), (front, back_w, stride - 1), (0, 0, 0), (0, 0, 0)),
+  )
   flipped = [[kernel[:, k - 1 - i, k - 1 - j] for j in range(k)] for i in range(k)]
   dx = _correlate(gp, flipped, k, dilation, 1, h, w)
   # dkernel[i, j] = Σ_{b, y, x} xp[b, y·s + i·d, x·s + j·d] · g[b, y, x]: per kernel
@@ -117,11 +124,12 @@ def _shifted_bwd(stride, padding, dilation, residuals, g):
   cols = np.arange(wo) * stride
   rows = []
   for i in range(k):
-    xi = xp[:, i * dilation:i * dilation + stride * (ho - 1) + 1:stride]
+    xi = xp[:, i * dilation : i * dilation + stride * (ho - 1) + 1 : stride]
     xi = jnp.transpose(xi.reshape(b * ho, xi.shape[2], n), (2, 0, 1))  # [n, b·ho, Wp]
     pairs = jnp.einsum("nmv,nmw->nvw", xi, gt)  # [n, Wp, wo]
-    rows.append(jnp.stack([jnp.sum(pairs[:, cols + j * dilation, np.arange(wo)], -1)
-                           for j in range(k)]))  # [k, n]
+    rows.append(
+      jnp.stack([jnp.sum(pairs[:, cols + j * dilation, np.arange(wo)], -1) for j in range(k)])
+    )  # [k, n]
   dk = jnp.stack(rows).reshape(k, k, e, c).transpose(2, 0, 1, 3)
   return dx, dk.astype(kernel.dtype)
 
@@ -129,8 +137,15 @@ def _shifted_bwd(stride, padding, dilation, residuals, g):
 shifted_depthwise.defvjp(_shifted_fwd, _shifted_bwd)
 
 
-def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilation: int,
-              formulation: str, dtype: Dtype) -> jax.Array:
+def depthwise(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: int,
+  padding: int,
+  dilation: int,
+  formulation: str,
+  dtype: Dtype,
+) -> jax.Array:
   """Per-edge depthwise k×k convolution: x [B, H, W, E, c], kernel [E, k, k, 1, c]."""
   b, h, w, e, c = x.shape
   k = kernel.shape[1]
@@ -138,9 +153,14 @@ def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int, dilati
   if formulation == "conv":  # one grouped convolution over the E·c channels
     rhs = jnp.transpose(kernel[:, :, :, 0, :], (1, 2, 0, 3)).reshape(k, k, 1, e * c)
     y = jax.lax.conv_general_dilated(
-        x.reshape(b, h, w, e * c), rhs, (stride, stride), ((padding, padding),) * 2,
-        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=e * c)
+      x.reshape(b, h, w, e * c),
+      rhs,
+      (stride, stride),
+      ((padding, padding),) * 2,
+      rhs_dilation=(dilation, dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=e * c,
+    )
     return ops.saved(y.reshape(y.shape[:3] + (e, c)))
   if formulation == "kernel":  # the compiled CPU kernel over the E·c channels
     taps = jnp.transpose(kernel[:, :, :, 0, :], (1, 2, 0, 3)).reshape(k, k, e * c)
@@ -156,8 +176,9 @@ def _block_diagonal(w: jax.Array) -> jax.Array:
   return (eye[:, None, :, None] * w[:, :, None, :]).reshape(e * c, e * o)
 
 
-def pointwise(x: jax.Array, kernel: jax.Array, stride: int, formulation: str,
-              dtype: Dtype) -> jax.Array:
+def pointwise(
+  x: jax.Array, kernel: jax.Array, stride: int, formulation: str, dtype: Dtype
+) -> jax.Array:
   """Per-edge 1×1 convolution (strided by slicing): x [B, H, W, E, c], kernel
   [E, 1, 1, c, o]. ``einsum``: one matrix product of the [B·H·W, E·c] input with the
   block-diagonal [E·c, E·o] matrix of the E kernels (E times the multiply-adds, no
@@ -171,9 +192,14 @@ def pointwise(x: jax.Array, kernel: jax.Array, stride: int, formulation: str,
     return jnp.sum(x[..., None] * w, axis=-2)
   if formulation == "conv":  # one convolution with E groups
     rhs = jnp.transpose(w, (1, 0, 2)).reshape(1, 1, c, e * w.shape[-1])
-    y = jax.lax.conv_general_dilated(x.reshape(b, h, wd, e * c), rhs, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=e)
+    y = jax.lax.conv_general_dilated(
+      x.reshape(b, h, wd, e * c),
+      rhs,
+      (1, 1),
+      "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=e,
+    )
     return ops.saved(y.reshape(b, h, wd, e, -1))
   y = x.reshape(b * h * wd, e * c) @ _block_diagonal(w)
   return ops.saved(y.reshape(b, h, wd, e, -1))
@@ -186,6 +212,7 @@ def _batch_norm(train: bool, dtype: Dtype) -> ops.BatchNorm:
 
 class DilConv(nn.Module):
   """ReLU, depthwise k×k (dilated), pointwise 1×1, BN: `ops.DilConv` on E edges."""
+
   features: int
   kernel: int
   stride: int
@@ -201,14 +228,14 @@ class DilConv(nn.Module):
     f = self.formulation
     dw = _Kernel((e, self.kernel, self.kernel, 1, c), name="Conv_0")()
     pw = _Kernel((e, 1, 1, c, self.features), name="Conv_1")()
-    y = depthwise(nn.relu(x), dw, self.stride, self.padding, self.dilation, f.depthwise,
-                  self.dtype)
+    y = depthwise(nn.relu(x), dw, self.stride, self.padding, self.dilation, f.depthwise, self.dtype)
     y = pointwise(y, pw, 1, f.pointwise, self.dtype)
     return _batch_norm(self.train, self.dtype)(y)
 
 
 class SepConv(nn.Module):
   """Two DilConv blocks with dilation 1, the first strided: `ops.SepConv` on E edges."""
+
   features: int
   kernel: int
   stride: int
@@ -220,15 +247,18 @@ class SepConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    x = DilConv(c, self.kernel, self.stride, self.padding, 1, self.train, self.dtype,
-                self.formulation)(x)
-    return DilConv(self.features, self.kernel, 1, self.padding, 1, self.train, self.dtype,
-                   self.formulation)(x)
+    x = DilConv(
+      c, self.kernel, self.stride, self.padding, 1, self.train, self.dtype, self.formulation
+    )(x)
+    return DilConv(
+      self.features, self.kernel, 1, self.padding, 1, self.train, self.dtype, self.formulation
+    )(x)
 
 
 class FactorizedReduce(nn.Module):
   """ReLU, two 1×1 stride-2 convolutions on offset grids, concatenated, BN:
   `ops.FactorizedReduce` on E edges (the stride-2 skip-connect)."""
+
   features: int
   train: bool = True
   dtype: Dtype = jnp.float32
@@ -243,8 +273,7 @@ class FactorizedReduce(nn.Module):
     pw = self.formulation.pointwise
     x = nn.relu(x)
     a = pointwise(x, _Kernel((e, 1, 1, c, half), name="Conv_0")(), 2, pw, self.dtype)
-    b = pointwise(x[:, 1:, 1:], _Kernel((e, 1, 1, c, half), name="Conv_1")(), 2, pw,
-                  self.dtype)
+    b = pointwise(x[:, 1:, 1:], _Kernel((e, 1, 1, c, half), name="Conv_1")(), 2, pw, self.dtype)
     return _batch_norm(self.train, self.dtype)(jnp.concatenate([a, b], -1))
 
 
@@ -259,6 +288,7 @@ class Pool(nn.Module):
   """3×3 max or average pool (padding 1; the average excludes the padding, as DARTS),
   then a BN without affine: `ops.Pool(bn=True)` on E edges. With the depthwise
   formulation ``kernel`` (the CPU kernels) the pool is `cpu_kernels.pool_3x3`."""
+
   kind: str
   stride: int
   train: bool = True
@@ -270,8 +300,9 @@ class Pool(nn.Module):
     if self.formulation.depthwise == "kernel":
       b, h, w, e, c = x.shape
       compute = jnp.promote_types(x.dtype, jnp.float32)
-      y = cpu_kernels.pool_3x3(x.reshape(b, h, w, e * c).astype(compute), self.stride,
-                               self.kind == "avg")
+      y = cpu_kernels.pool_3x3(
+        x.reshape(b, h, w, e * c).astype(compute), self.stride, self.kind == "avg"
+      )
       y = y.reshape(y.shape[:3] + (e, c)).astype(x.dtype)
       return _batch_norm(self.train, self.dtype)(y)
     window = (1, 3, 3, 1, 1)
@@ -281,8 +312,9 @@ class Pool(nn.Module):
       y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pad)
     else:
       y = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
-      counts = np.outer(_window_counts(x.shape[1], self.stride),
-                        _window_counts(x.shape[2], self.stride))
+      counts = np.outer(
+        _window_counts(x.shape[1], self.stride), _window_counts(x.shape[2], self.stride)
+      )
       y = y / jnp.asarray(counts, y.dtype)[:, :, None, None]
     return _batch_norm(self.train, self.dtype)(y)
 
@@ -300,14 +332,14 @@ def _skip(c, stride, train, dtype, formulation):
 # name -> factory(channels, stride, train, dtype, formulation), as `ops.OPS` with
 # affine=False (the search network); `none` is absent: it adds nothing to a node.
 BATCHED = {
-    "max_pool_3x3": lambda c, s, t, d, f: Pool("max", s, t, d, f),
-    "avg_pool_3x3": lambda c, s, t, d, f: Pool("avg", s, t, d, f),
-    "skip_connect": _skip,
-    "sep_conv_3x3": lambda c, s, t, d, f: SepConv(c, 3, s, 1, t, d, f),
-    "sep_conv_5x5": lambda c, s, t, d, f: SepConv(c, 5, s, 2, t, d, f),
-    "sep_conv_7x7": lambda c, s, t, d, f: SepConv(c, 7, s, 3, t, d, f),
-    "dil_conv_3x3": lambda c, s, t, d, f: DilConv(c, 3, s, 2, 2, t, d, f),
-    "dil_conv_5x5": lambda c, s, t, d, f: DilConv(c, 5, s, 4, 2, t, d, f),
+  "max_pool_3x3": lambda c, s, t, d, f: Pool("max", s, t, d, f),
+  "avg_pool_3x3": lambda c, s, t, d, f: Pool("avg", s, t, d, f),
+  "skip_connect": _skip,
+  "sep_conv_3x3": lambda c, s, t, d, f: SepConv(c, 3, s, 1, t, d, f),
+  "sep_conv_5x5": lambda c, s, t, d, f: SepConv(c, 5, s, 2, t, d, f),
+  "sep_conv_7x7": lambda c, s, t, d, f: SepConv(c, 7, s, 3, t, d, f),
+  "dil_conv_3x3": lambda c, s, t, d, f: DilConv(c, 3, s, 2, 2, t, d, f),
+  "dil_conv_5x5": lambda c, s, t, d, f: DilConv(c, 5, s, 4, 2, t, d, f),
 }
 
 
@@ -328,11 +360,17 @@ def per_edge(module: nn.Module, xs: jax.Array, op: nn.Module, scope: str) -> jax
   unattached: `ops.unattached_ops`) `nn.vmap`-ed over the edge axis of xs
   [B, H, W, E, c], its variables declared in `module`'s scope under `scope` with a
   leading edge axis, as `nn.vmap(MixedOp)` declares them; returns [B, H', W', E, c]."""
+
   def apply(parent, x):
     return op.clone(parent=parent, name=scope)(x)
-  mapped = nn.vmap(apply, in_axes=0, out_axes=0,
-                   variable_axes={"params": 0, "batch_stats": 0},
-                   split_rngs={"params": True, "dropout": True})
+
+  mapped = nn.vmap(
+    apply,
+    in_axes=0,
+    out_axes=0,
+    variable_axes={"params": 0, "batch_stats": 0},
+    split_rngs={"params": True, "dropout": True},
+  )
   return jnp.moveaxis(mapped(module, jnp.moveaxis(xs, -2, 0)), 0, -2)
 
 
@@ -340,7 +378,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2×2 max pooling, stride 2, of [B, H, W, ...] (H and W even): the reduction edges'
   bypassed channels."""
   b, h, w = x.shape[0], x.shape[1] // 2, x.shape[2] // 2
-  x = x[:, :2 * h, :2 * w]  # an odd last row or column is dropped, as nn.max_pool does
+  x = x[:, : 2 * h, : 2 * w]  # an odd last row or column is dropped, as nn.max_pool does
   return jnp.max(x.reshape((b, h, 2, w, 2) + x.shape[3:]), axis=(2, 4))
 
 
@@ -364,15 +402,17 @@ def _op_inputs(r, specs, shared: bool):
   if shared:
     return [r] * len(specs)
   n = r.shape[-1] // len(specs)
-  return [r[..., m * n:(m + 1) * n] for m in range(len(specs))]
+  return [r[..., m * n : (m + 1) * n] for m in range(len(specs))]
 
 
 def _depthwise_stage(x, kernels, specs, stride, shared):
   """ReLU and each op's depthwise convolution (`specs[m]` = (padding, dilation)),
   stacked on the channel axis: (the stacked outputs [B, H', W', F], the ops' inputs)."""
   inputs = _op_inputs(jnp.maximum(x, 0), specs, shared)
-  outs = [cpu_kernels.depthwise_forward(r, kernel, stride, p, d)
-          for r, kernel, (p, d) in zip(inputs, kernels, specs)]
+  outs = [
+    cpu_kernels.depthwise_forward(r, kernel, stride, p, d)
+    for r, kernel, (p, d) in zip(inputs, kernels, specs)
+  ]
   return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)), inputs
 
 
@@ -395,9 +435,9 @@ def _batch_statistics(p):
 def conv_stage(x, kernels, weight, specs, stride, shared):
   """Stacked convolution halves in training mode: x [B, H, W, C]; `kernels` the ops'
   depthwise kernels [k, k, n] (n = C with `shared` inputs, else C / ops); `weight`
-  the pointwise kernels [G, c, c] of every op and edge (F = G · c = ops · n). Returns (y [B, H', W', F]
-  normalised per feature, (batch mean, batch variance) [F]); the statistics are for
-  the running averages and are not differentiated."""
+  the pointwise kernels [G, c, c] of every op and edge (F = G · c = ops · n). Returns
+  (y [B, H', W', F] normalised per feature, (batch mean, batch variance) [F]); the
+  statistics are for the running averages and are not differentiated."""
   return _conv_stage_fwd(x, kernels, weight, specs, stride, shared)[0]
 
 
@@ -421,9 +461,8 @@ def _conv_stage_bwd(specs, stride, shared, residuals, cotangents):
   n = dd.shape[-1] // len(specs)
   dkernels, dinputs = [], []
   for m, (r, kernel, (p, dil)) in enumerate(zip(inputs, kernels, specs)):
-    g_m = dd[..., m * n:(m + 1) * n]
-    dkernels.append(cpu_kernels.depthwise_kernel_grad(r, g_m, kernel.shape[0], stride, p,
-                                                      dil))
+    g_m = dd[..., m * n : (m + 1) * n]
+    dkernels.append(cpu_kernels.depthwise_kernel_grad(r, g_m, kernel.shape[0], stride, p, dil))
     dinputs.append(cpu_kernels.depthwise_input_grad(g_m, kernel, r.shape, stride, p, dil))
   if shared:
     dr = functools.reduce(jnp.add, dinputs)
@@ -438,14 +477,13 @@ conv_stage.defvjp(_conv_stage_fwd, _conv_stage_bwd)
 class _BatchNormStats(nn.Module):
   """The running statistics [E, c] of one batch norm, the variables `nn.BatchNorm`
   keeps: given a batch's mean and variance in training, updated as it updates them."""
+
   shape: tuple[int, ...]
 
   @nn.compact
   def __call__(self, mean=None, var=None):
-    ra_mean = self.variable("batch_stats", "mean",
-                            lambda s: jnp.zeros(s, jnp.float32), self.shape)
-    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
-                           self.shape)
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), self.shape)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), self.shape)
     if mean is not None and not self.is_initializing():
       ra_mean.value = MOMENTUM * ra_mean.value + (1 - MOMENTUM) * mean.reshape(self.shape)
       ra_var.value = MOMENTUM * ra_var.value + (1 - MOMENTUM) * var.reshape(self.shape)
@@ -454,6 +492,7 @@ class _BatchNormStats(nn.Module):
 
 class _BatchNormScope(nn.Module):
   """`ops.BatchNorm`'s scope (it holds an `nn.BatchNorm` named BatchNorm_0)."""
+
   shape: tuple[int, ...]
 
   @nn.compact
@@ -465,6 +504,7 @@ class _HalfVariables(nn.Module):
   """The variables of one ReLU–depthwise–pointwise–BN block over E edges, named as
   `DilConv`'s: Conv_0 (depthwise [E, k, k, 1, c]), Conv_1 (pointwise [E, 1, 1, c, c])
   and the batch norm's statistics; a batch's statistics update them in training."""
+
   edges: int
   channels: int
   kernel: int
@@ -480,20 +520,27 @@ class _HalfVariables(nn.Module):
 
 class _SepConvVariables(nn.Module):
   """`SepConv`'s variables: two `_HalfVariables`, DilConv_0 and DilConv_1."""
+
   edges: int
   channels: int
   kernel: int
 
   @nn.compact
   def __call__(self, stats0=(None, None), stats1=(None, None)):
-    return (_HalfVariables(self.edges, self.channels, self.kernel, name="DilConv_0")(*stats0),
-            _HalfVariables(self.edges, self.channels, self.kernel, name="DilConv_1")(*stats1))
+    return (
+      _HalfVariables(self.edges, self.channels, self.kernel, name="DilConv_0")(*stats0),
+      _HalfVariables(self.edges, self.channels, self.kernel, name="DilConv_1")(*stats1),
+    )
 
 
 # (kind, kernel size, padding, dilation) of the convolution operations.
-CONV_OPS = {"sep_conv_3x3": ("sep", 3, 1, 1), "sep_conv_5x5": ("sep", 5, 2, 1),
-            "sep_conv_7x7": ("sep", 7, 3, 1), "dil_conv_3x3": ("dil", 3, 2, 2),
-            "dil_conv_5x5": ("dil", 5, 4, 2)}
+CONV_OPS = {
+  "sep_conv_3x3": ("sep", 3, 1, 1),
+  "sep_conv_5x5": ("sep", 5, 2, 1),
+  "sep_conv_7x7": ("sep", 7, 3, 1),
+  "dil_conv_3x3": ("dil", 3, 2, 2),
+  "dil_conv_5x5": ("dil", 5, 4, 2),
+}
 
 
 def conv_scopes(scopes: dict[str, str]) -> dict[str, str]:
@@ -509,8 +556,9 @@ def _taps(dw: jax.Array) -> jax.Array:
   return jnp.transpose(dw[:, :, :, 0, :], (1, 2, 0, 3)).reshape(k, k, e * c)
 
 
-def stacked_conv_ops(module: nn.Module, xs: jax.Array, names: dict[str, str], stride: int,
-                     train: bool, dtype: Dtype) -> list[tuple[list[str], jax.Array]]:
+def stacked_conv_ops(
+  module: nn.Module, xs: jax.Array, names: dict[str, str], stride: int, train: bool, dtype: Dtype
+) -> list[tuple[list[str], jax.Array]]:
   """The separable and dilated convolutions of E edges, `names` = {primitive: the
   variable scope `ops` gives it (SepConv_0, DilConv_1, ...)}, in two `conv_stage`s
   (first halves of all, then second halves of the separable ones), the variables
@@ -521,8 +569,12 @@ def stacked_conv_ops(module: nn.Module, xs: jax.Array, names: dict[str, str], st
   seps = [p for p in names if CONV_OPS[p][0] == "sep"]
   dils = [p for p in names if CONV_OPS[p][0] == "dil"]
   order = seps + dils  # the separable ones first: stage 2 reads a prefix of stage 1
-  holders = {p: (_SepConvVariables if CONV_OPS[p][0] == "sep" else _HalfVariables)(
-      e, c, CONV_OPS[p][1], name=names[p]) for p in order}
+  holders = {
+    p: (_SepConvVariables if CONV_OPS[p][0] == "sep" else _HalfVariables)(
+      e, c, CONV_OPS[p][1], name=names[p]
+    )
+    for p in order
+  }
   params = {p: holders[p]() for p in order}
   first = {p: params[p][0] if p in seps else params[p] for p in order}
   compute = jnp.promote_types(dtype, jnp.float32)  # the kernels take float32/float64
@@ -538,17 +590,21 @@ def stacked_conv_ops(module: nn.Module, xs: jax.Array, names: dict[str, str], st
     var = jnp.concatenate([s[1].reshape(-1) for _, _, s in halves])
     return ((p - mean) * jax.lax.rsqrt(var + EPS)).reshape(d.shape), None
 
-  y1, stats1 = stage(x, [first[p] for p in order],
-                     [CONV_OPS[p][2:] for p in order], stride, True)
+  y1, stats1 = stage(x, [first[p] for p in order], [CONV_OPS[p][2:] for p in order], stride, True)
   blocks = []
   if seps:
-    y2, stats2 = stage(y1[..., :len(seps) * n], [params[p][1] for p in seps],
-                       [(CONV_OPS[p][2], 1) for p in seps], 1, False)
+    y2, stats2 = stage(
+      y1[..., : len(seps) * n],
+      [params[p][1] for p in seps],
+      [(CONV_OPS[p][2], 1) for p in seps],
+      1,
+      False,
+    )
     blocks.append((seps, y2))
   if dils:
-    blocks.append((dils, y1[..., len(seps) * n:]))
+    blocks.append((dils, y1[..., len(seps) * n :]))
   if train and not module.is_initializing():
-    split = lambda stats, i: (stats[0][i * n:(i + 1) * n], stats[1][i * n:(i + 1) * n])
+    split = lambda stats, i: (stats[0][i * n : (i + 1) * n], stats[1][i * n : (i + 1) * n])
     for i, p in enumerate(order):
       if p in seps:
         holders[p](split(stats1, i), split(stats2, seps.index(p)))
@@ -582,8 +638,12 @@ def _pool_stage_bwd(kinds, stride, residuals, cotangents):
   n = x.shape[-1]
   b, ho, wo = cotangents[0].shape[:3]
   dp = dp.reshape(b, ho, wo, -1)
-  dx = [jax.vjp(lambda x, kind=kind: cpu_kernels.pool_3x3(x, stride, kind == "avg"), x)[1](
-      dp[..., m * n:(m + 1) * n])[0] for m, kind in enumerate(kinds)]
+  dx = [
+    jax.vjp(lambda x, kind=kind: cpu_kernels.pool_3x3(x, stride, kind == "avg"), x)[1](
+      dp[..., m * n : (m + 1) * n]
+    )[0]
+    for m, kind in enumerate(kinds)
+  ]
   return (functools.reduce(jnp.add, dx),)
 
 
@@ -592,6 +652,7 @@ pool_stage.defvjp(_pool_stage_fwd, _pool_stage_bwd)
 
 class _PoolVariables(nn.Module):
   """`Pool`'s variables: its batch norm's statistics (BatchNorm_0)."""
+
   edges: int
   channels: int
 
@@ -603,12 +664,16 @@ class _PoolVariables(nn.Module):
 def pool_scopes(scopes: dict[str, str]) -> dict[str, str]:
   """{pool primitive: its variable scope} of the built-in pools among `scopes` (as
   `conv_scopes`), in primitive order."""
-  return {p: scope for p, scope in scopes.items()
-          if p in ("max_pool_3x3", "avg_pool_3x3") and has_batched(p)}
+  return {
+    p: scope
+    for p, scope in scopes.items()
+    if p in ("max_pool_3x3", "avg_pool_3x3") and has_batched(p)
+  }
 
 
-def stacked_pool_ops(module: nn.Module, xs: jax.Array, names: dict[str, str],
-                     stride: int, train: bool, dtype: Dtype) -> jax.Array:
+def stacked_pool_ops(
+  module: nn.Module, xs: jax.Array, names: dict[str, str], stride: int, train: bool, dtype: Dtype
+) -> jax.Array:
   """The pools of E edges (`names` = {primitive: its scope}, in primitive order) in
   one `pool_stage`, each followed by its batch norm as `Pool` does: xs
   [B, H, W, E, c] -> [B, H', W', len(names), E, c]."""
@@ -623,7 +688,7 @@ def stacked_pool_ops(module: nn.Module, xs: jax.Array, names: dict[str, str],
     y, (mean, var) = pool_stage(x, kinds, stride)
     if not module.is_initializing():
       for i, holder in enumerate(holders):
-        holder(mean[i * n:(i + 1) * n], var[i * n:(i + 1) * n])
+        holder(mean[i * n : (i + 1) * n], var[i * n : (i + 1) * n])
     else:
       for holder in holders:
         holder()
@@ -631,6 +696,7 @@ def stacked_pool_ops(module: nn.Module, xs: jax.Array, names: dict[str, str],
     stats = [holder() for holder in holders]
     outs = [cpu_kernels.pool_3x3(x, stride, kind == "avg") for kind in kinds]
     y = jnp.concatenate(
-        [(o - s[0].reshape(-1)) * jax.lax.rsqrt(s[1].reshape(-1) + EPS)
-         for o, s in zip(outs, stats)], axis=-1)
+      [(o - s[0].reshape(-1)) * jax.lax.rsqrt(s[1].reshape(-1) + EPS) for o, s in zip(outs, stats)],
+      axis=-1,
+    )
   return y.reshape(y.shape[:3] + (len(order), e, c)).astype(dtype)

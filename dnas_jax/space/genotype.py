@@ -47,8 +47,7 @@ class CellGenotype:
   def __post_init__(self):
     # A node may keep no edge (FairDARTS's threshold derivation); then nothing reads it
     # and the cell's concat leaves it out.
-    empty = {search_space.NUM_INPUTS + n for n, edges in enumerate(self.nodes)
-             if not edges}
+    empty = {search_space.NUM_INPUTS + n for n, edges in enumerate(self.nodes) if not edges}
     for n, edges in enumerate(self.nodes):
       for op, inp in edges:
         if not 0 <= inp < search_space.NUM_INPUTS + n:
@@ -56,28 +55,37 @@ class CellGenotype:
         if op == "none":
           raise ValueError(f"node {n} has a 'none' edge")
         if inp in empty:
-          raise ValueError(f"node {n} reads node {inp - search_space.NUM_INPUTS}, "
-                           "which has no incoming edge")
+          raise ValueError(
+            f"node {n} reads node {inp - search_space.NUM_INPUTS}, which has no incoming edge"
+          )
       search_space.check_primitives([op for op, _ in edges])
     if empty & set(self.concat):
-      raise ValueError(f"concat {list(self.concat)} names a node without incoming edges "
-                       f"(n{min(empty & set(self.concat)) - search_space.NUM_INPUTS})")
+      raise ValueError(
+        f"concat {list(self.concat)} names a node without incoming edges "
+        f"(n{min(empty & set(self.concat)) - search_space.NUM_INPUTS})"
+      )
 
   def to_dict(self) -> dict[str, Any]:
-    return {"reduction": self.reduction,
-            "nodes": [[[op, inp] for op, inp in edges] for edges in self.nodes],
-            "concat": list(self.concat)}
+    return {
+      "reduction": self.reduction,
+      "nodes": [[[op, inp] for op, inp in edges] for edges in self.nodes],
+      "concat": list(self.concat),
+    }
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "CellGenotype":
-    return cls(nodes=tuple(tuple((str(op), int(i)) for op, i in edges)
-                           for edges in d["nodes"]),
-               reduction=bool(d["reduction"]), concat=tuple(d.get("concat", (2, 3, 4, 5))))
+    return cls(
+      nodes=tuple(tuple((str(op), int(i)) for op, i in edges) for edges in d["nodes"]),
+      reduction=bool(d["reduction"]),
+      concat=tuple(d.get("concat", (2, 3, 4, 5))),
+    )
 
   def describe(self) -> str:
     kind = "reduce" if self.reduction else "normal"
-    parts = [" + ".join(f"{op}({_input_name(i)})" for op, i in edges) or "(no edge)"
-             for edges in self.nodes]
+    parts = [
+      " + ".join(f"{op}({_input_name(i)})" for op, i in edges) or "(no edge)"
+      for edges in self.nodes
+    ]
     return f"{kind}: " + " | ".join(f"n{n}={p}" for n, p in enumerate(parts))
 
 
@@ -93,11 +101,18 @@ class GlobalGenotype:
   def num_layers(self) -> int:
     return len(self.cells)
 
-  def to_json(self, primitives: Sequence[str] = search_space.PRIMITIVES,
-              meta: dict[str, Any] | None = None) -> str:
-    return json.dumps({"version": SCHEMA_VERSION, "primitives": list(primitives),
-                       "cells": [c.to_dict() for c in self.cells], "meta": meta or {}},
-                      indent=1)
+  def to_json(
+    self, primitives: Sequence[str] = search_space.PRIMITIVES, meta: dict[str, Any] | None = None
+  ) -> str:
+    return json.dumps(
+      {
+        "version": SCHEMA_VERSION,
+        "primitives": list(primitives),
+        "cells": [c.to_dict() for c in self.cells],
+        "meta": meta or {},
+      },
+      indent=1,
+    )
 
   @classmethod
   def from_json(cls, text: str) -> "GlobalGenotype":
@@ -108,8 +123,9 @@ class GlobalGenotype:
     except ValueError as e:
       raise GenotypeFormatError(f"not JSON ({e})") from None
     if not isinstance(d, dict):
-      raise GenotypeFormatError(f"the top level is a {type(d).__name__}, not an object "
-                                "with 'version' and 'cells'")
+      raise GenotypeFormatError(
+        f"the top level is a {type(d).__name__}, not an object with 'version' and 'cells'"
+      )
     if d.get("version") != SCHEMA_VERSION:
       raise GenotypeFormatError(f"version {d.get('version')!r} is not {SCHEMA_VERSION}")
     if not isinstance(d.get("cells"), list) or not d["cells"]:
@@ -120,8 +136,10 @@ class GlobalGenotype:
         cells.append(CellGenotype.from_dict(c))
       except (KeyError, TypeError, ValueError, AttributeError) as e:
         what = f"no {e}" if isinstance(e, KeyError) else str(e)
-        raise GenotypeFormatError(f"cells[{k}]: {what} (expected {{'reduction': bool, "
-                                  "'nodes': [[[op, input], ...], ...]}})") from None
+        raise GenotypeFormatError(
+          f"cells[{k}]: {what} (expected {{'reduction': bool, "
+          "'nodes': [[[op, input], ...], ...]}})"
+        ) from None
     return cls(tuple(cells))
 
   def save(self, path: str, **kwargs) -> None:
@@ -166,6 +184,7 @@ class Derivation:
     cap, 2 in its paper): while there are more, the weakest skip-connect is removed
     from its connection's candidates and the cell derived again; -1: no cap.
   """
+
   rule: str = "top_k"
   edges_per_node: int = 2
   op_threshold: float = 0.85
@@ -174,19 +193,22 @@ class Derivation:
   def check(self, prefix: str = "") -> None:
     """ValueError, one line naming the option as `prefix` + its name."""
     if self.rule not in DERIVATION_RULES:
-      raise ValueError(f"{prefix}rule={self.rule!r} is not valid; valid values: "
-                       f"{list(DERIVATION_RULES)}")
+      raise ValueError(
+        f"{prefix}rule={self.rule!r} is not valid; valid values: {list(DERIVATION_RULES)}"
+      )
     n = self.edges_per_node
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
       raise ValueError(f"{prefix}edges_per_node={n!r} must be at least 1")
     t = self.op_threshold
-    if (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)
-        or not 0 < t <= 1):
+    if (
+      isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or not 0 < t <= 1
+    ):
       raise ValueError(f"{prefix}op_threshold={t!r} must be in (0, 1]")
     m = self.max_skip_connects
     if isinstance(m, bool) or not isinstance(m, int) or m < NO_SKIP_CAP:
-      raise ValueError(f"{prefix}max_skip_connects={m!r} must be an integer >= 0, or "
-                       f"{NO_SKIP_CAP} for no cap")
+      raise ValueError(
+        f"{prefix}max_skip_connects={m!r} must be an integer >= 0, or {NO_SKIP_CAP} for no cap"
+      )
 
   @classmethod
   def from_config(cls, section: Any) -> "Derivation":
@@ -195,8 +217,9 @@ class Derivation:
     return cls(**{k: v for k, v in dict(section or {}).items() if k in names})
 
 
-def _select(psi_k: np.ndarray, op_weight: np.ndarray, candidate: np.ndarray,
-            derivation: Derivation) -> list[list[tuple[int, int]]]:
+def _select(
+  psi_k: np.ndarray, op_weight: np.ndarray, candidate: np.ndarray, derivation: Derivation
+) -> list[list[tuple[int, int]]]:
   """Per node, the kept (operation index, input) pairs: the `edges_per_node` inputs
   whose best candidate ψ is largest (stable: ties go to the lower input), each with
   its arg-max candidate; with the threshold rule only where that operation's weight
@@ -205,23 +228,31 @@ def _select(psi_k: np.ndarray, op_weight: np.ndarray, candidate: np.ndarray,
   nodes = []
   for node in range(search_space.NUM_NODES):
     rows = search_space.node_edges(node)
-    strength = masked[rows.start:rows.stop].max(axis=1)
+    strength = masked[rows.start : rows.stop].max(axis=1)
     keep = min(derivation.edges_per_node, len(rows))
     chosen = sorted(np.argsort(-strength, kind="stable")[:keep])
     pairs = []
     for e in chosen:
       j = int(np.argmax(masked[rows.start + e]))
-      if (derivation.rule == "threshold"
-          and not op_weight[rows.start + e, j] >= derivation.op_threshold):
+      if (
+        derivation.rule == "threshold"
+        and not op_weight[rows.start + e, j] >= derivation.op_threshold
+      ):
         continue
       pairs.append((j, int(e)))
     nodes.append(pairs)
   return nodes
 
 
-def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
-                edges_per_node: int = 2, *, derivation: Derivation | None = None,
-                edge_k: np.ndarray | None = None) -> CellGenotype:
+def derive_cell(
+  psi_k: np.ndarray,
+  primitives: Sequence[str],
+  reduction: bool,
+  edges_per_node: int = 2,
+  *,
+  derivation: Derivation | None = None,
+  edge_k: np.ndarray | None = None,
+) -> CellGenotype:
   """One layer's cell from ψ[k] [C, Op] (`derivation`, default: DARTS's `parse` per
   layer; `edges_per_node` is used when no `derivation` is given).
 
@@ -240,8 +271,9 @@ def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
   """
   derivation = derivation or Derivation(edges_per_node=edges_per_node)
   psi_k = np.asarray(psi_k, np.float64)
-  candidate = np.broadcast_to(np.array([p != "none" for p in primitives])[None, :],
-                              psi_k.shape).copy()
+  candidate = np.broadcast_to(
+    np.array([p != "none" for p in primitives])[None, :], psi_k.shape
+  ).copy()
   op_weight = psi_k
   if derivation.rule == "threshold" and edge_k is not None:
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -251,9 +283,12 @@ def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
     nodes = _select(psi_k, op_weight, candidate, derivation)
     if reduction or skip is None or derivation.max_skip_connects < 0:
       break
-    skips = [(psi_k[search_space.node_edges(n).start + e, skip],
-              search_space.node_edges(n).start + e)
-             for n, pairs in enumerate(nodes) for j, e in pairs if j == skip]
+    skips = [
+      (psi_k[search_space.node_edges(n).start + e, skip], search_space.node_edges(n).start + e)
+      for n, pairs in enumerate(nodes)
+      for j, e in pairs
+      if j == skip
+    ]
     if len(skips) <= derivation.max_skip_connects:
       break
     candidate[min(skips)[1], skip] = False
@@ -263,12 +298,15 @@ def derive_cell(psi_k: np.ndarray, primitives: Sequence[str], reduction: bool,
     if kept:
       live.add(search_space.NUM_INPUTS + n)
     cells.append(kept)
-  concat = tuple(i for i in range(search_space.NUM_INPUTS,
-                                  search_space.NUM_INPUTS + search_space.NUM_NODES)
-                 if i in live)
+  concat = tuple(
+    i
+    for i in range(search_space.NUM_INPUTS, search_space.NUM_INPUTS + search_space.NUM_NODES)
+    if i in live
+  )
   if not concat:
-    raise ValueError(f"no operation reaches op_threshold={derivation.op_threshold}: "
-                     "the cell keeps no node")
+    raise ValueError(
+      f"no operation reaches op_threshold={derivation.op_threshold}: the cell keeps no node"
+    )
   return CellGenotype(tuple(cells), reduction, concat)
 
 
@@ -278,13 +316,20 @@ def check_finite_psi(psi: np.ndarray, source: str = "ψ") -> None:
   psi = np.asarray(psi)
   bad = int(psi.size - np.count_nonzero(np.isfinite(psi)))
   if bad:
-    raise NonFinitePsiError(f"{source} holds {bad} of {psi.size} values that are not "
-                            "finite (NaN or inf): no genotype can be derived from it")
+    raise NonFinitePsiError(
+      f"{source} holds {bad} of {psi.size} values that are not "
+      "finite (NaN or inf): no genotype can be derived from it"
+    )
 
 
-def derive_genotype(psi: np.ndarray, primitives: Sequence[str],
-                    edges_per_node: int = 2, *, derivation: Derivation | None = None,
-                    edge_weights: np.ndarray | None = None) -> GlobalGenotype:
+def derive_genotype(
+  psi: np.ndarray,
+  primitives: Sequence[str],
+  edges_per_node: int = 2,
+  *,
+  derivation: Derivation | None = None,
+  edge_weights: np.ndarray | None = None,
+) -> GlobalGenotype:
   """The global genotype of ψ [L, C, Op]: one derived cell per layer (`derive_cell`;
   `edge_weights` [L, C] for the threshold rule). A ψ holding NaN or inf is refused
   (NonFinitePsiError)."""
@@ -293,18 +338,27 @@ def derive_genotype(psi: np.ndarray, primitives: Sequence[str],
   psi = np.asarray(psi)
   L = psi.shape[0]
   if psi.shape[1:] != (search_space.NUM_CONNECTIONS, len(primitives)):
-    raise ValueError(f"psi has shape {psi.shape}, expected [L, "
-                     f"{search_space.NUM_CONNECTIONS}, {len(primitives)}]")
+    raise ValueError(
+      f"psi has shape {psi.shape}, expected [L, {search_space.NUM_CONNECTIONS}, {len(primitives)}]"
+    )
   check_finite_psi(psi)
   if edge_weights is not None and np.shape(edge_weights) != psi.shape[:2]:
-    raise ValueError(f"edge weights have shape {np.shape(edge_weights)}, expected "
-                     f"{list(psi.shape[:2])}")
+    raise ValueError(
+      f"edge weights have shape {np.shape(edge_weights)}, expected {list(psi.shape[:2])}"
+    )
   red = search_space.is_reduction(L)
   cells = []
   for k in range(L):
     try:
-      cells.append(derive_cell(psi[k], primitives, red[k], derivation=derivation,
-                               edge_k=None if edge_weights is None else edge_weights[k]))
+      cells.append(
+        derive_cell(
+          psi[k],
+          primitives,
+          red[k],
+          derivation=derivation,
+          edge_k=None if edge_weights is None else edge_weights[k],
+        )
+      )
     except ValueError as e:
       raise ValueError(f"layer {k}: {e}") from None
   return GlobalGenotype(tuple(cells))
@@ -324,10 +378,10 @@ def map_to_depth(genotype: GlobalGenotype, num_layers: int) -> GlobalGenotype:
     if dst_red[t]:
       cells.append(genotype.cells[src_reductions[dst_stage[t] - 1]])
       continue
-    src_normals = [k for k in range(genotype.num_layers)
-                   if src_stage[k] == dst_stage[t] and not src_red[k]]
-    dst_normals = [k for k in range(num_layers)
-                   if dst_stage[k] == dst_stage[t] and not dst_red[k]]
+    src_normals = [
+      k for k in range(genotype.num_layers) if src_stage[k] == dst_stage[t] and not src_red[k]
+    ]
+    dst_normals = [k for k in range(num_layers) if dst_stage[k] == dst_stage[t] and not dst_red[k]]
     if not src_normals:
       raise ValueError(f"source stage {dst_stage[t]} has no normal cell to map from")
     p = dst_normals.index(t)
@@ -335,16 +389,24 @@ def map_to_depth(genotype: GlobalGenotype, num_layers: int) -> GlobalGenotype:
   return GlobalGenotype(tuple(cells))
 
 
-def stack_block_genotype(normal: Sequence[tuple[str, int]], reduce: Sequence[tuple[str, int]],
-                         num_layers: int, normal_concat: Sequence[int] = (2, 3, 4, 5),
-                         reduce_concat: Sequence[int] = (2, 3, 4, 5)) -> GlobalGenotype:
+def stack_block_genotype(
+  normal: Sequence[tuple[str, int]],
+  reduce: Sequence[tuple[str, int]],
+  num_layers: int,
+  normal_concat: Sequence[int] = (2, 3, 4, 5),
+  reduce_concat: Sequence[int] = (2, 3, 4, 5),
+) -> GlobalGenotype:
   """A DARTS-style block genotype (8 (op, input) pairs per cell type, two per node)
   stacked over `num_layers` layers."""
+
   def cell(pairs, concat, reduction):
     pairs = list(pairs)
-    return CellGenotype(tuple(tuple(pairs[2 * n:2 * n + 2])
-                              for n in range(search_space.NUM_NODES)), reduction,
-                        tuple(concat))
+    return CellGenotype(
+      tuple(tuple(pairs[2 * n : 2 * n + 2]) for n in range(search_space.NUM_NODES)),
+      reduction,
+      tuple(concat),
+    )
+
   red = search_space.is_reduction(num_layers)
   n, r = cell(normal, normal_concat, False), cell(reduce, reduce_concat, True)
   return GlobalGenotype(tuple(r if red[k] else n for k in range(num_layers)))

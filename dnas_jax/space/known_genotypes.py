@@ -20,6 +20,7 @@ from dnas_jax.space import genotype as genotype_lib
 
 class BlockGenotype(NamedTuple):
   """DARTS's `Genotype`: one normal and one reduction cell for all layers."""
+
   normal: tuple[tuple[str, int], ...]
   normal_concat: tuple[int, ...]
   reduce: tuple[tuple[str, int], ...]
@@ -27,42 +28,84 @@ class BlockGenotype(NamedTuple):
 
 
 DARTS_V1 = BlockGenotype(
-    normal=(("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 0), ("skip_connect", 2)),
-    normal_concat=(2, 3, 4, 5),
-    reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2),
-            ("max_pool_3x3", 0), ("max_pool_3x3", 0), ("skip_connect", 2),
-            ("skip_connect", 2), ("avg_pool_3x3", 0)),
-    reduce_concat=(2, 3, 4, 5),
+  normal=(
+    ("sep_conv_3x3", 1),
+    ("sep_conv_3x3", 0),
+    ("skip_connect", 0),
+    ("sep_conv_3x3", 1),
+    ("skip_connect", 0),
+    ("sep_conv_3x3", 1),
+    ("sep_conv_3x3", 0),
+    ("skip_connect", 2),
+  ),
+  normal_concat=(2, 3, 4, 5),
+  reduce=(
+    ("max_pool_3x3", 0),
+    ("max_pool_3x3", 1),
+    ("skip_connect", 2),
+    ("max_pool_3x3", 0),
+    ("max_pool_3x3", 0),
+    ("skip_connect", 2),
+    ("skip_connect", 2),
+    ("avg_pool_3x3", 0),
+  ),
+  reduce_concat=(2, 3, 4, 5),
 )
 
 DARTS_V2 = BlockGenotype(
-    normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0),
-            ("sep_conv_3x3", 1), ("sep_conv_3x3", 1), ("skip_connect", 0),
-            ("skip_connect", 0), ("dil_conv_3x3", 2)),
-    normal_concat=(2, 3, 4, 5),
-    reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2),
-            ("max_pool_3x3", 1), ("max_pool_3x3", 0), ("skip_connect", 2),
-            ("skip_connect", 2), ("max_pool_3x3", 1)),
-    reduce_concat=(2, 3, 4, 5),
+  normal=(
+    ("sep_conv_3x3", 0),
+    ("sep_conv_3x3", 1),
+    ("sep_conv_3x3", 0),
+    ("sep_conv_3x3", 1),
+    ("sep_conv_3x3", 1),
+    ("skip_connect", 0),
+    ("skip_connect", 0),
+    ("dil_conv_3x3", 2),
+  ),
+  normal_concat=(2, 3, 4, 5),
+  reduce=(
+    ("max_pool_3x3", 0),
+    ("max_pool_3x3", 1),
+    ("skip_connect", 2),
+    ("max_pool_3x3", 1),
+    ("max_pool_3x3", 0),
+    ("skip_connect", 2),
+    ("skip_connect", 2),
+    ("max_pool_3x3", 1),
+  ),
+  reduce_concat=(2, 3, 4, 5),
 )
 
 PC_DARTS = BlockGenotype(
-    normal=(("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0),
-            ("dil_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 1),
-            ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)),
-    normal_concat=(2, 3, 4, 5),
-    reduce=(("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1),
-            ("sep_conv_5x5", 2), ("sep_conv_3x3", 0), ("sep_conv_3x3", 3),
-            ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)),
-    reduce_concat=(2, 3, 4, 5),
+  normal=(
+    ("sep_conv_3x3", 1),
+    ("skip_connect", 0),
+    ("sep_conv_3x3", 0),
+    ("dil_conv_3x3", 1),
+    ("sep_conv_5x5", 0),
+    ("sep_conv_3x3", 1),
+    ("avg_pool_3x3", 0),
+    ("dil_conv_3x3", 1),
+  ),
+  normal_concat=(2, 3, 4, 5),
+  reduce=(
+    ("sep_conv_5x5", 1),
+    ("max_pool_3x3", 0),
+    ("sep_conv_5x5", 1),
+    ("sep_conv_5x5", 2),
+    ("sep_conv_3x3", 0),
+    ("sep_conv_3x3", 3),
+    ("sep_conv_3x3", 1),
+    ("sep_conv_3x3", 2),
+  ),
+  reduce_concat=(2, 3, 4, 5),
 )
 
 KNOWN_GENOTYPES: dict[str, BlockGenotype] = {
-    "DARTS_V1": DARTS_V1,
-    "DARTS_V2": DARTS_V2,
-    "PC_DARTS": PC_DARTS,
+  "DARTS_V1": DARTS_V1,
+  "DARTS_V2": DARTS_V2,
+  "PC_DARTS": PC_DARTS,
 }
 
 
@@ -71,12 +114,12 @@ def get_block_genotype(name: str) -> BlockGenotype:
   try:
     return KNOWN_GENOTYPES[name]
   except KeyError:
-    raise ValueError(f"Unknown genotype {name!r}; valid names: "
-                     f"{sorted(KNOWN_GENOTYPES)}") from None
+    raise ValueError(f"Unknown genotype {name!r}; valid names: {sorted(KNOWN_GENOTYPES)}") from None
 
 
 def get_genotype(name: str, num_layers: int = 20) -> genotype_lib.GlobalGenotype:
   """The named published genotype stacked over `num_layers` layers."""
   block = get_block_genotype(name)
-  return genotype_lib.stack_block_genotype(block.normal, block.reduce, num_layers,
-                                           block.normal_concat, block.reduce_concat)
+  return genotype_lib.stack_block_genotype(
+    block.normal, block.reduce, num_layers, block.normal_concat, block.reduce_concat
+  )

@@ -67,6 +67,7 @@ POINTWISE = ("conv", "einsum", "broadcast")
 @dataclasses.dataclass(frozen=True)
 class Formulation:
   """How depthwise and pointwise convolutions are written (see the module docstring)."""
+
   depthwise: str = "conv"
   pointwise: str = "conv"
 
@@ -83,6 +84,7 @@ CONV = Formulation()
 class BatchNorm(nn.Module):
   """PyTorch-default batch norm (momentum 0.1, eps 1e-5), optionally without affine;
   `axis`: the feature axis or axes (statistics per feature, over all others)."""
+
   affine: bool = True
   train: bool = True
   dtype: Dtype = jnp.float32
@@ -90,22 +92,43 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.BatchNorm(use_running_average=not self.train, axis=self.axis, momentum=0.9,
-                        epsilon=1e-5, use_scale=self.affine, use_bias=self.affine,
-                        dtype=self.dtype)(x)
+    return nn.BatchNorm(
+      use_running_average=not self.train,
+      axis=self.axis,
+      momentum=0.9,
+      epsilon=1e-5,
+      use_scale=self.affine,
+      use_bias=self.affine,
+      dtype=self.dtype,
+    )(x)
 
 
 def _pad(p: int):
   return ((p, p), (p, p))
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
-         dilation: int = 1, groups: int = 1, dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Conv:
+def conv(
+  features: int,
+  kernel: int,
+  stride: int = 1,
+  padding: int = 0,
+  dilation: int = 1,
+  groups: int = 1,
+  dtype: Dtype = jnp.float32,
+  name: str | None = None,
+) -> nn.Conv:
   """A bias-free convolution with PyTorch's explicit symmetric padding."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=_pad(padding), kernel_dilation=(dilation, dilation),
-                 feature_group_count=groups, use_bias=False, dtype=dtype, name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=_pad(padding),
+    kernel_dilation=(dilation, dilation),
+    feature_group_count=groups,
+    use_bias=False,
+    dtype=dtype,
+    name=name,
+  )
 
 
 SAVED = "conv_output"
@@ -134,6 +157,7 @@ def _kernel_init(key, shape, dtype=jnp.float32):
 
 class DepthwiseConv(nn.Module):
   """k×k depthwise convolution (PyTorch padding, stride, dilation), kernel [k, k, 1, C]."""
+
   kernel_size: int
   stride: int = 1
   padding: int = 0
@@ -148,9 +172,17 @@ class DepthwiseConv(nn.Module):
     kernel = self.param("kernel", _kernel_init, (k, k, 1, c))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if self.formulation == "conv":
-      return saved(jax.lax.conv_general_dilated(
-          x, kernel, (s, s), _pad(p), rhs_dilation=(d, d),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c))
+      return saved(
+        jax.lax.conv_general_dilated(
+          x,
+          kernel,
+          (s, s),
+          _pad(p),
+          rhs_dilation=(d, d),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=c,
+        )
+      )
     if self.formulation == "kernel":
       return saved(cpu_kernels.depthwise(x, kernel[:, :, 0, :], s, p, d))
     # out[y, x] = Σ_{i,j} xp[y·s + i·d, x·s + j·d] · kernel[i, j]
@@ -160,7 +192,7 @@ class DepthwiseConv(nn.Module):
     out = None
     for i in range(k):
       for j in range(k):
-        tap = xp[..., i * d:i * d + s * (ho - 1) + 1:s, j * d:j * d + s * (wo - 1) + 1:s, :]
+        tap = xp[..., i * d : i * d + s * (ho - 1) + 1 : s, j * d : j * d + s * (wo - 1) + 1 : s, :]
         term = tap * kernel[i, j, 0]
         out = term if out is None else out + term
     return out
@@ -168,6 +200,7 @@ class DepthwiseConv(nn.Module):
 
 class PointwiseConv(nn.Module):
   """1×1 convolution (optionally strided, no padding), kernel [1, 1, Cin, Cout]."""
+
   features: int
   stride: int = 1
   formulation: str = "conv"
@@ -179,8 +212,11 @@ class PointwiseConv(nn.Module):
     kernel = self.param("kernel", _kernel_init, (1, 1, x.shape[-1], self.features))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if self.formulation == "conv":
-      return saved(jax.lax.conv_general_dilated(
-          x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+      return saved(
+        jax.lax.conv_general_dilated(
+          x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+      )
     if s > 1:
       x = x[..., ::s, ::s, :]
     if self.formulation == "einsum":
@@ -192,6 +228,7 @@ class PointwiseConv(nn.Module):
 class ReLUConvBN(nn.Module):
   """ReLU, k×k convolution, BN; a 1×1 convolution is written as `formulation.pointwise`
   says (`PointwiseConv`, the same parameter)."""
+
   features: int
   kernel: int = 1
   stride: int = 1
@@ -205,8 +242,9 @@ class ReLUConvBN(nn.Module):
   def __call__(self, x):
     x = nn.relu(x)
     if self.kernel == 1 and self.padding == 0 and self.formulation.pointwise != "conv":
-      x = PointwiseConv(self.features, self.stride, self.formulation.pointwise, self.dtype,
-                        name="Conv_0")(x)
+      x = PointwiseConv(
+        self.features, self.stride, self.formulation.pointwise, self.dtype, name="Conv_0"
+      )(x)
     else:
       x = conv(self.features, self.kernel, self.stride, self.padding, dtype=self.dtype)(x)
     return BatchNorm(self.affine, self.train, self.dtype)(x)
@@ -218,6 +256,7 @@ class StemConv(nn.Module):
   kernel (`jax.lax.conv_general_dilated_patches`, then a matrix product): the same
   numbers, and a kernel gradient that is one matrix product where XLA:CPU's
   convolution gradient takes ~100 ms at batch 32, 32×32."""
+
   features: int
   kernel: int = 3
   patches: bool = False
@@ -230,17 +269,21 @@ class StemConv(nn.Module):
     kernel = self.param("kernel", _kernel_init, (k, k, cin, self.features))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if not self.patches:
-      return jax.lax.conv_general_dilated(x, kernel, (1, 1), _pad(p),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), _pad(p), dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
     # Patch features come out channel-major: feature index c·k² + i·k + j.
     cols = jax.lax.conv_general_dilated_patches(
-        x, (k, k), (1, 1), _pad(p), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jnp.einsum("...f,fo->...o", cols,
-                      jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * k * k, -1))
+      x, (k, k), (1, 1), _pad(p), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return jnp.einsum(
+      "...f,fo->...o", cols, jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * k * k, -1)
+    )
 
 
 class DilConv(nn.Module):
   """ReLU, depthwise k×k (dilated), pointwise 1×1, BN."""
+
   features: int
   kernel: int
   stride: int
@@ -256,14 +299,16 @@ class DilConv(nn.Module):
     f = self.formulation
     x = nn.relu(x)
     # Named as the nn.Conv modules they replace, so parameter trees are unchanged.
-    x = DepthwiseConv(self.kernel, self.stride, self.padding, self.dilation, f.depthwise,
-                      self.dtype, name="Conv_0")(x)
+    x = DepthwiseConv(
+      self.kernel, self.stride, self.padding, self.dilation, f.depthwise, self.dtype, name="Conv_0"
+    )(x)
     x = PointwiseConv(self.features, 1, f.pointwise, self.dtype, name="Conv_1")(x)
     return BatchNorm(self.affine, self.train, self.dtype)(x)
 
 
 class SepConv(nn.Module):
   """Two DilConv blocks with dilation 1; only the first has the stride."""
+
   features: int
   kernel: int
   stride: int
@@ -276,14 +321,33 @@ class SepConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     c_in = x.shape[-1]
-    x = DilConv(c_in, self.kernel, self.stride, self.padding, 1, self.affine, self.train,
-                self.dtype, self.formulation)(x)
-    return DilConv(self.features, self.kernel, 1, self.padding, 1, self.affine,
-                   self.train, self.dtype, self.formulation)(x)
+    x = DilConv(
+      c_in,
+      self.kernel,
+      self.stride,
+      self.padding,
+      1,
+      self.affine,
+      self.train,
+      self.dtype,
+      self.formulation,
+    )(x)
+    return DilConv(
+      self.features,
+      self.kernel,
+      1,
+      self.padding,
+      1,
+      self.affine,
+      self.train,
+      self.dtype,
+      self.formulation,
+    )(x)
 
 
 class FactorizedReduce(nn.Module):
   """Halves the resolution: two 1×1 stride-2 convs on offset grids, concatenated, BN."""
+
   features: int
   affine: bool = True
   train: bool = True
@@ -297,13 +361,13 @@ class FactorizedReduce(nn.Module):
     pw = self.formulation.pointwise
     x = nn.relu(x)
     a = PointwiseConv(self.features // 2, 2, pw, self.dtype, name="Conv_0")(x)
-    b = PointwiseConv(self.features // 2, 2, pw, self.dtype, name="Conv_1")(
-        x[..., 1:, 1:, :])
+    b = PointwiseConv(self.features // 2, 2, pw, self.dtype, name="Conv_1")(x[..., 1:, 1:, :])
     return BatchNorm(self.affine, self.train, self.dtype)(jnp.concatenate([a, b], -1))
 
 
 class Pool(nn.Module):
   """3×3 max or average pool (average excludes padding, as DARTS), optional BN after."""
+
   kind: str
   stride: int
   bn: bool = False
@@ -330,17 +394,19 @@ class Identity(nn.Module):
 
 class Zero(nn.Module):
   """DARTS's `none`: zeros of the output shape."""
+
   stride: int
 
   @nn.compact
   def __call__(self, x):
-    return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+    return jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
 
 
 class AsymmetricConv(nn.Module):
   """DARTS's `conv_7x1_1x7` (k = 7): ReLU, a 1×k convolution with stride (1, s), a k×1
   convolution with stride (s, 1), both without bias and padded by k // 2 along their
   long side, then BN."""
+
   features: int
   kernel: int = 7
   stride: int = 1
@@ -352,10 +418,24 @@ class AsymmetricConv(nn.Module):
   def __call__(self, x):
     k, s, p = self.kernel, self.stride, self.kernel // 2
     x = nn.relu(x)
-    x = nn.Conv(self.features, (1, k), strides=(1, s), padding=((0, 0), (p, p)),
-                use_bias=False, dtype=self.dtype, name="Conv_0")(x)
-    x = nn.Conv(self.features, (k, 1), strides=(s, 1), padding=((p, p), (0, 0)),
-                use_bias=False, dtype=self.dtype, name="Conv_1")(x)
+    x = nn.Conv(
+      self.features,
+      (1, k),
+      strides=(1, s),
+      padding=((0, 0), (p, p)),
+      use_bias=False,
+      dtype=self.dtype,
+      name="Conv_0",
+    )(x)
+    x = nn.Conv(
+      self.features,
+      (k, 1),
+      strides=(s, 1),
+      padding=((p, p), (0, 0)),
+      use_bias=False,
+      dtype=self.dtype,
+      name="Conv_1",
+    )(x)
     return BatchNorm(self.affine, self.train, self.dtype)(x)
 
 
@@ -386,8 +466,10 @@ _registering: list[tuple[str, str]] | None = None
 
 def _check_name(name: str, what: str) -> None:
   if not isinstance(name, str) or not _NAME.match(name):
-    raise OperationError(f"{what} name {name!r}: use letters, digits, '_', '.' or '-' "
-                         "(names go into comma-separated config fields)")
+    raise OperationError(
+      f"{what} name {name!r}: use letters, digits, '_', '.' or '-' "
+      "(names go into comma-separated config fields)"
+    )
 
 
 def register_op(name: str, factory: OpFactory, *, replace: bool = False) -> None:
@@ -433,8 +515,9 @@ def register_op(name: str, factory: OpFactory, *, replace: bool = False) -> None
   if not callable(factory):
     raise OperationError(f"operation {name!r}: the factory {factory!r} is not callable")
   if name in OPS and not replace:
-    raise OperationError(f"operation {name!r} is already registered; pass replace=True "
-                         "to replace it")
+    raise OperationError(
+      f"operation {name!r} is already registered; pass replace=True to replace it"
+    )
   if name in PRIMITIVE_SETS:
     raise OperationError(f"operation {name!r}: a list of operations has that name")
   OPS[name] = factory
@@ -442,8 +525,9 @@ def register_op(name: str, factory: OpFactory, *, replace: bool = False) -> None
     _registering.append(("op", name))
 
 
-def register_primitives(name: str, primitives: Sequence[str], *,
-                        replace: bool = False) -> tuple[str, ...]:
+def register_primitives(
+  name: str, primitives: Sequence[str], *, replace: bool = False
+) -> tuple[str, ...]:
   """Registers a named list of candidate operations (usable as
   `config.model.primitives=NAME`); its operations must be registered already and
   appear once each. Registering a name again is an error unless `replace`. Returns
@@ -456,8 +540,9 @@ def register_primitives(name: str, primitives: Sequence[str], *,
     raise OperationError(f"list of operations {name!r} names no operation")
   check_candidates(primitives)
   if name in PRIMITIVE_SETS and not replace:
-    raise OperationError(f"list of operations {name!r} is already registered; pass "
-                         "replace=True to replace it")
+    raise OperationError(
+      f"list of operations {name!r} is already registered; pass replace=True to replace it"
+    )
   if name in OPS:
     raise OperationError(f"list of operations {name!r}: an operation has that name")
   PRIMITIVE_SETS[name] = primitives
@@ -481,8 +566,10 @@ def check_known(primitives: Sequence[str]) -> None:
   ones."""
   bad = [p for p in primitives if p not in OPS]
   if bad:
-    raise OperationError(f"Unknown operations {bad}; valid names: {list(OPS)} (a new "
-                         "operation: ops.register_op, config.model.ops_modules)")
+    raise OperationError(
+      f"Unknown operations {bad}; valid names: {list(OPS)} (a new "
+      "operation: ops.register_op, config.model.ops_modules)"
+    )
 
 
 def check_candidates(primitives: Sequence[str]) -> None:
@@ -499,8 +586,9 @@ def get_primitives(name: str) -> tuple[str, ...]:
   try:
     return PRIMITIVE_SETS[name]
   except KeyError:
-    raise OperationError(f"Unknown primitive set {name!r}; valid names: "
-                         f"{sorted(PRIMITIVE_SETS)}") from None
+    raise OperationError(
+      f"Unknown primitive set {name!r}; valid names: {sorted(PRIMITIVE_SETS)}"
+    ) from None
 
 
 def _register_builtin(name: str, factory: OpFactory) -> None:
@@ -509,40 +597,78 @@ def _register_builtin(name: str, factory: OpFactory) -> None:
 
 
 def _skip(c, stride, affine, train, dtype, formulation=CONV):
-  return (Identity() if stride == 1
-          else FactorizedReduce(c, affine, train, dtype, formulation))
+  return Identity() if stride == 1 else FactorizedReduce(c, affine, train, dtype, formulation)
 
 
 # DARTS's operations (quark0/darts `operations.py`), in the order of its list.
 _register_builtin("none", lambda c, stride, affine, train, dtype, f=CONV: Zero(stride))
-_register_builtin("max_pool_3x3", lambda c, stride, affine, train, dtype, f=CONV: Pool(
-    "max", stride, not affine, train, dtype))
-_register_builtin("avg_pool_3x3", lambda c, stride, affine, train, dtype, f=CONV: Pool(
-    "avg", stride, not affine, train, dtype))
+_register_builtin(
+  "max_pool_3x3",
+  lambda c, stride, affine, train, dtype, f=CONV: Pool("max", stride, not affine, train, dtype),
+)
+_register_builtin(
+  "avg_pool_3x3",
+  lambda c, stride, affine, train, dtype, f=CONV: Pool("avg", stride, not affine, train, dtype),
+)
 _register_builtin("skip_connect", _skip)
-_register_builtin("sep_conv_3x3", lambda c, stride, affine, train, dtype, f=CONV: SepConv(
-    c, 3, stride, 1, affine, train, dtype, f))
-_register_builtin("sep_conv_5x5", lambda c, stride, affine, train, dtype, f=CONV: SepConv(
-    c, 5, stride, 2, affine, train, dtype, f))
-_register_builtin("dil_conv_3x3", lambda c, stride, affine, train, dtype, f=CONV: DilConv(
-    c, 3, stride, 2, 2, affine, train, dtype, f))
-_register_builtin("dil_conv_5x5", lambda c, stride, affine, train, dtype, f=CONV: DilConv(
-    c, 5, stride, 4, 2, affine, train, dtype, f))
-_register_builtin("sep_conv_7x7", lambda c, stride, affine, train, dtype, f=CONV: SepConv(
-    c, 7, stride, 3, affine, train, dtype, f))
-_register_builtin("conv_7x1_1x7", lambda c, stride, affine, train, dtype, f=CONV:
-                  AsymmetricConv(c, 7, stride, affine, train, dtype))
+_register_builtin(
+  "sep_conv_3x3",
+  lambda c, stride, affine, train, dtype, f=CONV: SepConv(c, 3, stride, 1, affine, train, dtype, f),
+)
+_register_builtin(
+  "sep_conv_5x5",
+  lambda c, stride, affine, train, dtype, f=CONV: SepConv(c, 5, stride, 2, affine, train, dtype, f),
+)
+_register_builtin(
+  "dil_conv_3x3",
+  lambda c, stride, affine, train, dtype, f=CONV: DilConv(
+    c, 3, stride, 2, 2, affine, train, dtype, f
+  ),
+)
+_register_builtin(
+  "dil_conv_5x5",
+  lambda c, stride, affine, train, dtype, f=CONV: DilConv(
+    c, 5, stride, 4, 2, affine, train, dtype, f
+  ),
+)
+_register_builtin(
+  "sep_conv_7x7",
+  lambda c, stride, affine, train, dtype, f=CONV: SepConv(c, 7, stride, 3, affine, train, dtype, f),
+)
+_register_builtin(
+  "conv_7x1_1x7",
+  lambda c, stride, affine, train, dtype, f=CONV: AsymmetricConv(
+    c, 7, stride, affine, train, dtype
+  ),
+)
 
 # DNAS drops `none`: its weights are sigmoids (FairDARTS), so an operation can be
 # switched off by its own weight. DARTS's list (its baselines) has it first.
-register_primitives("dnas", ("max_pool_3x3", "avg_pool_3x3", "skip_connect",
-                             "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
-                             "dil_conv_5x5"))
+register_primitives(
+  "dnas",
+  (
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+  ),
+)
 register_primitives("darts", ("none",) + get_primitives("dnas"))
 
 
-def create_op(name: str, channels: int, stride: int, *, affine: bool, train: bool,
-              dtype: Dtype = jnp.float32, formulation: Formulation = CONV) -> nn.Module:
+def create_op(
+  name: str,
+  channels: int,
+  stride: int,
+  *,
+  affine: bool,
+  train: bool,
+  dtype: Dtype = jnp.float32,
+  formulation: Formulation = CONV,
+) -> nn.Module:
   """Builds the named operation. In the search network (affine=False) pooling is
   followed by a BN without affine parameters, as in DARTS's MixedOp."""
   if name not in OPS:
@@ -563,9 +689,16 @@ def unattached(build: Callable[[], Any]) -> Any:
     stack.pop()
 
 
-def unattached_ops(primitives: Sequence[str], channels: int, stride: int, *,
-                   affine: bool, train: bool, dtype: Dtype = jnp.float32,
-                   formulation: Formulation = CONV) -> dict[str, tuple[str, nn.Module]]:
+def unattached_ops(
+  primitives: Sequence[str],
+  channels: int,
+  stride: int,
+  *,
+  affine: bool,
+  train: bool,
+  dtype: Dtype = jnp.float32,
+  formulation: Formulation = CONV,
+) -> dict[str, tuple[str, nn.Module]]:
   """{operation: (its scope, its module, unattached)}: the scope is the name Flax gives
   the module when a module builds the operations in this order (`supernet.MixedOp`:
   its class name and a count per class, e.g. SepConv_0, Pool_1), so that another
@@ -574,9 +707,11 @@ def unattached_ops(primitives: Sequence[str], channels: int, stride: int, *,
   counts: dict[str, int] = {}
   out = {}
   for name in primitives:
-    module = unattached(lambda name=name: create_op(
-        name, channels, stride, affine=affine, train=train, dtype=dtype,
-        formulation=formulation))
+    module = unattached(
+      lambda name=name: create_op(
+        name, channels, stride, affine=affine, train=train, dtype=dtype, formulation=formulation
+      )
+    )
     kind = type(module).__name__
     out[name] = (f"{kind}_{counts.get(kind, 0)}", module)
     counts[kind] = counts.get(kind, 0) + 1
@@ -591,6 +726,7 @@ _PARAM_NAMES = ("kernel", "bias", "scale")
 
 class _Apply(nn.Module):
   """Builds one operation and applies it (what `MixedOp` does for each of its own)."""
+
   name_: str
   channels: int
   stride: int
@@ -599,17 +735,25 @@ class _Apply(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return create_op(self.name_, self.channels, self.stride, affine=self.affine,
-                     train=True, dtype=self.dtype)(x)
+    return create_op(
+      self.name_, self.channels, self.stride, affine=self.affine, train=True, dtype=self.dtype
+    )(x)
 
 
 def _shape_text(shape, dtype) -> str:
   return f"[{', '.join(map(str, shape))}] {jnp.dtype(dtype).name}"
 
 
-def check_operation(name: str, channels: int, *, affine: bool,
-                    dtype: Dtype = jnp.float32, size: int = 8, batch: int = 2,
-                    edges: int = 2) -> None:
+def check_operation(
+  name: str,
+  channels: int,
+  *,
+  affine: bool,
+  dtype: Dtype = jnp.float32,
+  size: int = 8,
+  batch: int = 2,
+  edges: int = 2,
+) -> None:
   """Traces operation `name` (shapes only: `jax.eval_shape`, nothing is compiled) on a
   [batch, size, size, channels] input at strides 1 and 2, alone and `nn.vmap`-ed over
   `edges` edges as the supernet runs it, and raises OperationError, one line, where
@@ -626,48 +770,60 @@ def check_operation(name: str, channels: int, *, affine: bool,
       module = _Apply(name, channels, stride, affine, dtype)
       where = f"stride {stride}" + (f", vmapped over {edges} edges" if vmapped else "")
       if vmapped:
-        module = nn.vmap(_Apply, in_axes=0, out_axes=0,
-                         variable_axes={"params": 0, "batch_stats": 0},
-                         split_rngs={"params": True, "dropout": True})(
-                             name, channels, stride, affine, dtype)
+        module = nn.vmap(
+          _Apply,
+          in_axes=0,
+          out_axes=0,
+          variable_axes={"params": 0, "batch_stats": 0},
+          split_rngs={"params": True, "dropout": True},
+        )(name, channels, stride, affine, dtype)
         shape, want = (edges,) + shape, (edges,) + want
       x = jax.ShapeDtypeStruct(shape, dtype)
       head = f"operation {name!r} ({where}) on input {_shape_text(shape, dtype)}"
       try:
         out, variables = jax.eval_shape(
-            lambda x: module.init_with_output(
-                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x), x)
+          lambda x: module.init_with_output(
+            {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x
+          ),
+          x,
+        )
       except Exception as e:  # pylint: disable=broad-except  (a user's code: any error)
         lines = str(e).strip().splitlines()
-        raise OperationError(f"{head} fails to trace: {type(e).__name__}"
-                             + (f": {lines[0].strip()}" if lines else "")) from None
+        raise OperationError(
+          f"{head} fails to trace: {type(e).__name__}" + (f": {lines[0].strip()}" if lines else "")
+        ) from None
       if not hasattr(out, "shape"):
-        raise OperationError(f"{head} gave a {type(out).__name__}, expected one array "
-                             f"{_shape_text(want, dtype)}")
+        raise OperationError(
+          f"{head} gave a {type(out).__name__}, expected one array {_shape_text(want, dtype)}"
+        )
       if tuple(out.shape) != want or out.dtype != dtype:
         raise OperationError(
-            f"{head} gave {_shape_text(out.shape, out.dtype)}, expected "
-            f"{_shape_text(want, dtype)} (an operation keeps the channels and dtype, "
-            "and halves the height and width at stride 2)")
+          f"{head} gave {_shape_text(out.shape, out.dtype)}, expected "
+          f"{_shape_text(want, dtype)} (an operation keeps the channels and dtype, "
+          "and halves the height and width at stride 2)"
+        )
       collections = sorted(set(variables) - {"params", "batch_stats"})
       if collections:
-        raise OperationError(f"{head} creates variables in {collections}; an operation "
-                             "has only 'params' and 'batch_stats'")
-      for path, _ in jax.tree_util.tree_flatten_with_path(
-          dict(variables.get("params", {})))[0]:
+        raise OperationError(
+          f"{head} creates variables in {collections}; an operation "
+          "has only 'params' and 'batch_stats'"
+        )
+      for path, _ in jax.tree_util.tree_flatten_with_path(dict(variables.get("params", {})))[0]:
         leaf = str(getattr(path[-1], "key", path[-1]))
         if leaf not in _PARAM_NAMES:
           raise OperationError(
-              f"{head} creates a parameter named {leaf!r}; parameters are named "
-              f"{list(_PARAM_NAMES)} (models.init fills those from their shapes)")
+            f"{head} creates a parameter named {leaf!r}; parameters are named "
+            f"{list(_PARAM_NAMES)} (models.init fills those from their shapes)"
+          )
 
 
 # (name, factory, channels, affine, dtype) of the operations that passed.
 _checked: set[tuple[Any, ...]] = set()
 
 
-def check_operations(primitives: Sequence[str], channels: int, *, affine: bool,
-                     dtype: Dtype = jnp.float32) -> None:
+def check_operations(
+  primitives: Sequence[str], channels: int, *, affine: bool, dtype: Dtype = jnp.float32
+) -> None:
   """`check_operation` for each of `primitives` (unknown names refused first); an
   operation that passed with the same factory and arguments is not traced again."""
   check_known(primitives)
@@ -698,12 +854,13 @@ def _import_problem(item: str, e: BaseException, filename: str | None) -> Operat
   if isinstance(e, SyntaxError) and e.lineno:
     where = f" (line {e.lineno})"
   elif filename:
-    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
-             if f.filename == filename]
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
     where = f" (line {lines[-1]})" if lines else ""
   text = str(e).strip().splitlines()
-  return OperationError(f"cannot import the operations module {item!r}{where}: "
-                        f"{type(e).__name__}" + (f": {text[0].strip()}" if text else ""))
+  return OperationError(
+    f"cannot import the operations module {item!r}{where}: "
+    f"{type(e).__name__}" + (f": {text[0].strip()}" if text else "")
+  )
 
 
 def _forget(registered: list[tuple[str, str]]) -> None:
@@ -715,8 +872,10 @@ def _import_file(item: str) -> types.ModuleType:
   global _registering
   path = os.path.realpath(os.path.abspath(item))
   if not os.path.isfile(path):
-    raise OperationError(f"operations module {item!r}: no such file {path} (a path is "
-                         "read relative to the current directory)")
+    raise OperationError(
+      f"operations module {item!r}: no such file {path} (a path is "
+      "read relative to the current directory)"
+    )
   with open(path, "rb") as f:
     data = f.read()
   digest = hashlib.sha256(data).hexdigest()
@@ -767,8 +926,9 @@ def import_ops_modules(spec: str | Sequence[str]) -> list[types.ModuleType]:
   run once per process, again only when its bytes changed (what it registered before is
   forgotten first); a module is imported once. OperationError, one line, when one
   cannot be found or raises."""
-  return [(_import_file if _is_path(item) else _import_module)(item)
-          for item in ops_module_names(spec)]
+  return [
+    (_import_file if _is_path(item) else _import_module)(item) for item in ops_module_names(spec)
+  ]
 
 
 def _sha256_of(path: str) -> str | None:

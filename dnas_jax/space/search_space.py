@@ -58,8 +58,10 @@ def node_edges(node: int) -> range:
 def reduction_layers(num_layers: int) -> tuple[int, ...]:
   """The indices of the reduction cells of an L-layer network (L//3 and 2L//3)."""
   if num_layers < 3:
-    raise ValueError(f"num_layers must be at least 3 (got {num_layers}) so that the "
-                     "two reduction cells are distinct layers.")
+    raise ValueError(
+      f"num_layers must be at least 3 (got {num_layers}) so that the "
+      "two reduction cells are distinct layers."
+    )
   return (num_layers // 3, 2 * num_layers // 3)
 
 

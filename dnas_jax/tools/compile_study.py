@@ -30,17 +30,24 @@ import sys
 import time
 from typing import Any, Callable
 
-SIZES = {"cifar10": dict(batch=96, size=32, channels=16, edges=5),
-         "digits": dict(batch=64, size=8, channels=16, edges=5)}
-FORMULATIONS = {"conv": ("conv", "conv"), "shifted": ("shifted", "conv"),
-                "einsum": ("conv", "einsum"), "shifted+einsum": ("shifted", "einsum"),
-                "broadcast": ("conv", "broadcast"),
-                "shifted+broadcast": ("shifted", "broadcast")}
+SIZES = {
+  "cifar10": dict(batch=96, size=32, channels=16, edges=5),
+  "digits": dict(batch=64, size=8, channels=16, edges=5),
+}
+FORMULATIONS = {
+  "conv": ("conv", "conv"),
+  "shifted": ("shifted", "conv"),
+  "einsum": ("conv", "einsum"),
+  "shifted+einsum": ("shifted", "einsum"),
+  "broadcast": ("conv", "broadcast"),
+  "shifted+broadcast": ("shifted", "broadcast"),
+}
 
 
 def _compile(fn: Callable, args: tuple, backend: str, run: bool) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   from dnas_jax.tools import aot  # pylint: disable=g-import-not-at-top
+
   if backend == "tpu":
     mesh = aot.mesh_of(aot.topology_devices("v5e:2x2")[:1])
     args = aot.abstract(args, aot.replicated(mesh))
@@ -49,8 +56,11 @@ def _compile(fn: Callable, args: tuple, backend: str, run: bool) -> dict[str, An
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
-  out = {"trace_lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
-         **aot.count_hlo(compiled.as_text())}
+  out = {
+    "trace_lower_s": round(t1 - t0, 2),
+    "compile_s": round(t2 - t1, 2),
+    **aot.count_hlo(compiled.as_text()),
+  }
   if run and backend == "cpu":
     jax.block_until_ready(compiled(*args))
     t3 = time.perf_counter()
@@ -67,35 +77,46 @@ def _edge_group_unit(prims, formulation, size, per_edge: bool = False, stride: i
   from dnas_jax.models import init as init_lib  # pylint: disable=g-import-not-at-top
   from dnas_jax.models import supernet  # pylint: disable=g-import-not-at-top
   from dnas_jax.space import ops  # pylint: disable=g-import-not-at-top
+
   s = SIZES[size]
   e, c = s["edges"], s["channels"]
   xs = jnp.zeros((e, s["batch"], s["size"], s["size"], c))
   w, ew = jnp.full((e, len(prims)), 0.1), jnp.full((e,), 0.5)
   f = ops.Formulation(*FORMULATIONS[formulation])
   if per_edge:
-    mods = [supernet.MixedOp(c, stride, tuple(prims), 4, 0.0, True, jnp.float32, f)
-            for _ in range(e)]
-    variables = [init_lib.init_from_shapes(m, i, xs[i], w[i], ew[i])
-                 for i, m in enumerate(mods)]
+    mods = [
+      supernet.MixedOp(c, stride, tuple(prims), 4, 0.0, True, jnp.float32, f) for _ in range(e)
+    ]
+    variables = [init_lib.init_from_shapes(m, i, xs[i], w[i], ew[i]) for i, m in enumerate(mods)]
 
     def apply(params, xs, w, ew):
       total = 0.0
       for i, m in enumerate(mods):
-        out, _ = m.apply({"params": params[i],
-                          "batch_stats": variables[i].get("batch_stats", {})},
-                         xs[i], w[i], ew[i], mutable=["batch_stats"])
+        out, _ = m.apply(
+          {"params": params[i], "batch_stats": variables[i].get("batch_stats", {})},
+          xs[i],
+          w[i],
+          ew[i],
+          mutable=["batch_stats"],
+        )
         total = total + out
       return total
+
     params = [v.get("params", {}) for v in variables]
   else:
     mod = supernet._EdgeGroup(c, stride, tuple(prims), 4, 0.0, True, jnp.float32, f)  # pylint: disable=protected-access
     variables = init_lib.init_from_shapes(mod, 0, xs, w, ew)
 
     def apply(params, xs, w, ew):
-      out, _ = mod.apply({"params": params,
-                          "batch_stats": variables.get("batch_stats", {})},
-                         xs, w, ew, mutable=["batch_stats"])
+      out, _ = mod.apply(
+        {"params": params, "batch_stats": variables.get("batch_stats", {})},
+        xs,
+        w,
+        ew,
+        mutable=["batch_stats"],
+      )
       return out
+
     params = variables.get("params", {})
   fn = jax.grad(lambda p, x, w, ew: jnp.sum(apply(p, x, w, ew) ** 2), argnums=(0, 1, 2, 3))
   return fn, (params, xs, w, ew)
@@ -108,30 +129,41 @@ def _cell_unit(formulation, size):
   from dnas_jax.models import supernet  # pylint: disable=g-import-not-at-top
   from dnas_jax.space import ops  # pylint: disable=g-import-not-at-top
   from dnas_jax.space import search_space  # pylint: disable=g-import-not-at-top
+
   s = SIZES[size]
   c = s["channels"]
   x = jnp.zeros((s["batch"], s["size"], s["size"], 4 * c))
   prims = search_space.PRIMITIVES
-  cell = supernet.SearchCell(c, False, False, prims, 4,
-                             formulation=ops.Formulation(*FORMULATIONS[formulation]))
+  cell = supernet.SearchCell(
+    c, False, False, prims, 4, formulation=ops.Formulation(*FORMULATIONS[formulation])
+  )
   psi, edge = jnp.full((14, len(prims)), 0.1), jnp.full((14,), 0.2)
   v = init_lib.init_from_shapes(cell, 0, x, x, psi, edge)
 
   def loss(params, s0, s1, psi, edge):
-    out, _ = cell.apply({"params": params, "batch_stats": v["batch_stats"]}, s0, s1, psi,
-                        edge, mutable=["batch_stats"])
-    return jnp.sum(out ** 2)
+    out, _ = cell.apply(
+      {"params": params, "batch_stats": v["batch_stats"]},
+      s0,
+      s1,
+      psi,
+      edge,
+      mutable=["batch_stats"],
+    )
+    return jnp.sum(out**2)
+
   return jax.grad(loss, argnums=(0, 1, 2, 3, 4)), (v["params"], x, x, psi, edge)
 
 
-def _step_record(config_path: str, formulation: str, halves: str, backend: str,
-                 run: bool) -> dict[str, Any]:
+def _step_record(
+  config_path: str, formulation: str, halves: str, backend: str, run: bool
+) -> dict[str, Any]:
   import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from dnas_jax.data import registry  # pylint: disable=g-import-not-at-top
   from dnas_jax.models import program as program_lib  # pylint: disable=g-import-not-at-top
   from dnas_jax.tools import benchmarking  # pylint: disable=g-import-not-at-top
   from dnas_jax.training import sharding  # pylint: disable=g-import-not-at-top
+
   spec = importlib.util.spec_from_file_location("_study_config", config_path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -145,8 +177,11 @@ def _step_record(config_path: str, formulation: str, halves: str, backend: str,
   progs = benchmarking.search_programs(config, shape, 10, mesh, backend)
   fn, args, _ = progs["search_step"]
   out = _compile(fn, args, backend, run)  # jit(jit(step)): the donation is dropped
-  return {"config": os.path.basename(config_path),
-          "program": program_lib.resolve_program(config, backend), **out}
+  return {
+    "config": os.path.basename(config_path),
+    "program": program_lib.resolve_program(config, backend),
+    **out,
+  }
 
 
 def main(argv=None) -> None:
@@ -155,48 +190,82 @@ def main(argv=None) -> None:
   parser.add_argument("--units", default="ops,edges,cell")
   parser.add_argument("--size", choices=sorted(SIZES), default="cifar10")
   parser.add_argument("--formulations", default=",".join(FORMULATIONS))
-  parser.add_argument("--config", default="experiments/configs/test.py",
-                      help="search config of the `step` unit")
+  parser.add_argument(
+    "--config", default="experiments/configs/test.py", help="search config of the `step` unit"
+  )
   parser.add_argument("--halves", default="separate,shared")
   parser.add_argument("--ops", default="")
   args = parser.parse_args(argv)
   if args.backend == "tpu":
     from dnas_jax.tools import aot  # pylint: disable=g-import-not-at-top
+
     aot.prepare_environment("v5e:2x2")
   from dnas_jax.space import search_space  # pylint: disable=g-import-not-at-top
+
   units = args.units.split(",")
   forms = args.formulations.split(",")
   run = args.backend == "cpu"
 
-  settings = {"backend": args.backend,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""),
-              "disable_most_optimizations": os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "")}
+  settings = {
+    "backend": args.backend,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "disable_most_optimizations": os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", ""),
+  }
 
   def emit(record):
     size = {} if record["unit"] == "search step" else {"size": args.size}
     print(json.dumps({**settings, **size, **record}), flush=True)
 
   if "ops" in units:
-    for op in (args.ops.split(",") if args.ops else search_space.PRIMITIVES):
-      emit({"unit": "op", "op": op, "formulation": "conv",
-            **_compile(*_edge_group_unit([op], "conv", args.size), args.backend, run)})
+    for op in args.ops.split(",") if args.ops else search_space.PRIMITIVES:
+      emit(
+        {
+          "unit": "op",
+          "op": op,
+          "formulation": "conv",
+          **_compile(*_edge_group_unit([op], "conv", args.size), args.backend, run),
+        }
+      )
   if "edges" in units:
-    emit({"unit": "sep_conv_5x5 edges", "batching": "per edge", "formulation": "conv",
-          **_compile(*_edge_group_unit(["sep_conv_5x5"], "conv", args.size, per_edge=True),
-                     args.backend, run)})
+    emit(
+      {
+        "unit": "sep_conv_5x5 edges",
+        "batching": "per edge",
+        "formulation": "conv",
+        **_compile(
+          *_edge_group_unit(["sep_conv_5x5"], "conv", args.size, per_edge=True), args.backend, run
+        ),
+      }
+    )
     for f in forms:
-      emit({"unit": "sep_conv_5x5 edges", "batching": "vmap", "formulation": f,
-            **_compile(*_edge_group_unit(["sep_conv_5x5"], f, args.size), args.backend,
-                       run)})
+      emit(
+        {
+          "unit": "sep_conv_5x5 edges",
+          "batching": "vmap",
+          "formulation": f,
+          **_compile(*_edge_group_unit(["sep_conv_5x5"], f, args.size), args.backend, run),
+        }
+      )
   if "cell" in units:
     for f in forms:
-      emit({"unit": "normal cell", "formulation": f,
-            **_compile(*_cell_unit(f, args.size), args.backend, run)})
+      emit(
+        {
+          "unit": "normal cell",
+          "formulation": f,
+          **_compile(*_cell_unit(f, args.size), args.backend, run),
+        }
+      )
   if "step" in units:
     for f in forms:
       for halves in args.halves.split(","):
-        emit({"unit": "search step", "formulation": f, "halves": halves,
-              **_step_record(args.config, f, halves, args.backend, run)})
+        emit(
+          {
+            "unit": "search step",
+            "formulation": f,
+            "halves": halves,
+            **_step_record(args.config, f, halves, args.backend, run),
+          }
+        )
 
 
 if __name__ == "__main__":

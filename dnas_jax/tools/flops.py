@@ -42,6 +42,7 @@ from jax.extend import core as jex_core
 @dataclasses.dataclass
 class FlopCount:
   """Convolution and matrix-product FLOPs of one call."""
+
   conv: float = 0.0
   matmul: float = 0.0
   unknown_trip_loops: int = 0
@@ -54,8 +55,11 @@ class FlopCount:
     return FlopCount(self.conv * factor, self.matmul * factor, self.unknown_trip_loops)
 
   def __add__(self, other: "FlopCount") -> "FlopCount":
-    return FlopCount(self.conv + other.conv, self.matmul + other.matmul,
-                     self.unknown_trip_loops + other.unknown_trip_loops)
+    return FlopCount(
+      self.conv + other.conv,
+      self.matmul + other.matmul,
+      self.unknown_trip_loops + other.unknown_trip_loops,
+    )
 
 
 def _window_pairs(in_size, window, out_size, stride, pad_lo, lhs_dilation, rhs_dilation):
@@ -75,8 +79,15 @@ def _conv_flops(eqn) -> float:
   dn = p["dimension_numbers"]
   pairs = 1
   for i, (l, r, o) in enumerate(zip(dn.lhs_spec[2:], dn.rhs_spec[2:], dn.out_spec[2:])):
-    pairs *= _window_pairs(lhs[l], rhs[r], out[o], p["window_strides"][i],
-                           p["padding"][i][0], p["lhs_dilation"][i], p["rhs_dilation"][i])
+    pairs *= _window_pairs(
+      lhs[l],
+      rhs[r],
+      out[o],
+      p["window_strides"][i],
+      p["padding"][i][0],
+      p["lhs_dilation"][i],
+      p["rhs_dilation"][i],
+    )
   # Per output feature and batch element: (kernel input features, per group) x pairs.
   return 2.0 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * rhs[dn.rhs_spec[1]] * pairs
 
@@ -132,14 +143,18 @@ def count_jaxpr(jaxpr) -> FlopCount:
     elif name == "dot_general":
       count += FlopCount(matmul=_dot_flops(eqn))
     elif name == "ffi_call" and str(eqn.params.get("target_name", "")).startswith(
-        "dnas_jax_depthwise_"):
+      "dnas_jax_depthwise_"
+    ):
       count += FlopCount(conv=_depthwise_ffi_flops(eqn))
     elif name == "ffi_call" and str(eqn.params.get("target_name", "")).startswith(
-        "dnas_jax_grouped_"):
-      w = (eqn.outvars[0] if "_weight_grad_" in eqn.params["target_name"]
-           else eqn.invars[1]).aval.shape  # [G, c, o]
-      rows = math.prod(eqn.invars[0].aval.shape) // (w[0] * (
-          w[2] if "_input_grad_" in eqn.params["target_name"] else w[1]))
+      "dnas_jax_grouped_"
+    ):
+      w = (
+        eqn.outvars[0] if "_weight_grad_" in eqn.params["target_name"] else eqn.invars[1]
+      ).aval.shape  # [G, c, o]
+      rows = math.prod(eqn.invars[0].aval.shape) // (
+        w[0] * (w[2] if "_input_grad_" in eqn.params["target_name"] else w[1])
+      )
       count += FlopCount(conv=2.0 * rows * math.prod(w))
     elif name == "scan":
       count += count_jaxpr(eqn.params["jaxpr"]).scaled(eqn.params["length"])
@@ -161,6 +176,7 @@ def remove_dead_code(closed: jex_core.ClosedJaxpr) -> jex_core.Jaxpr:
   `jit`, `scan` and `cond`), as XLA would remove them: a gradient traced for some
   inputs only carries forward values nobody reads. Uses JAX's own dead-code pass."""
   from jax._src.interpreters import partial_eval as pe  # pylint: disable=g-import-not-at-top
+
   jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
   return jaxpr
 

@@ -55,9 +55,15 @@ def _parse(argv):
 
 def _commit(peer_dir: str) -> str | None:
   import subprocess  # pylint: disable=g-import-not-at-top
+
   try:
-    out = subprocess.run(["git", "-C", peer_dir, "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=10, check=True)
+    out = subprocess.run(
+      ["git", "-C", peer_dir, "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   return out.stdout.strip() or None
@@ -67,14 +73,17 @@ def main(argv=None) -> dict:
   args = _parse(argv)
   peer_dir = os.path.abspath(args.peer_dir)
   if missing_files(peer_dir):
-    sys.exit(f"error: --peer_dir={args.peer_dir} is not a PC-DARTS checkout (missing "
-             f"{', '.join(missing_files(peer_dir))}); get one with: git clone "
-             "https://github.com/yuhuixu1993/PC-DARTS")
+    sys.exit(
+      f"error: --peer_dir={args.peer_dir} is not a PC-DARTS checkout (missing "
+      f"{', '.join(missing_files(peer_dir))}); get one with: git clone "
+      "https://github.com/yuhuixu1993/PC-DARTS"
+    )
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
 
-  device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-      else args.device
+  device = (
+    ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+  )
   if args.threads:
     torch.set_num_threads(args.threads)
   if device == "cpu":  # the checkout calls .cuda() on tensors and networks
@@ -89,17 +98,19 @@ def main(argv=None) -> dict:
 
   torch.manual_seed(args.seed)
   criterion = nn.CrossEntropyLoss().to(device)
-  model = model_search.Network(args.channels, args.num_classes, args.layers,
-                               criterion).to(device)
+  model = model_search.Network(args.channels, args.num_classes, args.layers, criterion).to(device)
   optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
-  arch_args = argparse.Namespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4,
-                                 arch_weight_decay=1e-3)
+  arch_args = argparse.Namespace(
+    momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-4, arch_weight_decay=1e-3
+  )
   arch = architect.Architect(model, arch_args)
   shape = (args.batch_size, 3, args.image_size, args.image_size)
   gen = torch.Generator().manual_seed(args.seed)
   x_train, x_val = (torch.randn(shape, generator=gen).to(device) for _ in range(2))
-  y_train, y_val = (torch.randint(0, args.num_classes, (args.batch_size,),
-                                  generator=gen).to(device) for _ in range(2))
+  y_train, y_val = (
+    torch.randint(0, args.num_classes, (args.batch_size,), generator=gen).to(device)
+    for _ in range(2)
+  )
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def step():
@@ -121,17 +132,24 @@ def main(argv=None) -> dict:
   sync()
   per_step = (time.perf_counter() - start) / args.steps
   record = {
-      "what": "peer_search_step", "peer": "PC-DARTS (official, first order)",
-      "peer_commit": _commit(peer_dir), "num_layers": args.layers,
-      "channels": args.channels, "partial_k": 4,
-      "num_ops": len(genotypes.PRIMITIVES), "batch_size": args.batch_size,
-      "image_shape": [args.image_size, args.image_size, 3], "steps": args.steps,
-      "ms_per_step": round(per_step * 1e3, 3),
-      "images_per_s": round(args.batch_size / per_step, 1),
-      "loss_finite": bool(torch.isfinite(loss).item()),
-      "device": device, "device_name": (torch.cuda.get_device_name() if device == "cuda"
-                                        else "cpu"),
-      "threads": torch.get_num_threads(), "torch": torch.__version__}
+    "what": "peer_search_step",
+    "peer": "PC-DARTS (official, first order)",
+    "peer_commit": _commit(peer_dir),
+    "num_layers": args.layers,
+    "channels": args.channels,
+    "partial_k": 4,
+    "num_ops": len(genotypes.PRIMITIVES),
+    "batch_size": args.batch_size,
+    "image_shape": [args.image_size, args.image_size, 3],
+    "steps": args.steps,
+    "ms_per_step": round(per_step * 1e3, 3),
+    "images_per_s": round(args.batch_size / per_step, 1),
+    "loss_finite": bool(torch.isfinite(loss).item()),
+    "device": device,
+    "device_name": (torch.cuda.get_device_name() if device == "cuda" else "cpu"),
+    "threads": torch.get_num_threads(),
+    "torch": torch.__version__,
+  }
   print(json.dumps(record), flush=True)
   return record
 

@@ -62,9 +62,12 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
     meta = re.search(r'op_name="([^"]*)"', line)
     calls = re.search(r"calls=%?([\w.\-]+)", line)
     target = re.search(r'custom_call_target="([^"]*)"', line)
-    instructions[name] = {"opcode": opcode, "op_name": meta.group(1) if meta else "",
-                          "calls": calls.group(1) if calls else None,
-                          "target": target.group(1) if target else None}
+    instructions[name] = {
+      "opcode": opcode,
+      "op_name": meta.group(1) if meta else "",
+      "calls": calls.group(1) if calls else None,
+      "target": target.group(1) if target else None,
+    }
     if current is not None:
       computations[current].append(opcode)
   for info in instructions.values():
@@ -78,17 +81,32 @@ def kind(info: dict[str, Any]) -> str:
   if opcode == "custom-call":
     return f"compiled kernel {info['target']}" if info["target"] else "custom call"
   if opcode == "fusion":
-    for inner, label in (("convolution", "convolution"), ("dot", "matrix product"),
-                         ("reduce-window", "pooling window"),
-                         ("select-and-scatter", "max-pool gradient"),
-                         ("scatter", "scatter"), ("reduce", "reduction"),
-                         ("dynamic-update-slice", "loop slice update"),
-                         ("transpose", "transpose/copy")):
+    for inner, label in (
+      ("convolution", "convolution"),
+      ("dot", "matrix product"),
+      ("reduce-window", "pooling window"),
+      ("select-and-scatter", "max-pool gradient"),
+      ("scatter", "scatter"),
+      ("reduce", "reduction"),
+      ("dynamic-update-slice", "loop slice update"),
+      ("transpose", "transpose/copy"),
+    ):
       if fused.get(inner):
         return f"{label} (fused)" if label in ("convolution", "matrix product") else label
-    if set(fused) <= {"parameter", "copy", "bitcast", "reshape", "transpose", "slice",
-                      "concatenate", "pad", "broadcast", "constant", "tuple",
-                      "get-tuple-element"}:
+    if set(fused) <= {
+      "parameter",
+      "copy",
+      "bitcast",
+      "reshape",
+      "transpose",
+      "slice",
+      "concatenate",
+      "pad",
+      "broadcast",
+      "constant",
+      "tuple",
+      "get-tuple-element",
+    }:
       return "transpose/copy"
     return "element-wise"
   if opcode == "dot":
@@ -111,12 +129,16 @@ def direction(op_name: str) -> str:
   return "backward" if "transpose(" in op_name else "forward"
 
 
-def summarize(events: list[dict[str, Any]], instructions: dict[str, dict[str, Any]],
-              steps: int) -> dict[str, Any]:
+def summarize(
+  events: list[dict[str, Any]], instructions: dict[str, dict[str, Any]], steps: int
+) -> dict[str, Any]:
   """Per-step microseconds by kind, by (half, direction) and by (half, kind), from
   complete trace events ("ph" == "X") named after HLO instructions."""
-  by_kind, by_half, by_half_kind = (collections.Counter(), collections.Counter(),
-                                    collections.Counter())
+  by_kind, by_half, by_half_kind = (
+    collections.Counter(),
+    collections.Counter(),
+    collections.Counter(),
+  )
   counts = collections.Counter()
   for event in events:
     info = instructions.get(event.get("name"))
@@ -128,9 +150,13 @@ def summarize(events: list[dict[str, Any]], instructions: dict[str, dict[str, An
     counts[k] += 1
     by_half[(h, direction(info["op_name"]))] += us
     by_half_kind[(h, k)] += us
-  return {"by_kind": by_kind, "by_half": by_half, "by_half_kind": by_half_kind,
-          "instructions": {k: v // steps for k, v in counts.items()},
-          "total_us": sum(by_kind.values())}
+  return {
+    "by_kind": by_kind,
+    "by_half": by_half,
+    "by_half_kind": by_half_kind,
+    "instructions": {k: v // steps for k, v in counts.items()},
+    "total_us": sum(by_kind.values()),
+  }
 
 
 def _trace_events(folder: str) -> list[dict[str, Any]]:
@@ -143,22 +169,27 @@ def _trace_events(folder: str) -> list[dict[str, Any]]:
   return [e for e in events if e.get("ph") == "X" and "dur" in e]
 
 
-def profile_search_step(config, image_shape=(32, 32, 3), num_classes: int = 10,
-                        steps: int = 2, warmup: int = 1) -> dict[str, Any]:
+def profile_search_step(
+  config, image_shape=(32, 32, 3), num_classes: int = 10, steps: int = 2, warmup: int = 1
+) -> dict[str, Any]:
   """Compiles the search step of `config` (architecture update on), times it, then
   profiles `steps` steps; the record holds trace + lower and compile seconds, ms/step
   with and without the profiler, and the sums of `summarize` in ms/step."""
   import jax  # pylint: disable=g-import-not-at-top
   from dnas_jax.models import program as program_lib  # pylint: disable=g-import-not-at-top
   from dnas_jax.tools import benchmarking  # pylint: disable=g-import-not-at-top
+
   if jax.default_backend() != "cpu":
-    raise RuntimeError("--what=profile reads XLA:CPU's instruction events; on a GPU use "
-                       "jax.profiler with TensorBoard's profile plugin")
+    raise RuntimeError(
+      "--what=profile reads XLA:CPU's instruction events; on a GPU use "
+      "jax.profiler with TensorBoard's profile plugin"
+    )
   if FLAG not in os.environ.get("XLA_FLAGS", ""):
-    raise RuntimeError("XLA's instruction events are off: call "
-                       "step_profile.enable_instruction_events() before JAX starts")
-  _, record, time_fn = benchmarking.search_step_runner(config, image_shape,
-                                                           num_classes)
+    raise RuntimeError(
+      "XLA's instruction events are off: call "
+      "step_profile.enable_instruction_events() before JAX starts"
+    )
+  _, record, time_fn = benchmarking.search_step_runner(config, image_shape, num_classes)
   ms_step = time_fn(steps, warmup) * 1e3
   hlo = time_fn.compiled.as_text()
   with tempfile.TemporaryDirectory() as folder:
@@ -170,17 +201,22 @@ def profile_search_step(config, image_shape=(32, 32, 3), num_classes: int = 10,
     events = _trace_events(folder)
   sums = summarize(events, parse_hlo(hlo), steps)
   ms = lambda us: round(us / 1e3, 1)  # pylint: disable=unnecessary-lambda-assignment
-  return {"what": "search_step_profile", "num_layers": config.model.num_layers,
-          "batch_size": config.batch_size, "image_shape": list(image_shape),
-          "program": program_lib.resolve_program(config),
-          "trace_lower_s": record["trace_lower_s"], "compile_s": record["compile_s"],
-          "ms_per_step": round(ms_step, 1), "ms_per_step_profiled": round(profiled_ms, 1),
-          "covered": round(sums["total_us"] / 1e3 / profiled_ms, 3),
-          "by_kind_ms": {k: ms(v) for k, v in sums["by_kind"].most_common()},
-          "instructions_per_step": sums["instructions"],
-          "by_half_ms": {f"{h}, {d}": ms(v) for (h, d), v in sorted(sums["by_half"].items())},
-          "by_half_kind_ms": {f"{h}: {k}": ms(v)
-                              for (h, k), v in sums["by_half_kind"].most_common()}}
+  return {
+    "what": "search_step_profile",
+    "num_layers": config.model.num_layers,
+    "batch_size": config.batch_size,
+    "image_shape": list(image_shape),
+    "program": program_lib.resolve_program(config),
+    "trace_lower_s": record["trace_lower_s"],
+    "compile_s": record["compile_s"],
+    "ms_per_step": round(ms_step, 1),
+    "ms_per_step_profiled": round(profiled_ms, 1),
+    "covered": round(sums["total_us"] / 1e3 / profiled_ms, 3),
+    "by_kind_ms": {k: ms(v) for k, v in sums["by_kind"].most_common()},
+    "instructions_per_step": sums["instructions"],
+    "by_half_ms": {f"{h}, {d}": ms(v) for (h, d), v in sorted(sums["by_half"].items())},
+    "by_half_kind_ms": {f"{h}: {k}": ms(v) for (h, k), v in sums["by_half_kind"].most_common()},
+  }
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -188,8 +224,9 @@ def markdown(record: dict[str, Any]) -> str:
   step = record["ms_per_step_profiled"]
   lines = ["| operation kind | ms/step | of the step | instructions |", "|---|---|---|---|"]
   for k, v in record["by_kind_ms"].items():
-    lines.append(f"| {k} | {v:,.1f} | {100 * v / step:.1f} % | "
-                 f"{record['instructions_per_step'][k]:,} |")
+    lines.append(
+      f"| {k} | {v:,.1f} | {100 * v / step:.1f} % | {record['instructions_per_step'][k]:,} |"
+    )
   lines += ["", "| half, direction | ms/step | of the step |", "|---|---|---|"]
   for k, v in record["by_half_ms"].items():
     lines.append(f"| {k} | {v:,.1f} | {100 * v / step:.1f} % |")

@@ -41,8 +41,9 @@ class NonFiniteStateError(FloatingPointError):
 
 def create_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "meta"))
+  return ocp.CheckpointManager(
+    os.path.abspath(directory), options=options, item_names=("state", "meta")
+  )
 
 
 def _host_leaves(tree: Any):
@@ -63,8 +64,11 @@ def state_digest(tree: Any) -> str:
 
 
 def _non_finite_leaves(tree: Any) -> list[str]:
-  return [path for path, a in _host_leaves(tree)
-          if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
+  return [
+    path
+    for path, a in _host_leaves(tree)
+    if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()
+  ]
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
@@ -76,11 +80,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
   bad = _non_finite_leaves(state)
   if bad:
     raise NonFiniteStateError(
-        f"the state at step {int(step)} holds NaN or inf (in {len(bad)} arrays, first "
-        f"{bad[0]}); it was not saved")
+      f"the state at step {int(step)} holds NaN or inf (in {len(bad)} arrays, first "
+      f"{bad[0]}); it was not saved"
+    )
   meta = {**meta, DIGEST_KEY: state_digest(state)}
-  manager.save(int(step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  manager.save(
+    int(step),
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    force=True,
+  )
 
 
 def abstract_like(tree: Any) -> Any:
@@ -88,15 +96,18 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def restore(manager: ocp.CheckpointManager, target: Any, step: int | None = None
-            ) -> tuple[Any, dict] | None:
+def restore(
+  manager: ocp.CheckpointManager, target: Any, step: int | None = None
+) -> tuple[Any, dict] | None:
   """(state, meta) of `step` (default: the latest), unverified, or None when there is
   none; see `restore_verified`."""
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+  )
   return restored.state, restored.meta
 
 
@@ -141,8 +152,9 @@ def _why_damaged(manager, target, step) -> tuple[Any, dict, str | None]:
   return state, meta, None
 
 
-def restore_verified(manager: ocp.CheckpointManager, target: Any, *, hint: str = "",
-                     move_damaged: bool = True) -> tuple[Any, dict, int] | None:
+def restore_verified(
+  manager: ocp.CheckpointManager, target: Any, *, hint: str = "", move_damaged: bool = True
+) -> tuple[Any, dict, int] | None:
   """(state, meta, step) of the newest checkpoint that reads back and matches its
   digest, or None when there is no checkpoint. Damaged newer ones are reported in one
   line each and, with `move_damaged` (a run resuming, not a reader), moved to
@@ -155,8 +167,7 @@ def restore_verified(manager: ocp.CheckpointManager, target: Any, *, hint: str =
     state, meta, why = _why_damaged(manager, target, step)
     if why is None:
       for bad_step, bad_why in damaged:
-        where = (f"moved to {_move_aside(manager, bad_step)}" if move_damaged
-                 else "skipped")
+        where = f"moved to {_move_aside(manager, bad_step)}" if move_damaged else "skipped"
         logging.warning("checkpoint %d is damaged (%s): %s", bad_step, bad_why, where)
       if damaged and move_damaged:
         manager.reload()
@@ -167,11 +178,14 @@ def restore_verified(manager: ocp.CheckpointManager, target: Any, *, hint: str =
     return None
   directory = str(manager.directory)
   raise CheckpointError(
-      f"no intact checkpoint in {directory}: "
-      + "; ".join(f"step {s} {w}" for s, w in damaged)
-      + (f"; {hint}" if hint else
-         f"; move {os.path.dirname(directory)} away (or pass another --workdir) to start "
-         "afresh"))
+    f"no intact checkpoint in {directory}: "
+    + "; ".join(f"step {s} {w}" for s, w in damaged)
+    + (
+      f"; {hint}"
+      if hint
+      else f"; move {os.path.dirname(directory)} away (or pass another --workdir) to start afresh"
+    )
+  )
 
 
 def _move_aside(manager, step: int) -> str:
@@ -188,8 +202,11 @@ def finished_steps(directory: str) -> list[int]:
   last), in order; what a run can resume from."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isfile(os.path.join(directory, n, _STEP_METADATA)))
+  return sorted(
+    int(n)
+    for n in os.listdir(directory)
+    if n.isdigit() and os.path.isfile(os.path.join(directory, n, _STEP_METADATA))
+  )
 
 
 def write_failure(e: BaseException) -> str | None:
@@ -213,8 +230,9 @@ def settle_failed_writes(timeout_s: float = 60.0) -> None:
   clean-up's tracebacks ("Event loop is closed", ...) after its own message."""
   deadline = time.monotonic() + timeout_s
   for thread in threading.enumerate():
-    if (thread is not threading.current_thread()
-        and type(thread).__module__.startswith("orbax.checkpoint._src.futures")):
+    if thread is not threading.current_thread() and type(thread).__module__.startswith(
+      "orbax.checkpoint._src.futures"
+    ):
       thread.join(max(0.0, deadline - time.monotonic()))
 
 
@@ -231,10 +249,8 @@ def clean_leftovers(directory: str) -> None:
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
       logging.info("removed %s, an unfinished checkpoint write", name)
   steps = sorted(int(n) for n in names if n.isdigit())
-  finished = [s for s in steps
-              if os.path.isfile(os.path.join(directory, str(s), _STEP_METADATA))]
+  finished = [s for s in steps if os.path.isfile(os.path.join(directory, str(s), _STEP_METADATA))]
   for s in steps:
     if finished and s < finished[-1] and s not in finished:
       shutil.rmtree(os.path.join(directory, str(s)), ignore_errors=True)
-      logging.info("removed checkpoint folder %d, left half-deleted by an interrupted "
-                   "clean-up", s)
+      logging.info("removed checkpoint folder %d, left half-deleted by an interrupted clean-up", s)

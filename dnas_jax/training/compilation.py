@@ -25,19 +25,24 @@ from absl import logging
 from dnas_jax.training import executable_cache
 
 
-def abstract_batch(batch_size: int, image_shape, sharding, mask: bool = False
-                   ) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(
+  batch_size: int, image_shape, sharding, mask: bool = False
+) -> dict[str, jax.ShapeDtypeStruct]:
   """The shapes of a (global) batch as the input pipeline yields it."""
-  out = {"image": jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), np.float32,
-                                       sharding=sharding),
-         "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
+  out = {
+    "image": jax.ShapeDtypeStruct(
+      (batch_size,) + tuple(image_shape), np.float32, sharding=sharding
+    ),
+    "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding),
+  }
   if mask:
     out["mask"] = jax.ShapeDtypeStruct((batch_size,), np.bool_, sharding=sharding)
   return out
 
 
-def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = True,
-                cache_key: Any = None) -> tuple[list, dict[str, float]]:
+def compile_all(
+  programs: Sequence[tuple[str, Callable, tuple]], log: bool = True, cache_key: Any = None
+) -> tuple[list, dict[str, float]]:
   """The compiled (name, jitted, args) programs, in order, and timings.
 
   With a `cache_key` (JSON-able: what the programs depend on besides the package's
@@ -50,8 +55,10 @@ def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = Tru
   spare. Timings: `load_s` (all loads), `trace_lower_s`, `compile_wall_s`, and
   `compile_s/<name>` per compiled program."""
   folder = executable_cache.executables_folder(cache_key)
-  paths = [executable_cache.executable_path(folder, cache_key, name, jitted, args)
-           if folder else None for name, jitted, args in programs]
+  paths = [
+    executable_cache.executable_path(folder, cache_key, name, jitted, args) if folder else None
+    for name, jitted, args in programs
+  ]
   start = time.perf_counter()
   results: list = [None] * len(programs)
   for i, ((name, _, args), path) in enumerate(zip(programs, paths)):
@@ -60,21 +67,29 @@ def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = Tru
   timings = {"load_s": round(time.perf_counter() - start, 2)}
   loaded = [name for (name, _, _), r in zip(programs, results) if r is not None]
   todo = [i for i, r in enumerate(results) if r is None]
-  backend = (f"{jax.default_backend()} ({jax.device_count()} device"
-             f"{'' if jax.device_count() == 1 else 's'})")
+  backend = (
+    f"{jax.default_backend()} ({jax.device_count()} device{'' if jax.device_count() == 1 else 's'})"
+  )
   if log and loaded:
-    logging.info("loaded %s for %s from %s in %.1f s, as compiled by an earlier run "
-                 "(no tracing)", ", ".join(loaded), backend,
-                 os.path.join(folder, executable_cache.EXECUTABLES), timings["load_s"])
+    logging.info(
+      "loaded %s for %s from %s in %.1f s, as compiled by an earlier run (no tracing)",
+      ", ".join(loaded),
+      backend,
+      os.path.join(folder, executable_cache.EXECUTABLES),
+      timings["load_s"],
+    )
   if not todo:
     return results, timings
 
   names = ", ".join(programs[i][0] for i in todo)
   cache = jax.config.jax_compilation_cache_dir
   if log:
-    logging.info("compiling %s for %s%s ...", names, backend,
-                 f"; kept in {cache} for later runs" if cache else
-                 "; no persistent cache (--compile_cache)")
+    logging.info(
+      "compiling %s for %s%s ...",
+      names,
+      backend,
+      f"; kept in {cache} for later runs" if cache else "; no persistent cache (--compile_cache)",
+    )
   events: dict[int, set[str]] = {i: set() for i in todo}
 
   def compile_one(i, lowered):
@@ -97,18 +112,26 @@ def compile_all(programs: Sequence[tuple[str, Callable, tuple]], log: bool = Tru
     timings[f"compile_s/{programs[i][0]}"] = round(seconds, 2)
   timings["compile_wall_s"] = round(time.perf_counter() - traced, 2)
   if log:
-    logging.info("ready in %.1f s (tracing %.1f s, then compiling %.1f s%s)",
-                 time.perf_counter() - traced_start, timings["trace_lower_s"],
-                 timings["compile_wall_s"],
-                 "" if len(compiled) == 1 else "; each compile ran from its own trace "
-                 "on, in parallel: " + ", ".join(
-                     f"{programs[i][0]} {seconds:.1f} s" for i, _, seconds in compiled))
+    logging.info(
+      "ready in %.1f s (tracing %.1f s, then compiling %.1f s%s)",
+      time.perf_counter() - traced_start,
+      timings["trace_lower_s"],
+      timings["compile_wall_s"],
+      ""
+      if len(compiled) == 1
+      else "; each compile ran from its own trace "
+      "on, in parallel: "
+      + ", ".join(f"{programs[i][0]} {seconds:.1f} s" for i, _, seconds in compiled),
+    )
   for i, out, _ in compiled:
     if not paths[i]:
       continue
     if executable_cache.freshly_compiled(events[i]):
       executable_cache.save(paths[i], out)
     elif log:
-      logging.info("%s: not kept for tracing-free loads (it came from JAX's cache, "
-                   "whose executables cannot be stored again)", programs[i][0])
+      logging.info(
+        "%s: not kept for tracing-free loads (it came from JAX's cache, "
+        "whose executables cannot be stored again)",
+        programs[i][0],
+      )
   return results, timings

@@ -42,17 +42,24 @@ class EvalMetrics(metrics.Collection):
 def eval_step(params, batch_stats, batch, net_inputs=(), *, net: nn.Module) -> EvalMetrics:
   """`net` in evaluation mode on `batch['image']` (and `net_inputs` after it: the
   search passes ψ's `ArchWeights`)."""
-  logits = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                     *net_inputs)
+  logits = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"], *net_inputs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-  return EvalMetrics.single_from_model_output(loss=loss, accuracy=correct,
-                                              mask=batch["mask"])
+  return EvalMetrics.single_from_model_output(loss=loss, accuracy=correct, mask=batch["mask"])
 
 
-def evaluate(eval_fn: Callable, params, batch_stats, split: input_pipeline.Split,
-             batch_size: int, mean, std, mesh, net_inputs=(), prefix: str = "test"
-             ) -> dict[str, float]:
+def evaluate(
+  eval_fn: Callable,
+  params,
+  batch_stats,
+  split: input_pipeline.Split,
+  batch_size: int,
+  mean,
+  std,
+  mesh,
+  net_inputs=(),
+  prefix: str = "test",
+) -> dict[str, float]:
   """{prefix}_loss, _accuracy and _error of `eval_fn` (a jitted `eval_step`) over
   every example of `split`."""
   acc = None
@@ -60,5 +67,8 @@ def evaluate(eval_fn: Callable, params, batch_stats, split: input_pipeline.Split
     m = eval_fn(params, batch_stats, sharding.shard_batch(batch, mesh), net_inputs)
     acc = m if acc is None else acc.merge(m)
   out = {k: float(v) for k, v in acc.compute().items()}
-  return {f"{prefix}_loss": out["loss"], f"{prefix}_accuracy": out["accuracy"],
-          f"{prefix}_error": 1.0 - out["accuracy"]}
+  return {
+    f"{prefix}_loss": out["loss"],
+    f"{prefix}_accuracy": out["accuracy"],
+    f"{prefix}_error": 1.0 - out["accuracy"],
+  }

@@ -57,28 +57,35 @@ def executables_folder(cache_key: Any) -> str | None:
 
 def _signature(args) -> list:
   """The arguments' tree structure and each leaf's shape, dtype and sharding."""
+
   def leaf(x):
     if not isinstance(x, jax.ShapeDtypeStruct):
-      x = jax.ShapeDtypeStruct(np.shape(x), jax.typeof(x).dtype,
-                               sharding=getattr(x, "sharding", None),
-                               weak_type=jax.typeof(x).weak_type)
+      x = jax.ShapeDtypeStruct(
+        np.shape(x),
+        jax.typeof(x).dtype,
+        sharding=getattr(x, "sharding", None),
+        weak_type=jax.typeof(x).weak_type,
+      )
     return [list(x.shape), str(x.dtype), bool(x.weak_type), str(x.sharding)]
+
   leaves, tree = jax.tree.flatten(args)
   return [str(tree), [leaf(x) for x in leaves]]
 
 
-def executable_path(folder: str, cache_key: Any, name: str, jitted: Callable,
-                    args: tuple) -> str:
+def executable_path(folder: str, cache_key: Any, name: str, jitted: Callable, args: tuple) -> str:
   """Where the executable of program `name` (`jitted` on `args`) is kept in `folder`."""
   fn = getattr(jitted, "__wrapped__", jitted)
   fn = getattr(fn, "func", fn)  # functools.partial
-  description = {"key": cache_key, "name": name,
-                 "function": f"{getattr(fn, '__module__', '')}."
-                             f"{getattr(fn, '__qualname__', repr(fn))}",
-                 "args": _signature(args), "environment": runtime.environment(),
-                 # A user's operations (config.model.ops_modules) are code outside the
-                 # package: their files' bytes are part of the program.
-                 "user_operations": ops.imported_user_sources()}
+  description = {
+    "key": cache_key,
+    "name": name,
+    "function": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}",
+    "args": _signature(args),
+    "environment": runtime.environment(),
+    # A user's operations (config.model.ops_modules) are code outside the
+    # package: their files' bytes are part of the program.
+    "user_operations": ops.imported_user_sources(),
+  }
   digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
   return os.path.join(folder, EXECUTABLES, f"{digest.hexdigest()}.jaxexe")
 
@@ -86,6 +93,7 @@ def executable_path(folder: str, cache_key: Any, name: str, jitted: Callable,
 def load(path: str, args: tuple):
   """The executable in `path`, or None when there is none or it cannot be used (logged)."""
   from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
+
   if not os.path.exists(path):
     return None
   try:
@@ -95,14 +103,16 @@ def load(path: str, args: tuple):
       raise ValueError("it was written for other arguments")
     return serialize_executable.deserialize_and_load(serialized, in_tree, out_tree)
   except Exception as e:  # pylint: disable=broad-except  # a cache: compile instead
-    logging.warning("cannot use the cached executable %s (%s: %s); compiling instead",
-                    path, type(e).__name__, e)
+    logging.warning(
+      "cannot use the cached executable %s (%s: %s); compiling instead", path, type(e).__name__, e
+    )
     return None
 
 
 def save(path: str, compiled) -> bool:
   """Writes `compiled` to `path` (atomically); False (logged) when it cannot be."""
   from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
+
   try:
     serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
     blob = zlib.compress(pickle.dumps((_FORMAT, serialized, in_tree, out_tree)), 1)

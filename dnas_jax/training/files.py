@@ -23,8 +23,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
     raise ValueError(f"atomic_open writes only ('w' or 'wb'), not {mode!r}")
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                             suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
     with os.fdopen(fd, mode) as f:
       yield f

@@ -45,8 +45,7 @@ def write_final_metrics(workdir: str, metrics: dict) -> None:
   """A finished run's metrics as WORKDIR/final_metrics.json (the lead process only;
   written atomically)."""
   if sharding.is_lead_process():
-    files.atomic_write(os.path.join(workdir, FINAL_METRICS),
-                       json.dumps(metrics, indent=1))
+    files.atomic_write(os.path.join(workdir, FINAL_METRICS), json.dumps(metrics, indent=1))
 
 
 @dataclasses.dataclass
@@ -62,6 +61,7 @@ class Phase:
   at_epoch_end: (state, step) → None, after each epoch's checkpoint and once at the
     end: the phase's artifacts.
   """
+
   name: str
   step_fn: Callable
   epoch_inputs: Callable[[int, int], Iterable[tuple]]
@@ -79,20 +79,30 @@ def create_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return mesh
 
 
-def run_loop(phase: Phase, state: Any, run: workdir_lib.RunDir,
-             writer: metric_writers.MetricWriter, config: ml_collections.ConfigDict,
-             steps_per_epoch: int, hooks: Sequence[Callable[[int], None]] = ()
-             ) -> tuple[Any, dict, int]:
+def run_loop(
+  phase: Phase,
+  state: Any,
+  run: workdir_lib.RunDir,
+  writer: metric_writers.MetricWriter,
+  config: ml_collections.ConfigDict,
+  steps_per_epoch: int,
+  hooks: Sequence[Callable[[int], None]] = (),
+) -> tuple[Any, dict, int]:
   """Runs `phase` from `state` to `config.num_epochs` epochs; returns (state, the last
   evaluation's scalars, step). Uses the config's num_epochs, eval_every_epochs,
   checkpoint_every_steps, log_every_steps, prefetch and profile."""
   total_steps = steps_per_epoch * config.num_epochs
-  monitor = monitor_lib.LoopMonitor(writer, total_steps=total_steps,
-                                    steps_per_epoch=steps_per_epoch,
-                                    num_epochs=config.num_epochs,
-                                    log_every=config.log_every_steps, hooks=hooks)
-  profiler = monitor_lib.StepProfiler(run.workdir, config.profile.first_step,
-                                      config.profile.num_steps)
+  monitor = monitor_lib.LoopMonitor(
+    writer,
+    total_steps=total_steps,
+    steps_per_epoch=steps_per_epoch,
+    num_epochs=config.num_epochs,
+    log_every=config.log_every_steps,
+    hooks=hooks,
+  )
+  profiler = monitor_lib.StepProfiler(
+    run.workdir, config.profile.first_step, config.profile.num_steps
+  )
   step = int(state.step)
   last_eval: dict = {}
   artifacts_step = None
@@ -115,8 +125,9 @@ def run_loop(phase: Phase, state: Any, run: workdir_lib.RunDir,
         profiler.after_step(step, state)
         monitor.record(step, metrics, metrics.train_loss.total)
         epoch_done = step % steps_per_epoch == 0
-        if epoch_done and ((step // steps_per_epoch) % config.eval_every_epochs == 0
-                           or step == total_steps):
+        if epoch_done and (
+          (step // steps_per_epoch) % config.eval_every_epochs == 0 or step == total_steps
+        ):
           last_eval = phase.evaluate(state)
           writer.write_scalars(step, last_eval)
         if epoch_done or step % config.checkpoint_every_steps == 0:

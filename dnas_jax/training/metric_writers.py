@@ -27,23 +27,24 @@ class MetricWriter:
     self._tb = None
     if events:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
     self._console = console
 
-  def write_scalars(self, step: int, scalars: Mapping[str, float],
-                    console: bool = True) -> None:
-    for name, value in (scalars.items() if self._tb else ()):
+  def write_scalars(self, step: int, scalars: Mapping[str, float], console: bool = True) -> None:
+    for name, value in scalars.items() if self._tb else ():
       self._tb.add_scalar(name, float(value), global_step=int(step))
     if self._console and console:
-      logging.info("[%d] %s", step, ", ".join(f"{k}={_fmt(float(v))}"
-                                              for k, v in sorted(scalars.items())))
+      logging.info(
+        "[%d] %s", step, ", ".join(f"{k}={_fmt(float(v))}" for k, v in sorted(scalars.items()))
+      )
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    for name, image in (images.items() if self._tb else ()):
+    for name, image in images.items() if self._tb else ():
       self._tb.add_image(name, np.asarray(image), global_step=int(step), dataformats="HWC")
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-    for name, text in (texts.items() if self._tb else ()):
+    for name, text in texts.items() if self._tb else ():
       self._tb.add_text(name, text, global_step=int(step))
 
   def flush(self) -> None:

@@ -27,9 +27,16 @@ def format_seconds(s: float) -> str:
 class LoopMonitor:
   """Call `record` after every step; it logs every `log_every` steps and at epoch ends."""
 
-  def __init__(self, writer: metric_writers.MetricWriter, *, total_steps: int,
-               steps_per_epoch: int, num_epochs: int, log_every: int,
-               hooks: Sequence[Callable[[int], None]] = ()):
+  def __init__(
+    self,
+    writer: metric_writers.MetricWriter,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    num_epochs: int,
+    log_every: int,
+    hooks: Sequence[Callable[[int], None]] = (),
+  ):
     self._writer, self._hooks = writer, tuple(hooks)
     self._total, self._per_epoch, self._epochs = total_steps, steps_per_epoch, num_epochs
     self._log_every = log_every
@@ -41,8 +48,7 @@ class LoopMonitor:
     """After step `step` (1-based count of steps done) with its clu metrics and loss."""
     self._window_steps += 1
     self._pending.append((step, loss))
-    self._metrics = step_metrics if self._metrics is None else self._metrics.merge(
-        step_metrics)
+    self._metrics = step_metrics if self._metrics is None else self._metrics.merge(step_metrics)
     for hook in self._hooks:
       hook(step)
     if step % self._log_every == 0 or step % self._per_epoch == 0:
@@ -53,8 +59,9 @@ class LoopMonitor:
     for step, loss in self._pending:
       if not np.isfinite(float(loss)):
         raise NonFiniteLossError(
-            f"the training loss is not finite ({float(loss)}) at step {step}: lower "
-            "the learning rates in config.optim or check the data")
+          f"the training loss is not finite ({float(loss)}) at step {step}: lower "
+          "the learning rates in config.optim or check the data"
+        )
     self._pending = []
 
   def _log(self, step: int) -> None:
@@ -63,9 +70,15 @@ class LoopMonitor:
     scalars = {k: float(v) for k, v in self._metrics.compute().items()}
     scalars.update(steps_per_sec=rate, epoch=step / self._per_epoch)
     self._writer.write_scalars(step, scalars)
-    logging.info("step %d/%d (epoch %d/%d): %.2f steps/s, %s left", step, self._total,
-                 step // self._per_epoch, self._epochs, rate,
-                 format_seconds((self._total - step) / max(rate, 1e-9)))
+    logging.info(
+      "step %d/%d (epoch %d/%d): %.2f steps/s, %s left",
+      step,
+      self._total,
+      step // self._per_epoch,
+      self._epochs,
+      rate,
+      format_seconds((self._total - step) / max(rate, 1e-9)),
+    )
     self._metrics, self._window_start, self._window_steps = None, time.time(), 0
 
 
@@ -88,8 +101,9 @@ class StepProfiler:
     if self._active and done >= self._last:
       jax.block_until_ready(outputs)
       self.close()
-      logging.info("profile of steps %d-%d written to %s/plugins/profile", self._first + 1,
-                   done, self._logdir)
+      logging.info(
+        "profile of steps %d-%d written to %s/plugins/profile", self._first + 1, done, self._logdir
+      )
 
   def close(self) -> None:
     if self._active:

@@ -30,10 +30,12 @@ import jax
 # start). The entry points set this flag on the jaxlib versions it was measured with;
 # passed per program (`compile(compiler_options=...)`) it did not take effect, so it
 # goes in XLA_FLAGS.
-NO_YNN_FLAG = ("--xla_cpu_experimental_ynn_fusion_type="
-               "-dot,-eltwise,-reduce,-individual_dot,-individual_convolution")
+NO_YNN_FLAG = (
+  "--xla_cpu_experimental_ynn_fusion_type="
+  "-dot,-eltwise,-reduce,-individual_dot,-individual_convolution"
+)
 NO_YNN_JAXLIB = ("0.10.",)  # the versions whose XLA knows the flag (an unknown flag
-                           # in XLA_FLAGS aborts the process)
+# in XLA_FLAGS aborts the process)
 
 
 def avoid_slow_cache_loads() -> bool:
@@ -41,9 +43,11 @@ def avoid_slow_cache_loads() -> bool:
   unless XLA_FLAGS already sets that flag or the jaxlib is not one it was measured
   with. Returns whether it did."""
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   current = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" in current or not jaxlib.__version__.startswith(
-      NO_YNN_JAXLIB):
+    NO_YNN_JAXLIB
+  ):
     return False
   os.environ["XLA_FLAGS"] = f"{current} {NO_YNN_FLAG}".strip()
   return True
@@ -55,12 +59,15 @@ def skip_absent_tpu() -> None:
   plugin is installed and JAX_PLATFORMS is unset, run on the CPU quietly."""
   import glob  # pylint: disable=g-import-not-at-top
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
     return
   if glob.glob("/dev/accel*") or os.path.exists("/dev/vfio"):
     return
-  if any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                                "jax_rocm60_plugin", "jax_plugins")):
+  if any(
+    importlib.util.find_spec(p)
+    for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_plugins")
+  ):
     return
   jax.config.update("jax_platforms", "cpu")
 
@@ -110,12 +117,22 @@ def environment() -> dict[str, Any]:
   import flax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   client = jax.devices()[0].client
   return {
-      "code": _code_digest(), "python": sys.version, "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
-      "platform": client.platform, "platform_version": client.platform_version,
-      "devices": [(d.id, d.device_kind, d.process_index) for d in jax.devices()],
-      "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")},
-      "jax_config": {k: repr(v) for k, v in sorted(jax.config.values.items())
-                     if "cache" not in k and "log" not in k}}
+    "code": _code_digest(),
+    "python": sys.version,
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "platform": client.platform,
+    "platform_version": client.platform_version,
+    "devices": [(d.id, d.device_kind, d.process_index) for d in jax.devices()],
+    "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")},
+    "jax_config": {
+      k: repr(v)
+      for k, v in sorted(jax.config.values.items())
+      if "cache" not in k and "log" not in k
+    },
+  }

@@ -58,8 +58,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, field: str = "config.batch_size") -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"{field}={batch_size} is not divisible by the {n} devices of the "
-                     f"mesh; use a multiple of {n}.")
+    raise ValueError(
+      f"{field}={batch_size} is not divisible by the {n} devices of the "
+      f"mesh; use a multiple of {n}."
+    )
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -71,18 +73,20 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
   def put(x):
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                      impl=jax.random.key_impl(x))
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
   return jax.tree.map(put, tree)
 
 
 def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:
   """The rows of a global batch that this process's devices hold (contiguous: the
   mesh lists each process's devices together)."""
-  spans = {(i[0].start or 0, global_shape[0] if i[0].stop is None else i[0].stop)
-           for i in sharding.addressable_devices_indices_map(global_shape).values()}
+  spans = {
+    (i[0].start or 0, global_shape[0] if i[0].stop is None else i[0].stop)
+    for i in sharding.addressable_devices_indices_map(global_shape).values()
+  }
   start, stop = min(a for a, _ in spans), max(b for _, b in spans)
   if sum(b - a for a, b in spans) != stop - start:
     raise ValueError(f"this process's rows of the batch are not contiguous: {sorted(spans)}")
@@ -100,5 +104,8 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(
-          sharding, x[local_rows(sharding, x.shape)], global_shape=x.shape), batch)
+    lambda x: jax.make_array_from_process_local_data(
+      sharding, x[local_rows(sharding, x.shape)], global_shape=x.shape
+    ),
+    batch,
+  )

@@ -49,10 +49,17 @@ def _choice(config, path, valid):
 def _positive(config, path, allow_zero=False):
   """A finite number > 0 (>= 0 with `allow_zero`); NaN and inf are refused."""
   value = _get(config, path)
-  if (isinstance(value, bool) or not isinstance(value, (int, float))
-      or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)):
-    raise ConfigError(f"config.{path}={value!r} must be a finite "
-                      f"{'non-negative' if allow_zero else 'positive'} number")
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, float))
+    or not math.isfinite(value)
+    or value < 0
+    or (value == 0 and not allow_zero)
+  ):
+    raise ConfigError(
+      f"config.{path}={value!r} must be a finite "
+      f"{'non-negative' if allow_zero else 'positive'} number"
+    )
 
 
 def _positive_int(config, path):
@@ -64,24 +71,40 @@ def _positive_int(config, path):
 def _in_range(config, path, low, high):
   """low <= value < high, finite."""
   value = _get(config, path)
-  if (isinstance(value, bool) or not isinstance(value, (int, float))
-      or not math.isfinite(value) or not low <= value < high):
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, float))
+    or not math.isfinite(value)
+    or not low <= value < high
+  ):
     raise ConfigError(f"config.{path}={value!r} must be in [{low}, {high})")
 
 
 def _common(config, integers, rates, non_negative):
   """The fields search and retraining configs share."""
   _choice(config, "model.dtype", DTYPES)
-  for path in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
-               "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
-               "model.num_layers", "model.channels") + integers:
+  for path in (
+    "batch_size",
+    "eval_batch_size",
+    "num_epochs",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_epochs",
+    "model.num_layers",
+    "model.channels",
+  ) + integers:
     _positive_int(config, path)
   if not isinstance(_get(config, "seed"), int) or isinstance(config.seed, bool):
     raise ConfigError(f"config.seed={config.seed!r} must be an integer")
   for path in ("optim.weight_lr",) + rates:
     _positive(config, path)
-  for path in ("optim.weight_min_lr", "optim.weight_decay", "optim.grad_clip",
-               "data.crop_padding") + non_negative:
+  for path in (
+    "optim.weight_min_lr",
+    "optim.weight_decay",
+    "optim.grad_clip",
+    "data.crop_padding",
+  ) + non_negative:
     _positive(config, path, allow_zero=True)
   _in_range(config, "optim.momentum", 0, 1)
   for path in ("prefetch", "profile.first_step", "profile.num_steps"):
@@ -100,20 +123,21 @@ def dataset_spec(config: ml_collections.ConfigDict) -> registry.DatasetSpec:
   for name in ("path", "train_split", "test_split"):
     value = config.data.get(name, "")
     if not isinstance(value, str) or (name != "path" and not value):
-      raise ConfigError(f"config.data.{name}={value!r} must be a "
-                        f"{'' if name == 'path' else 'non-empty '}string")
+      raise ConfigError(
+        f"config.data.{name}={value!r} must be a {'' if name == 'path' else 'non-empty '}string"
+      )
   size = config.data.get("image_size", 0)
   if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-    raise ConfigError(f"config.data.image_size={size!r} must be a non-negative integer "
-                      "(0: the images' own size)")
+    raise ConfigError(
+      f"config.data.image_size={size!r} must be a non-negative integer (0: the images' own size)"
+    )
   try:
     return registry.resolve(config.data)
   except data_errors.DataConfigError as e:
     raise ConfigError(str(e)) from None
 
 
-def check_image_shape(config: ml_collections.ConfigDict, image_shape,
-                      search: bool) -> None:
+def check_image_shape(config: ml_collections.ConfigDict, image_shape, search: bool) -> None:
   """The images fit the search network (`search`) or the retraining network: the
   stride-2 layers divide their height and width, and the auxiliary head has its 8×8."""
   h, w = image_shape[:2]
@@ -123,27 +147,34 @@ def check_image_shape(config: ml_collections.ConfigDict, image_shape,
   else:
     kind = _get(config, "model.network")
     divisor, net = network.size_divisor(kind), f"config.model.network={kind!r}"
-    why = ("its stem and two reduction cells halve them" if kind == "tiny_imagenet"
-           else "its two reduction cells halve them")
+    why = (
+      "its stem and two reduction cells halve them"
+      if kind == "tiny_imagenet"
+      else "its two reduction cells halve them"
+    )
   if h % divisor or w % divisor:
     near = max(divisor, divisor * round(max(h, w) / divisor))
-    raise ConfigError(f"config.data: the images are {h}×{w}, but {net} needs a height "
-                      f"and width divisible by {divisor} ({why}): set "
-                      f"config.data.image_size to a multiple of {divisor}, e.g. {near}")
+    raise ConfigError(
+      f"config.data: the images are {h}×{w}, but {net} needs a height "
+      f"and width divisible by {divisor} ({why}): set "
+      f"config.data.image_size to a multiple of {divisor}, e.g. {near}"
+    )
   if not search and _get(config, "model.auxiliary"):
     least = network.auxiliary_min_size(kind)
     if min(h, w) < least:
-      raise ConfigError(f"config.model.auxiliary=True needs images of at least "
-                        f"{least}×{least} with config.model.network={kind!r} (the "
-                        f"auxiliary head reads an 8×8 map at layer 2L//3); the images "
-                        f"are {h}×{w}: pass --config.model.auxiliary=False")
+      raise ConfigError(
+        f"config.model.auxiliary=True needs images of at least "
+        f"{least}×{least} with config.model.network={kind!r} (the "
+        f"auxiliary head reads an 8×8 map at layer 2L//3); the images "
+        f"are {h}×{w}: pass --config.model.auxiliary=False"
+      )
 
 
-def check_batch_fits(batch_size: int, num_examples: int, what: str,
-                     field: str = "config.batch_size") -> None:
+def check_batch_fits(
+  batch_size: int, num_examples: int, what: str, field: str = "config.batch_size"
+) -> None:
   if batch_size > num_examples:
-    raise ConfigError(f"{field}={batch_size} is larger than the {num_examples} "
-                      f"{what}")
+    raise ConfigError(f"{field}={batch_size} is larger than the {num_examples} {what}")
 
 
 def primitives_of(spec: str) -> tuple[str, ...]:
@@ -156,8 +187,9 @@ def primitives_of(spec: str) -> tuple[str, ...]:
   try:
     ops.check_candidates(names)
   except ValueError as e:
-    raise ConfigError(f"config.model.primitives={spec!r}: {e}; or one of "
-                      f"{sorted(search_space.PRIMITIVE_SETS)}") from None
+    raise ConfigError(
+      f"config.model.primitives={spec!r}: {e}; or one of {sorted(search_space.PRIMITIVE_SETS)}"
+    ) from None
   if not names:
     raise ConfigError(f"config.model.primitives={spec!r} names no operation")
   return names
@@ -169,16 +201,17 @@ def import_ops_modules(config: ml_collections.ConfigDict) -> None:
   config without the field (stored by an older version) has none."""
   spec = config.get("model", {}).get("ops_modules", "")
   if not isinstance(spec, str):
-    raise ConfigError(f"config.model.ops_modules={spec!r} must be a string: .py file "
-                      "paths or module names, comma-separated")
+    raise ConfigError(
+      f"config.model.ops_modules={spec!r} must be a string: .py file "
+      "paths or module names, comma-separated"
+    )
   try:
     ops.import_ops_modules(spec)
   except ops.OperationError as e:
     raise ConfigError(f"config.model.ops_modules={spec!r}: {e}") from None
 
 
-def check_operations(primitives, channels: int, *, affine: bool, dtype: str,
-                     field: str) -> None:
+def check_operations(primitives, channels: int, *, affine: bool, dtype: str, field: str) -> None:
   """The operations keep the contract of `ops.register_op` (`ops.check_operations`:
   traced from shapes, nothing compiled); ConfigError, one line, naming `field`."""
   try:
@@ -192,9 +225,12 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   (config.model.ops_modules) are imported first, and every operation in use is traced
   from shapes (`check_operations`)."""
   import_ops_modules(config)
-  _common(config, integers=("model.partial_k",), rates=("optim.arch_lr",),
-          non_negative=("optim.arch_weight_decay", "optim.zero_one_weight",
-                        "optim.arch_warmup_epochs"))
+  _common(
+    config,
+    integers=("model.partial_k",),
+    rates=("optim.arch_lr",),
+    non_negative=("optim.arch_weight_decay", "optim.zero_one_weight", "optim.arch_warmup_epochs"),
+  )
   # decoupled (DNAS), iam (DARTS's identical cells: one α per cell type), full (Ψ per
   # layer).
   _choice(config, "arch.kind", arch_lib.KINDS)
@@ -208,23 +244,27 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   if config.get("program", {}).get("depthwise") == "kernel":
     problem = program_lib.kernel_problem(jax.default_backend())
     if problem:
-      raise ConfigError(f"config.program.depthwise='kernel': {problem}; use 'auto', "
-                        "'shifted' or 'conv'")
-  if (config.get("program", {}).get("halves") == "shared"
-      and _get(config, "optim.second_order")):
-    raise ConfigError("config.program.halves='shared' is first order only; with "
-                      "config.optim.second_order=True use 'separate' or 'auto'")
+      raise ConfigError(
+        f"config.program.depthwise='kernel': {problem}; use 'auto', 'shifted' or 'conv'"
+      )
+  if config.get("program", {}).get("halves") == "shared" and _get(config, "optim.second_order"):
+    raise ConfigError(
+      "config.program.halves='shared' is first order only; with "
+      "config.optim.second_order=True use 'separate' or 'auto'"
+    )
   edge_norm = config.arch.get("edge_normalization", False)
   if not isinstance(edge_norm, bool):
     raise ConfigError(f"config.arch.edge_normalization={edge_norm!r} must be True or False")
   if edge_norm and _get(config, "arch.kind") == "decoupled":
-    raise ConfigError("config.arch.edge_normalization=True applies to arch.kind 'iam' "
-                      "and 'full'; the decoupled kind's β is always its edge weight")
+    raise ConfigError(
+      "config.arch.edge_normalization=True applies to arch.kind 'iam' "
+      "and 'full'; the decoupled kind's β is always its edge weight"
+    )
   _in_range(config, "optim.arch_b1", 0, 1)
   _in_range(config, "optim.arch_b2", 0, 1)
   _positive(config, "arch.init_scale", allow_zero=True)
   tp = _get(config, "data.train_portion")
-  if (not isinstance(tp, (int, float)) or not math.isfinite(tp) or not 0 < tp < 1):
+  if not isinstance(tp, (int, float)) or not math.isfinite(tp) or not 0 < tp < 1:
     raise ConfigError(f"config.data.train_portion={tp!r} must be in (0, 1)")
   _in_range(config, "model.skip_dropout", 0, 1)
   check_regularizers(config)
@@ -234,17 +274,22 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   if spec.num_train is not None:
     num_train = spec.num_train
     smaller = min(int(num_train * tp), num_train - int(num_train * tp))
-    check_batch_fits(config.batch_size, smaller,
-                     f"images of the smaller search split ({config.data.dataset}, "
-                     f"config.data.train_portion={tp})")
+    check_batch_fits(
+      config.batch_size,
+      smaller,
+      f"images of the smaller search split ({config.data.dataset}, config.data.train_portion={tp})",
+    )
   c, k = _get(config, "model.channels"), _get(config, "model.partial_k")
   if c % k or (c // k) % 2:
-    raise ConfigError(f"config.model.channels={c} must be divisible by "
-                      f"config.model.partial_k={k} into an even number of channels "
-                      "(factorized reduce halves them)")
+    raise ConfigError(
+      f"config.model.channels={c} must be divisible by "
+      f"config.model.partial_k={k} into an even number of channels "
+      "(factorized reduce halves them)"
+    )
   # An edge's operations see C / K channels in the first stage.
-  check_operations(primitives, c // k, affine=False, dtype=config.model.dtype,
-                   field="config.model.primitives")
+  check_operations(
+    primitives, c // k, affine=False, dtype=config.model.dtype, field="config.model.primitives"
+  )
 
 
 def check_regularizers(config: ml_collections.ConfigDict) -> None:
@@ -265,19 +310,24 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
   operations (config.model.ops_modules) are imported first (the genotype's operations
   are checked when it is read: `retrain.setup.genotype_of`)."""
   import_ops_modules(config)
-  _common(config, integers=(), rates=(),
-          non_negative=("optim.auxiliary_weight", "data.cutout", "data.rotate_degrees"))
+  _common(
+    config,
+    integers=(),
+    rates=(),
+    non_negative=("optim.auxiliary_weight", "data.cutout", "data.rotate_degrees"),
+  )
   _choice(config, "model.network", tuple(network.NETWORKS))
   _in_range(config, "optim.drop_path_prob", 0, 1)
   if not isinstance(_get(config, "genotype"), str) or not config.genotype:
-    raise ConfigError("config.genotype must be a known genotype name "
-                      f"{sorted(known_genotypes.KNOWN_GENOTYPES)} or a genotype.json "
-                      "path")
+    raise ConfigError(
+      "config.genotype must be a known genotype name "
+      f"{sorted(known_genotypes.KNOWN_GENOTYPES)} or a genotype.json "
+      "path"
+    )
   spec = dataset_spec(config)
   check_image_shape(config, spec.image_shape, search=False)
   if spec.num_train is not None:
-    check_batch_fits(config.batch_size, spec.num_train,
-                     f"training images of {config.data.dataset}")
+    check_batch_fits(config.batch_size, spec.num_train, f"training images of {config.data.dataset}")
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -285,5 +335,7 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ("batch_size", "eval_batch_size"):
     value = _get(config, field)
     if value % num_devices:
-      raise ConfigError(f"config.{field}={value} is not divisible by the {num_devices} "
-                        f"devices of the mesh; use a multiple of {num_devices}")
+      raise ConfigError(
+        f"config.{field}={value} is not divisible by the {num_devices} "
+        f"devices of the mesh; use a multiple of {num_devices}"
+      )

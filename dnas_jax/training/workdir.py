@@ -42,9 +42,18 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
 # Config fields that do not change what a run computes (derive: how the genotype is
 # read off ψ, not ψ): a resume may change them.
-HARMLESS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-            "eval_every_epochs", "eval_batch_size", "data.data_dir", "distributed",
-            "prefetch", "profile", "derive")
+HARMLESS = (
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_every_epochs",
+  "eval_batch_size",
+  "data.data_dir",
+  "distributed",
+  "prefetch",
+  "profile",
+  "derive",
+)
 
 
 class WorkdirError(RuntimeError):
@@ -123,15 +132,18 @@ def lock_holder(workdir: str) -> dict | None:
 
 
 def _describe(holder: dict) -> str:
-  return (f"pid {holder.get('pid')} on {holder.get('host')} since "
-          f"{holder.get('since', '?')}")
+  return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since', '?')}"
 
 
 def acquire_lock(workdir: str) -> str:
   """Creates the workdir's lock file for this process and returns its path."""
   path = os.path.join(workdir, LOCK_NAME)
-  me = {"pid": os.getpid(), "host": socket.gethostname(),
-        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "start": _process_start(os.getpid())}
+  me = {
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "start": _process_start(os.getpid()),
+  }
   for _ in range(3):
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -141,14 +153,18 @@ def acquire_lock(workdir: str) -> str:
         continue  # released meanwhile
       if holder and holder.get("host") != me["host"]:
         raise WorkdirBusyError(
-            f"workdir {workdir} is locked by {_describe(holder)}; if that run is over, "
-            f"delete {path}")
+          f"workdir {workdir} is locked by {_describe(holder)}; if that run is over, delete {path}"
+        )
       if holder and _alive(holder):
         raise WorkdirBusyError(
-            f"workdir {workdir} is in use by another run ({_describe(holder)}); wait for "
-            "it to end or pass another --workdir")
-      logging.warning("taking over the lock of %s, left by a run that is no longer "
-                      "running (%s)", workdir, _describe(holder or {}))
+          f"workdir {workdir} is in use by another run ({_describe(holder)}); wait for "
+          "it to end or pass another --workdir"
+        )
+      logging.warning(
+        "taking over the lock of %s, left by a run that is no longer running (%s)",
+        workdir,
+        _describe(holder or {}),
+      )
       try:
         os.remove(path)
       except FileNotFoundError:
@@ -195,8 +211,7 @@ def config_changes(stored: dict, new: dict) -> tuple[list[str], list[str]]:
 class RunDir:
   """The workdir held by this run: see the module docstring."""
 
-  def __init__(self, workdir: str, keep_checkpoints: int = 3,
-               allow_changes: bool = False):
+  def __init__(self, workdir: str, keep_checkpoints: int = 3, allow_changes: bool = False):
     self.workdir = workdir
     self.checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
     self._keep, self._allow_changes = keep_checkpoints, allow_changes
@@ -231,23 +246,33 @@ class RunDir:
       return
     meaningful, harmless = config_changes(self.stored_meta["config"], config)
     if harmless:
-      logging.info("resuming with changed fields that do not change the run: %s",
-                   "; ".join(harmless))
+      logging.info(
+        "resuming with changed fields that do not change the run: %s", "; ".join(harmless)
+      )
     if meaningful and not self._allow_changes:
       raise ConfigChangedError(
-          f"workdir {self.workdir} holds a run with another config ("
-          + "; ".join(meaningful) + "): pass another --workdir for a new run, or "
-          "--resume_with_changes to continue this one with the new values")
+        f"workdir {self.workdir} holds a run with another config ("
+        + "; ".join(meaningful)
+        + "): pass another --workdir for a new run, or "
+        "--resume_with_changes to continue this one with the new values"
+      )
     if meaningful:
-      logging.warning("resuming with a changed config (--resume_with_changes): %s",
-                      "; ".join(meaningful))
+      logging.warning(
+        "resuming with a changed config (--resume_with_changes): %s", "; ".join(meaningful)
+      )
       self.changed = meaningful
 
   def restore(self, target: Any) -> tuple[Any, dict, int] | None:
     """(state, meta, step) of the newest intact checkpoint, or None."""
-    hint = ("the config was changed with --resume_with_changes (" + "; ".join(
-        self.changed) + "), and a change of shape cannot resume: pass another --workdir"
-            ) if self.changed else ""
+    hint = (
+      (
+        "the config was changed with --resume_with_changes ("
+        + "; ".join(self.changed)
+        + "), and a change of shape cannot resume: pass another --workdir"
+      )
+      if self.changed
+      else ""
+    )
     return checkpoints.restore_verified(self.manager, target, hint=hint)
 
   def save(self, step: int, state: Any, meta: dict) -> None:
@@ -278,28 +303,38 @@ class RunDir:
 
   def _write_error(self, folder: str, reason: str, what: str = "") -> WriteError:
     step = (checkpoints.finished_steps(self.checkpoint_dir) or [None])[-1]
-    kept = ("no checkpoint was finished" if step is None else
-            f"the last finished checkpoint, step {step}, is kept "
-            + ("there" if folder == self.checkpoint_dir else f"in {self.checkpoint_dir}"))
-    return WriteError(f"cannot write {what + ' ' if what else ''}in {folder} ({reason}): "
-                      f"{kept}; run the same command again to resume once the folder can "
-                      "be written")
+    kept = (
+      "no checkpoint was finished"
+      if step is None
+      else f"the last finished checkpoint, step {step}, is kept "
+      + ("there" if folder == self.checkpoint_dir else f"in {self.checkpoint_dir}")
+    )
+    return WriteError(
+      f"cannot write {what + ' ' if what else ''}in {folder} ({reason}): "
+      f"{kept}; run the same command again to resume once the folder can "
+      "be written"
+    )
 
   def check_preemption(self, step: int) -> None:
     """Raises Preempted on every process at the same step once any of them was told
     to stop (SIGTERM, a TPU maintenance event: JAX's preemption service, several
     processes only; one process handles SIGTERM as Ctrl-C)."""
     if jax.process_count() > 1 and self.manager.reached_preemption(step):
-      raise Preempted(f"preempted at step {step}: every process saved a checkpoint "
-                      "there; run the same command again to resume")
+      raise Preempted(
+        f"preempted at step {step}: every process saved a checkpoint "
+        "there; run the same command again to resume"
+      )
 
   def kept_checkpoint(self) -> str:
     """What a stopped run leaves to resume from (after its pending writes), for its
     error message."""
     self.wait()
     step = (checkpoints.finished_steps(self.checkpoint_dir) or [None])[-1]
-    return (f"the last finished checkpoint, step {step}, is kept in "
-            f"{self.checkpoint_dir}" if step is not None else "no checkpoint was finished")
+    return (
+      f"the last finished checkpoint, step {step}, is kept in {self.checkpoint_dir}"
+      if step is not None
+      else "no checkpoint was finished"
+    )
 
   def _release(self):
     if self._lock is not None:
