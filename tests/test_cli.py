@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import run_helpers as rh  # tests/run_helpers.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -83,18 +85,6 @@ def test_bad_override_names_the_field_and_runs_the_config_file_once(tmp_path):
   assert runs.read_text() == "ran\n"  # the error was built from the loaded config
 
 
-def _run(module, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-
-
 def _list_genotype(tmp_path):
   path = tmp_path / "list.json"
   path.write_text("[1, 2]")
@@ -148,7 +138,7 @@ def test_user_errors_are_one_line_before_any_work(tmp_path, module, args, messag
   args = [a.replace("{list_genotype}", _list_genotype(tmp_path)) for a in args]
   if module != "experiments.derive":  # its case is the missing --workdir
     args.append(f"--workdir={workdir}")
-  out = _run(module, *args)
+  out = rh.cli(module, *args)
   assert out.returncode != 0
   assert message in out.stderr.strip().splitlines()[-1], out.stderr[-1500:]
   assert "Traceback" not in out.stderr

@@ -192,14 +192,18 @@ def epoch_batches(
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
   for step in range(start_step, steps_per_epoch(len(split), batch_size)):
     idx = order[step * batch_size : (step + 1) * batch_size]
-    images = split.images[idx]
-    if augment_cfg is None:
-      batch = normalize(images, mean, std)
-    else:
-      batch = augment_and_normalize(
-        images, np.random.default_rng([seed, epoch, step, 1]), augment_cfg, mean, std
-      )
-    yield {"image": batch, "label": split.labels[idx]}
+    yield _batch(split, idx, (seed, epoch, step), augment_cfg, mean, std)
+
+
+def _batch(split: Split, idx, key: tuple[int, int, int], augment_cfg, mean, std) -> dict:
+  """The batch of `split`'s examples `idx`, augmented with the generator seeded by
+  (seed, epoch, step, 1) = `key` + (1,)."""
+  images = split.images[idx]
+  if augment_cfg is None:
+    batch = normalize(images, mean, std)
+  else:
+    batch = augment_and_normalize(images, np.random.default_rng([*key, 1]), augment_cfg, mean, std)
+  return {"image": batch, "label": split.labels[idx]}
 
 
 # How the architecture half's batches are drawn: each epoch one permutation of the split
@@ -224,14 +228,7 @@ def independent_batches(
   `epoch_batches`'s, seeded with (seed, epoch, step, 1)."""
   for step in range(start_step, steps_per_epoch(len(split), batch_size)):
     idx = np.random.default_rng([seed, epoch, step, 0]).permutation(len(split))[:batch_size]
-    images = split.images[idx]
-    if augment_cfg is None:
-      batch = normalize(images, mean, std)
-    else:
-      batch = augment_and_normalize(
-        images, np.random.default_rng([seed, epoch, step, 1]), augment_cfg, mean, std
-      )
-    yield {"image": batch, "label": split.labels[idx]}
+    yield _batch(split, idx, (seed, epoch, step), augment_cfg, mean, std)
 
 
 def search_batches(
