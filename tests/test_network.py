@@ -167,7 +167,7 @@ def test_unknown_names_list_valid_ones():
   with pytest.raises(ValueError, match="DARTS_V2"):
     known_genotypes.get_genotype("DARTS_V3", 20)
   with pytest.raises(ValueError, match="tiny_imagenet"):
-    _small_net(dataset_kind="imagenet")
+    _small_net(dataset_kind="resnet")
 
 
 def test_known_genotypes_stack_over_layers():

@@ -6,13 +6,16 @@ affine BN, L cells (reductions at L//3 and 2L//3, channels doubled there), DARTS
 CIFAR auxiliary head on the output of cell 2L//3 (training only), global average
 pooling and a linear classifier. Stacking DARTS's own genotypes 20 times at C = 36
 gives exactly the official parameter counts (tests/test_network.py).
-`NetworkTinyImageNet` is our variant for 64×64 inputs (see its docstring).
+`NetworkTinyImageNet` is our variant for 64×64 inputs (see its docstring), and
+`NetworkImageNet` DARTS's ImageNet network (224×224: a three-convolution stem, DARTS's
+ImageNet auxiliary head on a 7×7 map).
 
 Input sizes: any height and width that the network's stride-2 layers divide
-(`size_divisor`: 4 for `cifar`, 8 for `tiny_imagenet`). The auxiliary head is DARTS's
-for an 8×8 map: a larger map at layer 2L//3 is first average-pooled to 8×8
-(`adaptive_avg_pool`, PyTorch's AdaptiveAvgPool2d), so the head and its parameters are
-DARTS's at every size; a smaller one cannot feed it (`auxiliary_min_size`).
+(`size_divisor`: 4 for `cifar`, 8 for `tiny_imagenet`, 32 for `imagenet`). The CIFAR
+auxiliary head is DARTS's for an 8×8 map (the ImageNet head: 7×7): a larger map at layer
+2L//3 is first average-pooled to that size (`adaptive_avg_pool`, PyTorch's
+AdaptiveAvgPool2d), so the head and its parameters are DARTS's at every size; a smaller
+one cannot feed it (`auxiliary_min_size`).
 
 Call convention: `net.apply(variables, images, drop_prob, rngs={"dropout": key},
 mutable=["batch_stats"])` in training returns `(logits, aux_logits)` (`aux_logits`
@@ -24,6 +27,7 @@ drop path off without needing a dropout key.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax
@@ -210,18 +214,27 @@ class NetworkCIFAR(nn.Module):
     check_genotype(self.genotype)
     super().__post_init__()
 
+  # The first cell's s0 comes from a layer of twice its resolution (NetworkImageNet).
+  first_reduction_prev = False
+  auxiliary_head_class = AuxiliaryHeadCIFAR
+
   def stem(self, x):
     x = ops.conv(self.stem_multiplier * self.channels, 3, 1, 1, dtype=self.dtype, name="stem_conv")(
       x
     )
     return ops.BatchNorm(True, self.train, self.dtype, name="stem_bn")(x)
 
+  def stems(self, x):
+    """(s0, s1), the first cell's two inputs: both the stem's output here."""
+    s = self.stem(x)
+    return s, s
+
   @nn.compact
   def __call__(self, images, drop_prob=None):
     L = self.genotype.num_layers
     aux_layer = 2 * L // 3
-    s0 = s1 = self.stem(images.astype(self.dtype))
-    c, reduction_prev, aux_logits = self.channels, False, None
+    s0, s1 = self.stems(images.astype(self.dtype))
+    c, reduction_prev, aux_logits = self.channels, self.first_reduction_prev, None
     for k, cell_genotype in enumerate(self.genotype.cells):
       if cell_genotype.reduction:
         c *= 2
@@ -229,7 +242,7 @@ class NetworkCIFAR(nn.Module):
       s0, s1 = s1, cell(s0, s1, drop_prob)
       reduction_prev = cell_genotype.reduction
       if k == aux_layer and self.auxiliary and self.train:
-        aux_logits = AuxiliaryHeadCIFAR(
+        aux_logits = self.auxiliary_head_class(
           self.num_classes, self.train, self.dtype, name=AUXILIARY_NAME
         )(s1)
         aux_logits = aux_logits.astype(jnp.float32)
@@ -266,11 +279,90 @@ class NetworkTinyImageNet(NetworkCIFAR):
     return ops.BatchNorm(True, self.train, self.dtype, name="stem_bn1")(x)
 
 
-NETWORKS = {"cifar": NetworkCIFAR, "tiny_imagenet": NetworkTinyImageNet}
-INPUT_SHAPES = {"cifar": (32, 32, 3), "tiny_imagenet": (64, 64, 3)}
-# The stride-2 layers between the input and the last stage: the stem's (tiny_imagenet)
-# and the two reduction cells'.
-_STRIDE2_LAYERS = {"cifar": 2, "tiny_imagenet": 3}
+# DARTS's ImageNet auxiliary head reads a 7×7 map (a larger one is pooled to it).
+AUXILIARY_MAP_IMAGENET = 7
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+  """DARTS's `AuxiliaryHeadImageNet` (quark0/darts `cnn/model.py`; PC-DARTS's copy is the
+  same): ReLU, 5×5 average pool stride 2 (no padding), 1×1 conv 128 + BN + ReLU, 2×2
+  conv 768 + ReLU, linear. There is no BN after the 768-channel conv: DARTS left it
+  commented out ("omitted in my earlier implementation due to a typo"), for consistency
+  with the paper's experiments, so this head has none either.
+
+  Its input: DARTS's docstring says "assuming input size 14x14", but the head reads the
+  output of cell 2L//3, the second reduction cell, which at 224×224 is 7×7 (224 → 112
+  → 56 in stem0, 28 in stem1, 14 and 7 in the reductions at L//3 and 2L//3). At 7×7
+  the pool gives 2×2 and the 2×2 conv 1×1×768, the 768 inputs of DARTS's linear layer;
+  at 14×14 it would give 4×4×768 = 12288 features, which that layer could not take. A
+  larger map (images over 224×224) is average-pooled to 7×7 after the ReLU, so the
+  head and its parameters are DARTS's at every size; a smaller one cannot feed it.
+  """
+
+  num_classes: int
+  train: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    m = AUXILIARY_MAP_IMAGENET
+    if min(x.shape[1:3]) < m:
+      raise ValueError(
+        f"the ImageNet auxiliary head needs a feature map of at least {m}×{m} at layer "
+        f"2L//3, got {x.shape[1]}×{x.shape[2]}: use images of at least 224×224 or "
+        "auxiliary=False"
+      )
+    x = adaptive_avg_pool(nn.relu(x), (m, m))
+    x = nn.avg_pool(x, (5, 5), (2, 2), padding="VALID")
+    x = ops.conv(128, 1, dtype=self.dtype)(x)
+    x = nn.relu(ops.BatchNorm(True, self.train, self.dtype)(x))
+    x = nn.relu(ops.conv(768, 2, dtype=self.dtype)(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+
+
+class NetworkImageNet(NetworkCIFAR):
+  """DARTS's `NetworkImageNet` (quark0/darts `cnn/model.py`, the mobile setting: C = 48,
+  L = 14 at 224×224) with a different cell per layer.
+
+  stem0: 3×3 conv stride 2 to C/2 + BN + ReLU, 3×3 conv stride 2 to C + BN (the first
+  cell's s0, 56×56 at 224); stem1: ReLU, 3×3 conv stride 2 to C + BN (its s1, 28×28).
+  The first cell therefore sees `reduction_prev=True` (a factorized reduce brings s0 to
+  28×28). Cells as in NetworkCIFAR (reductions at L//3 and 2L//3: 28 → 14 → 7), the
+  ImageNet auxiliary head on cell 2L//3's 7×7 output (`AuxiliaryHeadImageNet`), then
+  DARTS's 7×7 average pooling, which at 224×224 is global pooling: it is a global mean
+  here, so smaller inputs (any size divisible by 32) work too, and a linear classifier.
+  The convolutions have no bias; only the linear layers do.
+  """
+
+  first_reduction_prev = True
+  auxiliary_head_class = AuxiliaryHeadImageNet
+
+  def stems(self, x):
+    c, t, d = self.channels, self.train, self.dtype
+    x = ops.conv(c // 2, 3, 2, 1, dtype=d, name="stem0_conv0")(x)
+    x = nn.relu(ops.BatchNorm(True, t, d, name="stem0_bn0")(x))
+    x = ops.conv(c, 3, 2, 1, dtype=d, name="stem0_conv1")(x)
+    s0 = ops.BatchNorm(True, t, d, name="stem0_bn1")(x)
+    x = ops.conv(c, 3, 2, 1, dtype=d, name="stem1_conv")(nn.relu(s0))
+    return s0, ops.BatchNorm(True, t, d, name="stem1_bn")(x)
+
+
+NETWORKS = {
+  "cifar": NetworkCIFAR,
+  "tiny_imagenet": NetworkTinyImageNet,
+  "imagenet": NetworkImageNet,
+}
+INPUT_SHAPES = {"cifar": (32, 32, 3), "tiny_imagenet": (64, 64, 3), "imagenet": (224, 224, 3)}
+# The stride-2 layers between the input and the last stage: the stem's (tiny_imagenet:
+# one; imagenet: three) and the two reduction cells'.
+_STRIDE2_LAYERS = {"cifar": 2, "tiny_imagenet": 3, "imagenet": 5}
+# The map the auxiliary head reads at layer 2L//3.
+_AUXILIARY_MAPS = {
+  "cifar": AUXILIARY_MAP,
+  "tiny_imagenet": AUXILIARY_MAP,
+  "imagenet": AUXILIARY_MAP_IMAGENET,
+}
 
 
 def size_divisor(network_kind: str) -> int:
@@ -279,10 +371,15 @@ def size_divisor(network_kind: str) -> int:
   return 2 ** _STRIDE2_LAYERS[network_kind]
 
 
+def auxiliary_map(network_kind: str) -> int:
+  """The height and width of the map the auxiliary head reads (8, or 7 for imagenet)."""
+  return _AUXILIARY_MAPS[network_kind]
+
+
 def auxiliary_min_size(network_kind: str) -> int:
   """The smallest input height and width whose map at layer 2L//3 feeds the auxiliary
-  head (8×8 there): 32 for `cifar`, 64 for `tiny_imagenet`."""
-  return AUXILIARY_MAP * size_divisor(network_kind)
+  head: 32 for `cifar`, 64 for `tiny_imagenet` (8×8 there), 224 for `imagenet` (7×7)."""
+  return auxiliary_map(network_kind) * size_divisor(network_kind)
 
 
 def create_network(
@@ -294,7 +391,7 @@ def create_network(
   train: bool = True,
   dtype: Dtype = jnp.float32,
 ) -> NetworkCIFAR:
-  """The retraining network for `dataset_kind` ('cifar' or 'tiny_imagenet')."""
+  """The retraining network for `dataset_kind` ('cifar', 'tiny_imagenet' or 'imagenet')."""
   try:
     cls = NETWORKS[dataset_kind]
   except KeyError:
@@ -326,3 +423,51 @@ def count_params(variables, exclude_auxiliary: bool = True) -> int:
       if path[0] != "batch_stats" and not (exclude_auxiliary and AUXILIARY_NAME in path)
     )
   )
+
+
+def _conv_multiply_adds(eqn) -> int:
+  """Output elements × kernel window × input channels per group (padding included)."""
+  rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
+  spec = eqn.params["dimension_numbers"].rhs_spec
+  return math.prod(out) * rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
+
+
+def _dot_multiply_adds(eqn) -> int:
+  """Output elements × the contracted dimensions."""
+  (contract, _), _ = eqn.params["dimension_numbers"]
+  lhs = eqn.invars[0].aval.shape
+  return math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+
+
+def _jaxpr_multiply_adds(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      total += _conv_multiply_adds(eqn)
+    elif name == "dot_general":
+      total += _dot_multiply_adds(eqn)
+    elif name in ("scan", "while", "cond"):
+      raise ValueError(f"multiply_adds counts a network without loops or branches, not {name!r}")
+    else:  # sub-programs (jit, custom_jvp_call, ...) count once
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          if hasattr(sub, "eqns"):
+            total += _jaxpr_multiply_adds(sub)
+          elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+            total += _jaxpr_multiply_adds(sub.jaxpr)
+  return total
+
+
+def multiply_adds(network: nn.Module, variables, input_shape) -> int:
+  """Multiply-adds of one image through the evaluation network (no auxiliary head), as
+  the DARTS and PC-DARTS papers quote them: each convolution counts output elements ×
+  kernel window × input channels per group (padding positions included, as one counts
+  from the layer shapes), each linear layer inputs × outputs; batch norm, activations,
+  pooling and additions are not counted. Traced from shapes (`variables` may be
+  `variable_shapes`' structs): nothing is compiled or run. Unlike
+  `dnas_jax.tools.flops`, which counts executed FLOPs (2 per multiply-add, padding
+  positions left out) of any program."""
+  images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  jaxpr = jax.make_jaxpr(network.clone(train=False).apply)(variables, images)
+  return _jaxpr_multiply_adds(jaxpr.jaxpr)

@@ -23,6 +23,7 @@ from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import known_genotypes
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
+from dnas_jax.training import optimizers
 
 DTYPES = ("float32", "bfloat16")
 
@@ -113,6 +114,31 @@ def _common(config, integers, rates, non_negative):
       raise ConfigError(f"config.{path}={value!r} must be a non-negative integer")
   if _get(config, "model.num_layers") < 3:
     raise ConfigError("config.model.num_layers must be at least 3 (two reduction cells)")
+  _check_schedule(config)
+
+
+def _check_schedule(config) -> None:
+  """config.optim.schedule (absent: cosine) and the fields its kind reads."""
+  if "schedule" not in _get(config, "optim"):
+    return
+  _choice(config, "optim.schedule", optimizers.SCHEDULES)
+  if config.optim.schedule == "exponential":
+    _positive(config, "optim.lr_decay")
+    if config.optim.lr_decay > 1:
+      raise ConfigError(f"config.optim.lr_decay={config.optim.lr_decay!r} must be at most 1")
+  elif config.optim.schedule == "pc_darts_linear":
+    if _get(config, "num_epochs") <= 5:
+      raise ConfigError(
+        f"config.num_epochs={config.num_epochs} must exceed 5 with "
+        "config.optim.schedule='pc_darts_linear' (its last 5 epochs decay separately)"
+      )
+    warmup = config.optim.get("warmup_epochs", 0)
+    if (
+      isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < config.num_epochs
+    ):
+      raise ConfigError(
+        f"config.optim.warmup_epochs={warmup!r} must be an integer in [0, config.num_epochs)"
+      )
 
 
 def dataset_spec(config: ml_collections.ConfigDict) -> registry.DatasetSpec:
@@ -147,11 +173,10 @@ def check_image_shape(config: ml_collections.ConfigDict, image_shape, search: bo
   else:
     kind = _get(config, "model.network")
     divisor, net = network.size_divisor(kind), f"config.model.network={kind!r}"
-    why = (
-      "its stem and two reduction cells halve them"
-      if kind == "tiny_imagenet"
-      else "its two reduction cells halve them"
-    )
+    why = {
+      "tiny_imagenet": "its stem and two reduction cells halve them",
+      "imagenet": "its three stem convolutions and two reduction cells halve them",
+    }.get(kind, "its two reduction cells halve them")
   if h % divisor or w % divisor:
     near = max(divisor, divisor * round(max(h, w) / divisor))
     raise ConfigError(
@@ -160,12 +185,12 @@ def check_image_shape(config: ml_collections.ConfigDict, image_shape, search: bo
       f"config.data.image_size to a multiple of {divisor}, e.g. {near}"
     )
   if not search and _get(config, "model.auxiliary"):
-    least = network.auxiliary_min_size(kind)
+    least, m = network.auxiliary_min_size(kind), network.auxiliary_map(kind)
     if min(h, w) < least:
       raise ConfigError(
         f"config.model.auxiliary=True needs images of at least "
         f"{least}×{least} with config.model.network={kind!r} (the "
-        f"auxiliary head reads an 8×8 map at layer 2L//3); the images "
+        f"auxiliary head reads {'an' if m == 8 else 'a'} {m}×{m} map at layer 2L//3); the images "
         f"are {h}×{w}: pass --config.model.auxiliary=False"
       )
 
@@ -318,6 +343,8 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
   )
   _choice(config, "model.network", tuple(network.NETWORKS))
   _in_range(config, "optim.drop_path_prob", 0, 1)
+  if "label_smoothing" in config.optim:
+    _in_range(config, "optim.label_smoothing", 0, 1)
   if not isinstance(_get(config, "genotype"), str) or not config.genotype:
     raise ConfigError(
       "config.genotype must be a known genotype name "
