@@ -1,11 +1,12 @@
 """The retraining's state and its pure step: DARTS's `train.py` recipe.
 
 SGD momentum 0.9 with coupled L2, learning rate cosine over epochs (stepped per epoch)
-to `weight_min_lr`, gradient clipping (`training.optimizers`), the auxiliary head's
-loss added with weight `auxiliary_weight`, drop path with probability
-`drop_path_prob · epoch / num_epochs` (`drop_path_prob`; an input of the step, so the
-ramp never recompiles). The evaluation step is the one both phases share,
-`training.evaluation.eval_step`.
+to `weight_min_lr` (or another `optim.schedule`), gradient clipping
+(`training.optimizers`), the auxiliary head's loss added with weight
+`auxiliary_weight`, label smoothing `optim.label_smoothing` on both losses (0: none),
+drop path with probability `drop_path_prob · epoch / num_epochs` (`drop_path_prob`; an
+input of the step, so the ramp never recompiles). The evaluation step is the one both
+phases share, `training.evaluation.eval_step`.
 """
 
 import functools
@@ -51,9 +52,19 @@ def drop_path_prob(config: ml_collections.ConfigDict, step: int, steps_per_epoch
 
 
 def loss_fn(
-  params, batch_stats, batch, drop_prob, rng, *, net: network.NetworkCIFAR, auxiliary_weight: float
+  params,
+  batch_stats,
+  batch,
+  drop_prob,
+  rng,
+  *,
+  net: network.NetworkCIFAR,
+  auxiliary_weight: float,
+  label_smoothing: float = 0.0,
 ):
-  """Cross-entropy of the logits plus `auxiliary_weight` × that of the auxiliary head."""
+  """Cross-entropy of the logits plus `auxiliary_weight` × that of the auxiliary head,
+  both with `label_smoothing` (DARTS's ImageNet recipe smooths both: its training loop
+  applies `CrossEntropyLabelSmooth` to the logits and to the auxiliary logits)."""
   (logits, aux_logits), updates = net.apply(
     {"params": params, "batch_stats": batch_stats},
     batch["image"],
@@ -61,9 +72,10 @@ def loss_fn(
     rngs={"dropout": rng},
     mutable=["batch_stats"],
   )
-  loss = losses.cross_entropy(logits, batch["label"])
+  loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
   if aux_logits is not None:
-    loss = loss + auxiliary_weight * losses.cross_entropy(aux_logits, batch["label"])
+    aux_loss = losses.cross_entropy(aux_logits, batch["label"], label_smoothing)
+    loss = loss + auxiliary_weight * aux_loss
   return loss, (logits, updates["batch_stats"])
 
 
@@ -77,6 +89,7 @@ def train_step(
   tx: optax.GradientTransformation,
   lr_schedule: optax.Schedule,
   auxiliary_weight: float,
+  label_smoothing: float = 0.0,
 ) -> tuple[TrainState, TrainMetrics]:
   """One SGD step on a (sharded) training batch; `drop_prob` is a traced scalar."""
   rng = jax.random.fold_in(rng, state.step)
@@ -88,6 +101,7 @@ def train_step(
     rng,
     net=net,
     auxiliary_weight=auxiliary_weight,
+    label_smoothing=label_smoothing,
   )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
@@ -105,12 +119,17 @@ def train_step(
 
 
 def make_step_fns(
-  *, net_train, net_eval, tx, lr_schedule, auxiliary_weight
+  *, net_train, net_eval, tx, lr_schedule, auxiliary_weight, label_smoothing=0.0
 ) -> tuple[Callable, Callable]:
   """The jitted training step (state donated) and evaluation step."""
   step = jax.jit(
     functools.partial(
-      train_step, net=net_train, tx=tx, lr_schedule=lr_schedule, auxiliary_weight=auxiliary_weight
+      train_step,
+      net=net_train,
+      tx=tx,
+      lr_schedule=lr_schedule,
+      auxiliary_weight=auxiliary_weight,
+      label_smoothing=label_smoothing,
     ),
     donate_argnums=(0,),
   )
