@@ -5,8 +5,9 @@ An entry (`DatasetSpec`) holds what is known of a dataset without reading it: it
 loader, number of classes, image shape [H, W, C], training images (when known),
 per-channel mean and std (optional: computed from the training images when not given)
 and its sources, the values `config.data.source` may take for it ('auto' takes the
-loader's own choice). The built-ins, cifar10, cifar100, tiny_imagenet, digits and
-synthetic, are registered below the same way `register_dataset` registers yours::
+loader's own choice). The built-ins, cifar10, cifar100, tiny_imagenet, digits,
+synthetic and imagenet2012 (its loader a placeholder for now), are registered below
+the same way `register_dataset` registers yours::
 
     def load(source, data_dir):  # config.data.source and config.data.data_dir
       return x_train, y_train, x_test, y_test  # uint8 [N, H, W, C], int [N]
@@ -406,6 +407,19 @@ def _load_tiny_imagenet(source, data_dir, num_workers=None):
   return tiny_imagenet.load_tiny_imagenet(data_dir, num_workers)
 
 
+def _load_imagenet2012(source, data_dir, **kwargs):
+  """A placeholder: the streaming JPEG input pipeline (dnas_jax/data/) replaces it."""
+  del source, data_dir, kwargs
+  raise errors.DataConfigError(
+    "config.data.dataset='imagenet2012' has no loader yet: the streaming JPEG input "
+    "pipeline will provide it (--dry_run needs no data)"
+  )
+
+
+# ILSVRC-2012: the normalisation of DARTS's and PC-DARTS's train_imagenet.py.
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def _load_digits(source, data_dir):
   del source, data_dir
   return builtin.load_digits()
@@ -427,3 +441,16 @@ for _name, _loader, _classes, _shape, _num_train, _sources in (
     _name, _loader, num_classes=_classes, image_shape=_shape, num_train=_num_train, sources=_sources
   )
   _BUILTINS.add(_name)
+# ImageNet (ILSVRC-2012, 1,281,167 training images at 224×224 crops), for --dry_run and
+# the config checks; its loader is a placeholder.
+register_dataset(
+  "imagenet2012",
+  _load_imagenet2012,
+  num_classes=1000,
+  image_shape=(224, 224, 3),
+  num_train=1_281_167,
+  mean=_IMAGENET_MEAN,
+  std=_IMAGENET_STD,
+  sources=("archive",),
+)
+_BUILTINS.add("imagenet2012")
