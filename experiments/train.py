@@ -29,7 +29,9 @@ _RESUME_WITH_CHANGES = cli.define_resume_flag()
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory (default: workdirs/<dataset>_retrain)."
 )
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the parameter counts and exit.")
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run", False, "Print the parameter and multiply-add counts and exit."
+)
 
 
 def main(argv):

@@ -41,9 +41,10 @@ def test_dry_run_parameter_counts_equal_official_code(name):
   assert lines[0] == f"params_excluding_auxiliary: {OFFICIAL_COUNTS[name]}"
   assert lines[1].startswith("params_total: ")
   assert int(lines[1].split()[1]) > OFFICIAL_COUNTS[name]
+  assert lines[2].startswith("multiply_adds: ")
 
 
-def test_dry_run_command_prints_exactly_two_lines():
+def test_dry_run_command_prints_exactly_three_lines():
   out = subprocess.run(
     [
       sys.executable,
@@ -59,7 +60,11 @@ def test_dry_run_command_prints_exactly_two_lines():
     check=True,
     env={**os.environ, "JAX_PLATFORMS": "cpu"},
   )
-  assert out.stdout.splitlines() == ["params_excluding_auxiliary: 3634678", "params_total: 4111104"]
+  assert out.stdout.splitlines() == [
+    "params_excluding_auxiliary: 3634678",
+    "params_total: 4111104",
+    "multiply_adds: 556670592",
+  ]
 
 
 def test_resolve_genotype_by_name_and_by_file_with_depth_mapping(tmp_path):

@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Network.
   config.model = ml_collections.ConfigDict()
-  config.model.network = "cifar"  # cifar | tiny_imagenet (dnas_jax/models/network.py)
+  config.model.network = "cifar"  # cifar | tiny_imagenet | imagenet (models/network.py)
   config.model.num_layers = 20
   config.model.channels = 36
   config.model.auxiliary = True
@@ -65,12 +65,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation.
   config.optim = ml_collections.ConfigDict()
   config.optim.weight_lr = 0.025
+  # cosine (to weight_min_lr) | exponential (× lr_decay per epoch) | pc_darts_linear
+  # (warmup_epochs, then linear decay): dnas_jax/training/optimizers.py.
+  config.optim.schedule = "cosine"
   config.optim.weight_min_lr = 0.0
+  config.optim.lr_decay = 0.97
+  config.optim.warmup_epochs = 0
   config.optim.momentum = 0.9
   config.optim.weight_decay = 3e-4
   config.optim.grad_clip = 5.0
   config.optim.auxiliary_weight = 0.4
   config.optim.drop_path_prob = 0.2  # the final value of the linear ramp
+  config.optim.label_smoothing = 0.0  # ε of DARTS's CrossEntropyLabelSmooth (ImageNet: 0.1)
 
   # Loop.
   config.num_epochs = 600

@@ -1,8 +1,8 @@
 """From a retraining config to its network and state: the genotype (a published name
 or a `genotype.json`, mapped to the network's depth with `genotype.map_to_depth`), the
 discrete network (`network.create_network`), the optimizer, the initial state and the
-jitted steps (`create_train_setup`); also the parameter counts of `--dry_run`, and the
-restore target of a retraining run (`abstract_state`)."""
+jitted steps (`create_train_setup`); also the parameter and multiply-add counts of
+`--dry_run`, and the restore target of a retraining run (`abstract_state`)."""
 
 from __future__ import annotations
 
@@ -103,22 +103,33 @@ def create_network(
   )
 
 
-def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(parameters excluding the auxiliary head, all parameters) of the config's network,
-  from shapes only: no data is read and nothing is compiled."""
+def count_parameters(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(parameters excluding the auxiliary head, all parameters, multiply-adds of one
+  image) of the config's network at the dataset's image size, from shapes only: no data
+  is read and nothing is compiled. The multiply-adds are those of the evaluation network
+  (no auxiliary head), convolutions and linear layers as the DARTS and PC-DARTS papers
+  count them (`network.multiply_adds`)."""
   validation.validate_train_config(config)
   spec = validation.dataset_spec(config)  # the registry's image shape and classes
   geno = genotype_of(config)
-  shapes = network.variable_shapes(
-    create_network(config, geno, spec.num_classes, True), spec.image_shape
+  net = create_network(config, geno, spec.num_classes, True)
+  shapes = network.variable_shapes(net, spec.image_shape)
+  macs = network.multiply_adds(net, shapes, spec.image_shape)
+  return (
+    network.count_params(shapes),
+    network.count_params(shapes, exclude_auxiliary=False),
+    macs,
   )
-  return (network.count_params(shapes), network.count_params(shapes, exclude_auxiliary=False))
 
 
 def parameter_count_lines(config: ml_collections.ConfigDict) -> list[str]:
-  """The two lines `experiments.train --dry_run` prints."""
-  excluding, total = count_parameters(config)
-  return [f"params_excluding_auxiliary: {excluding}", f"params_total: {total}"]
+  """The three lines `experiments.train --dry_run` prints."""
+  excluding, total, macs = count_parameters(config)
+  return [
+    f"params_excluding_auxiliary: {excluding}",
+    f"params_total: {total}",
+    f"multiply_adds: {macs}",
+  ]
 
 
 def create_tx(
@@ -184,6 +195,7 @@ def create_train_setup(
     tx=tx,
     lr_schedule=lr_schedule,
     auxiliary_weight=config.optim.auxiliary_weight,
+    label_smoothing=config.optim.get("label_smoothing", 0.0),
   )
   return TrainSetup(
     sharding.replicate(state, mesh),
