@@ -24,7 +24,7 @@ README = os.path.join(REPO, "README.md")
 DOCS = sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "dnas_jax", "configs", "*.py")))
 # Files of the official DARTS / PC-DARTS code that the documents name as sources.
-PEER_FILES = {"train_search.py", "model_search.py", "architect.py"}
+PEER_FILES = {"train_search.py", "model_search.py", "architect.py", "train_imagenet.py"}
 
 
 def _read(path: str) -> str:
@@ -133,10 +133,12 @@ def _defined_flags(module: str) -> set[str]:
 
 
 def _load_config(path: str):
+  """The config of `path`, or of `path:argument` (ml_collections' config string)."""
+  path, _, argument = path.partition(":")
   spec = importlib.util.spec_from_file_location("doc_config", os.path.join(REPO, path))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod.get_config(argument) if argument else mod.get_config()
 
 
 @pytest.mark.parametrize("where,command", _all_commands())
@@ -156,7 +158,7 @@ def test_documented_commands_name_real_modules_flags_and_fields(where, command):
       root,
     )
     if root.endswith("config") and not field and value and value.islower():
-      assert os.path.isfile(os.path.join(REPO, value)), (where, value)
+      assert os.path.isfile(os.path.join(REPO, value.partition(":")[0])), (where, value)
       configs[root] = value
     if field and not any(k.isupper() for k in field) and root in configs:
       node = _load_config(configs[root])
