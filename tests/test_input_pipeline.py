@@ -226,6 +226,49 @@ def test_splits_and_eval_batches():
   assert [b["mask"].sum() for b in batches] == [4, 1]
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_each_process_rows_concatenate_to_the_global_batch(processes):
+  """On P processes each makes only its rows of every batch (`rows`, as
+  `sharding.host_rows` gives them); their concatenation is bitwise the global batch one
+  process makes: training batches with every transform, the search's pairs with both
+  architecture samplings, and evaluation batches with the padded last one."""
+  cfg = ip.AugmentConfig(crop_padding=2, flip=True, cutout=4, rotate_degrees=20.0)
+  mean, std, b = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), 8
+  parts = [slice(p * b // processes, (p + 1) * b // processes) for p in range(processes)]
+
+  def check(make):
+    full = list(make(None))
+    pieces = [list(make(rows)) for rows in parts]
+    assert full and all(len(piece) == len(full) for piece in pieces)
+    for i, batch in enumerate(full):
+      for key, value in batch.items():
+        got = [piece[i][key] for piece in pieces]
+        assert [len(x) for x in got] == [b // processes] * processes
+        got = np.concatenate(got)
+        assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), (i, key)
+    return full
+
+  split = _split(n=40)
+  check(lambda rows: ip.epoch_batches(split, b, 3, 1, cfg, mean, std, rows=rows))
+  weight_split = ip.Split(split.images[:24], split.labels[:24])
+  arch_split = ip.Split(split.images[24:], split.labels[24:])
+  for sampling in ip.ARCH_SAMPLINGS:
+    check(
+      lambda rows, sampling=sampling: (
+        batch
+        for pair in ip.search_batches(
+          weight_split, arch_split, b, 3, 1, cfg, mean, std, 1, sampling, rows=rows
+        )
+        for batch in pair
+      )
+    )
+  # 19 images: the last batch holds 3 and 5 rows of padding (whole processes' rows of
+  # it are padding when P = 4).
+  test_split = ip.Split(split.images[:19], split.labels[:19])
+  full = check(lambda rows: ip.eval_batches(test_split, b, mean, std, rows))
+  assert [int(x["mask"].sum()) for x in full] == [8, 8, 3]
+
+
 def test_throughput_benchmark_runs_and_prints_json(capsys):
   ds = data_benchmark.random_dataset(num_train=512)
   rate = data_benchmark.measure_input_throughput(

@@ -2,7 +2,8 @@
 127.0.0.1, gloo collectives), as on a TPU pod slice or several GPU hosts, against one
 process of 8 devices: the same global batches, the same result. The search is also
 killed (both processes, SIGKILL) and resumed, and preempted (SIGTERM to one process:
-both save at the same step) and resumed.
+both save at the same step) and resumed. Each process reads and augments only its half
+of every global batch.
 
 Each command runs under a time limit; on failure or timeout every process is killed
 (tests/jax_processes.py).
@@ -91,6 +92,17 @@ def _assert_same_state(a, b, relative=1e-4):
       assert np.abs(x - y).max() <= relative * np.abs(x).max() + 1e-7, key
 
 
+def _assert_each_reads_its_rows(logdir, batch_size, num=2):
+  """Process p read and augmented only rows p·B/P : (p + 1)·B/P of each global batch
+  (the loops log them; `sharding.shard_batch` raises on a host batch of other size)."""
+  n = batch_size // num
+  for p in range(num):
+    with open(os.path.join(logdir, f"process_{p}.log")) as f:
+      log = f.read()
+    line = f"process {p} of {num} reads and augments rows {p * n}:{(p + 1) * n} of each global"
+    assert f"{line} batch of {batch_size}" in log, log[-3000:]
+
+
 def _finished_steps(workdir):
   folder = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(folder):
@@ -137,6 +149,7 @@ def test_two_processes_search_like_one_and_resume_after_kill_and_preemption(tmp_
         assert steps[-1] < 8, steps
       else:
         assert procs.wait(LIMIT) == [0, 0], procs.output()
+        _assert_each_reads_its_rows(logs / attempt, 16)  # the test config's batch
   ref_state, ref_step = _state(str(ref))
   state, step = _state(str(run))
   assert step == ref_step == 8
@@ -159,6 +172,7 @@ def test_two_processes_retrain_like_one(tmp_path):
     "experiments.train", RETRAIN + [f"--workdir={run}"], 2, 4, str(tmp_path)
   ) as procs:
     assert procs.wait(LIMIT) == [0, 0], procs.output()
+  _assert_each_reads_its_rows(tmp_path, 256)
   ref_state, ref_step = _state(str(ref))
   state, step = _state(str(run))
   assert step == ref_step == 1

@@ -131,13 +131,15 @@ def _retrain(
     cutout=config.data.cutout,
     rotate_degrees=config.data.rotate_degrees,
   )
+  rows = sharding.host_rows(mesh, config.batch_size)  # None on one process: all
+  sharding.log_host_rows(rows, config.batch_size)
 
   def epoch_inputs(epoch: int, offset: int):
     drop_prob = jnp.float32(steps.drop_path_prob(config, epoch * steps_per_epoch, steps_per_epoch))
     batches = input_pipeline.epoch_batches(
-      train_split, config.batch_size, config.seed, epoch, aug, ds.mean, ds.std, start_step=offset
+      train_split, config.batch_size, config.seed, epoch, aug, ds.mean, ds.std, offset, rows
     )
-    return ((sharding.shard_batch(b, mesh), rng, drop_prob) for b in batches)
+    return ((sharding.shard_batch(b, mesh, config.batch_size), rng, drop_prob) for b in batches)
 
   def evaluate(state) -> dict[str, float]:
     return evaluation.evaluate(

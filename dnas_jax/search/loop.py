@@ -134,6 +134,11 @@ def _search(
   )
 
   aug = input_pipeline.AugmentConfig(crop_padding=config.data.crop_padding, flip=config.data.flip)
+  rows = sharding.host_rows(mesh, config.batch_size)  # None on one process: all
+  sharding.log_host_rows(rows, config.batch_size)
+
+  def put(batch):
+    return sharding.shard_batch(batch, mesh, config.batch_size)
 
   def epoch_inputs(epoch: int, offset: int):
     batches = input_pipeline.search_batches(
@@ -147,8 +152,9 @@ def _search(
       ds.std,
       start_step=offset,
       arch_sampling=config.data.arch_sampling,
+      rows=rows,
     )
-    return ((sharding.shard_batch(t, mesh), sharding.shard_batch(v, mesh), rng) for t, v in batches)
+    return ((put(t), put(v), rng) for t, v in batches)
 
   def evaluate(state) -> dict[str, float]:
     return evaluation.evaluate(

@@ -61,10 +61,11 @@ def evaluate(
   prefix: str = "test",
 ) -> dict[str, float]:
   """{prefix}_loss, _accuracy and _error of `eval_fn` (a jitted `eval_step`) over
-  every example of `split`."""
+  every example of `split`. Each process reads only its rows of each batch."""
   acc = None
-  for batch in input_pipeline.eval_batches(split, batch_size, mean, std):
-    m = eval_fn(params, batch_stats, sharding.shard_batch(batch, mesh), net_inputs)
+  rows = sharding.host_rows(mesh, batch_size)
+  for batch in input_pipeline.eval_batches(split, batch_size, mean, std, rows):
+    m = eval_fn(params, batch_stats, sharding.shard_batch(batch, mesh, batch_size), net_inputs)
     acc = m if acc is None else acc.merge(m)
   out = {k: float(v) for k, v in acc.compute().items()}
   return {

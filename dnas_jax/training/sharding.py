@@ -1,6 +1,7 @@
 """Data parallelism, decided in one place: a 1-D mesh over all devices.
 
-The global batch is sharded on the mesh's `data` axis; parameters, optimizer states and
+The global batch is sharded on the mesh's `data` axis (each process reads and augments
+only its devices' rows of it, `host_rows`); parameters, optimizer states and
 architecture parameters are replicated. The jitted steps are written for one device;
 XLA's SPMD partitioner follows these input shardings, so the same step runs on 1 CPU,
 1 GPU, 8 TPU cores or a multi-host pod, and batch-norm statistics are taken over the
@@ -14,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -93,19 +95,59 @@ def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:
   return slice(start, stop)
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Puts a host batch, the global batch, onto the mesh.
+def host_rows(mesh: Mesh, batch_size: int) -> slice | None:
+  """The rows of a global batch of `batch_size` that this process reads, augments and
+  feeds (its devices' rows, `local_rows`), for the input pipeline's `rows`; None on one
+  process: all of them."""
+  if jax.process_count() == 1:
+    return None
+  return local_rows(batch_sharding(mesh), (batch_size,))
 
-  Every process computes the same global batch (same order and augmentation as on one
-  host); on several processes each one passes only its own rows, and the global array
-  is assembled with the global shape.
+
+def log_host_rows(rows: slice | None, batch_size: int) -> None:
+  """Logs, on several processes, which rows of each global batch this process reads."""
+  if rows is not None:
+    logging.info(
+      "process %d of %d reads and augments rows %d:%d of each global batch of %d",
+      jax.process_index(),
+      jax.process_count(),
+      rows.start,
+      rows.stop,
+      batch_size,
+    )
+
+
+def shard_batch(
+  batch: dict[str, np.ndarray], mesh: Mesh, global_size: int | None = None
+) -> dict[str, jax.Array]:
+  """Puts a host batch onto the mesh, as the global batch of the step.
+
+  `global_size` None: `batch` is the whole global batch; on several processes each one
+  passes only its own rows. Otherwise `batch` holds only this process's rows
+  (`host_rows`) of a global batch of `global_size` rows, as the input pipeline makes
+  them with `rows`, and the global array is assembled from every process's rows. On one
+  process both are the same `device_put`.
   """
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(
-      sharding, x[local_rows(sharding, x.shape)], global_shape=x.shape
-    ),
-    batch,
-  )
+  if global_size is None:
+    return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+        sharding, x[local_rows(sharding, x.shape)], global_shape=x.shape
+      ),
+      batch,
+    )
+  rows = local_rows(sharding, (global_size,))
+
+  def put(x):
+    if len(x) != rows.stop - rows.start:
+      raise ValueError(
+        f"a host batch of {len(x)} rows, but this process feeds rows {rows.start}:"
+        f"{rows.stop} of the global batch of {global_size}"
+      )
+    return jax.make_array_from_process_local_data(
+      sharding, x, global_shape=(global_size, *x.shape[1:])
+    )
+
+  return jax.tree.map(put, batch)
