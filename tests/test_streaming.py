@@ -316,3 +316,29 @@ def test_one_line_errors(data, tmp_path):
     {"dataset": "tiny", "source": "tfds:tiny_jpegs", "data_dir": data["tfds_dir"]}
   )
   assert (len(opened.train), len(opened.test), opened.num_classes) == (NUM_TRAIN, NUM_VAL, 3)
+
+
+def test_color_adjustments_are_torchvisions_pil_operations():
+  from PIL import ImageEnhance  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(4)
+  for _ in range(5):
+    image = Image.open(io.BytesIO(_jpeg(rng))).convert("RGB")
+    for f in (0.6, 0.83, 1.0, 1.37):
+      for fast, enhance in (
+        (image_transforms.brightness, ImageEnhance.Brightness),
+        (image_transforms.contrast, ImageEnhance.Contrast),
+        (image_transforms.saturation, ImageEnhance.Color),
+      ):
+        np.testing.assert_array_equal(
+          np.asarray(fast(image, f)), np.asarray(enhance(image).enhance(f))
+        )
+    for f in (-0.2, -0.05, 0.001, 0.13):
+      # torchvision's adjust_hue, written out: H + factor·255 as uint8, wrapping.
+      h, s, v = image.convert("HSV").split()
+      np_h = np.array(h, np.uint8)
+      np_h += np.uint8(int(f * 255) % 256)
+      expected = Image.merge("HSV", (Image.fromarray(np_h, "L"), s, v)).convert("RGB")
+      np.testing.assert_array_equal(
+        np.asarray(image_transforms.hue(image, f)), np.asarray(expected)
+      )

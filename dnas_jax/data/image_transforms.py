@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 from PIL import Image
-from PIL import ImageEnhance
+from PIL import ImageStat
 
 from dnas_jax.data import errors
 
@@ -68,12 +68,43 @@ def crop_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, in
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _hue(image: Image.Image, factor: float) -> Image.Image:
-  """torchvision's `adjust_hue` on a PIL image: the H channel shifted by factor·255
-  (uint8, wrapping)."""
-  h, s, v = image.convert("HSV").split()
-  shifted = np.asarray(h, np.uint8) + np.uint8(int(factor * 255) % 256)
-  return Image.merge("HSV", (Image.fromarray(shifted, "L"), s, v)).convert("RGB")
+def _blend_lut(degenerate: float, factor: float) -> list[int]:
+  """`Image.blend(constant degenerate, image, factor)` as a lookup table of the 256
+  values, for all three bands: PIL's float32 arithmetic, clipped and truncated."""
+  v = np.arange(256, dtype=np.float32)
+  d = np.float32(degenerate)
+  out = np.clip(d + np.float32(factor) * (v - d), 0, 255).astype(np.uint8)
+  return np.tile(out, 3).tolist()
+
+
+def brightness(image: Image.Image, factor: float) -> Image.Image:
+  """`ImageEnhance.Brightness(image).enhance(factor)` (torchvision's
+  `adjust_brightness`), as one table lookup."""
+  return image.point(_blend_lut(0, factor))
+
+
+def contrast(image: Image.Image, factor: float) -> Image.Image:
+  """`ImageEnhance.Contrast(image).enhance(factor)` (torchvision's `adjust_contrast`):
+  a blend with the grey of the image's mean luminance, as one table lookup."""
+  mean = int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)
+  return image.point(_blend_lut(mean, factor))
+
+
+def saturation(image: Image.Image, factor: float) -> Image.Image:
+  """`ImageEnhance.Color(image).enhance(factor)` (torchvision's
+  `adjust_saturation`)."""
+  return Image.blend(image.convert("L").convert("RGB"), image, factor)
+
+
+def hue(image: Image.Image, factor: float) -> Image.Image:
+  """torchvision's `adjust_hue` on a PIL image: the H channel of PIL's HSV shifted by
+  factor·255 (uint8, wrapping)."""
+  hsv = np.array(image.convert("HSV"))  # the round trip even for no shift, as torchvision
+  hsv[..., 0] += np.uint8(int(factor * 255) % 256)
+  return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+_ADJUST = (brightness, contrast, saturation, hue)
 
 
 def color_jitter(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -83,14 +114,7 @@ def color_jitter(image: Image.Image, rng: np.random.Generator) -> Image.Image:
   factors = [rng.uniform(max(0.0, 1 - j), 1 + j) for j in JITTER[:3]]
   factors.append(rng.uniform(-JITTER[3], JITTER[3]))
   for k in order:
-    if k == 0:
-      image = ImageEnhance.Brightness(image).enhance(factors[0])
-    elif k == 1:
-      image = ImageEnhance.Contrast(image).enhance(factors[1])
-    elif k == 2:
-      image = ImageEnhance.Color(image).enhance(factors[2])
-    else:
-      image = _hue(image, factors[3])
+    image = _ADJUST[k](image, factors[k])
   return image
 
 
