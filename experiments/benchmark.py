@@ -39,6 +39,11 @@
   and compile seconds, the executable's memory (argument, output, temporary bytes)
   against the chip's HBM, convolutions and fusions in the compiled HLO. Needs
   `pip install -e ".[tpu-aot]"`; nothing else may be measured in the same run.
+* `stream` (no `--config` needed): the streaming pipeline (`dnas_jax/data/streaming.py`)
+  against JPEG decoding alone on the same files with the same `--workers` processes:
+  both in images/s per worker and their ratio (`dnas_jax/tools/stream_benchmark.py`).
+  `--data_dir` is a folder tree (its `train/<class>/` images); without it,
+  `--stream_images` JPEGs of 400×350 are written to a temporary folder.
 Images are random, of the dataset's shape (`--image_size`, default 32).
 """
 
@@ -74,6 +79,13 @@ _PEER_PYTHON = flags.DEFINE_string(
 _PEER_THREADS = flags.DEFINE_integer(
   "peer_threads", 0, "Torch threads for --what=peer (0: every core)."
 )
+_WORKERS = flags.DEFINE_integer("workers", 2, "Worker processes for --what=stream.")
+_STREAM_IMAGES = flags.DEFINE_integer(
+  "stream_images", 1000, "JPEGs to synthesize for --what=stream (without --data_dir)."
+)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "A folder tree (ROOT/train/<class>/*.JPEG) for --what=stream."
+)
 _PROGRAMS = flags.DEFINE_list(
   "aot_programs",
   ["search_step", "search_eval_step", "train_step"],
@@ -87,6 +99,19 @@ def _emit(record):
 
 def main(argv):
   del argv
+  if "stream" in _WHAT.value:
+    from dnas_jax.tools import stream_benchmark  # pylint: disable=g-import-not-at-top
+
+    with cli.user_errors():
+      _emit(
+        stream_benchmark.measure(
+          _DATA_DIR.value, _STREAM_IMAGES.value, _WORKERS.value, image_size=224
+        )
+      )
+    if _WHAT.value == ["stream"]:
+      return
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is needed for every --what but stream")
   config = cli.config_value(_CONFIG)
   shape = (_IMAGE.value, _IMAGE.value, _CHANNELS.value)
   depths = [int(d) for d in _DEPTHS.value] or [config.model.num_layers]
@@ -187,5 +212,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
   cli.run(main)

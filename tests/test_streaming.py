@@ -1,0 +1,344 @@
+"""The streaming pipeline (`dnas_jax/data/streaming.py`): a tiny ImageNet-like set of
+JPEGs of several sizes, as a folder tree and as a real TFDS array_record dataset."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from dnas_jax.data import errors
+from dnas_jax.data import image_transforms
+from dnas_jax.data import imagenet
+from dnas_jax.data import stream_sources
+from dnas_jax.data import streaming
+
+CLASSES = ("ant", "bee", "cat")
+NUM_TRAIN, NUM_VAL = 150, 30
+SIZE, BATCH = 32, 16
+
+
+def _jpeg(rng) -> bytes:
+  h, w = (int(v) for v in rng.integers(20, 91, 2))
+  # Smooth colour fields (JPEG-like content), with a bright left edge for the flip test.
+  y, x = np.mgrid[0:h, 0:w]
+  base = rng.integers(0, 256, 3)
+  image = (base + 60 * np.sin(x[..., None] / (3 + rng.random() * 9) + y[..., None] / 7)) % 256
+  buf = io.BytesIO()
+  Image.fromarray(image.astype(np.uint8)).save(buf, "JPEG", quality=90)
+  return buf.getvalue()
+
+
+def _write_tfds(data_dir, name, splits):
+  """data_dir/name/1.0.0: `splits` {split: [(jpeg bytes, label)]} written with TFDS's own
+  example serializer into array_record files, with its dataset_info.json and
+  features.json (as `tfds build --file_format=array_record` writes them)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  ar = pytest.importorskip("array_record.python.array_record_module")
+  from tensorflow_datasets.core import dataset_info  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+
+  folder = os.path.join(data_dir, name, "1.0.0")
+  os.makedirs(folder)
+  features = tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "label": tfds.features.ClassLabel(names=list(CLASSES)),
+    }
+  )
+  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+  infos = []
+  for split, records in splits.items():
+    path = os.path.join(folder, f"{name}-{split}.array_record-00000-of-00001")
+    writer = ar.ArrayRecordWriter(path, "group_size:1")
+    for data, label in records:
+      writer.write(serializer.serialize_example({"image": data, "label": label}))
+    writer.close()
+    template = tfds.core.ShardedFileTemplate(
+      data_dir=folder,
+      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=name,
+      split=split,
+      filetype_suffix="array_record",
+    )
+    infos.append(
+      tfds.core.SplitInfo(
+        name=split, shard_lengths=[len(records)], num_bytes=0, filename_template=template
+      )
+    )
+  identity = dataset_info.DatasetIdentity(
+    name=name, version=tfds.core.Version("1.0.0"), data_dir=folder, module_name=""
+  )
+  info = tfds.core.DatasetInfo(builder=identity, features=features)
+  info.set_file_format(tfds.core.file_adapters.FileFormat.ARRAY_RECORD)
+  info.set_splits(tfds.core.SplitDict(infos))
+  info.write_to_directory(folder)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """{'root': folder tree, 'tfds_dir': TFDS data dir, 'folder' and 'tfds': (train,
+  test) sources}. The TFDS records are the folder's files in sorted order."""
+  tmp = tmp_path_factory.mktemp("stream")
+  rng = np.random.default_rng(0)
+  root = tmp / "imagenet"
+  splits = {}
+  for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
+    records = []
+    for c, name in enumerate(CLASSES):
+      os.makedirs(root / split / name)
+      for i in range(count // len(CLASSES)):
+        data = _jpeg(rng)
+        (root / split / name / f"n{c:02d}_{i:03d}.JPEG").write_bytes(data)
+        records.append((data, c))
+    splits[split] = records
+  _write_tfds(str(tmp / "tfds"), "tiny_jpegs", {"train": splits["train"], "test": splits["val"]})
+  return {
+    "root": root,
+    "tfds_dir": str(tmp / "tfds"),
+    "folder": stream_sources.folder_sources(str(root)),
+    "tfds": stream_sources.tfds_sources("tiny_jpegs", str(tmp / "tfds"), "train", "test"),
+  }
+
+
+def _epoch(source, seed=0, epoch=0, **kw):
+  kw = {"process_index": 0, "process_count": 1, "image_size": SIZE, **kw}
+  return list(streaming.train_epoch(source, BATCH, seed, epoch, **kw))
+
+
+def _equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def _one_line(excinfo, *parts):
+  msg = str(excinfo.value)
+  assert "\n" not in msg, msg
+  for part in parts:
+    assert str(part) in msg, (part, msg)
+
+
+def test_sources_agree_and_batches_have_the_pipeline_format(data):
+  folder, tfds = data["folder"], data["tfds"]
+  assert [len(s) for s in folder] == [len(s) for s in tfds] == [NUM_TRAIN, NUM_VAL]
+  assert folder[0].num_classes == tfds[0].num_classes == len(CLASSES)
+  batches = _epoch(folder[0])
+  assert len(batches) == NUM_TRAIN // BATCH == streaming.steps_per_epoch(folder[0], BATCH)
+  b = batches[0]
+  assert b["image"].shape == (BATCH, SIZE, SIZE, 3) and b["image"].dtype == np.float32
+  assert b["label"].dtype == np.int32 and set(b) == {"image", "label"}
+  _equal(batches, _epoch(tfds[0]))
+  evals = [
+    list(streaming.eval_batches(s[1], BATCH, 0, 1, image_size=SIZE))
+    for s in data.values()
+    if isinstance(s, tuple)
+  ]
+  _equal(*evals)
+
+
+def test_order_is_fixed_by_seed_and_epoch(data):
+  src = data["folder"][0]
+  a = _epoch(src, seed=1, epoch=3)
+  _equal(a, _epoch(src, seed=1, epoch=3))
+  for other in (_epoch(src, seed=2, epoch=3), _epoch(src, seed=1, epoch=4)):
+    assert not np.array_equal(a[0]["image"], other[0]["image"])
+  order = np.random.default_rng([1, 3]).permutation(NUM_TRAIN)[: len(a) * BATCH]
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in a]), src.labels[order])
+
+
+class _Tracing:
+  """A source that records which records it was asked for (in this process)."""
+
+  def __init__(self, source):
+    self.source, self.reads = source, []
+
+  def __len__(self):
+    return len(self.source)
+
+  def read(self, i):
+    self.reads.append(i)
+    return self.source.read(i)
+
+
+def test_processes_read_disjoint_rows_whose_concatenation_is_the_global_batch(data):
+  src = data["folder"][0]
+  whole = _epoch(src, seed=5, epoch=1)
+  traced = [_Tracing(src) for _ in range(2)]
+  parts = [_epoch(traced[p], seed=5, epoch=1, process_index=p, process_count=2) for p in (0, 1)]
+  for b, (p0, p1) in zip(whole, zip(*parts)):
+    assert p0["image"].shape[0] == p1["image"].shape[0] == BATCH // 2
+    _equal([b], [{k: np.concatenate([p0[k], p1[k]]) for k in b}])
+  reads = [set(t.reads) for t in traced]
+  assert not reads[0] & reads[1]
+  order = np.random.default_rng([5, 1]).permutation(NUM_TRAIN)[: len(whole) * BATCH]
+  assert reads[0] | reads[1] == set(order.tolist())
+  # Evaluation: the rows of both processes are the one-process batches, padding too.
+  one = list(streaming.eval_batches(data["folder"][1], BATCH, 0, 1, image_size=SIZE))
+  two = [
+    list(streaming.eval_batches(data["folder"][1], BATCH, p, 2, image_size=SIZE)) for p in (0, 1)
+  ]
+  _equal(one, [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*two)])
+  with pytest.raises(ValueError, match="multiple of the number of processes"):
+    streaming.train_epoch(src, 15, 0, 0, process_index=0, process_count=2)
+
+
+def test_resume_from_a_step_and_from_a_saved_state(data):
+  src = data["folder"][0]
+  whole = _epoch(src, seed=2, epoch=0)
+  _equal(_epoch(src, seed=2, epoch=0, start_step=6), whole[6:])
+  it = streaming.train_epoch(src, BATCH, 2, 0, 0, 0, 1, image_size=SIZE)
+  head = [next(it) for _ in range(4)]
+  state = json.loads(json.dumps(it.get_state()))  # saved as a JSON item
+  assert state["step"] == 4
+  rest = list(it)
+  _equal(head + rest, whole)
+  restored = streaming.train_epoch(src, BATCH, 2, 0, 0, 0, 1, image_size=SIZE, state=state)
+  _equal(list(restored), whole[4:])
+  with pytest.raises(ValueError, match="of epoch 0, not 1"):
+    streaming.train_epoch(src, BATCH, 2, 1, image_size=SIZE, state=state)
+
+
+def test_worker_processes_give_the_same_batches_and_state(data):
+  src = data["tfds"][0]  # the TFDS reader is opened anew in each worker
+  whole = _epoch(src, seed=3, epoch=2)
+  it = streaming.train_epoch(src, BATCH, 3, 2, 1, 0, 1, workers=2, image_size=SIZE)
+  head = [next(it) for _ in range(3)]
+  state = json.loads(json.dumps(it.get_state()))
+  it.close()
+  _equal(head, whole[1:4])
+  restored = streaming.train_epoch(
+    src, BATCH, 3, 2, 0, 0, 1, workers=2, image_size=SIZE, state=state
+  )
+  _equal(list(restored), whole[4:])
+  restored.close()
+  # A state restored with another number of workers continues from its step.
+  _equal(
+    list(
+      streaming.train_epoch(
+        src, BATCH, 3, 2, image_size=SIZE, state=state, process_index=0, process_count=1
+      )
+    ),
+    whole[4:],
+  )
+
+
+def test_random_resized_crop_bounds_and_flip():
+  rng = np.random.default_rng(0)
+  fallbacks = 0
+  for width, height in ((90, 60), (33, 80), (224, 224)):
+    for _ in range(300):
+      top, left, h, w = image_transforms.crop_box(rng, width, height)
+      assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+      if (h, w) == (height, width):
+        fallbacks += 1
+        continue
+      # Rounding of w and h: bounds widened by one pixel each way.
+      assert 0.08 * width * height <= (w + 1) * (h + 1) and (w - 1) * (h - 1) <= width * height
+      assert 3 / 4 <= (w + 1) / max(h - 1, 1) and (w - 1) / (h + 1) <= 4 / 3
+  assert fallbacks < 20
+  # A strip far outside the ratio range: the fallback, the centre clipped to 4/3.
+  assert image_transforms.crop_box(rng, 400, 30) == (0, 180, 30, 40)
+  assert image_transforms.crop_box(rng, 30, 400) == (180, 0, 40, 30)
+  # Flip: a left-to-right ramp keeps its direction (jitter and crop are monotone on a
+  # grey ramp) unless flipped; about half are.
+  ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))
+  buf = io.BytesIO()
+  Image.fromarray(ramp).save(buf, "PNG")
+  flips = 0
+  for i in range(200):
+    out = image_transforms.train_transform(buf.getvalue(), np.random.default_rng(i), 16, "ramp")
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    flips += int(out[:, 0].astype(int).sum() > out[:, -1].astype(int).sum())
+  assert 70 <= flips <= 130
+
+
+def test_eval_transform_against_pil_and_eval_batches(data):
+  src = data["folder"][1]
+  batches = list(streaming.eval_batches(src, BATCH, 0, 1, image_size=SIZE))
+  assert len(batches) == -(-NUM_VAL // BATCH)
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert mask.sum() == NUM_VAL and not mask[NUM_VAL:].any()
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:NUM_VAL], src.labels)
+  mean, std = np.float32(streaming.IMAGENET_MEAN), np.float32(streaming.IMAGENET_STD)
+  for i in (0, 7, NUM_VAL - 1):
+    with Image.open(src.files[i]) as im:
+      w, h = im.size
+      short = round(SIZE * 256 / 224)  # 37
+      size = (short, short * h // w) if w <= h else (short * w // h, short)
+      im = im.convert("RGB").resize(size, Image.BILINEAR)
+      top, left = round((size[1] - SIZE) / 2), round((size[0] - SIZE) / 2)
+      expected = np.asarray(im)[top : top + SIZE, left : left + SIZE]
+    got = batches[i // BATCH]["image"][i % BATCH]
+    np.testing.assert_allclose(got, (expected / np.float32(255) - mean) / std, atol=1e-5)
+  padding = batches[-1]["image"][NUM_VAL % BATCH :]  # zero images, normalised
+  np.testing.assert_array_equal(padding, np.broadcast_to(-mean / std, padding.shape))
+
+
+def test_one_line_errors(data, tmp_path):
+  with pytest.raises(errors.DatasetNotFoundError) as excinfo:
+    imagenet.open_streaming({"source": "folder", "path": str(tmp_path / "none")})
+  _one_line(excinfo, tmp_path / "none" / "train", "config.data.path")
+  bad = tmp_path / "bad"
+  shutil.copytree(data["root"], bad)
+  os.makedirs(bad / "train" / "dog")
+  with pytest.raises(errors.DatasetFormatError) as excinfo:
+    imagenet.open_streaming({"source": "folder", "path": str(bad)})
+  _one_line(excinfo, bad / "train" / "dog", "no images")
+  os.rmdir(bad / "train" / "dog")
+  broken = bad / "val" / "bee" / "n01_000.JPEG"
+  broken.write_bytes(b"not a jpeg")
+  opened = imagenet.open_streaming({"source": "folder", "path": str(bad)})
+  with pytest.raises(errors.DatasetFormatError) as excinfo:
+    list(streaming.eval_batches(opened.test, BATCH, 0, 1, image_size=SIZE))
+  _one_line(excinfo, broken, "not a readable image", "config.data.path")
+  with pytest.raises(errors.DatasetNotFoundError) as excinfo:
+    imagenet.open_streaming({"dataset": "imagenet2012", "data_dir": str(tmp_path)})
+  _one_line(
+    excinfo,
+    tmp_path / "imagenet2012" / "<version>" / "dataset_info.json",
+    "tfds build imagenet2012",
+    "--file_format=array_record",
+    f"--manual_dir={tmp_path / 'downloads' / 'manual'}",
+    "config.data.data_dir",
+  )
+  with pytest.raises(errors.DataConfigError) as excinfo:
+    imagenet.open_streaming({"dataset": "cifar10", "source": "npz"})
+  _one_line(excinfo, "config.data.source", "'folder'")
+  opened = imagenet.open_streaming(
+    {"dataset": "tiny", "source": "tfds:tiny_jpegs", "data_dir": data["tfds_dir"]}
+  )
+  assert (len(opened.train), len(opened.test), opened.num_classes) == (NUM_TRAIN, NUM_VAL, 3)
+
+
+def test_color_adjustments_are_torchvisions_pil_operations():
+  from PIL import ImageEnhance  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(4)
+  for _ in range(5):
+    image = Image.open(io.BytesIO(_jpeg(rng))).convert("RGB")
+    for f in (0.6, 0.83, 1.0, 1.37):
+      for fast, enhance in (
+        (image_transforms.brightness, ImageEnhance.Brightness),
+        (image_transforms.contrast, ImageEnhance.Contrast),
+        (image_transforms.saturation, ImageEnhance.Color),
+      ):
+        np.testing.assert_array_equal(
+          np.asarray(fast(image, f)), np.asarray(enhance(image).enhance(f))
+        )
+    for f in (-0.2, -0.05, 0.001, 0.13):
+      # torchvision's adjust_hue, written out: H + factor·255 as uint8, wrapping.
+      h, s, v = image.convert("HSV").split()
+      np_h = np.array(h, np.uint8)
+      np_h += np.uint8(int(f * 255) % 256)
+      expected = Image.merge("HSV", (Image.fromarray(np_h, "L"), s, v)).convert("RGB")
+      np.testing.assert_array_equal(
+        np.asarray(image_transforms.hue(image, f)), np.asarray(expected)
+      )
