@@ -45,9 +45,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnas_jax.data import input_pipeline
 from dnas_jax.models import arch as arch_lib
 from dnas_jax.models import network
+from dnas_jax.retrain import feeds
 from dnas_jax.retrain import setup as retrain_setup
 from dnas_jax.retrain import steps as retrain_steps
 from dnas_jax.space import genotype as genotype_lib
@@ -168,23 +168,21 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None)
   if split not in ("test", "train"):
     raise ValueError(f"split={split!r}; valid values: ['test', 'train']")
   run = restore_train_run(workdir, step)
-  ds = retrain_setup.load_data(run.config)
-  if split == "test":
-    data = input_pipeline.Split(ds.test_images, ds.test_labels)
-  else:
-    data = input_pipeline.Split(ds.train_images, ds.train_labels)
+  feed = feeds.create_feed(run.config)
+  batch_size = run.config.eval_batch_size
   eval_fn = jax.jit(functools.partial(evaluation.eval_step, net=run.net_eval))
-  out = evaluation.evaluate(
-    eval_fn,
-    run.state.params,
-    run.state.batch_stats,
-    data,
-    run.config.eval_batch_size,
-    ds.mean,
-    ds.std,
-    run.mesh,
-    prefix=split,
-  )
+  try:
+    out = evaluation.evaluate_batches(
+      eval_fn,
+      run.state.params,
+      run.state.batch_stats,
+      feed.eval_batches(batch_size, sharding.host_rows(run.mesh, batch_size), split),
+      batch_size,
+      run.mesh,
+      prefix=split,
+    )
+  finally:
+    feed.close()
   return {**out, "step": run.step}
 
 

@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.flip = True
   config.data.cutout = 16
   config.data.rotate_degrees = 0.0
+  # Read from disk while training (dnas_jax/data/streaming.py) instead of held in memory:
+  # ImageNet, or a folder tree / TFDS dataset too large for memory.
+  config.data.streaming = False
+  config.data.workers = 0  # streaming: decoding/augmenting processes (0: in this one)
 
   # Network.
   config.model = ml_collections.ConfigDict()

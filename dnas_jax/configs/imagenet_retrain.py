@@ -57,8 +57,11 @@ def get_config(recipe: str = "darts") -> ml_collections.ConfigDict:
     raise ValueError(f"imagenet_retrain.py:{recipe}: unknown recipe; valid values: {list(RECIPES)}")
   config = cifar10_retrain.get_config()
   config.data.dataset = "imagenet2012"
-  config.data.source = "archive"
+  config.data.source = "auto"  # tfds (prepared imagenet2012) or folder (config.data.path)
   config.data.image_size = 224
+  config.data.test_split = "validation"  # a folder tree's: --config.data.test_split=val
+  config.data.streaming = True
+  config.data.workers = 8  # processes decoding and augmenting JPEGs (docs/imagenet.md)
   config.data.crop_padding = 0
   config.data.cutout = 0
   config.model.network = "imagenet"

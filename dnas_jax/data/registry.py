@@ -6,7 +6,8 @@ loader, number of classes, image shape [H, W, C], training images (when known),
 per-channel mean and std (optional: computed from the training images when not given)
 and its sources, the values `config.data.source` may take for it ('auto' takes the
 loader's own choice). The built-ins, cifar10, cifar100, tiny_imagenet, digits,
-synthetic and imagenet2012 (its loader a placeholder for now), are registered below
+synthetic and imagenet2012 (read only by the streaming pipeline: `streaming`,
+`imagenet`), are registered below
 the same way `register_dataset` registers yours::
 
     def load(source, data_dir):  # config.data.source and config.data.data_dir
@@ -408,11 +409,11 @@ def _load_tiny_imagenet(source, data_dir, num_workers=None):
 
 
 def _load_imagenet2012(source, data_dir, **kwargs):
-  """A placeholder: the streaming JPEG input pipeline (dnas_jax/data/) replaces it."""
+  """ImageNet is never loaded into memory: the streaming pipeline reads it."""
   del source, data_dir, kwargs
   raise errors.DataConfigError(
-    "config.data.dataset='imagenet2012' has no loader yet: the streaming JPEG input "
-    "pipeline will provide it (--dry_run needs no data)"
+    "config.data.dataset='imagenet2012' does not fit in memory: set "
+    "config.data.streaming=True (dnas_jax/data/streaming.py reads it as it trains)"
   )
 
 
@@ -451,6 +452,6 @@ register_dataset(
   num_train=1_281_167,
   mean=_IMAGENET_MEAN,
   std=_IMAGENET_STD,
-  sources=("archive",),
+  sources=("tfds",),  # as a folder tree: source 'folder' with a name of its own
 )
 _BUILTINS.add("imagenet2012")

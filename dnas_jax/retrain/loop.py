@@ -24,6 +24,7 @@ import ml_collections
 from absl import logging
 
 from dnas_jax.data import input_pipeline
+from dnas_jax.retrain import feeds
 from dnas_jax.retrain import setup as setup_lib
 from dnas_jax.retrain import steps
 from dnas_jax.training import checkpoints
@@ -54,21 +55,20 @@ def train_and_evaluate(
   validation.validate_train_config(config)
   mesh = loop_lib.create_run_mesh(config)
   geno = setup_lib.genotype_of(config)
-  ds = setup_lib.load_data(config)
-  train_split = input_pipeline.Split(ds.train_images, ds.train_labels)
-  test_split = input_pipeline.Split(ds.test_images, ds.test_labels)
-  validation.check_batch_fits(config.batch_size, len(train_split), "training images")
-  with workdir_lib.RunDir(workdir, config.keep_checkpoints, allow_config_changes) as run:
-    run.check_config(config.to_dict())
-    return _retrain(config, run, geno, ds, train_split, test_split, mesh, hooks)
+  feed = feeds.create_feed(config)
+  try:
+    validation.check_batch_fits(config.batch_size, feed.num_train, "training images")
+    with workdir_lib.RunDir(workdir, config.keep_checkpoints, allow_config_changes) as run:
+      run.check_config(config.to_dict())
+      return _retrain(config, run, geno, feed, mesh, hooks)
+  finally:
+    feed.close()
 
 
-def _retrain(
-  config, run: workdir_lib.RunDir, geno, ds, train_split, test_split, mesh, hooks
-) -> dict:
-  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), config.batch_size)
+def _retrain(config, run: workdir_lib.RunDir, geno, feed, mesh, hooks) -> dict:
+  steps_per_epoch = input_pipeline.steps_per_epoch(feed.num_train, config.batch_size)
   setup = setup_lib.create_train_setup(
-    config, geno, ds.image_shape, ds.num_classes, steps_per_epoch, mesh
+    config, geno, feed.image_shape, feed.num_classes, steps_per_epoch, mesh
   )
   state = setup.state
   logging.info(
@@ -78,23 +78,25 @@ def _retrain(
     geno.num_layers,
     config.model.channels,
   )
+  data_states: dict[int, dict | None] = {}  # global step → the input iterator's state
   restored = run.restore(checkpoints.abstract_like(state))
   if restored is not None:
     state = restored[0]
+    data_states[int(state.step)] = restored[1].get(loop_lib.DATA_ITERATOR)
     logging.info("resumed from the checkpoint at step %d", int(state.step))
 
   meta = {
     "config": config.to_dict(),
-    "image_shape": list(ds.image_shape),
-    "num_classes": ds.num_classes,
+    "image_shape": list(feed.image_shape),
+    "num_classes": feed.num_classes,
     "genotype": json.loads(geno.to_json()),
-    "dataset": ds.name,
-    "source": ds.source,
+    "dataset": feed.name,
+    "source": feed.source,
     "steps_per_epoch": steps_per_epoch,
     "num_params": setup.num_params,
     "num_params_total": setup.num_params_total,
-    "mean": list(ds.mean),
-    "std": list(ds.std),
+    "mean": list(feed.mean),
+    "std": list(feed.std),
   }  # input normalisation (api)
   rng = sharding.replicate(jax.random.key(config.seed + 2), mesh)
   batch_spec = sharding.batch_sharding(mesh)
@@ -106,7 +108,7 @@ def _retrain(
         setup.step_fn,
         (
           state,
-          compilation.abstract_batch(config.batch_size, ds.image_shape, batch_spec),
+          compilation.abstract_batch(config.batch_size, feed.image_shape, batch_spec),
           rng,
           jnp.float32(0.0),
         ),
@@ -117,7 +119,9 @@ def _retrain(
         (
           state.params,
           state.batch_stats,
-          compilation.abstract_batch(config.eval_batch_size, ds.image_shape, batch_spec, mask=True),
+          compilation.abstract_batch(
+            config.eval_batch_size, feed.image_shape, batch_spec, mask=True
+          ),
           (),
         ),
       ),
@@ -125,36 +129,39 @@ def _retrain(
     cache_key=meta,
   )
 
-  aug = input_pipeline.AugmentConfig(
-    crop_padding=config.data.crop_padding,
-    flip=config.data.flip,
-    cutout=config.data.cutout,
-    rotate_degrees=config.data.rotate_degrees,
-  )
   rows = sharding.host_rows(mesh, config.batch_size)  # None on one process: all
   sharding.log_host_rows(rows, config.batch_size)
 
   def epoch_inputs(epoch: int, offset: int):
     drop_prob = jnp.float32(steps.drop_path_prob(config, epoch * steps_per_epoch, steps_per_epoch))
-    batches = input_pipeline.epoch_batches(
-      train_split, config.batch_size, config.seed, epoch, aug, ds.mean, ds.std, offset, rows
+    first = epoch * steps_per_epoch + offset
+    batches = feed.train_batches(
+      config.batch_size, config.seed, epoch, offset, rows, data_states.get(first)
     )
-    return ((sharding.shard_batch(b, mesh, config.batch_size), rng, drop_prob) for b in batches)
+    for i, (batch, data_state) in enumerate(batches):
+      if data_state is not None:
+        data_states[first + i + 1] = data_state
+        data_states.pop(first + i - 2 * config.prefetch - 8, None)  # keep the recent ones
+      yield sharding.shard_batch(batch, mesh, config.batch_size), rng, drop_prob
 
   def evaluate(state) -> dict[str, float]:
-    return evaluation.evaluate(
+    eval_rows = sharding.host_rows(mesh, config.eval_batch_size)
+    return evaluation.evaluate_batches(
       eval_fn,
       state.params,
       state.batch_stats,
-      test_split,
+      feed.eval_batches(config.eval_batch_size, eval_rows),
       config.eval_batch_size,
-      ds.mean,
-      ds.std,
       mesh,
     )
 
   phase = loop_lib.Phase(
-    name="train_step", step_fn=step_fn, epoch_inputs=epoch_inputs, evaluate=evaluate, meta=meta
+    name="train_step",
+    step_fn=step_fn,
+    epoch_inputs=epoch_inputs,
+    evaluate=evaluate,
+    meta=meta,
+    data_state=data_states.get if isinstance(feed, feeds.StreamingFeed) else None,
   )
   lead = sharding.is_lead_process()  # writes the event files
   with metric_writers.MetricWriter(run.workdir, events=lead) as writer:

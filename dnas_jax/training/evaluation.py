@@ -5,7 +5,7 @@ The last batch is padded to the fixed batch size (one compilation); `batch['mask
 marks the real examples, and only they count.
 """
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import flax
 import flax.linen as nn
@@ -62,9 +62,27 @@ def evaluate(
 ) -> dict[str, float]:
   """{prefix}_loss, _accuracy and _error of `eval_fn` (a jitted `eval_step`) over
   every example of `split`. Each process reads only its rows of each batch."""
-  acc = None
   rows = sharding.host_rows(mesh, batch_size)
-  for batch in input_pipeline.eval_batches(split, batch_size, mean, std, rows):
+  batches = input_pipeline.eval_batches(split, batch_size, mean, std, rows)
+  return evaluate_batches(
+    eval_fn, params, batch_stats, batches, batch_size, mesh, net_inputs, prefix
+  )
+
+
+def evaluate_batches(
+  eval_fn: Callable,
+  params,
+  batch_stats,
+  batches: Iterable[dict],
+  batch_size: int,
+  mesh,
+  net_inputs=(),
+  prefix: str = "test",
+) -> dict[str, float]:
+  """`evaluate` over `batches`: this process's rows of global batches of `batch_size`
+  with their 'mask' (e.g. the streaming pipeline's `eval_batches`)."""
+  acc = None
+  for batch in batches:
     m = eval_fn(params, batch_stats, sharding.shard_batch(batch, mesh, batch_size), net_inputs)
     acc = m if acc is None else acc.merge(m)
   out = {k: float(v) for k, v in acc.compute().items()}

@@ -39,6 +39,7 @@ from dnas_jax.training import workdir as workdir_lib
 
 
 FINAL_METRICS = "final_metrics.json"
+DATA_ITERATOR = "data_iterator"  # the checkpoint meta's key of the input iterator state
 
 
 def write_final_metrics(workdir: str, metrics: dict) -> None:
@@ -60,6 +61,9 @@ class Phase:
   meta: saved with every checkpoint (what reading the run back needs).
   at_epoch_end: (state, step) → None, after each epoch's checkpoint and once at the
     end: the phase's artifacts.
+  data_state: step → the input iterator's state after that step's batch (JSON), saved
+    in the checkpoint's meta as `data_iterator` (the streaming pipeline's; None: the
+    data order follows from (seed, step) alone).
   """
 
   name: str
@@ -68,6 +72,13 @@ class Phase:
   evaluate: Callable[[Any], dict]
   meta: dict
   at_epoch_end: Callable[[Any, int], None] | None = None
+  data_state: Callable[[int], dict | None] | None = None
+
+  def meta_at(self, step: int) -> dict:
+    """The meta saved with checkpoint `step`."""
+    if self.data_state is None:
+      return self.meta
+    return {**self.meta, DATA_ITERATOR: self.data_state(step)}
 
 
 def create_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -132,17 +143,17 @@ def run_loop(
           writer.write_scalars(step, last_eval)
         if epoch_done or step % config.checkpoint_every_steps == 0:
           monitor.check_finite()
-          run.save(step, state, phase.meta)
+          run.save(step, state, phase.meta_at(step))
           if epoch_done:
             epoch_end(state, step)
         run.check_preemption(step)
     monitor.check_finite()
-    run.save(step, state, phase.meta)
+    run.save(step, state, phase.meta_at(step))
     if artifacts_step != step:
       epoch_end(state, step)
   except KeyboardInterrupt:
     logging.warning("interrupted at step %d: saving a checkpoint", step)
-    run.save(step, state, phase.meta)
+    run.save(step, state, phase.meta_at(step))
     raise
   except (monitor_lib.NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
     raise type(e)(f"{e}; {run.kept_checkpoint()}") from None

@@ -256,6 +256,12 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
     rates=("optim.arch_lr",),
     non_negative=("optim.arch_weight_decay", "optim.zero_one_weight", "optim.arch_warmup_epochs"),
   )
+  if config.data.get("streaming", False) or config.data.get("dataset") in STREAMED_ONLY:
+    raise ConfigError(
+      "config.data.streaming: the search holds its data in memory (CIFAR-sized sets); "
+      f"streaming ({', '.join(STREAMED_ONLY)}, or data too large for memory) is for "
+      "the retraining, experiments.train"
+    )
   # decoupled (DNAS), iam (DARTS's identical cells: one α per cell type), full (Ψ per
   # layer).
   _choice(config, "arch.kind", arch_lib.KINDS)
@@ -330,6 +336,9 @@ def check_regularizers(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from None
 
 
+STREAMED_ONLY = ("imagenet2012",)  # registered datasets read only by streaming
+
+
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first bad field of a retraining config; a user's
   operations (config.model.ops_modules) are imported first (the genotype's operations
@@ -351,10 +360,35 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
       f"{sorted(known_genotypes.KNOWN_GENOTYPES)} or a genotype.json "
       "path"
     )
+  _check_streaming(config)
   spec = dataset_spec(config)
   check_image_shape(config, spec.image_shape, search=False)
   if spec.num_train is not None:
     check_batch_fits(config.batch_size, spec.num_train, f"training images of {config.data.dataset}")
+
+
+def _check_streaming(config: ml_collections.ConfigDict) -> None:
+  """config.data.streaming (absent: False) and config.data.workers; a streamed dataset
+  is cropped to config.data.image_size, which it must set."""
+  streaming = config.data.get("streaming", False)
+  if not isinstance(streaming, bool):
+    raise ConfigError(f"config.data.streaming={streaming!r} must be True or False")
+  workers = config.data.get("workers", 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise ConfigError(
+      f"config.data.workers={workers!r} must be a non-negative integer (0: decode in "
+      "the training process)"
+    )
+  if streaming and not config.data.get("image_size", 0):
+    raise ConfigError(
+      "config.data.streaming=True needs config.data.image_size: the side of the square "
+      "crops the streaming pipeline makes (ImageNet: 224)"
+    )
+  if not streaming and config.data.get("dataset") in STREAMED_ONLY:
+    raise ConfigError(
+      f"config.data.dataset={config.data.dataset!r} does not fit in memory: set "
+      "config.data.streaming=True (experiments/configs/imagenet_retrain.py does)"
+    )
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
