@@ -13,9 +13,9 @@ it with torchvision on PIL images:
 Each returns a uint8 [size, size, 3] array; the random draws come from the NumPy
 generator passed in, in the order torchvision makes them. The colour jitter itself and
 the normalisation run on the accelerator (`device_augment.prepare`): with PIL they cost
-about 3× the JPEG decoding (the hue's RGB→HSV→RGB round trip most of it), while the
-host's remaining work, decoding and one bilinear resize, is about as dear as decoding
-alone twice over at most. No whole image is converted to float here.
+about 3× the JPEG decoding (the hue's RGB→HSV→RGB round trip most of it). What is left
+here is decoding and one bilinear resize, which costs about as much as the decoding
+(docs/imagenet.md, Throughput). No whole image is converted to float here.
 """
 
 from __future__ import annotations
