@@ -39,9 +39,11 @@
   and compile seconds, the executable's memory (argument, output, temporary bytes)
   against the chip's HBM, convolutions and fusions in the compiled HLO. Needs
   `pip install -e ".[tpu-aot]"`; nothing else may be measured in the same run.
-* `stream` (no `--config` needed): the streaming pipeline (`dnas_jax/data/streaming.py`)
-  against JPEG decoding alone on the same files with the same `--workers` processes:
-  both in images/s per worker and their ratio (`dnas_jax/tools/stream_benchmark.py`).
+* `stream` (no `--config` needed): the streaming pipeline's host part
+  (`dnas_jax/data/streaming.py`) against JPEG decoding alone on the same files with the
+  same `--workers` processes: both in images/s per worker and their ratio; and the
+  device part (`device_augment.prepare`, colour jitter and normalisation) in ms per
+  batch on this CPU (`dnas_jax/tools/stream_benchmark.py`).
   `--data_dir` is a folder tree (its `train/<class>/` images); without it,
   `--stream_images` JPEGs of 400×350 are written to a temporary folder.
 Images are random, of the dataset's shape (`--image_size`, default 32).

@@ -8,10 +8,13 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 
+from dnas_jax.data import device_augment
 from dnas_jax.data import errors
 from dnas_jax.data import image_transforms
 from dnas_jax.data import imagenet
@@ -133,8 +136,10 @@ def test_sources_agree_and_batches_have_the_pipeline_format(data):
   batches = _epoch(folder[0])
   assert len(batches) == NUM_TRAIN // BATCH == streaming.steps_per_epoch(folder[0], BATCH)
   b = batches[0]
-  assert b["image"].shape == (BATCH, SIZE, SIZE, 3) and b["image"].dtype == np.float32
-  assert b["label"].dtype == np.int32 and set(b) == {"image", "label"}
+  assert b["image"].shape == (BATCH, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
+  assert b["jitter"].shape == (BATCH, device_augment.JITTER_COLUMNS)
+  assert b["jitter"].dtype == np.float32
+  assert b["label"].dtype == np.int32 and set(b) == {"image", "label", "jitter"}
   _equal(batches, _epoch(tfds[0]))
   evals = [
     list(streaming.eval_batches(s[1], BATCH, 0, 1, image_size=SIZE))
@@ -247,14 +252,14 @@ def test_random_resized_crop_bounds_and_flip():
   # A strip far outside the ratio range: the fallback, the centre clipped to 4/3.
   assert image_transforms.crop_box(rng, 400, 30) == (0, 180, 30, 40)
   assert image_transforms.crop_box(rng, 30, 400) == (180, 0, 40, 30)
-  # Flip: a left-to-right ramp keeps its direction (jitter and crop are monotone on a
-  # grey ramp) unless flipped; about half are.
+  # Flip: a left-to-right ramp keeps its direction (the crop is monotone on a grey
+  # ramp) unless flipped; about half are.
   ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))
   buf = io.BytesIO()
   Image.fromarray(ramp).save(buf, "PNG")
   flips = 0
   for i in range(200):
-    out = image_transforms.train_transform(buf.getvalue(), np.random.default_rng(i), 16, "ramp")
+    out, _ = image_transforms.train_transform(buf.getvalue(), np.random.default_rng(i), 16, "ramp")
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     flips += int(out[:, 0].astype(int).sum() > out[:, -1].astype(int).sum())
   assert 70 <= flips <= 130
@@ -267,7 +272,6 @@ def test_eval_transform_against_pil_and_eval_batches(data):
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == NUM_VAL and not mask[NUM_VAL:].any()
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:NUM_VAL], src.labels)
-  mean, std = np.float32(streaming.IMAGENET_MEAN), np.float32(streaming.IMAGENET_STD)
   for i in (0, 7, NUM_VAL - 1):
     with Image.open(src.files[i]) as im:
       w, h = im.size
@@ -276,10 +280,16 @@ def test_eval_transform_against_pil_and_eval_batches(data):
       im = im.convert("RGB").resize(size, Image.BILINEAR)
       top, left = round((size[1] - SIZE) / 2), round((size[0] - SIZE) / 2)
       expected = np.asarray(im)[top : top + SIZE, left : left + SIZE]
-    got = batches[i // BATCH]["image"][i % BATCH]
-    np.testing.assert_allclose(got, (expected / np.float32(255) - mean) / std, atol=1e-5)
-  padding = batches[-1]["image"][NUM_VAL % BATCH :]  # zero images, normalised
-  np.testing.assert_array_equal(padding, np.broadcast_to(-mean / std, padding.shape))
+    np.testing.assert_array_equal(batches[i // BATCH]["image"][i % BATCH], expected)
+  padding = batches[-1]["image"][NUM_VAL % BATCH :]
+  assert batches[-1]["image"].dtype == np.uint8 and not padding.any()
+  # On the device: only the normalisation, (x / 255 - mean) / std.
+  mean, std = np.float32(streaming.IMAGENET_MEAN), np.float32(streaming.IMAGENET_STD)
+  b = batches[0]
+  got = device_augment.prepare(
+    {k: jnp.asarray(v) for k, v in b.items()}, streaming.IMAGENET_MEAN, streaming.IMAGENET_STD
+  )
+  np.testing.assert_allclose(got, (b["image"] / np.float32(255) - mean) / std, atol=1e-5)
 
 
 def test_one_line_errors(data, tmp_path):
@@ -318,27 +328,79 @@ def test_one_line_errors(data, tmp_path):
   assert (len(opened.train), len(opened.test), opened.num_classes) == (NUM_TRAIN, NUM_VAL, 3)
 
 
-def test_color_adjustments_are_torchvisions_pil_operations():
-  from PIL import ImageEnhance  # pylint: disable=g-import-not-at-top
-
-  rng = np.random.default_rng(4)
-  for _ in range(5):
-    image = Image.open(io.BytesIO(_jpeg(rng))).convert("RGB")
-    for f in (0.6, 0.83, 1.0, 1.37):
-      for fast, enhance in (
-        (image_transforms.brightness, ImageEnhance.Brightness),
-        (image_transforms.contrast, ImageEnhance.Contrast),
-        (image_transforms.saturation, ImageEnhance.Color),
-      ):
-        np.testing.assert_array_equal(
-          np.asarray(fast(image, f)), np.asarray(enhance(image).enhance(f))
-        )
-    for f in (-0.2, -0.05, 0.001, 0.13):
-      # torchvision's adjust_hue, written out: H + factor·255 as uint8, wrapping.
-      h, s, v = image.convert("HSV").split()
-      np_h = np.array(h, np.uint8)
-      np_h += np.uint8(int(f * 255) % 256)
-      expected = Image.merge("HSV", (Image.fromarray(np_h, "L"), s, v)).convert("RGB")
-      np.testing.assert_array_equal(
-        np.asarray(image_transforms.hue(image, f)), np.asarray(expected)
+def test_train_transform_is_one_boxed_resize_and_jitter_params_in_their_ranges(data):
+  src = data["folder"][0]
+  for i in (0, 11, 42):
+    data_i, _, where = src.read(i)
+    rng = np.random.default_rng([9, i])
+    out, jitter = image_transforms.train_transform(data_i, rng, SIZE, where)
+    # The same draws, written out: the box, the flip, the order, then the factors.
+    ref = np.random.default_rng([9, i])
+    with Image.open(src.files[i]) as im:
+      im = im.convert("RGB")
+      top, left, h, w = image_transforms.crop_box(ref, *im.size)
+      expected = np.asarray(
+        im.resize((SIZE, SIZE), Image.BILINEAR, box=(left, top, left + w, top + h))
       )
+    if ref.random() < 0.5:
+      expected = expected[:, ::-1]
+    np.testing.assert_array_equal(out, expected)
+    order = ref.permutation(4)
+    np.testing.assert_array_equal(jitter[4:], order[:3])
+  draws = np.stack([image_transforms.jitter_params(np.random.default_rng(i)) for i in range(2000)])
+  assert draws.dtype == np.float32 and draws.shape == (2000, device_augment.JITTER_COLUMNS)
+  factors, hue, order = draws[:, :3], draws[:, 3], draws[:, 4:].astype(int)
+  assert factors.min() >= 0.6 and factors.max() <= 1.4 and np.abs(hue).max() <= 0.2
+  assert factors.min() < 0.62 and factors.max() > 1.38 and hue.min() < -0.19 and hue.max() > 0.19
+  full = np.concatenate([order, 6 - order.sum(1, keepdims=True)], 1)
+  assert (np.sort(full, 1) == np.arange(4)).all()
+  assert len({tuple(o) for o in full}) == 24
+
+
+def _reference_jitter(image, factors, hue, order):
+  """ColorJitter of one float64 [H, W, 3] image in [0, 1], written from the formulas of
+  torchvision's tensor functions, the hue with `colorsys` per pixel."""
+  import colorsys  # pylint: disable=g-import-not-at-top
+
+  x = image.astype(np.float64)
+  for k in order:
+    grey = (0.2989 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2])[..., None]
+    if k == 3:
+      out = np.empty_like(x)
+      for idx in np.ndindex(x.shape[:2]):
+        h, s, v = colorsys.rgb_to_hsv(*x[idx])
+        out[idx] = colorsys.hsv_to_rgb((h + hue) % 1.0, s, v)
+      x = out
+    else:
+      f = factors[k]
+      degenerate = (0.0, grey.mean(), grey)[k]
+      x = np.clip(f * x + (1 - f) * degenerate, 0, 1)
+  return x
+
+
+def test_device_color_jitter_and_normalisation_match_a_numpy_reference():
+  rng = np.random.default_rng(3)
+  n, h, w = 24, 5, 6
+  images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+  images[0] = 128  # grey: hue and saturation undefined
+  images[1, ..., 0] = images[1, ..., 1] = 255  # ties of the largest channel
+  images[2, 0, :3] = [[0, 0, 0], [255, 255, 255], [0, 0, 255]]
+  jitter = np.stack([image_transforms.jitter_params(np.random.default_rng(i)) for i in range(n)])
+  # Every position of the hue, the extreme factors and a few exact orders.
+  jitter[:4, 4:] = [[3, 0, 1], [0, 3, 1], [0, 1, 3], [2, 1, 0]]
+  jitter[4, :4] = [0.6, 1.4, 0.6, -0.2]
+  jitter[5, :4] = [1.4, 0.6, 1.4, 0.2]
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  prepare = jax.jit(device_augment.prepare, static_argnums=(1, 2))
+  got = np.asarray(prepare({"image": images, "jitter": jitter}, mean, std))
+  assert got.dtype == np.float32 and got.shape == images.shape
+  for i in range(n):
+    first = [int(v) for v in jitter[i, 4:]]
+    order = [*first, 6 - sum(first)]
+    expected = _reference_jitter(images[i] / 255.0, jitter[i, :3], float(jitter[i, 3]), order)
+    np.testing.assert_allclose(
+      got[i], (expected - np.array(mean)) / np.array(std), atol=2e-5, err_msg=f"image {i}"
+    )
+  # Without 'jitter' (evaluation): only the normalisation; the label is not read.
+  plain = prepare({"image": images, "label": np.zeros(n, np.int32)}, mean, std)
+  np.testing.assert_allclose(plain, (images / 255.0 - np.array(mean)) / np.array(std), atol=1e-5)

@@ -1,16 +1,21 @@
-"""Per-image decoding and augmentation of encoded images (JPEG, PNG) with PIL, as the
-DARTS and PC-DARTS ImageNet scripts do it with torchvision on PIL images:
+"""Per-image decoding and geometric augmentation of encoded images (JPEG, PNG) with PIL,
+on the host (grain's worker processes), as the DARTS and PC-DARTS ImageNet scripts do
+it with torchvision on PIL images:
 
 * training (`train_transform`): RandomResizedCrop(size) (area scale (0.08, 1), aspect
   ratio (3/4, 4/3), 10 attempts, then the centre-crop fallback; bilinear), a horizontal
-  flip with probability 1/2, ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4,
-  hue=0.2) with the four adjustments in a random order;
+  flip with probability 1/2, and the parameters of ColorJitter(brightness=0.4,
+  contrast=0.4, saturation=0.4, hue=0.2) with the four adjustments in a random order
+  (`jitter_params`);
 * evaluation (`eval_transform`): the shorter side resized to size·256/224 (256 for
   224), then the centre size×size crop.
 
 Each returns a uint8 [size, size, 3] array; the random draws come from the NumPy
-generator passed in, in the order torchvision makes them. Normalisation is left to the
-batch (`input_pipeline.normalize`), so no whole image is converted to float here.
+generator passed in, in the order torchvision makes them. The colour jitter itself and
+the normalisation run on the accelerator (`device_augment.prepare`): with PIL they cost
+about 3× the JPEG decoding (the hue's RGB→HSV→RGB round trip most of it). What is left
+here is decoding and one bilinear resize, which costs about as much as the decoding
+(docs/imagenet.md, Throughput). No whole image is converted to float here.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import math
 
 import numpy as np
 from PIL import Image
-from PIL import ImageStat
 
 from dnas_jax.data import errors
 
@@ -68,64 +72,35 @@ def crop_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, in
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _blend_lut(degenerate: float, factor: float) -> list[int]:
-  """`Image.blend(constant degenerate, image, factor)` as a lookup table of the 256
-  values, for all three bands: PIL's float32 arithmetic, clipped and truncated."""
-  v = np.arange(256, dtype=np.float32)
-  d = np.float32(degenerate)
-  out = np.clip(d + np.float32(factor) * (v - d), 0, 255).astype(np.uint8)
-  return np.tile(out, 3).tolist()
-
-
-def brightness(image: Image.Image, factor: float) -> Image.Image:
-  """`ImageEnhance.Brightness(image).enhance(factor)` (torchvision's
-  `adjust_brightness`), as one table lookup."""
-  return image.point(_blend_lut(0, factor))
-
-
-def contrast(image: Image.Image, factor: float) -> Image.Image:
-  """`ImageEnhance.Contrast(image).enhance(factor)` (torchvision's `adjust_contrast`):
-  a blend with the grey of the image's mean luminance, as one table lookup."""
-  mean = int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)
-  return image.point(_blend_lut(mean, factor))
-
-
-def saturation(image: Image.Image, factor: float) -> Image.Image:
-  """`ImageEnhance.Color(image).enhance(factor)` (torchvision's
-  `adjust_saturation`)."""
-  return Image.blend(image.convert("L").convert("RGB"), image, factor)
-
-
-def hue(image: Image.Image, factor: float) -> Image.Image:
-  """torchvision's `adjust_hue` on a PIL image: the H channel of PIL's HSV shifted by
-  factor·255 (uint8, wrapping)."""
-  hsv = np.array(image.convert("HSV"))  # the round trip even for no shift, as torchvision
-  hsv[..., 0] += np.uint8(int(factor * 255) % 256)
-  return Image.fromarray(hsv, "HSV").convert("RGB")
-
-
-_ADJUST = (brightness, contrast, saturation, hue)
-
-
-def color_jitter(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-  """ColorJitter(0.4, 0.4, 0.4, 0.2): a random order of the four, then the factors
-  brightness, contrast, saturation in [0.6, 1.4] and hue in [-0.2, 0.2]."""
+def jitter_params(rng: np.random.Generator) -> np.ndarray:
+  """ColorJitter(0.4, 0.4, 0.4, 0.2)'s parameters as torchvision draws them: a random
+  order of the four adjustments, then the brightness, contrast and saturation factors
+  in [0.6, 1.4] and the hue shift in [-0.2, 0.2]. float32 [7]: the four, then the
+  first three of the order (`device_augment`'s 'jitter' columns; the adjustments are
+  applied there)."""
   order = rng.permutation(4)
   factors = [rng.uniform(max(0.0, 1 - j), 1 + j) for j in JITTER[:3]]
   factors.append(rng.uniform(-JITTER[3], JITTER[3]))
-  for k in order:
-    image = _ADJUST[k](image, factors[k])
-  return image
+  return np.asarray([*factors, *order[:3]], np.float32)
 
 
-def train_transform(data: bytes, rng: np.random.Generator, size: int, where: str) -> np.ndarray:
-  """Decode, RandomResizedCrop(size), flip, ColorJitter: uint8 [size, size, 3]."""
+def train_transform(
+  data: bytes, rng: np.random.Generator, size: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """Decode, RandomResizedCrop(size), flip: uint8 [size, size, 3], and the image's
+  ColorJitter parameters (`jitter_params`), applied later by `device_augment`.
+
+  The crop and the resize are one PIL call (`resize` with `box`), so no cropped copy is
+  made; its bilinear filter reads the source pixels just outside the box at the edges
+  where torchvision's crop-then-resize repeats the box's own (only the border pixels
+  of the output differ). The flip is a NumPy view, copied once into the batch."""
   image = decode(data, where)
   top, left, h, w = crop_box(rng, *image.size)
-  image = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
+  image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+  pixels = np.asarray(image)
   if rng.random() < 0.5:
-    image = image.transpose(Image.FLIP_LEFT_RIGHT)
-  return np.asarray(color_jitter(image, rng))
+    pixels = pixels[:, ::-1]
+  return pixels, jitter_params(rng)
 
 
 def resize_size(size: int) -> int:
@@ -135,7 +110,10 @@ def resize_size(size: int) -> int:
 
 def eval_transform(data: bytes, size: int, where: str) -> np.ndarray:
   """Decode, shorter side to `resize_size(size)` (bilinear), centre crop: uint8
-  [size, size, 3] (torchvision's Resize then CenterCrop)."""
+  [size, size, 3] (torchvision's Resize then CenterCrop), the crop a NumPy view copied
+  once into the batch. Kept as two steps: one `resize` with the crop's box in source
+  coordinates is the same filter, but its rounding differs by 1 in about half the
+  images (measured), and evaluation is not the throughput-bound pass."""
   image = decode(data, where)
   width, height = image.size
   short = resize_size(size)
@@ -146,4 +124,4 @@ def eval_transform(data: bytes, size: int, where: str) -> np.ndarray:
   image = image.resize(new, Image.BILINEAR)
   top = int(round((new[1] - size) / 2.0))
   left = int(round((new[0] - size) / 2.0))
-  return np.asarray(image.crop((left, top, left + size, top + size)))
+  return np.asarray(image)[top : top + size, left : left + size]

@@ -15,8 +15,14 @@ Resume. `train_epoch(..., start_step=s)` yields the batches s, s+1, ... of the e
 the same as an uninterrupted iteration; the iterator's `get_state()` (JSON) restores
 one exactly with `train_epoch(..., state=...)`, so it can be saved beside the model.
 
-Batches are `{'image': float32 NHWC normalised, 'label': int32}` (and 'mask' for
-evaluation, whose last batch is padded), as `input_pipeline` makes them.
+Batches. Training: `{'image': uint8 NHWC, 'label': int32, 'jitter': float32 [B, 7]}`,
+each image decoded, cropped, resized and flipped (`image_transforms`), 'jitter' its
+ColorJitter parameters; evaluation: `{'image': uint8 NHWC, 'label': int32, 'mask':
+bool}`, the last batch padded with zero images. The step turns either into normalised
+float32 images on the accelerator with `device_augment.prepare(batch, mean, std)`
+(`IMAGENET_MEAN`, `IMAGENET_STD`): the colour jitter is the dearest part of the
+augmentation on a CPU and the cheapest on an accelerator, and uint8 crosses from the
+worker processes and to the device 4× smaller than float32.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ def steps_per_epoch(source, batch_size: int) -> int:
 
 
 class _TrainImage:
-  """Local element k of an epoch → (uint8 image, label), by index arithmetic alone."""
+  """Local element k of an epoch → (uint8 image, label, jitter), by index arithmetic
+  alone."""
 
   def __init__(self, source, batch_size, seed, epoch, image_size, process_index, process_count):
     self.source, self.batch_size, self.seed, self.epoch = source, batch_size, seed, epoch
@@ -74,14 +81,15 @@ class _TrainImage:
   def __getstate__(self):
     return {**self.__dict__, "_order": None}
 
-  def __call__(self, k: int) -> tuple[np.ndarray, int]:
+  def __call__(self, k: int) -> tuple[np.ndarray, int, np.ndarray]:
     if self._order is None:
       self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source))
     step, row = divmod(int(k), self.local)
     position = step * self.batch_size + self.offset + row
     data, label, where = self.source.read(int(self._order[position]))
     rng = np.random.default_rng([self.seed, self.epoch, position])
-    return image_transforms.train_transform(data, rng, self.image_size, where), label
+    image, jitter = image_transforms.train_transform(data, rng, self.image_size, where)
+    return image, label, jitter
 
 
 class _EvalImage:
@@ -102,22 +110,22 @@ class _EvalImage:
     return image_transforms.eval_transform(data, self.image_size, where), label, True
 
 
-class _Stack:
-  """Stacks a batch's elements and normalises the images (float32 only here)."""
+def _stack_train(elements) -> dict[str, np.ndarray]:
+  """A training batch: uint8 images, int32 labels, float32 jitter [B, 7]."""
+  return {
+    "image": np.stack([e[0] for e in elements]),
+    "label": np.asarray([e[1] for e in elements], np.int32),
+    "jitter": np.stack([e[2] for e in elements]),
+  }
 
-  def __init__(self, mean, std):
-    self.mean = tuple(float(m) for m in mean)
-    self.std = tuple(float(s) for s in std)
 
-  def __call__(self, elements) -> dict[str, np.ndarray]:
-    images = np.stack([e[0] for e in elements])
-    batch = {
-      "image": input_pipeline.normalize(images, self.mean, self.std),
-      "label": np.asarray([e[1] for e in elements], np.int32),
-    }
-    if len(elements[0]) > 2:
-      batch["mask"] = np.asarray([e[2] for e in elements], bool)
-    return batch
+def _stack_eval(elements) -> dict[str, np.ndarray]:
+  """An evaluation batch: uint8 images, int32 labels, bool mask (False: padding)."""
+  return {
+    "image": np.stack([e[0] for e in elements]),
+    "label": np.asarray([e[1] for e in elements], np.int32),
+    "mask": np.asarray([e[2] for e in elements], bool),
+  }
 
 
 def train_dataset(
@@ -126,8 +134,6 @@ def train_dataset(
   seed: int,
   epoch: int,
   image_size: int = 224,
-  mean=IMAGENET_MEAN,
-  std=IMAGENET_STD,
   process_index: int | None = None,
   process_count: int | None = None,
 ) -> grain.MapDataset:
@@ -137,7 +143,7 @@ def train_dataset(
   local = _local_batch(batch_size, process_count)
   steps = steps_per_epoch(source, batch_size)
   image = _TrainImage(source, batch_size, seed, epoch, image_size, process_index, process_count)
-  return grain.MapDataset.range(steps * local).map(image).batch(local, batch_fn=_Stack(mean, std))
+  return grain.MapDataset.range(steps * local).map(image).batch(local, batch_fn=_stack_train)
 
 
 def _grain_flags_parsed():
@@ -210,8 +216,6 @@ def train_epoch(
   process_count: int | None = None,
   workers: int = 0,
   image_size: int = 224,
-  mean=IMAGENET_MEAN,
-  std=IMAGENET_STD,
   state: dict | None = None,
   buffer: int = 2,
 ) -> EpochIterator:
@@ -220,9 +224,7 @@ def train_epoch(
   up to `buffer` batches ready. `state` (an `EpochIterator.get_state()`) continues an
   earlier iterator instead of starting at `start_step`; with another number of
   workers its step is used (the same batches either way)."""
-  ds = train_dataset(
-    source, batch_size, seed, epoch, image_size, mean, std, process_index, process_count
-  )
+  ds = train_dataset(source, batch_size, seed, epoch, image_size, process_index, process_count)
   if state is not None:
     if state["epoch"] != epoch:
       raise ValueError(f"the iterator state is of epoch {state['epoch']}, not {epoch}")
@@ -239,8 +241,6 @@ def eval_batches(
   process_count: int | None = None,
   workers: int = 0,
   image_size: int = 224,
-  mean=IMAGENET_MEAN,
-  std=IMAGENET_STD,
   buffer: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Every example in order, in global batches of `batch_size` (this process's rows);
@@ -250,7 +250,7 @@ def eval_batches(
   local = _local_batch(batch_size, process_count)
   steps = -(-len(source) // batch_size)
   image = _EvalImage(source, batch_size, image_size, process_index, process_count)
-  ds = grain.MapDataset.range(steps * local).map(image).batch(local, batch_fn=_Stack(mean, std))
+  ds = grain.MapDataset.range(steps * local).map(image).batch(local, batch_fn=_stack_eval)
   it = _iterate(ds, workers, buffer)
   try:
     yield from it

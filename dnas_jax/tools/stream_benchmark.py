@@ -4,12 +4,21 @@ in one run (`experiments/benchmark.py --what=stream`).
 
 * decoding: each of `workers` processes reads and PIL-decodes its share of the files
   to RGB (nothing else), after one untimed warm-up pass over a few of them;
-* pipeline: `streaming.train_epoch` over the same files (read, decode,
-  RandomResizedCrop, flip, ColorJitter, normalise, batch), timed from its first batch
-  (the worker processes' start is left out) to the end of the epoch.
+* pipeline: `streaming.train_epoch` over the same files, the host's part of the
+  augmentation (read, decode, RandomResizedCrop and resize in one PIL call, flip, draw
+  the ColorJitter parameters, batch as uint8 through grain's workers), timed from its
+  first batch (the worker processes' start is left out) to the end of the epoch;
+* device part: `device_augment.prepare` (ColorJitter and normalisation) of one
+  batch, jit-compiled and warmed up, timed on this process's CPU (JAX's CPU backend)
+  after the pipeline's workers have stopped. Not measured on a GPU or TPU, where it is
+  a few elementwise passes fused into the training step.
 
-Both are reported in images/s per worker process (per core when each has one) and as
-their ratio (pipeline / decoding: decoding is the floor of the pipeline's work).
+Decoding and pipeline are measured `rounds` times, alternately, and reported in
+images/s per worker process (per core when each has one), the best of each, and as the
+ratio of the two (pipeline / decoding: decoding is the floor of the host's work), with
+each round's ratio beside it: on a shared machine other load changes either figure
+between runs. Then the host's steps in one process in ms per image (decode, crop and
+resize, the rest) and the device part in ms per batch.
 Without `data_dir` it writes `num_images` JPEGs of ImageNet's typical size (400×350,
 quality 90, smooth content with fine detail) into a temporary folder.
 """
@@ -25,6 +34,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from dnas_jax.data import image_transforms
 from dnas_jax.data import stream_sources
 from dnas_jax.data import streaming
 
@@ -80,23 +90,86 @@ def pipeline_rate(source, batch_size: int, workers: int, image_size: int) -> flo
   return count / elapsed
 
 
+def device_augment_ms(batch_size: int, image_size: int, repeats: int = 5) -> float:
+  """Milliseconds of the jit-compiled `device_augment.prepare` of one training batch of
+  random uint8 images on JAX's default backend (the best of `repeats`, after a
+  compiling warm-up)."""
+  import jax  # pylint: disable=g-import-not-at-top  # only here: the workers need no JAX
+
+  from dnas_jax.data import device_augment  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  batch = {
+    "image": rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8),
+    "jitter": np.stack([image_transforms.jitter_params(rng) for _ in range(batch_size)]),
+  }
+  batch = jax.device_put(batch)
+  prepare = jax.jit(device_augment.prepare, static_argnums=(1, 2))
+  mean, std = streaming.IMAGENET_MEAN, streaming.IMAGENET_STD
+  prepare(batch, mean, std).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    prepare(batch, mean, std).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return best * 1e3
+
+
+def host_steps_ms(source, image_size: int, count: int = 200, repeats: int = 3) -> dict:
+  """Milliseconds per image of the host's steps in this process, each the best of
+  `repeats` passes over the first `count` records: decoding, the crop and resize (one
+  PIL call), the rest of `train_transform` (the draws, the array, the flip)."""
+  count = min(count, len(source))
+  datas = [source.read(i)[0] for i in range(count)]
+  best = {"decode": float("inf"), "crop_resize": float("inf"), "rest": float("inf")}
+  for _ in range(repeats):
+    spent = dict.fromkeys(best, 0.0)
+    for i, data in enumerate(datas):
+      t0 = time.perf_counter()
+      image = image_transforms.decode(data, "benchmark")
+      t1 = time.perf_counter()
+      rng = np.random.default_rng([0, 0, i])
+      top, left, h, w = image_transforms.crop_box(rng, *image.size)
+      box = (left, top, left + w, top + h)
+      t2 = time.perf_counter()
+      pixels = np.asarray(image.resize((image_size, image_size), Image.BILINEAR, box=box))
+      t3 = time.perf_counter()
+      pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
+      image_transforms.jitter_params(rng)
+      t4 = time.perf_counter()
+      spent["decode"] += t1 - t0
+      spent["crop_resize"] += t3 - t2
+      spent["rest"] += (t2 - t1) + (t4 - t3)
+    best = {k: min(best[k], spent[k] / count * 1e3) for k in best}
+  return {k: round(v, 3) for k, v in best.items()}
+
+
 def measure(
   data_dir: str | None = None,
   num_images: int = 1000,
   workers: int = 2,
   batch_size: int = 50,
   image_size: int = 224,
+  rounds: int = 3,
 ) -> dict:
-  """One record: decoding and pipeline images/s per worker, their ratio."""
+  """One record: decoding and pipeline images/s per worker (the best of `rounds`
+  alternating measurements of each, as other load on the machine comes and goes), the
+  ratio of the two bests and each round's ratio, the host's steps in ms per image in
+  one process, and the device part's ms per batch on this CPU."""
   with tempfile.TemporaryDirectory() as tmp:
     if not data_dir:
       synthesize_jpegs(tmp, num_images)
     train, _ = stream_sources.folder_sources(data_dir or tmp)
     files = train.files
-    pipeline = pipeline_rate(train, batch_size, workers, image_size)
-    decode = decode_rate(files[: len(files) // batch_size * batch_size], workers)
+    decodes, pipelines = [], []
+    for _ in range(rounds):
+      decodes.append(decode_rate(files[: len(files) // batch_size * batch_size], workers))
+      pipelines.append(pipeline_rate(train, batch_size, workers, image_size))
+    decode, pipeline = max(decodes), max(pipelines)
+    steps = host_steps_ms(train, image_size)
     with Image.open(files[0]) as im:
       first = im.size
+  device_ms = device_augment_ms(batch_size, image_size)
   per = max(1, workers)
   return {
     "what": "stream",
@@ -110,4 +183,8 @@ def measure(
     "decode_images_per_s_per_worker": round(decode / per, 1),
     "pipeline_images_per_s_per_worker": round(pipeline / per, 1),
     "ratio": round(pipeline / decode, 3),
+    "ratio_per_round": [round(p / d, 3) for p, d in zip(pipelines, decodes)],
+    "host_ms_per_image_one_process": steps,
+    "device_augment_ms_per_batch_cpu": round(device_ms, 1),
+    "load_average": [round(v, 2) for v in os.getloadavg()],
   }
