@@ -170,7 +170,9 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None)
   run = restore_train_run(workdir, step)
   feed = feeds.create_feed(run.config)
   batch_size = run.config.eval_batch_size
-  eval_fn = jax.jit(functools.partial(evaluation.eval_step, net=run.net_eval))
+  eval_fn = jax.jit(
+    functools.partial(evaluation.eval_step, net=run.net_eval, normalization=feed.normalization)
+  )
   try:
     out = evaluation.evaluate_batches(
       eval_fn,

@@ -132,3 +132,14 @@ def prepare(batch, mean, std):
   if "jitter" in batch:
     x = color_jitter(x, batch["jitter"].astype(jnp.float32))
   return normalize(x, mean, std)
+
+
+def model_input(batch, normalization=None):
+  """The float32 images a step feeds its network: a streamed batch's uint8 images
+  through `prepare` with `normalization` = (mean, std); otherwise 'image' as it is
+  (the in-memory pipeline normalises on the host). Decided when the step is traced."""
+  if batch["image"].dtype != jnp.uint8:
+    return batch["image"]
+  if normalization is None:
+    raise ValueError("a streamed batch (uint8 images) needs the step's normalization")
+  return prepare(batch, *normalization)

@@ -28,7 +28,11 @@ from dnas_jax.retrain import setup as setup_lib
 
 
 class InMemoryFeed:
-  """The in-memory dataset of `config.data` (`setup.load_data`)."""
+  """The in-memory dataset of `config.data` (`setup.load_data`): float32 batches,
+  normalised on the host."""
+
+  streamed = False
+  normalization = None  # the host normalises
 
   def __init__(self, config: ml_collections.ConfigDict):
     ds = setup_lib.load_data(config)
@@ -72,8 +76,12 @@ def _process_of(rows: slice | None, batch_size: int) -> tuple[int, int]:
 
 
 class StreamingFeed:
-  """The streamed dataset of `config.data` (`data.imagenet.open_streaming`): images of
-  `config.data.image_size`² from DARTS's ImageNet augmentation."""
+  """The streamed dataset of `config.data` (`data.imagenet.open_streaming`): uint8
+  images of `config.data.image_size`² cropped, resized and flipped on the host as
+  DARTS's ImageNet recipe does, with their colour jitter's parameters; the steps jitter
+  and normalise them (`normalization`, `data.device_augment`)."""
+
+  streamed = True
 
   def __init__(self, config: ml_collections.ConfigDict):
     d = config.data
@@ -84,6 +92,10 @@ class StreamingFeed:
     self.image_shape = (self.image_size, self.image_size, 3)
     self.num_classes = self.data.num_classes
     self.mean, self.std = tuple(self.data.mean), tuple(self.data.std)
+    self.normalization = (
+      tuple(float(m) for m in self.mean),
+      tuple(float(s) for s in self.std),
+    )
     self.num_train = len(self.data.train)
     self.workers = int(d.get("workers", 0))
     self._open: list[Any] = []
@@ -106,8 +118,6 @@ class StreamingFeed:
       process_count=count,
       workers=self.workers,
       image_size=self.image_size,
-      mean=self.mean,
-      std=self.std,
       state=state,
     )
     self._open.append(it)
@@ -128,8 +138,6 @@ class StreamingFeed:
       process_count=count,
       workers=self.workers,
       image_size=self.image_size,
-      mean=self.mean,
-      std=self.std,
     )
 
   def close(self) -> None:

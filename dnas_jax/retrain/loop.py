@@ -68,7 +68,7 @@ def train_and_evaluate(
 def _retrain(config, run: workdir_lib.RunDir, geno, feed, mesh, hooks) -> dict:
   steps_per_epoch = input_pipeline.steps_per_epoch(feed.num_train, config.batch_size)
   setup = setup_lib.create_train_setup(
-    config, geno, feed.image_shape, feed.num_classes, steps_per_epoch, mesh
+    config, geno, feed.image_shape, feed.num_classes, steps_per_epoch, mesh, feed.normalization
   )
   state = setup.state
   logging.info(
@@ -108,7 +108,9 @@ def _retrain(config, run: workdir_lib.RunDir, geno, feed, mesh, hooks) -> dict:
         setup.step_fn,
         (
           state,
-          compilation.abstract_batch(config.batch_size, feed.image_shape, batch_spec),
+          compilation.abstract_batch(
+            config.batch_size, feed.image_shape, batch_spec, streamed=feed.streamed
+          ),
           rng,
           jnp.float32(0.0),
         ),
@@ -120,7 +122,7 @@ def _retrain(config, run: workdir_lib.RunDir, geno, feed, mesh, hooks) -> dict:
           state.params,
           state.batch_stats,
           compilation.abstract_batch(
-            config.eval_batch_size, feed.image_shape, batch_spec, mask=True
+            config.eval_batch_size, feed.image_shape, batch_spec, mask=True, streamed=feed.streamed
           ),
           (),
         ),

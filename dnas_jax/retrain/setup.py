@@ -181,8 +181,10 @@ def create_train_setup(
   num_classes: int,
   steps_per_epoch: int,
   mesh,
+  normalization=None,
 ) -> TrainSetup:
-  """Network, optimizer, initial state and jitted steps of `geno`'s retraining."""
+  """Network, optimizer, initial state and jitted steps of `geno`'s retraining;
+  `normalization` (mean, std) when the batches are streamed (normalised in the step)."""
   net_train = create_network(config, geno, num_classes, True)
   net_eval = create_network(config, geno, num_classes, False)
   tx, lr_schedule = create_tx(config, steps_per_epoch)
@@ -196,6 +198,7 @@ def create_train_setup(
     lr_schedule=lr_schedule,
     auxiliary_weight=config.optim.auxiliary_weight,
     label_smoothing=config.optim.get("label_smoothing", 0.0),
+    normalization=normalization,
   )
   return TrainSetup(
     sharding.replicate(state, mesh),

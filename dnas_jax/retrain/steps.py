@@ -19,6 +19,7 @@ import ml_collections
 import optax
 from clu import metrics
 
+from dnas_jax.data import device_augment
 from dnas_jax.models import network
 from dnas_jax.training import evaluation
 from dnas_jax.training import losses
@@ -61,13 +62,16 @@ def loss_fn(
   net: network.NetworkCIFAR,
   auxiliary_weight: float,
   label_smoothing: float = 0.0,
+  normalization=None,
 ):
   """Cross-entropy of the logits plus `auxiliary_weight` × that of the auxiliary head,
   both with `label_smoothing` (DARTS's ImageNet recipe smooths both: its training loop
-  applies `CrossEntropyLabelSmooth` to the logits and to the auxiliary logits)."""
+  applies `CrossEntropyLabelSmooth` to the logits and to the auxiliary logits). A
+  streamed batch is colour-jittered and normalised first, with `normalization` =
+  (mean, std) (`device_augment.model_input`)."""
   (logits, aux_logits), updates = net.apply(
     {"params": params, "batch_stats": batch_stats},
-    batch["image"],
+    device_augment.model_input(batch, normalization),
     drop_prob,
     rngs={"dropout": rng},
     mutable=["batch_stats"],
@@ -90,6 +94,7 @@ def train_step(
   lr_schedule: optax.Schedule,
   auxiliary_weight: float,
   label_smoothing: float = 0.0,
+  normalization=None,
 ) -> tuple[TrainState, TrainMetrics]:
   """One SGD step on a (sharded) training batch; `drop_prob` is a traced scalar."""
   rng = jax.random.fold_in(rng, state.step)
@@ -102,6 +107,7 @@ def train_step(
     net=net,
     auxiliary_weight=auxiliary_weight,
     label_smoothing=label_smoothing,
+    normalization=normalization,
   )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
@@ -119,9 +125,17 @@ def train_step(
 
 
 def make_step_fns(
-  *, net_train, net_eval, tx, lr_schedule, auxiliary_weight, label_smoothing=0.0
+  *,
+  net_train,
+  net_eval,
+  tx,
+  lr_schedule,
+  auxiliary_weight,
+  label_smoothing=0.0,
+  normalization=None,
 ) -> tuple[Callable, Callable]:
-  """The jitted training step (state donated) and evaluation step."""
+  """The jitted training step (state donated) and evaluation step; `normalization`
+  (mean, std) for streamed batches, whose images are normalised in the step."""
   step = jax.jit(
     functools.partial(
       train_step,
@@ -130,7 +144,9 @@ def make_step_fns(
       lr_schedule=lr_schedule,
       auxiliary_weight=auxiliary_weight,
       label_smoothing=label_smoothing,
+      normalization=normalization,
     ),
     donate_argnums=(0,),
   )
-  return step, jax.jit(functools.partial(evaluation.eval_step, net=net_eval))
+  evaluate = functools.partial(evaluation.eval_step, net=net_eval, normalization=normalization)
+  return step, jax.jit(evaluate)

@@ -22,21 +22,29 @@ import jax
 import numpy as np
 from absl import logging
 
+from dnas_jax.data import device_augment
 from dnas_jax.training import executable_cache
 
 
 def abstract_batch(
-  batch_size: int, image_shape, sharding, mask: bool = False
+  batch_size: int, image_shape, sharding, mask: bool = False, streamed: bool = False
 ) -> dict[str, jax.ShapeDtypeStruct]:
-  """The shapes of a (global) batch as the input pipeline yields it."""
+  """The shapes of a (global) batch as the input pipeline yields it: float32 images, or,
+  `streamed`, the streaming pipeline's uint8 images with (training) their colour
+  jitter's parameters (`data.device_augment`)."""
+  image_dtype = np.uint8 if streamed else np.float32
   out = {
     "image": jax.ShapeDtypeStruct(
-      (batch_size,) + tuple(image_shape), np.float32, sharding=sharding
+      (batch_size,) + tuple(image_shape), image_dtype, sharding=sharding
     ),
     "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding),
   }
   if mask:
     out["mask"] = jax.ShapeDtypeStruct((batch_size,), np.bool_, sharding=sharding)
+  elif streamed:
+    out["jitter"] = jax.ShapeDtypeStruct(
+      (batch_size, device_augment.JITTER_COLUMNS), np.float32, sharding=sharding
+    )
   return out
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
+from dnas_jax.data import device_augment
 from dnas_jax.data import input_pipeline
 from dnas_jax.training import sharding
 
@@ -39,10 +40,14 @@ class EvalMetrics(metrics.Collection):
   accuracy: output_metric(metrics.Average, "accuracy")
 
 
-def eval_step(params, batch_stats, batch, net_inputs=(), *, net: nn.Module) -> EvalMetrics:
+def eval_step(
+  params, batch_stats, batch, net_inputs=(), *, net: nn.Module, normalization=None
+) -> EvalMetrics:
   """`net` in evaluation mode on `batch['image']` (and `net_inputs` after it: the
-  search passes ψ's `ArchWeights`)."""
-  logits = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"], *net_inputs)
+  search passes ψ's `ArchWeights`); a streamed batch's uint8 images are normalised
+  here with `normalization` = (mean, std) (`device_augment.model_input`)."""
+  images = device_augment.model_input(batch, normalization)
+  logits = net.apply({"params": params, "batch_stats": batch_stats}, images, *net_inputs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   return EvalMetrics.single_from_model_output(loss=loss, accuracy=correct, mask=batch["mask"])
