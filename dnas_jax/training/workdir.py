@@ -49,6 +49,7 @@ HARMLESS = (
   "eval_every_epochs",
   "eval_batch_size",
   "data.data_dir",
+  "data.workers",
   "distributed",
   "prefetch",
   "profile",
