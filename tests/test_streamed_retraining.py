@@ -6,6 +6,7 @@ from the folder copy of the same images."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,12 +14,15 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import jpeg_data  # tests/jpeg_data.py
 import run_helpers as rh  # tests/run_helpers.py
 from dnas_jax import api
+from dnas_jax.configs import imagenet_retrain
 from dnas_jax.training import checkpoints
 from dnas_jax.training import loop as training_loop
+from dnas_jax.training import validation
 
 CLASSES = ("ant", "bee", "cat", "dog")
 NUM_TRAIN, NUM_VAL = 192, 52  # 12 steps of 16 per epoch; the last test batch padded
@@ -99,3 +103,23 @@ def test_killed_streamed_retraining_resumes_with_the_same_batches(tmp_path):
   assert all(jax.tree.leaves(same)), same
   final = json.loads(open(os.path.join(run, training_loop.FINAL_METRICS)).read())
   assert final == json.loads(open(os.path.join(ref, training_loop.FINAL_METRICS)).read())
+
+
+def test_streaming_config_fields_are_checked_in_one_line():
+  config = imagenet_retrain.get_config()
+  validation.validate_train_config(config)  # streams imagenet2012, 224×224
+  spec = validation.dataset_spec(rh.config(config, **{"data.source": "folder"}))
+  assert (spec.num_classes, spec.image_shape) == (1000, (224, 224, 3))
+  bad = [
+    ({"data.streaming": False}, "config.data.streaming=True"),
+    ({"data.image_size": 0}, "config.data.image_size"),
+    ({"data.workers": -1}, "config.data.workers=-1"),
+  ]
+  for fields, part in bad:
+    with pytest.raises(validation.ConfigError, match=re.escape(part)) as e:
+      validation.validate_train_config(rh.config(imagenet_retrain.get_config(), **fields))
+    assert "\n" not in str(e.value)
+  search = rh.config()
+  search.data.streaming = True
+  with pytest.raises(validation.ConfigError, match="experiments.train"):
+    validation.validate_search_config(search)

@@ -12,10 +12,11 @@ Command:
 The recipe after the colon picks the learning rate: `darts` (the default: DARTS's
 `train_imagenet.py`) or `pc_darts` (PC-DARTS's). Trains the genotype of the DNAS search
 on CIFAR-10 (`workdirs/cifar10_dnas/genotype.json`, mapped from its depth to L = 14)
-or a published one in `NetworkImageNet` (dnas_jax/models/network.py). The dataset
-`imagenet2012` has no loader yet: the streaming JPEG input pipeline will provide it
-(with DARTS's RandomResizedCrop(224), flip and colour jitter); `--dry_run` needs no data
-and prints, for DARTS_V2, `params_excluding_auxiliary: 4718752` (DARTS's 4.7M),
+or a published one in `NetworkImageNet` (dnas_jax/models/network.py). `imagenet2012` is
+streamed from disk (TFDS array_record under `config.data.data_dir`, or a folder tree:
+docs/imagenet.md), decoded and cropped in `config.data.workers` processes with DARTS's
+RandomResizedCrop(224) and flip, its colour jitter applied in the step. `--dry_run`
+needs no data and prints, for DARTS_V2, `params_excluding_auxiliary: 4718752` (DARTS's 4.7M),
 `params_total: 5979528` and `multiply_adds: 529911552`; for PC_DARTS 5270560 (PC-DARTS's
 5.3M), 6531336 and 571137408.
 

@@ -399,18 +399,45 @@ def train_program(
   config: ml_collections.ConfigDict, image_shape, num_classes: int, mesh
 ) -> tuple[Callable, tuple, tuple]:
   """The retraining step of a retrain config (its genotype, drop path 0.2) on random
-  data: (jitted fn, args, roles) as `search_programs`."""
+  data: (jitted fn, args, roles) as `search_programs`. A streaming config's step takes
+  the streaming pipeline's batches (uint8 images and colour-jitter parameters, jittered
+  and normalised in the step) of its image size and dataset's classes."""
   from dnas_jax.retrain import setup as retrain_setup  # pylint: disable=g-import-not-at-top
 
   geno = retrain_setup.resolve_genotype(config.genotype, config.model.num_layers)
-  setup = retrain_setup.create_train_setup(config, geno, image_shape, num_classes, 100, mesh)
-  state, step_fn = setup.state, setup.step_fn
+  normalization = None
   batch = random_batch(config.batch_size, image_shape, num_classes, 0)
+  if config.data.get("streaming", False):
+    spec = validation.dataset_spec(config)
+    image_shape, num_classes = spec.image_shape, spec.num_classes
+    normalization = (tuple(spec.mean), tuple(spec.std))
+    batch = random_streamed_batch(config.batch_size, image_shape, num_classes, 0)
+  setup = retrain_setup.create_train_setup(
+    config, geno, image_shape, num_classes, 100, mesh, normalization
+  )
   return (
-    step_fn,
-    (state, batch, jax.random.key(0), jnp.float32(0.2)),
+    setup.step_fn,
+    (setup.state, batch, jax.random.key(0), jnp.float32(0.2)),
     ("state", "batch", "state", "state"),
   )
+
+
+def random_streamed_batch(batch_size: int, image_shape, num_classes: int, seed: int):
+  """A batch as the streaming pipeline delivers it: uint8 images, labels, and colour
+  jitter parameters in their ranges (factors in [0.6, 1.4], hue in [-0.2, 0.2], an
+  order of the four adjustments)."""
+  from dnas_jax.data import device_augment  # pylint: disable=g-import-not-at-top
+
+  r = np.random.default_rng(seed)
+  jitter = np.zeros((batch_size, device_augment.JITTER_COLUMNS), np.float32)
+  jitter[:, :3] = r.uniform(0.6, 1.4, (batch_size, 3))
+  jitter[:, 3] = r.uniform(-0.2, 0.2, batch_size)
+  jitter[:, 4:] = np.stack([r.permutation(4)[:3] for _ in range(batch_size)])
+  return {
+    "image": r.integers(0, 256, (batch_size,) + tuple(image_shape), dtype=np.uint8),
+    "label": r.integers(0, num_classes, batch_size).astype(np.int32),
+    "jitter": jitter,
+  }
 
 
 def count_convolutions(
@@ -500,7 +527,7 @@ def aot_compile(
       "channels": c.model.channels,
       "batch_size": c.batch_size,
       "dtype": c.model.dtype,
-      "image_shape": list(image_shape),
+      "image_shape": list(args[1]["image"].shape[1:]),
       **aot.compile_report(fn, abstract, hbm=aot.hbm_bytes(topology)),
       "jax": jax.__version__,
     }

@@ -6,6 +6,8 @@ compiled: a bad field costs a second, not a compile.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import jax
@@ -157,6 +159,11 @@ def dataset_spec(config: ml_collections.ConfigDict) -> registry.DatasetSpec:
     raise ConfigError(
       f"config.data.image_size={size!r} must be a non-negative integer (0: the images' own size)"
     )
+  dataset, source = config.data.dataset, config.data.source
+  if config.data.get("streaming", False) and dataset in STREAMED_ONLY and source == "folder":
+    # ImageNet as a folder tree: the registered facts, the crops' size.
+    spec = registry.registered_datasets()[dataset]
+    return dataclasses.replace(spec, image_shape=(size, size, 3) if size else spec.image_shape)
   try:
     return registry.resolve(config.data)
   except data_errors.DataConfigError as e:
