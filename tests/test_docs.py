@@ -11,6 +11,7 @@ commands by `test_cheap_readme_commands_run`.
 import ast
 import glob
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -201,3 +202,44 @@ def test_cheap_readme_commands_run():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "params_excluding_auxiliary: 3349342" in out.stdout
+
+
+# Appended to the README's pipeline commands: one epoch of a 3-layer network at C = 4,
+# so that the four commands run in CI in seconds of compute; every other part of each
+# command (module, config file, workdir, the files one step leaves for the next) is the
+# README's.
+SMALLER = {
+  "experiments.search": ["--config.num_epochs=1", "--config.model.num_layers=3"],
+  "experiments.train": ["--config.num_epochs=1", "--config.model.num_layers=3"],
+}
+SMALLER = {m: a + ["--config.model.channels=4"] for m, a in SMALLER.items()}
+
+
+def test_readme_pipeline_commands_run_in_order(tmp_path):
+  """The README's search → derive → train → evaluate commands, as written but for
+  SMALLER's appended overrides, in a fresh folder (their workdirs are relative)."""
+  text = _read(README).split("## Search, derive, retrain, evaluate", 1)[1].split("\n1. ", 1)[0]
+  commands = _commands(text)
+  modules = [c.split()[0] for c in commands]
+  assert modules == [
+    "experiments.search",
+    "experiments.derive",
+    "experiments.train",
+    "experiments.evaluate",
+  ], commands
+  os.symlink(os.path.join(REPO, "experiments"), tmp_path / "experiments")
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  for command in commands:
+    args = shlex.split(command)
+    out = subprocess.run(
+      [sys.executable, "-m", *args, *SMALLER.get(args[0], [])],
+      cwd=tmp_path,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert out.returncode == 0, (command, out.stderr[-3000:])
+  final = json.loads((tmp_path / "workdirs" / "digits_retrain" / "final_metrics.json").read_text())
+  evaluated = json.loads(out.stdout.split("\ntest loss:")[0])  # evaluate's report
+  assert evaluated["test_accuracy"] == final["test_accuracy"] and final["step"] > 0

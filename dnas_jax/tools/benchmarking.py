@@ -464,6 +464,7 @@ def benchmark_train_step(
   sharding.check_batch_size(config.batch_size, mesh)
   step_fn, (state, batch, rng, drop), _ = train_program(config, image_shape, num_classes, mesh)
   b = config.batch_size
+  image_shape = batch["image"].shape[1:]  # a streaming config's own size
   batch = sharding.shard_batch(batch, mesh)
   result = time_compiled(
     step_fn, (state, batch, rng, drop), steps=steps, warmup=warmup, carry_state=True
