@@ -16,9 +16,10 @@ the normalisation run on the accelerator (`device_augment.prepare`): with PIL th
 about 3× the JPEG decoding (the hue's RGB→HSV→RGB round trip most of it).
 
 Training decodes with OpenCV (`decode_array`: libjpeg-turbo, as PIL's wheels; the same
-pixels as PIL for RGB and greyscale JPEGs, measured) and resizes the crop with OpenCV
-(`resize_crop`), because PIL's antialiased bilinear resize cost as much as the decoding
-(about 0.65 ms per image, against 0.1–0.25 ms; docs/imagenet.md, Throughput). The
+pixels as PIL's convert('RGB') on the benchmark's 300 JPEGs and on a greyscale, a CMYK
+JPEG and an RGBA PNG, measured) and resizes the crop with OpenCV (`resize_crop`),
+because PIL's antialiased bilinear resize cost as much as the decoding (0.6–0.8 ms per
+400×350 image in one process, against 0.17–0.3 ms; docs/imagenet.md, Throughput). The
 resize is not torchvision's PIL filter, which is antialiased bilinear (a triangle
 filter as wide as the scale factor when shrinking). `resize_crop` is plain bilinear
 with half-pixel centres (cv2.INTER_LINEAR: what torchvision's tensor path computes with
@@ -27,7 +28,7 @@ enlarging (±1 from rounding); along an axis the crop shrinks, a Gaussian prefil
 (σ = ½·√(s² − 1) for the scale factor s) antialiases it first. On 300 random crops of
 400×350 JPEGs to 224 (tests/test_streaming.py checks the same bounds on small images):
 enlarging, at most 1 from torchvision's PIL result (mean 0.22); shrinking, at most 7
-(mean 0.52), where plain bilinear is at most 15 (mean 0.93) and cv2.INTER_AREA at most
+(mean 0.53), where plain bilinear is at most 15 (mean 0.93) and cv2.INTER_AREA at most
 6 (mean 0.45) at twice the cost. Evaluation keeps PIL (decoding and resize) exactly as
 torchvision: it is not the throughput-bound pass. No whole image is converted to float
 here.
