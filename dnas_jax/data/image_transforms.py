@@ -73,7 +73,8 @@ def decode(data: bytes, where: str) -> Image.Image:
 
 def decode_array(data: bytes, where: str) -> np.ndarray:
   """The uint8 [H, W, 3] RGB pixels of encoded `data`, decoded by OpenCV (by PIL, with
-  `decode`'s error, when OpenCV cannot read it)."""
+  `decode`'s error, when OpenCV cannot read it: an unreadable or truncated file gives the
+  same one-line error as `decode`)."""
   pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD)
   if pixels is None:
     return np.asarray(decode(data, where))
@@ -82,8 +83,9 @@ def decode_array(data: bytes, where: str) -> np.ndarray:
 
 def _prefilter(scale: float) -> tuple[int, float]:
   """(kernel size, σ) of the Gaussian that antialiases shrinking by `scale` (> 1) along
-  one axis: σ = ½·√(scale² − 1) (measured closest to PIL's antialiased bilinear among
-  those tried); (1, 1.0), no filtering, when not shrinking."""
+  one axis: σ² = (scale² − 1)/4 (of /6, /4 and /3 tried, /4 and /3 came nearly as close
+  to PIL's antialiased bilinear, mean differences 0.52 and 0.50 against 0.68, and /4 is
+  the cheaper); (1, 1.0), no filtering, when not shrinking."""
   if scale <= 1:
     return 1, 1.0
   sigma = 0.5 * math.sqrt(scale * scale - 1)
