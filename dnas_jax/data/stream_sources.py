@@ -6,7 +6,8 @@ in whichever process asks (they pickle small, to grain's worker processes).
   the sorted class folders (the layout and its checks: `local_files.folder_files`).
 * `TfdsSource`: a TFDS dataset prepared in array_record format, read through
   `tfds.data_source` with the image left encoded (`tfds.decode.SkipDecoding`), so both
-  sources decode the same bytes with PIL; no TensorFlow needed.
+  sources give the same bytes to the same decoder (`image_transforms`); no TensorFlow
+  needed.
 
 `read(i)` gives (encoded bytes, label, where): `where` names the file or record for
 the error when the bytes are not a readable image.

@@ -2,12 +2,14 @@
 decoding alone, on the same files with the same number of worker processes, measured
 in one run (`experiments/benchmark.py --what=stream`).
 
-* decoding: each of `workers` processes reads and PIL-decodes its share of the files
-  to RGB (nothing else), after one untimed warm-up pass over a few of them;
+* decoding: each of `workers` processes reads and decodes its share of the files to
+  RGB with the pipeline's decoder (`image_transforms.decode_array`, OpenCV) and nothing
+  else, after one untimed warm-up pass over a few of them;
 * pipeline: `streaming.train_epoch` over the same files, the host's part of the
-  augmentation (read, decode, RandomResizedCrop and resize in one PIL call, flip, draw
-  the ColorJitter parameters, batch as uint8 through grain's workers), timed from its
-  first batch (the worker processes' start is left out) to the end of the epoch;
+  augmentation (read, decode, RandomResizedCrop: the crop view resized by
+  `image_transforms.resize_crop`, flip, draw the ColorJitter parameters, batch as uint8
+  through grain's workers), timed from its first batch (the worker processes' start is
+  left out) to the end of the epoch;
 * device part: `device_augment.prepare` (ColorJitter and normalisation) of one
   batch, jit-compiled and warmed up, timed on this process's CPU (JAX's CPU backend)
   after the pipeline's workers have stopped. Not measured on a GPU or TPU, where it is
@@ -18,14 +20,15 @@ images/s per worker process (per core when each has one), the best of each, and 
 ratio of the two (pipeline / decoding: decoding is the floor of the host's work), with
 each round's ratio beside it: on a shared machine other load changes either figure
 between runs. Then the host's steps in one process in ms per image (decode, crop and
-resize, the rest) and the device part in ms per batch.
+resize, the rest), with their ratio decode / all (`ratio_one_process`: the same ratio
+without worker processes, measured in one process and so less moved by other load),
+and the device part in ms per batch.
 Without `data_dir` it writes `num_images` JPEGs of ImageNet's typical size (400×350,
 quality 90, smooth content with fine detail) into a temporary folder.
 """
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import tempfile
@@ -59,9 +62,7 @@ def _decode_files(files: list[str]) -> int:
   for file in files:
     with open(file, "rb") as f:
       data = f.read()
-    image = Image.open(io.BytesIO(data))
-    image = image.convert("RGB") if image.mode != "RGB" else image
-    image.load()
+    image_transforms.decode_array(data, file)
   return len(files)
 
 
@@ -77,14 +78,17 @@ def decode_rate(files: list[str], workers: int) -> float:
 
 
 def pipeline_rate(source, batch_size: int, workers: int, image_size: int) -> float:
-  """Images/s of one training epoch of `source`, timed from its first batch on."""
+  """Images/s of one training epoch of `source`, timed from its first batch to its last:
+  the worker processes' start and stop are left out (grain's workers take up to half a
+  second each to stop after the epoch's end, which is most of a short epoch)."""
+  steps = streaming.steps_per_epoch(source, batch_size)
   it = streaming.train_epoch(
     source, batch_size, 0, 0, 0, 0, 1, workers=workers, image_size=image_size
   )
   next(it)
   start, count = time.perf_counter(), 0
-  for batch in it:
-    count += len(batch["label"])
+  for _ in range(steps - 1):
+    count += len(next(it)["label"])
   elapsed = time.perf_counter() - start
   it.close()
   return count / elapsed
@@ -117,8 +121,8 @@ def device_augment_ms(batch_size: int, image_size: int, repeats: int = 5) -> flo
 
 def host_steps_ms(source, image_size: int, count: int = 200, repeats: int = 3) -> dict:
   """Milliseconds per image of the host's steps in this process, each the best of
-  `repeats` passes over the first `count` records: decoding, the crop and resize (one
-  PIL call), the rest of `train_transform` (the draws, the array, the flip)."""
+  `repeats` passes over the first `count` records: decoding, the crop and resize
+  (`resize_crop`), the rest of `train_transform` (the draws, the flip)."""
   count = min(count, len(source))
   datas = [source.read(i)[0] for i in range(count)]
   best = {"decode": float("inf"), "crop_resize": float("inf"), "rest": float("inf")}
@@ -126,13 +130,12 @@ def host_steps_ms(source, image_size: int, count: int = 200, repeats: int = 3) -
     spent = dict.fromkeys(best, 0.0)
     for i, data in enumerate(datas):
       t0 = time.perf_counter()
-      image = image_transforms.decode(data, "benchmark")
+      pixels = image_transforms.decode_array(data, "benchmark")
       t1 = time.perf_counter()
       rng = np.random.default_rng([0, 0, i])
-      top, left, h, w = image_transforms.crop_box(rng, *image.size)
-      box = (left, top, left + w, top + h)
+      top, left, h, w = image_transforms.crop_box(rng, pixels.shape[1], pixels.shape[0])
       t2 = time.perf_counter()
-      pixels = np.asarray(image.resize((image_size, image_size), Image.BILINEAR, box=box))
+      pixels = image_transforms.resize_crop(pixels, top, left, h, w, image_size)
       t3 = time.perf_counter()
       pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
       image_transforms.jitter_params(rng)
@@ -155,7 +158,8 @@ def measure(
   """One record: decoding and pipeline images/s per worker (the best of `rounds`
   alternating measurements of each, as other load on the machine comes and goes), the
   ratio of the two bests and each round's ratio, the host's steps in ms per image in
-  one process, and the device part's ms per batch on this CPU."""
+  one process and their ratio decode / all, and the device part's ms per batch on this
+  CPU."""
   with tempfile.TemporaryDirectory() as tmp:
     if not data_dir:
       synthesize_jpegs(tmp, num_images)
@@ -185,6 +189,7 @@ def measure(
     "ratio": round(pipeline / decode, 3),
     "ratio_per_round": [round(p / d, 3) for p, d in zip(pipelines, decodes)],
     "host_ms_per_image_one_process": steps,
+    "ratio_one_process": round(steps["decode"] / sum(steps.values()), 3),
     "device_augment_ms_per_batch_cpu": round(device_ms, 1),
     "load_average": [round(v, 2) for v in os.getloadavg()],
   }
