@@ -1,5 +1,7 @@
 """The partial-channel supernet: mixed edges, shapes, gradients, parameter counts."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -166,9 +168,12 @@ def test_scanned_network_equals_the_cell_by_cell_network(num_layers):
     assert jax.tree.structure(params) == jax.tree.structure(
       init_lib.init_from_shapes(ref, 0, x, psi, edge)["params"]
     )
-    got, _ = net.apply(v, x, psi, edge, mutable=["batch_stats"])
-    want, _ = ref.apply(
-      {"params": params, "batch_stats": stats_ref}, x, psi, edge, mutable=["batch_stats"]
+    # Each network's forward pass compiled as one program (op by op, each of its
+    # hundreds of operations would compile on its own: slower on a CPU).
+    apply = jax.jit(lambda v, psi: net.apply(v, x, psi, edge, mutable=["batch_stats"])[0])
+    got = apply(v, psi)
+    want, _ = jax.jit(functools.partial(ref.apply, mutable=["batch_stats"]))(
+      {"params": params, "batch_stats": stats_ref}, x, psi, edge
     )
     assert got.shape == (2, 10) and got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
@@ -176,12 +181,12 @@ def test_scanned_network_equals_the_cell_by_cell_network(num_layers):
     flat = supernet.SearchNetwork(
       10, num_layers, 8, prims, partial_k=4, scan_stages=False, dtype=jnp.float64
     )
-    got_flat, _ = flat.apply(
-      {"params": params, "batch_stats": stats_ref}, x, psi, edge, mutable=["batch_stats"]
+    got_flat, _ = jax.jit(functools.partial(flat.apply, mutable=["batch_stats"]))(
+      {"params": params, "batch_stats": stats_ref}, x, psi, edge
     )
     np.testing.assert_allclose(np.asarray(got_flat), np.asarray(want), rtol=1e-10, atol=1e-10)
     # Each layer's ψ matters: changing the last layer's ψ changes the logits.
-    other, _ = net.apply(v, x, psi.at[-1].set(0.0), edge, mutable=["batch_stats"])
+    other = apply(v, psi.at[-1].set(0.0))
     assert not np.allclose(np.asarray(other), np.asarray(got))
 
 
@@ -249,11 +254,14 @@ def test_weight_count_equals_pc_darts(num_layers, primitives):
 
 
 def test_gradient_reaches_alpha_beta_gamma():
-  spec = arch.ArchSpec("decoupled", 3, len(PRIMS))
-  net = supernet.SearchNetwork(4, 3, 8, PRIMS, partial_k=2)
+  # Three operations (a pooling, the identity, a convolution): which ones does not
+  # matter to where the gradient reaches, and each more is compiled for every edge.
+  prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  spec = arch.ArchSpec("decoupled", 3, len(prims))
+  net = supernet.SearchNetwork(4, 3, 8, prims, partial_k=2)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   labels = jnp.array([0, 1, 2, 3])
-  variables = init_lib.init_from_shapes(net, 0, x, jnp.zeros((3, 14, len(PRIMS))))
+  variables = init_lib.init_from_shapes(net, 0, x, jnp.zeros((3, 14, len(prims))))
   params = spec.init(jax.random.key(1))
 
   def loss(arch_params):
