@@ -11,7 +11,6 @@ commands by `test_cheap_readme_commands_run`.
 import ast
 import glob
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -204,42 +203,27 @@ def test_cheap_readme_commands_run():
     assert "params_excluding_auxiliary: 3349342" in out.stdout
 
 
-# Appended to the README's pipeline commands: one epoch of a 3-layer network at C = 8
-# searched over two cheap operations, so that the four commands run in CI in seconds of
-# compute; every other part of each command (module, config file, workdir, the files
-# one step leaves for the next) is the README's.
-SMALL = ["--config.num_epochs=1", "--config.model.num_layers=3", "--config.model.channels=8"]
-SMALLER = {
-  "experiments.search": SMALL + ["--config.model.primitives=max_pool_3x3,skip_connect"],
-  "experiments.train": SMALL,
-}
+def _flag(command: str, name: str) -> str:
+  (value,) = [a.split("=", 1)[1] for a in shlex.split(command) if a.startswith(f"--{name}=")]
+  return value
 
 
-def test_readme_pipeline_commands_run_in_order(tmp_path):
-  """The README's search → derive → train → evaluate commands, as written but for
-  SMALLER's appended overrides, in a fresh folder (their workdirs are relative)."""
+def test_readme_pipeline_hands_each_step_the_last_ones_workdir():
+  """The README's search → derive → train → evaluate commands fit together as written:
+  derive reads the search's workdir, the retraining config's genotype is the
+  genotype.json derive writes there, and evaluate reads the retraining's workdir. (The
+  same four entry points run one after another as written in docs/extending.md's
+  example: tests/test_ops_registry.py; the digits commands themselves were timed by
+  hand, docs/performance.md §5.)"""
   text = _read(README).split("## Search, derive, retrain, evaluate", 1)[1].split("\n1. ", 1)[0]
-  commands = _commands(text)
-  modules = [c.split()[0] for c in commands]
-  assert modules == [
+  search, derive, train, evaluate = commands = _commands(text)
+  assert [c.split()[0] for c in commands] == [
     "experiments.search",
     "experiments.derive",
     "experiments.train",
     "experiments.evaluate",
   ], commands
-  os.symlink(os.path.join(REPO, "experiments"), tmp_path / "experiments")
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  for command in commands:
-    args = shlex.split(command)
-    out = subprocess.run(
-      [sys.executable, "-m", *args, *SMALLER.get(args[0], [])],
-      cwd=tmp_path,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-    )
-    assert out.returncode == 0, (command, out.stderr[-3000:])
-  final = json.loads((tmp_path / "workdirs" / "digits_retrain" / "final_metrics.json").read_text())
-  evaluated = json.loads(out.stdout.split("\ntest loss:")[0])  # evaluate's report
-  assert evaluated["test_accuracy"] == final["test_accuracy"] and final["step"] > 0
+  assert _flag(derive, "workdir") == _flag(search, "workdir")
+  retrain = _load_config(_flag(train, "config"))
+  assert retrain.genotype == os.path.join(_flag(search, "workdir"), "genotype.json")
+  assert _flag(evaluate, "workdir") == _flag(train, "workdir")

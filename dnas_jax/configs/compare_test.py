@@ -4,9 +4,9 @@ Command:
   python -m experiments.compare --config=experiments/configs/compare_test.py \
       --workdir=/tmp/dnas_compare_test
 
-The search is configs/test.py's size (synthetic 8×8 data, 5 layers, C = 8, 2 epochs of
-4 steps) with each row's own settings, but short operation lists (three operations,
-plus `none` for PC-DARTS), and the retraining configs/test_retrain.py (1 epoch) with
+The search is configs/test.py's size but 3 layers (synthetic 8×8 data, C = 8, 2 epochs
+of 4 steps) with each row's own settings, but short operation lists (three operations,
+plus `none` for PC-DARTS), and the retraining configs/test_retrain.py (1 epoch, 3 layers) with
 each run's genotype. Produces comparison.md with two rows and comparison.png in minutes,
 nearly all of it compiling; the numbers mean nothing at this size.
 """
@@ -24,6 +24,7 @@ def get_config():
   config.seeds = "0"
   search = test.get_config()
   search.checkpoint_every_steps = 100  # per epoch only (fewer Orbax saves)
+  search.model.num_layers = 3  # a normal cell and the two reduction cells
   config.search = search
   config.budget = ml_collections.ConfigDict()
   config.budget.num_epochs = search.num_epochs
@@ -40,5 +41,6 @@ def get_config():
   )
   config.retrain = test_retrain.get_config()
   config.retrain.num_epochs = 1
+  config.retrain.model.num_layers = 3
   config.retrain.checkpoint_every_steps = 100
   return config

@@ -528,7 +528,7 @@ def aot_compile(
       "channels": c.model.channels,
       "batch_size": c.batch_size,
       "dtype": c.model.dtype,
-      "image_shape": list(args[1]["image"].shape[1:]),
+      "image_shape": list(args[1]["image"].shape[1:] if name == "train_step" else image_shape),
       **aot.compile_report(fn, abstract, hbm=aot.hbm_bytes(topology)),
       "jax": jax.__version__,
     }
