@@ -229,3 +229,27 @@ def test_the_key_follows_the_users_operation_files(tmp_path, monkeypatch):
   user_file.write_text(source + "# edited\n")
   ops.import_ops_modules("key_ops.py")
   assert first != executable_cache.executable_path(str(tmp_path), {"run": 1}, "toy", step, args)
+
+
+def test_fields_outside_the_program_keep_the_executables_key(tmp_path):
+  """A run's executables are found again when only logging, checkpointing, prefetch,
+  profiling or input workers change; a field the step depends on changes the key."""
+  step, _ = _toy()
+
+  def path(**fields):
+    config = {
+      "num_epochs": 2,
+      "prefetch": 2,
+      "profile": {"first_step": 0, "num_steps": 0},
+      "data": {"dataset": "x", "workers": 0, "data_dir": ""},
+      **fields,
+    }
+    key = {"config": config, "num_classes": 10}
+    return executable_cache.executable_path(str(tmp_path), key, "toy", step, _inputs())
+
+  base = path()
+  assert path(prefetch=0, profile={"first_step": 3, "num_steps": 2}) == base
+  assert path(data={"dataset": "x", "workers": 8, "data_dir": "/elsewhere"}) == base
+  assert path(log_every_steps=7, checkpoint_every_steps=3) == base
+  assert path(num_epochs=3) != base
+  assert path(data={"dataset": "y", "workers": 0, "data_dir": ""}) != base

@@ -25,6 +25,7 @@ monitoring events tell which (`recording_events`, `freshly_compiled`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -72,12 +73,44 @@ def _signature(args) -> list:
   return [str(tree), [leaf(x) for x in leaves]]
 
 
+# Config fields that never enter a compiled step (logging, checkpoint and evaluation
+# cadence, where the data lies, input worker processes, prefetching, profiling, the
+# derivation's options): a run's executables are found again when only these change.
+PROGRAM_NEUTRAL = (
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_every_epochs",
+  "prefetch",
+  "profile",
+  "derive",
+  "data.data_dir",
+  "data.workers",
+)
+
+
+def _program_key(cache_key: Any) -> Any:
+  """`cache_key` without the PROGRAM_NEUTRAL fields of its 'config' (a run's meta)."""
+  if not isinstance(cache_key, dict) or not isinstance(cache_key.get("config"), dict):
+    return cache_key
+  config = copy.deepcopy(cache_key["config"])
+  for field in PROGRAM_NEUTRAL:
+    *parents, last = field.split(".")
+    node = config
+    for p in parents:
+      node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.pop(last, None)
+  return {**cache_key, "config": config}
+
+
 def executable_path(folder: str, cache_key: Any, name: str, jitted: Callable, args: tuple) -> str:
-  """Where the executable of program `name` (`jitted` on `args`) is kept in `folder`."""
+  """Where the executable of program `name` (`jitted` on `args`) is kept in `folder`;
+  the PROGRAM_NEUTRAL fields of a run's config do not change it."""
   fn = getattr(jitted, "__wrapped__", jitted)
   fn = getattr(fn, "func", fn)  # functools.partial
   description = {
-    "key": cache_key,
+    "key": _program_key(cache_key),
     "name": name,
     "function": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}",
     "args": _signature(args),
