@@ -21,9 +21,7 @@ from typing import Any, Iterator
 import ml_collections
 import numpy as np
 
-from dnas_jax.data import imagenet
 from dnas_jax.data import input_pipeline
-from dnas_jax.data import streaming
 from dnas_jax.retrain import setup as setup_lib
 
 
@@ -84,6 +82,9 @@ class StreamingFeed:
   streamed = True
 
   def __init__(self, config: ml_collections.ConfigDict):
+    # grain (about a second to import) only when a run streams.
+    from dnas_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+
     d = config.data
     self.data = imagenet.open_streaming(d)
     self.name = self.data.name
@@ -105,6 +106,8 @@ class StreamingFeed:
   ) -> Iterator[tuple[dict[str, np.ndarray], dict]]:
     """(batch, the iterator's state after it) for the steps of `epoch` from `offset` on;
     `state`, an earlier iterator's state at that step, is continued from."""
+    from dnas_jax.data import streaming  # pylint: disable=g-import-not-at-top
+
     index, count = _process_of(rows, batch_size)
     if state is not None and (state.get("epoch") != epoch or state.get("step") != offset):
       state = None  # saved at another step: the step's offset says where to start
@@ -130,6 +133,8 @@ class StreamingFeed:
         self._open.remove(it)
 
   def eval_batches(self, batch_size: int, rows: slice | None, split: str = "test"):
+    from dnas_jax.data import streaming  # pylint: disable=g-import-not-at-top
+
     index, count = _process_of(rows, batch_size)
     return streaming.eval_batches(
       self.data.test if split == "test" else self.data.train,
