@@ -423,20 +423,16 @@ def train_program(
 
 
 def random_streamed_batch(batch_size: int, image_shape, num_classes: int, seed: int):
-  """A batch as the streaming pipeline delivers it: uint8 images, labels, and colour
-  jitter parameters in their ranges (factors in [0.6, 1.4], hue in [-0.2, 0.2], an
-  order of the four adjustments)."""
-  from dnas_jax.data import device_augment  # pylint: disable=g-import-not-at-top
+  """A batch as the streaming pipeline delivers it: uint8 images, labels, and each
+  image's colour jitter parameters drawn as the pipeline draws them
+  (`image_transforms.jitter_params`)."""
+  from dnas_jax.data import image_transforms  # pylint: disable=g-import-not-at-top
 
   r = np.random.default_rng(seed)
-  jitter = np.zeros((batch_size, device_augment.JITTER_COLUMNS), np.float32)
-  jitter[:, :3] = r.uniform(0.6, 1.4, (batch_size, 3))
-  jitter[:, 3] = r.uniform(-0.2, 0.2, batch_size)
-  jitter[:, 4:] = np.stack([r.permutation(4)[:3] for _ in range(batch_size)])
   return {
     "image": r.integers(0, 256, (batch_size,) + tuple(image_shape), dtype=np.uint8),
     "label": r.integers(0, num_classes, batch_size).astype(np.int32),
-    "jitter": jitter,
+    "jitter": np.stack([image_transforms.jitter_params(r) for _ in range(batch_size)]),
   }
 
 
