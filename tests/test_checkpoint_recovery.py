@@ -84,9 +84,16 @@ def _damage(workdir, how):
       json.dump(meta, f)
 
 
+# The reasons a damage may be reported with. Overwritten bytes decode to other values
+# (refused by the digest) or, where they fall in a compressed chunk or an index, fail
+# to read: which one depends on how this run's values were laid out in the file.
+# test_every_damaged_data_file_is_detected covers the digest's case on its own.
 WHY = {
-  "bytes_overwritten": "its values differ from the digest saved with it",
-  "digest_lost": "its meta holds no digest of its values",
+  "bytes_overwritten": (
+    "its values differ from the digest saved with it",
+    "unreadable",
+  ),
+  "digest_lost": ("its meta holds no digest of its values",),
 }
 
 
@@ -108,7 +115,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact(run_copy, how
   caplog.set_level(logging.WARNING)
   restored, meta, step = _restore(workdir, state)
   assert step == PREVIOUS and int(restored.step) == PREVIOUS
-  assert f"checkpoint {NEWEST} is damaged ({WHY.get(how, 'unreadable')}" in caplog.text
+  assert any(
+    f"checkpoint {NEWEST} is damaged ({why}" in caplog.text
+    for why in WHY.get(how, ("unreadable",))
+  ), caplog.text
   assert f"resuming from checkpoint {PREVIOUS}" in caplog.text
   moved = os.listdir(os.path.join(workdir, checkpoints.DAMAGED_DIR))
   assert len(moved) == 1 and moved[0].startswith(f"{NEWEST}-")
@@ -141,7 +151,7 @@ def test_every_damaged_data_file_is_detected(run_copy, tmp_path):
     manager = checkpoints.create_manager(os.path.join(trial, "checkpoints"))
     try:
       unverified, _ = checkpoints.restore(manager, target, NEWEST)
-    except ValueError:  # compressed bytes: the restore itself fails
+    except Exception:  # pylint: disable=broad-except  (compressed bytes: the read fails)
       unverified = None
     changed = unverified is not None and not all(
       np.array_equal(a, b) for a, b in zip(jax.tree.leaves(unverified), jax.tree.leaves(state))
