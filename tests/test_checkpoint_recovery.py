@@ -116,8 +116,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact(run_copy, how
   restored, meta, step = _restore(workdir, state)
   assert step == PREVIOUS and int(restored.step) == PREVIOUS
   assert any(
-    f"checkpoint {NEWEST} is damaged ({why}" in caplog.text
-    for why in WHY.get(how, ("unreadable",))
+    f"checkpoint {NEWEST} is damaged ({why}" in caplog.text for why in WHY.get(how, ("unreadable",))
   ), caplog.text
   assert f"resuming from checkpoint {PREVIOUS}" in caplog.text
   moved = os.listdir(os.path.join(workdir, checkpoints.DAMAGED_DIR))
