@@ -91,3 +91,84 @@ def run_copy(tiny_search, tmp_path):
   dst = str(tmp_path / "run")
   shutil.copytree(src, dst)
   return dst, result["state"]
+
+
+# Appended to the README's search and train commands by `readme_pipeline`: the same
+# entry points, configs, workdirs and data at a size that compiles and runs in seconds
+# (one epoch of a 3-layer, 8-channel search over three operations; the retraining at
+# the searched depth, 4 channels, one epoch).
+README_PIPELINE_SMALL = {
+  "experiments.search": [
+    "--config.model.num_layers=3",
+    "--config.model.channels=8",
+    "--config.model.primitives=max_pool_3x3,skip_connect,sep_conv_3x3",
+    "--config.num_epochs=1",
+    "--config.optim.arch_warmup_epochs=0",
+    "--config.eval_every_epochs=1",
+  ],
+  "experiments.train": [
+    "--config.model.num_layers=3",
+    "--config.model.channels=4",
+    "--config.num_epochs=1",
+    "--config.eval_every_epochs=1",
+  ],
+}
+
+
+@pytest.fixture(scope="session")
+def readme_pipeline(tmp_path_factory):
+  """The README's search → derive → train → evaluate commands, run one after another
+  as written from a new working directory (their `workdirs/...` relative to it, as a
+  user runs them), with `README_PIPELINE_SMALL`'s flags appended: (that directory, the
+  commands as written, each one's stdout). Run once per test session: the first of
+  pytest-xdist's workers to ask runs it under a file lock, the others read its record.
+  A failing command fails every test that uses the fixture, with its stderr."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import shlex  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  section = text.split("## Search, derive, retrain, evaluate", 1)[1].split("\n1. ", 1)[0]
+  commands = re.findall(r"^ +python -m (experiments\.\w+.*)$", section, flags=re.M)
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's
+  root, record = shared / "readme_pipeline", shared / "readme_pipeline.json"
+  with open(shared / "readme_pipeline.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not record.exists():
+      root.mkdir()
+      os.symlink(os.path.join(repo, "experiments"), root / "experiments")
+      path = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
+      outs = []
+      for command in commands:
+        args = shlex.split(command)
+        out = subprocess.run(
+          [sys.executable, "-m", *args, *README_PIPELINE_SMALL.get(args[0], [])],
+          cwd=root,
+          env=dict(os.environ, PYTHONPATH=path),
+          capture_output=True,
+          text=True,
+          timeout=600,
+          check=False,
+        )
+        outs.append(
+          {
+            "command": command,
+            "rc": out.returncode,
+            "stdout": out.stdout,
+            "stderr": out.stderr[-3000:],
+          }
+        )
+        if out.returncode:
+          break
+      record.write_text(json.dumps(outs))
+  outs = json.loads(record.read_text())
+  for out in outs:
+    assert out["rc"] == 0, f"{out['command']}\n{out['stderr']}"
+  return pathlib.Path(root), commands, [out["stdout"] for out in outs]

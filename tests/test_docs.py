@@ -1,16 +1,19 @@
-"""The README and docs/ stay true: what they cite exists, their commands parse.
+"""The README and docs/ stay true: what they cite exists, their commands parse and run.
 
 Checked without running anything long: every repository path, `dnas_jax` module and
 file name a document cites exists; every `python -m ...` command in the README, in
 docs/ and in the configs' docstrings names an existing module, config file, flag and
 config field; the README stays a short user's guide; each shared table lives in one
-place. The README's restore example is executed by tests/test_api.py, and the cheap
-commands by `test_cheap_readme_commands_run`.
+place. The README's restore example is executed by tests/test_api.py, its cheap
+commands as written by `test_cheap_readme_commands_run`, and its search → derive →
+train → evaluate commands one after another, at a small size, by
+`test_readme_pipeline_runs_as_written` (conftest.py's `readme_pipeline`).
 """
 
 import ast
 import glob
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -203,27 +206,21 @@ def test_cheap_readme_commands_run():
     assert "params_excluding_auxiliary: 3349342" in out.stdout
 
 
-def _flag(command: str, name: str) -> str:
-  (value,) = [a.split("=", 1)[1] for a in shlex.split(command) if a.startswith(f"--{name}=")]
-  return value
-
-
-def test_readme_pipeline_hands_each_step_the_last_ones_workdir():
-  """The README's search → derive → train → evaluate commands fit together as written:
-  derive reads the search's workdir, the retraining config's genotype is the
-  genotype.json derive writes there, and evaluate reads the retraining's workdir. (The
-  same four entry points run one after another as written in docs/extending.md's
-  example: tests/test_ops_registry.py; the digits commands themselves were timed by
-  hand, docs/performance.md §5.)"""
-  text = _read(README).split("## Search, derive, retrain, evaluate", 1)[1].split("\n1. ", 1)[0]
-  search, derive, train, evaluate = commands = _commands(text)
+def test_readme_pipeline_runs_as_written(readme_pipeline):
+  """The README's search → derive → train → evaluate commands run one after another as
+  written, at a small size (conftest.py's `readme_pipeline`): each step finds what the
+  one before wrote, and evaluate prints the test accuracy the retraining wrote in
+  final_metrics.json."""
+  root, commands, outs = readme_pipeline
   assert [c.split()[0] for c in commands] == [
     "experiments.search",
     "experiments.derive",
     "experiments.train",
     "experiments.evaluate",
   ], commands
-  assert _flag(derive, "workdir") == _flag(search, "workdir")
-  retrain = _load_config(_flag(train, "config"))
-  assert retrain.genotype == os.path.join(_flag(search, "workdir"), "genotype.json")
-  assert _flag(evaluate, "workdir") == _flag(train, "workdir")
+  assert (root / "workdirs" / "digits" / "genotype.json").exists()
+  with open(root / "workdirs" / "digits_retrain" / "final_metrics.json") as f:
+    final = json.load(f)
+  m = re.search(r'"test_accuracy": ([0-9.]+)', outs[-1])
+  assert m, outs[-1][-2000:]
+  assert float(m.group(1)) == pytest.approx(final["test_accuracy"], abs=1e-4)
