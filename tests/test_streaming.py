@@ -22,6 +22,7 @@ from dnas_jax.data import image_transforms
 from dnas_jax.data import imagenet
 from dnas_jax.data import stream_sources
 from dnas_jax.data import streaming
+from dnas_jax.tools import stream_benchmark
 
 CLASSES = ("ant", "bee", "cat")
 NUM_TRAIN, NUM_VAL = 150, 30
@@ -390,3 +391,20 @@ def test_device_color_jitter_and_normalisation_match_a_numpy_reference():
   # Without 'jitter' (evaluation): only the normalisation; the label is not read.
   plain = prepare({"image": images, "label": np.zeros(n, np.int32)}, mean, std)
   np.testing.assert_allclose(plain, (images / 255.0 - np.array(mean)) / np.array(std), atol=1e-5)
+
+
+def test_stream_benchmark_prints_its_record(data):
+  """`--what=stream`'s record at a tiny size (the folder of this module's JPEGs, one
+  worker, one round): both rates measured, the ratio theirs, the host's steps timed."""
+  record = stream_benchmark.measure(
+    data_dir=str(data["root"]), workers=1, batch_size=8, image_size=SIZE, rounds=1
+  )
+  assert record["images"] == NUM_TRAIN and record["workers"] == 1
+  decode = record["decode_images_per_s_per_worker"]
+  pipeline = record["pipeline_images_per_s_per_worker"]
+  assert decode > 0 and pipeline > 0
+  assert record["ratio"] == pytest.approx(pipeline / decode, rel=0.01)
+  assert record["ratio_per_round"] == [record["ratio"]]
+  steps = record["host_ms_per_image_one_process"]
+  assert set(steps) == {"decode", "crop_resize", "rest"} and min(steps.values()) > 0
+  assert record["device_augment_ms_per_batch_cpu"] > 0

@@ -137,7 +137,7 @@ def host_steps_ms(source, image_size: int, count: int = 200, repeats: int = 3) -
       t2 = time.perf_counter()
       pixels = image_transforms.resize_crop(pixels, top, left, h, w, image_size)
       t3 = time.perf_counter()
-      pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
+      pixels = image_transforms.hflip(pixels) if rng.random() < 0.5 else pixels
       image_transforms.jitter_params(rng)
       t4 = time.perf_counter()
       spent["decode"] += t1 - t0
@@ -149,7 +149,7 @@ def host_steps_ms(source, image_size: int, count: int = 200, repeats: int = 3) -
 
 def measure(
   data_dir: str | None = None,
-  num_images: int = 1000,
+  num_images: int = 3000,
   workers: int = 2,
   batch_size: int = 50,
   image_size: int = 224,
