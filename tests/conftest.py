@@ -136,8 +136,9 @@ def readme_pipeline(tmp_path_factory):
     text = f.read()
   section = text.split("## Search, derive, retrain, evaluate", 1)[1].split("\n1. ", 1)[0]
   commands = re.findall(r"^ +python -m (experiments\.\w+.*)$", section, flags=re.M)
+  # The folder every xdist worker of this test run shares (each has its own below it).
   base = tmp_path_factory.getbasetemp()
-  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
   root, record = shared / "readme_pipeline", shared / "readme_pipeline.json"
   with open(shared / "readme_pipeline.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
