@@ -165,6 +165,10 @@ def test_two_processes_search_like_one_and_resume_after_kill_and_preemption(tmp_
       else:
         assert procs.wait(LIMIT) == [0, 0], procs.output()
         _assert_each_reads_its_rows(logs / attempt, 16)  # the test config's batch
+      if attempt != "killed":  # each process loads the executables it compiled first
+        for p in range(2):
+          log = (logs / attempt / f"process_{p}.log").read_text()
+          assert "as compiled by an earlier run (no tracing)" in log, log[-3000:]
   ref_state, ref_step = _state(str(ref))
   state, step = _state(str(run))
   assert step == ref_step == 8

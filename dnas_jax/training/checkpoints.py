@@ -39,7 +39,30 @@ class NonFiniteStateError(FloatingPointError):
   """The state about to be saved holds NaN or inf; it is not saved."""
 
 
+_ARRAY_HANDLER_SET = False
+
+
+def _save_arrays_from_one_replica() -> None:
+  """Registers Orbax's array handler without replica-parallel saving (once per process).
+
+  Orbax's default on the CPU and TPU splits each replicated array across its replicas
+  and has every replica write a slice. Each slice is cut by its own small JAX program,
+  compiled at a run's first save and dispatched at every save. A search state is a few
+  MB, replicated over the data-parallel devices, so there is nothing to gain: measured,
+  the first save of the test config's search on 8 CPU devices took about 3.5 s more, and
+  each later step about 0.1 s more. The files written are the same; only which
+  replica writes them changes. This is Orbax's documented global registry, so it holds
+  for every Orbax save in the process."""
+  global _ARRAY_HANDLER_SET
+  if not _ARRAY_HANDLER_SET:
+    ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
+    _ARRAY_HANDLER_SET = True
+
+
 def create_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  _save_arrays_from_one_replica()
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(
     os.path.abspath(directory), options=options, item_names=("state", "meta")

@@ -8,12 +8,11 @@ in `{cache folder}/executables` (`executable_path`), keyed without tracing: by t
 description, each program's name and argument shapes, dtypes and shardings, and the
 process's environment (`runtime.environment`: the package's source code, the versions
 of jax, jaxlib, flax and optax, the backend and its devices, XLA_FLAGS and JAX's
-settings). A second run loads them (`load`) and starts stepping without tracing. Only
-single-process runs use them (`executables_folder`; each process of a multi-process
-run compiles its part). These files are pickles: like JAX's own cache, the folder must
-be one only you write. A change to code outside the package (your own, or a patch
-applied at run time) is not part of the key: run with `--compile_cache=` after such a
-change.
+settings, and which process of how many: each process of a multi-process run keeps
+its own). A second run loads them (`load`) and starts stepping without tracing. These
+files are pickles: like JAX's own cache, the folder must be one only you write. A
+change to code outside the package (your own, or a patch applied at run time) is not
+part of the key: run with `--compile_cache=` after such a change.
 
 Only executables that XLA has just compiled are kept (`save`). One that JAX read from
 its own cache cannot be serialized again on the CPU (jaxlib 0.10: the copy fails when
@@ -49,9 +48,9 @@ _FORMAT = 1  # of an executable file: zlib(pickle((format, serialized, in_tree, 
 
 def executables_folder(cache_key: Any) -> str | None:
   """The persistent cache folder when `compile_all` keeps executables keyed without
-  tracing: a `cache_key`, JAX's persistent cache on, and a single process."""
+  tracing: a `cache_key` and JAX's persistent cache on."""
   folder = jax.config.jax_compilation_cache_dir
-  if cache_key is None or not folder or jax.process_count() != 1:
+  if cache_key is None or not folder:
     return None
   return folder
 

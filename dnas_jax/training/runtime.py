@@ -129,6 +129,8 @@ def environment() -> dict[str, Any]:
     "platform": client.platform,
     "platform_version": client.platform_version,
     "devices": [(d.id, d.device_kind, d.process_index) for d in jax.devices()],
+    # Each process of a multi-process run compiles its own executable.
+    "process": [jax.process_index(), jax.process_count()],
     "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "LIBTPU_INIT_ARGS")},
     "jax_config": {
       k: repr(v)
