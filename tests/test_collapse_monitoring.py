@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from dnas_jax.configs import test as test_config
 from dnas_jax.retrain import setup as retrain_setup
 from dnas_jax.search import artifacts
 from dnas_jax.search import figures
@@ -109,10 +110,12 @@ def test_search_writes_the_share_edge_weights_and_its_epochs(tiny_search):
   workdir, result = tiny_search
   events = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
   data = b"".join(open(os.path.join(workdir, n), "rb").read() for n in events)
-  for k in range(5):
+  num_layers = test_config.get_config().model.num_layers
+  for k in range(num_layers):
     assert f"parameter_free/layer_{k:02d}".encode() in data
+  assert f"parameter_free/layer_{num_layers:02d}".encode() not in data
   edge = np.load(os.path.join(workdir, "edge_weights.npy"))
-  assert edge.shape == (5, 14) and edge.dtype == np.float32
+  assert edge.shape == (num_layers, 14) and edge.dtype == np.float32
   with open(os.path.join(workdir, "genotype.json")) as f:
     meta = json.load(f)["meta"]
   assert (meta["epoch"], meta["num_epochs"]) == (2, 2)

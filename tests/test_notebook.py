@@ -168,7 +168,7 @@ def test_notebook_runs_tiny(tmp_path, monkeypatch):
   assert "compilation cache: " in text  # the library's cache, turned on by the notebook
   assert "synthetic (synthetic): 256 training, 64 test images" in text
   assert "search done: val_accuracy=" in text
-  assert "psi: (5, 14, 3)" in text and "layer  4" in text
+  assert "psi: (3, 14, 3)" in text and "layer  2" in text
   assert "retrained: test error" in text
   assert "restored classifier: test accuracy" in text
   pngs = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]

@@ -78,7 +78,7 @@ def test_a_second_run_loads_its_steps_without_tracing(
   with caplog.at_level(logging.INFO):
     second = _run(tmp_path / "second", **cheap)
   assert not traced
-  assert "loaded search step (decoupled, L=5, batch 16), evaluation step" in caplog.text
+  assert "loaded search step (decoupled, L=3, batch 16), evaluation step" in caplog.text
   assert "compiling" not in caplog.text
   for a, b in (
     (first["state"].params, second["state"].params),
@@ -91,7 +91,9 @@ def test_a_second_run_loads_its_steps_without_tracing(
 @pytest.mark.parametrize("kind,edge_normalization", [("iam", False), ("full", True)])
 def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalization):
   # Two cheap operations: the parameterisation, not the operations, is under test
-  # (each one more is compiled for every edge of the search step).
+  # (each one more is compiled for every edge of the search step). The block search
+  # at 5 layers, where three normal cells share one ψ.
+  num_layers = 5 if kind == "iam" else 3
   result = _run(
     tmp_path,
     **{
@@ -99,12 +101,13 @@ def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalizatio
       "optim.zero_one_weight": 0.0,
       "arch.edge_normalization": edge_normalization,
       "model.primitives": "max_pool_3x3,skip_connect",
+      "model.num_layers": num_layers,
     },
   )
   meta = json.loads((tmp_path / "genotype.json").read_text())["meta"]
   assert meta["arch_kind"] == kind
   psi = np.load(tmp_path / "psi.npy")
-  assert psi.shape == (5, 14, 2)
+  assert psi.shape == (num_layers, 14, 2)
   if edge_normalization:  # ψ = softmax over ops × edge weight (a softmax per node)
     for edges in map(search_space.node_edges, range(4)):
       np.testing.assert_allclose(psi[:, edges.start : edges.stop].sum((-1, -2)), 1.0, rtol=1e-5)
@@ -113,8 +116,9 @@ def test_every_parameterisation_runs_by_config(tmp_path, kind, edge_normalizatio
   else:
     np.testing.assert_allclose(psi.sum(-1), 1.0, rtol=1e-5)  # softmax over ops
   if kind == "iam":  # block search: every normal cell is the same
-    red = search_space.is_reduction(5)
-    normals = [psi[k] for k in range(5) if not red[k]]
+    red = search_space.is_reduction(num_layers)
+    normals = [psi[k] for k in range(num_layers) if not red[k]]
+    assert len(normals) == 3
     for p in normals[1:]:
       np.testing.assert_array_equal(p, normals[0])
   assert np.isfinite(result["val_loss"])

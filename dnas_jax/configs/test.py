@@ -3,7 +3,8 @@
 Command:
   python -m experiments.search --config=experiments/configs/test.py --workdir=/tmp/dnas_test
 
-Synthetic 8×8 data, 5 layers, C = 8, three candidate operations, 2 epochs of 4 steps,
+Synthetic 8×8 data, 3 layers (a normal cell, then two reduction cells: every kind of
+cell and of preprocessing), C = 8, three candidate operations, 2 epochs of 4 steps,
 architecture updates from the second epoch. Produces every artifact of a real search.
 """
 
@@ -15,7 +16,7 @@ def get_config():
   config.data.dataset = "synthetic"
   config.data.source = "synthetic"
   config.data.crop_padding = 1
-  config.model.num_layers = 5
+  config.model.num_layers = 3
   config.model.channels = 8
   config.model.primitives = "max_pool_3x3,skip_connect,sep_conv_3x3"
   config.num_epochs = 2
