@@ -86,9 +86,12 @@ class _QuietLibraries:
   """Drops INFO records of chatty libraries (orbax logs every file it writes), and the
   errors Orbax and asyncio log, with tracebacks, for a checkpoint write the file
   system refused (a full disk): that failure reaches the run, which stops with one
-  line (workdir.WriteError)."""
+  line (workdir.WriteError). Also the warning Orbax logs when the checkpoints register
+  their array handler (`checkpoints.create_manager`): it is by design."""
 
   def filter(self, record) -> bool:
+    if "type_handler_registry" in record.pathname and "overriding" in record.getMessage():
+      return False
     if record.levelno <= 20:
       return not any(f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "flax"))
     if record.exc_info and any(f"/{lib}/" in record.pathname for lib in ("orbax", "asyncio")):

@@ -219,7 +219,7 @@ def test_the_search_entry_point_runs_with_the_flag():
   assert float(out.stdout.split()[1]) == 4 * 4 * 22 * 22
 
 
-def test_only_the_noise_of_a_failed_checkpoint_write_is_quieted():
+def test_only_the_noise_of_a_failed_checkpoint_write_is_quieted(monkeypatch, tmp_path):
   """The entry points drop the "Event loop is closed" errors TensorStore reports for
   the other writes of a checkpoint after one failed, and the errors Orbax and asyncio
   log for a write the file system refused; anything else passes."""
@@ -251,3 +251,20 @@ def test_only_the_noise_of_a_failed_checkpoint_write_is_quieted():
   assert record(orbax, ValueError("shapes differ"))  # no write failure: kept
   assert record("/work/dnas_jax/training/loop.py", full)  # not a library's: kept
   assert not record(orbax, None, level=20)  # orbax's INFO records, as before
+  assert record(orbax, None, level=30)  # its other warnings: kept
+
+  # The warning Orbax logs when the checkpoints register their array handler: dropped.
+  from dnas_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+
+  caught = []
+  handler = logging.Handler()
+  handler.emit = caught.append
+  logging.getLogger("absl").addHandler(handler)
+  monkeypatch.setattr(checkpoints, "_ARRAY_HANDLER_SET", False)
+  try:
+    checkpoints.create_manager(str(tmp_path / "checkpoints")).close()
+  finally:
+    logging.getLogger("absl").removeHandler(handler)
+  overriding = [r for r in caught if "overriding" in r.getMessage()]
+  assert overriding, [r.getMessage() for r in caught]
+  assert not any(cli._QuietLibraries().filter(r) for r in overriding)  # pylint: disable=protected-access
