@@ -134,12 +134,13 @@ def test_every_damaged_data_file_is_detected(run_copy, tmp_path):
   files = _data_files(_step_dir(workdir, NEWEST))
   silent = 0  # damages that decode to changed values without an error
   # Which file holds the values where (and which parts are compressed) varies from
-  # run to run: try the largest files at spread positions until one decodes to
-  # changed values.
+  # run to run: try every data file, the largest first, at spread positions until one
+  # decodes to changed values (measured on one run: 5 of 12 positions in the largest
+  # file did; on another, none of 12 in each of the three largest).
   trials = [
     (path, where)
-    for path in sorted(files, key=os.path.getsize)[::-1][:3]
-    for where in np.linspace(0.02, 0.98, 12)
+    for path in sorted(files, key=os.path.getsize)[::-1]
+    for where in np.linspace(0.02, 0.98, 24)
   ]
   for i, (path, where) in enumerate(trials):
     if silent:

@@ -4,8 +4,8 @@ Command:
   python -m experiments.train --config=experiments/configs/test_retrain.py \
       --workdir=/tmp/dnas_test_retrain
 
-Synthetic 8×8 data (256 training, 64 test images), DARTS_V1's cells over 5 layers at
-C = 8 without the auxiliary head (the 8×8 input leaves 2×2 at layer 2L//3), 2 epochs of
+Synthetic 8×8 data (256 training, 64 test images), DARTS_V1's cells over 3 layers
+(normal, reduction, reduction) at C = 8 without the auxiliary head, 2 epochs of
 16 steps with drop path 0 then 0.2 (0.4 · epoch / 2), a cutout of 4 pixels and a padded
 last evaluation batch (64 = 24 + 24 + 16). Produces every artifact of a real retraining.
 """
@@ -20,7 +20,7 @@ def get_config():
   config.data.source = "synthetic"
   config.data.crop_padding = 1
   config.data.cutout = 4
-  config.model.num_layers = 5
+  config.model.num_layers = 3
   config.model.channels = 8
   config.model.auxiliary = False
   config.num_epochs = 2
