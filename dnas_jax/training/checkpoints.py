@@ -12,6 +12,7 @@ run falls back to the newest intact checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -39,9 +40,7 @@ class NonFiniteStateError(FloatingPointError):
   """The state about to be saved holds NaN or inf; it is not saved."""
 
 
-_ARRAY_HANDLER_SET = False
-
-
+@functools.cache
 def _save_arrays_from_one_replica() -> None:
   """Registers Orbax's array handler without replica-parallel saving (once per process).
 
@@ -53,12 +52,9 @@ def _save_arrays_from_one_replica() -> None:
   each later step about 0.1 s more. The files written are the same; only which
   replica writes them changes. This is Orbax's documented global registry, so it holds
   for every Orbax save in the process."""
-  global _ARRAY_HANDLER_SET
-  if not _ARRAY_HANDLER_SET:
-    ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-    )
-    _ARRAY_HANDLER_SET = True
+  ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+  )
 
 
 def create_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
