@@ -30,6 +30,35 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 import pytest  # noqa: E402  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+# The test files that take longest, longest first (measured with a warm compilation
+# cache: docs/performance.md §5). pytest-xdist hands whole files to its two workers in
+# collection order (setup.cfg: --dist loadfile --no-loadscope-reorder), so starting with
+# these leaves no long file alone at the end; the other files follow in name order.
+SLOWEST_FILES = (
+  "test_search_loop.py",
+  "test_formulations.py",
+  "test_multiprocess.py",
+  "test_supernet.py",
+  "test_benchmarking.py",
+  "test_checkpoint_recovery.py",
+  "test_run_stops.py",
+  "test_streamed_retraining.py",
+  "test_search.py",
+  "test_train.py",
+  "test_docs.py",
+  "test_compare.py",
+  "test_notebook.py",
+  "test_dataset_registry.py",
+  "test_ops_registry.py",
+  "test_sharding.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="session")
 def tiny_search(tmp_path_factory):
   """One uninterrupted search with configs/test.py, shared by the tests that only read

@@ -1,4 +1,5 @@
-"""The tree is formatted and linted as ruff.toml says (`ruff format`, `ruff check`)."""
+"""The tree is formatted and linted as ruff.toml says (`ruff format`, `ruff check`), and
+the test files named for scheduling (conftest.SLOWEST_FILES) exist."""
 
 import os
 import shutil
@@ -30,3 +31,11 @@ def test_the_tree_is_formatted_and_lint_free(args):
     f"`ruff {' '.join(args)}` found problems (fix: ruff format . && ruff check --fix .):\n"
     + (out.stdout + out.stderr)[-4000:]
   )
+
+
+def test_the_slowest_files_listed_for_scheduling_exist():
+  import conftest  # tests/conftest.py  # pylint: disable=g-import-not-at-top
+
+  tests = os.listdir(os.path.join(REPO, "tests"))
+  assert [n for n in conftest.SLOWEST_FILES if n not in tests] == []
+  assert len(set(conftest.SLOWEST_FILES)) == len(conftest.SLOWEST_FILES)
