@@ -4,7 +4,7 @@ Command:
   python -m experiments.search --config=experiments/configs/test.py --workdir=/tmp/dnas_test
 
 Synthetic 8×8 data, 3 layers (a normal cell, then two reduction cells: every kind of
-cell and of preprocessing), C = 8, three candidate operations, 2 epochs of 4 steps,
+cell and of preprocessing), C = 8, three candidate operations, 2 epochs of 8 steps,
 architecture updates from the second epoch. Produces every artifact of a real search.
 """
 
