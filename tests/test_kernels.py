@@ -128,6 +128,79 @@ def test_materialize_is_the_identity_and_so_is_its_gradient():
   _assert_close(g, _random(x.shape, 99))
 
 
+def test_random_bits_are_threefrys_and_jaxs():
+  # Random123's known answer for Threefry-2x32 (20 rounds), key 0 and counter 0:
+  # (0x6b200159, 0x99ba4efe); element 0 of a draw is its two words xor-ed.
+  zero = jnp.zeros(2, jnp.uint32)
+  assert int(cpu.random_bits(zero, (3,))[0]) == 0x6B200159 ^ 0x99BA4EFE
+  for shape in [(5,), (3, 4, 7), (2, 40000)]:
+    for seed in (0, 1, 2**31 + 5):
+      key = jax.random.key(seed)
+      got = jax.jit(lambda k: cpu.random_bits(jax.random.key_data(k), shape))(key)
+      want = jax.random.bits(key, shape, jnp.uint32)
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  keys = jax.random.split(jax.random.key(3), 4)
+  got = jax.jit(jax.vmap(lambda k: cpu.random_bits(jax.random.key_data(k), (6, 5))))(keys)
+  want = jax.vmap(lambda k: jax.random.bits(k, (6, 5), jnp.uint32))(keys)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_bernoulli_draws_jaxs_booleans():
+  jax.config.update("jax_enable_x64", False)  # float32 p: the kernel's path
+  for p in (0.8, np.float32(0.25), jnp.float32(0.5)):
+    for key in (jax.random.key(11), jax.random.PRNGKey(11)):
+      got = jax.jit(lambda k: cpu.bernoulli(k, p, (4, 9, 3)))(key)
+      want = jax.random.bernoulli(key, p, (4, 9, 3))
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+      assert 0.0 < float(np.mean(got)) < 1.0
+  # Other keys and p in float64 take JAX's own function: the same booleans still.
+  rbg = jax.random.key(5, impl="rbg")
+  np.testing.assert_array_equal(
+    np.asarray(cpu.bernoulli(rbg, 0.5, (8,))), np.asarray(jax.random.bernoulli(rbg, 0.5, (8,)))
+  )
+
+
+class _SkipDropout(nn.Module):
+  skip_dropout: object
+  formulation: object
+  train: bool = True
+
+  @nn.compact
+  def __call__(self, y, per_edge: bool):
+    from dnas_jax.models import supernet  # pylint: disable=g-import-not-at-top
+
+    return supernet._dropout_per_edge(self, y) if per_edge else supernet._skip_dropout(self, y)
+
+
+@pytest.mark.parametrize("per_edge", [False, True])
+@pytest.mark.parametrize("rate", [0.2, "array"])
+def test_kernel_programs_skip_dropout_draws_the_plain_programs_masks(rate, per_edge):
+  """The CPU program's skip dropout (mask bits from the kernel) against the plain
+  program's (flax's `nn.Dropout`, or `jax.random.bernoulli` for a scheduled rate):
+  the same outputs bit for bit, for one edge and for edges under `nn.vmap`."""
+  from dnas_jax.space import ops  # pylint: disable=g-import-not-at-top
+
+  jax.config.update("jax_enable_x64", False)
+  rate = jnp.float32(0.3) if rate == "array" else rate
+  y = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 5, 5, 4)), jnp.float32)
+  outs = []
+  for depthwise in ("conv", "kernel"):
+    module = _SkipDropout(rate, ops.Formulation(depthwise=depthwise))
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    variables = module.init(rngs, y, per_edge)
+    outs.append(
+      jax.jit(lambda v, y, k: module.apply(v, y, per_edge, rngs={"dropout": k}))(
+        variables, y, jax.random.key(2)
+      )
+    )
+  plain, kernel = (np.asarray(o) for o in outs)
+  np.testing.assert_array_equal(kernel, plain)
+  dropped = float(np.mean(plain == 0))
+  assert 0.1 < dropped < 0.5  # some elements dropped, most kept
+  if per_edge:  # each edge its own mask
+    assert not np.array_equal(plain[0] == 0, plain[1] == 0)
+
+
 @pytest.mark.parametrize("stride,padding,dilation,k", [(1, 1, 1, 3), (2, 2, 1, 5), (1, 4, 2, 5)])
 def test_kernel_calls_count_the_flops_of_the_convolution_they_replace(stride, padding, dilation, k):
   x, kernel = _random((2, 9, 8, 4), 0), _random((k, k, 4), 1)

@@ -539,7 +539,67 @@ ffi::Error Copy(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuff
   return ffi::Error::Success();
 }
 
+// Random bits as JAX draws them with its default key type (threefry2x32) and
+// jax_threefry_partitionable: element i of a key's block of n elements is the
+// Threefry-2x32 hash (20 rounds) of the counter (i >> 32, i & 0xffffffff) under the
+// key (k0, k1), its two output words xor-ed. key [..., 2] (uint32), bits [..., n]
+// flattened: one block of n = bits / keys elements per key, in the keys' order
+// (dnas_jax.kernels.cpu.random_bits; XLA:CPU otherwise compiles each draw as its own
+// 5-step loop).
+inline uint32_t RotateLeft(uint32_t v, int r) { return (v << r) | (v >> (32 - r)); }
+
+inline uint32_t Threefry(uint32_t k0, uint32_t k1, uint32_t x0, uint32_t x1) {
+  const uint32_t ks[3] = {k0, k1, k0 ^ k1 ^ 0x1BD11BDAu};
+  static constexpr int kRotations[2][4] = {{13, 15, 26, 6}, {17, 29, 16, 24}};
+  x0 += ks[0];
+  x1 += ks[1];
+  for (int i = 0; i < 5; ++i) {
+    for (int r : kRotations[i % 2]) {
+      x0 += x1;
+      x1 = RotateLeft(x1, r);
+      x1 ^= x0;
+    }
+    x0 += ks[(i + 1) % 3];
+    x1 += ks[(i + 2) % 3] + static_cast<uint32_t>(i + 1);
+  }
+  return x0 ^ x1;
+}
+
+ffi::Error RandomBits(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> key,
+                      ffi::ResultBuffer<ffi::U32> bits) {
+  const uint32_t* k = key.typed_data();
+  uint32_t* out = bits->typed_data();
+  int64_t keys = static_cast<int64_t>(key.element_count()) / 2;
+  int64_t total = static_cast<int64_t>(bits->element_count());
+  if (keys == 0 || total == 0) return ffi::Error::Success();
+  if (total % keys != 0) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "random bits: the output is not a whole number of blocks per key");
+  }
+  int64_t n = total / keys;
+  constexpr int64_t kChunk = 1 << 14;
+  int64_t chunks_per_key = (n + kChunk - 1) / kChunk;
+  ParallelFor(pool, keys * chunks_per_key, [&](int64_t t) {
+    int64_t row = t / chunks_per_key;
+    int64_t start = (t % chunks_per_key) * kChunk;
+    int64_t stop = std::min(n, start + kChunk);
+    uint32_t k0 = k[2 * row], k1 = k[2 * row + 1];
+    uint32_t* o = out + row * n;
+    for (int64_t i = start; i < stop; ++i) {
+      o[i] = Threefry(k0, k1, static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32),
+                      static_cast<uint32_t>(i));
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ThreefryBits, RandomBits,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MaterializeCopy, Copy,
                               ffi::Ffi::Bind()

@@ -1,13 +1,16 @@
-"""Depthwise convolution for the CPU as an XLA FFI custom call, built on first use.
+"""Kernels for XLA:CPU as FFI custom calls, the depthwise convolution first, built on first use.
 
 XLA:CPU runs the depthwise convolutions of the search's separable and dilated
 convolutions as grouped convolutions, its slowest path for them, and their kernel
 gradients as per-tap reductions; written as shifted multiply-adds they run fast but
 multiply the program that XLA must trace and compile (docs/performance.md). Here each
-of the three is one call into `depthwise.cc`: `depthwise(x, kernel, stride, padding,
+of the three is one call into `cpu.cc`: `depthwise(x, kernel, stride, padding,
 dilation)` with its gradient (`jax.custom_vjp`), the same numbers as
 `jax.lax.conv_general_dilated(..., feature_group_count=C)` up to float rounding
-(tests/test_kernels.py).
+(tests/test_kernels.py). Beside it: the pools, the grouped 1×1 convolutions, a
+materialising copy, and `random_bits`, the threefry2x32 bits of a JAX key exactly as
+`jax.random.bits` draws them (XLA:CPU compiles each of its draws as a loop of its own;
+here a draw is one call), used for the skip connection's dropout masks.
 
 The library is compiled once per source, jaxlib, compiler and CPU with the C++
 compiler found as $CXX, `c++`, `g++` or `clang++` (a few seconds), into
@@ -15,7 +18,7 @@ $DNAS_JAX_KERNEL_DIR (default: the user's cache folder, ~/.cache/dnas_jax/kernel
 and registered with JAX under the names in `TARGETS`. `available()` says whether it
 could be built and loaded; where it cannot (no compiler), `unavailable_reason()` says
 why, and the programs that would use it choose the shifted multiply-adds instead
-(`dnas_jax.models.program`). float32 and float64 only.
+(`dnas_jax.models.program`). The convolutions and pools take float32 and float64.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ TARGETS.update(
   }
 )
 TARGETS["dnas_jax_materialize"] = "MaterializeCopy"
+TARGETS["dnas_jax_random_bits"] = "ThreefryBits"
 DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 _lock = threading.Lock()
@@ -110,7 +114,7 @@ def _flags(native: bool) -> list[str]:
 
 
 def _build(compiler: str) -> str:
-  """Compiles depthwise.cc (with -march=native where the compiler takes it) into the
+  """Compiles cpu.cc (with -march=native where the compiler takes it) into the
   kernel folder unless it is there; returns the library's path."""
   import jaxlib  # pylint: disable=g-import-not-at-top
 
@@ -337,3 +341,48 @@ def materialize(x: jax.Array) -> jax.Array:
 
 
 materialize.defvjp(lambda x: (materialize(x), None), lambda _, g: (materialize(g),))
+
+
+def _threefry_data(key: jax.Array) -> jax.Array | None:
+  """The uint32 [..., 2] data of `key` (a typed key, or a raw key of the default
+  type) where it is a threefry2x32 key that JAX splits into bits the partitionable way
+  (`jax_threefry_partitionable`, JAX's default); None for any other key."""
+  if not jax.config.jax_threefry_partitionable:
+    return None
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+      return None
+    return jax.random.key_data(key)
+  if key.dtype != np.uint32 or key.shape[-1:] != (2,):
+    return None
+  return key if jax.config.jax_default_prng_impl == "threefry2x32" else None
+
+
+def random_bits(key_data: jax.Array, shape) -> jax.Array:
+  """uint32 bits [*shape] of the threefry2x32 key whose data is `key_data` (uint32
+  [2]): the numbers `jax.random.bits(key, shape)` draws, as one call into `cpu.cc`
+  instead of XLA:CPU's loop per draw (tests/test_kernels.py checks them bit for bit).
+  Mapped over keys with `jax.vmap`."""
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  if key_data.shape != (2,) or key_data.dtype != np.uint32:
+    raise ValueError(f"key data uint32[2] expected, not {key_data.dtype}{list(key_data.shape)}")
+  return jax.ffi.ffi_call(
+    "dnas_jax_random_bits",
+    jax.ShapeDtypeStruct(tuple(shape), np.uint32),
+    vmap_method="broadcast_all",
+  )(key_data)
+
+
+def bernoulli(key: jax.Array, p, shape) -> jax.Array:
+  """`jax.random.bernoulli(key, p, shape)`, the same booleans, with the bits from
+  `random_bits` where the key is a threefry2x32 key and p is float32 (JAX's own
+  function otherwise): True where the uniform number 1.m − 1 made of the bits' 23 high
+  ones is below p, as `jax.random.uniform` forms it."""
+  data = _threefry_data(key)
+  if data is None or jax.numpy.result_type(p) != np.float32:
+    return jax.random.bernoulli(key, p, shape)
+  bits = random_bits(data, shape)
+  mantissa = jax.lax.shift_right_logical(bits, np.uint32(9)) | np.uint32(0x3F800000)
+  uniform = jax.lax.bitcast_convert_type(mantissa, np.float32) - np.float32(1.0)
+  return uniform < jax.lax.convert_element_type(p, np.float32)

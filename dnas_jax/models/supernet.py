@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dnas_jax.kernels import cpu as cpu_kernels
 from dnas_jax.space import batched_ops
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
@@ -198,15 +199,41 @@ def _skip_dropout(module: nn.Module, y):
   """The skip connection's dropout at `module.skip_dropout`: flax's `nn.Dropout` for a
   Python number; for an array (`models.skip_dropout`'s schedule, one rate per epoch
   computed in the step) the same operation with the rate as data: each element kept
-  with probability 1 - rate and scaled by 1 / (1 - rate)."""
+  with probability 1 - rate and scaled by 1 / (1 - rate). Under the CPU kernels
+  (`depthwise="kernel"`) the masks' random bits come from `kernels.cpu.bernoulli`: the
+  same masks, one kernel call per draw instead of a compiled loop."""
   rate = module.skip_dropout
+  fast = module.formulation.depthwise == "kernel"
   if isinstance(rate, (int, float)):
+    if fast:
+      return Dropout(rate, deterministic=not module.train)(y)
     return nn.Dropout(rate, deterministic=not module.train)(y)
   if not module.train:
     return y
   keep = 1.0 - jnp.asarray(rate, jnp.float32)
-  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, y.shape)
+  bernoulli = cpu_kernels.bernoulli if fast else jax.random.bernoulli
+  mask = bernoulli(module.make_rng("dropout"), keep, y.shape)
   return jax.lax.select(mask, y / keep.astype(y.dtype), jnp.zeros_like(y))
+
+
+class Dropout(nn.Module):
+  """flax's `nn.Dropout` (no broadcast dimensions) with its mask drawn by
+  `kernels.cpu.bernoulli`. The class name is flax's, so that an instance gets the
+  scope name `nn.Dropout` gets (`Dropout_0`) and with it the same dropout key: the
+  same masks (tests/test_kernels.py)."""
+
+  rate: float
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, inputs):
+    if self.rate == 0.0 or self.deterministic:
+      return inputs
+    if self.rate == 1.0:
+      return jnp.zeros_like(inputs)
+    keep_prob = 1.0 - self.rate
+    mask = cpu_kernels.bernoulli(self.make_rng("dropout"), keep_prob, inputs.shape)
+    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
 def _edge_dropout(module: BatchedMixedOps, y):
