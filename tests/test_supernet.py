@@ -2,7 +2,9 @@
 
 import functools
 
+import flax
 import flax.linen as nn
+from flax import traverse_util as flax_traverse
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -322,3 +324,38 @@ def test_skip_connect_dropout_only_on_identity_edges_in_training():
   b, _ = reduce.apply(v2, x, w, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert (np.asarray(a) != 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("program", ["plain", "cpu"])
+def test_a_stored_kernel_of_another_shape_is_refused_as_flax_refuses_it(program):
+  """The kernels are read back in `apply` without flax's re-traced initializer
+  (`ops.kernel_param`); a stored kernel of the wrong shape still stops the apply with
+  flax's own error naming the kernel, in every program."""
+  prims = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  kwargs = (
+    {}
+    if program == "plain"
+    else {
+      "formulation": ops.Formulation("kernel", "einsum"),
+      "edge_layout": "channels",
+    }
+  )
+  net = supernet.SearchNetwork(4, 3, 8, prims, partial_k=2, **kwargs)
+  x = jnp.zeros((2, 8, 8, 3))
+  psi, edge = jnp.ones((3, 14, len(prims))), jnp.ones((3, 14))
+  v = init_lib.init_from_shapes(net, 0, x, psi, edge)
+  net.apply(v, x, psi, edge, mutable=["batch_stats"])  # as stored: runs
+  flat = flax_traverse.flatten_dict(v["params"])
+  kernels = [k for k in flat if k[-1] == "kernel" and flat[k].ndim >= 4]
+  assert len(kernels) > 10
+  for path in (kernels[0], kernels[len(kernels) // 2], kernels[-1]):
+    bad = dict(flat)
+    bad[path] = jnp.zeros(flat[path].shape[:-1] + (flat[path].shape[-1] + 1,))
+    with pytest.raises(flax.errors.ScopeParamShapeError, match="kernel"):
+      net.apply(
+        {"params": flax_traverse.unflatten_dict(bad), "batch_stats": v["batch_stats"]},
+        x,
+        psi,
+        edge,
+        mutable=["batch_stats"],
+      )

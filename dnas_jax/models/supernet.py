@@ -422,7 +422,7 @@ class _Kernel(nn.Module):
 
   @nn.compact
   def __call__(self):
-    return self.param("kernel", nn.initializers.lecun_normal(), self.shape)
+    return ops.kernel_param(self, self.shape)
 
 
 class _Kernels(nn.Module):
@@ -449,9 +449,7 @@ class _Kernels(nn.Module):
     regular = tuple(i for i in range(self.length) if i not in special)
     parts = []  # (where in the full kernel, the kernel kept there)
     if regular:
-      kernel = self.param(
-        "kernel", nn.initializers.lecun_normal(), (len(regular), 1, 1, self.width, self.cout)
-      )
+      kernel = ops.kernel_param(self, (len(regular), 1, 1, self.width, self.cout))
       parts.append(((jnp.asarray(regular),), kernel))
     if self.narrow:
       stem = _Kernel((len(self.narrow), 1, 1, self.narrow_cin, self.cout), name="stem")()

@@ -63,7 +63,7 @@ class _Kernel(nn.Module):
 
   @nn.compact
   def __call__(self):
-    return self.param("kernel", nn.initializers.lecun_normal(), self.shape)
+    return ops.kernel_param(self, self.shape)
 
 
 def _correlate(

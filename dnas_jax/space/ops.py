@@ -54,6 +54,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import errors as flax_errors
 from jax import ad_checkpoint
 
 from dnas_jax.kernels import cpu as cpu_kernels
@@ -155,6 +157,20 @@ def _kernel_init(key, shape, dtype=jnp.float32):
   return nn.initializers.lecun_normal()(key, shape, dtype)
 
 
+def kernel_param(module: nn.Module, shape, name: str = "kernel") -> jax.Array:
+  """`module.param(name, lecun_normal, shape)` of a convolution's kernel. In `apply`
+  the stored value, its shape checked here: flax's `param` checks it by tracing the
+  initializer again (`jax.eval_shape`, a truncated normal per call), which was a fifth
+  of the tracing of the CPU's search step (docs/performance.md §3)."""
+  shape = tuple(shape)
+  if module.has_variable("params", name):
+    value = module.get_variable("params", name)
+    if tuple(np.shape(value)) != shape:
+      raise flax_errors.ScopeParamShapeError(name, module.scope.path_text, np.shape(value), shape)
+    return value
+  return module.param(name, _kernel_init, shape)
+
+
 class DepthwiseConv(nn.Module):
   """k×k depthwise convolution (PyTorch padding, stride, dilation), kernel [k, k, 1, C]."""
 
@@ -169,7 +185,7 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x):
     k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
     c = x.shape[-1]
-    kernel = self.param("kernel", _kernel_init, (k, k, 1, c))
+    kernel = kernel_param(self, (k, k, 1, c))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if self.formulation == "conv":
       return saved(
@@ -209,7 +225,7 @@ class PointwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     s = self.stride
-    kernel = self.param("kernel", _kernel_init, (1, 1, x.shape[-1], self.features))
+    kernel = kernel_param(self, (1, 1, x.shape[-1], self.features))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if self.formulation == "conv":
       return saved(
@@ -266,7 +282,7 @@ class StemConv(nn.Module):
   def __call__(self, x):
     k, p = self.kernel, self.kernel // 2
     cin = x.shape[-1]
-    kernel = self.param("kernel", _kernel_init, (k, k, cin, self.features))
+    kernel = kernel_param(self, (k, k, cin, self.features))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     if not self.patches:
       return jax.lax.conv_general_dilated(
