@@ -485,9 +485,19 @@ class _BatchNormStats(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), self.shape)
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), self.shape)
     if mean is not None and not self.is_initializing():
-      ra_mean.value = MOMENTUM * ra_mean.value + (1 - MOMENTUM) * mean.reshape(self.shape)
-      ra_var.value = MOMENTUM * ra_var.value + (1 - MOMENTUM) * var.reshape(self.shape)
+      ra_mean.value = _running_average(ra_mean.value, mean.reshape(self.shape))
+      ra_var.value = _running_average(ra_var.value, var.reshape(self.shape))
     return ra_mean.value, ra_var.value
+
+
+def _running_average(old: jax.Array, new: jax.Array) -> jax.Array:
+  """MOMENTUM · old + (1 − MOMENTUM) · new with the operations and dtypes `jnp` would
+  use, written with `lax`: a search step traces thousands of these updates, and each
+  `jnp` call costs a nested jit while tracing."""
+  a = jax.lax.mul(np.asarray(MOMENTUM, old.dtype), old)
+  b = jax.lax.mul(np.asarray(1 - MOMENTUM, new.dtype), new)
+  out = jnp.promote_types(old.dtype, new.dtype)
+  return jax.lax.add(jax.lax.convert_element_type(a, out), jax.lax.convert_element_type(b, out))
 
 
 class _BatchNormScope(nn.Module):
@@ -503,7 +513,8 @@ class _BatchNormScope(nn.Module):
 class _HalfVariables(nn.Module):
   """The variables of one ReLU–depthwise–pointwise–BN block over E edges, named as
   `DilConv`'s: Conv_0 (depthwise [E, k, k, 1, c]), Conv_1 (pointwise [E, 1, 1, c, c])
-  and the batch norm's statistics; a batch's statistics update them in training."""
+  and the batch norm's statistics. Called with a batch's statistics (training), it
+  only updates the running ones and returns None."""
 
   edges: int
   channels: int
@@ -512,6 +523,9 @@ class _HalfVariables(nn.Module):
   @nn.compact
   def __call__(self, mean=None, var=None):
     e, c, k = self.edges, self.channels, self.kernel
+    if mean is not None:  # a batch's statistics: only the running averages change
+      _BatchNormScope((e, c), name="BatchNorm_0")(mean, var)
+      return None
     dw = _Kernel((e, k, k, 1, c), name="Conv_0")()
     pw = _Kernel((e, 1, 1, c, c), name="Conv_1")()
     stats = _BatchNormScope((e, c), name="BatchNorm_0")(mean, var)
