@@ -56,16 +56,22 @@ def _flip_bytes(path, where=0.25):
 
 
 def _damage(workdir, how):
+  # The data damages hit every data file: Orbax leaves data files behind that a
+  # restore no longer reads (each process writes its own, then they are merged), and
+  # which of them is the largest varies from run to run, so damaging one file may
+  # damage nothing. test_every_damaged_data_file_is_detected damages one at a time.
   step_dir = _step_dir(workdir, NEWEST)
-  if how == "bytes_overwritten":  # spread over the file of the values
-    for where in np.linspace(0.02, 0.98, 25):
-      _flip_bytes(max(_data_files(step_dir), key=os.path.getsize), where)
+  if how == "bytes_overwritten":  # spread over the files of the values
+    for path in _data_files(step_dir):
+      for where in np.linspace(0.02, 0.98, 25):
+        _flip_bytes(path, where)
   elif how == "file_truncated":
-    path = max(_data_files(step_dir), key=os.path.getsize)
-    with open(path, "r+b") as f:
-      f.truncate(os.path.getsize(path) // 10)
+    for path in _data_files(step_dir):
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 10)
   elif how == "file_deleted":
-    os.remove(max(_data_files(step_dir), key=os.path.getsize))
+    for path in _data_files(step_dir):
+      os.remove(path)
   elif how == "metadata_garbled":
     with open(os.path.join(step_dir, "state", "_METADATA"), "w") as f:
       f.write("{not json")
