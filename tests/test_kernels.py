@@ -153,11 +153,22 @@ def test_bernoulli_draws_jaxs_booleans():
       want = jax.random.bernoulli(key, p, (4, 9, 3))
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
       assert 0.0 < float(np.mean(got)) < 1.0
-  # Other keys and p in float64 take JAX's own function: the same booleans still.
-  rbg = jax.random.key(5, impl="rbg")
-  np.testing.assert_array_equal(
-    np.asarray(cpu.bernoulli(rbg, 0.5, (8,))), np.asarray(jax.random.bernoulli(rbg, 0.5, (8,)))
-  )
+  lowered = jax.jit(lambda k: cpu.bernoulli(k, 0.8, (4,))).lower(jax.random.key(0)).as_text()
+  assert "dnas_jax_random_bits" in lowered  # the kernel's path, not JAX's fallback
+  # Other keys and other dtypes of p take JAX's own function: the same booleans still.
+  key = jax.random.key(5)
+  cases = [(jax.random.key(5, impl="rbg"), 0.5)]
+  cases += [(key, jnp.asarray(0.7, t)) for t in (jnp.bfloat16, jnp.float16)]
+  for k, p in cases:
+    fn = lambda k, p=p: cpu.bernoulli(k, p, (64,))
+    assert "dnas_jax_random_bits" not in jax.jit(fn).lower(k).as_text()
+    np.testing.assert_array_equal(np.asarray(fn(k)), np.asarray(jax.random.bernoulli(k, p, (64,))))
+  with jax.enable_x64(True):  # a Python number is float64 there
+    fn = lambda k: cpu.bernoulli(k, 0.7, (64,))
+    assert "dnas_jax_random_bits" not in jax.jit(fn).lower(key).as_text()
+    np.testing.assert_array_equal(
+      np.asarray(fn(key)), np.asarray(jax.random.bernoulli(key, 0.7, (64,)))
+    )
 
 
 class _SkipDropout(nn.Module):
@@ -188,11 +199,11 @@ def test_kernel_programs_skip_dropout_draws_the_plain_programs_masks(rate, per_e
     module = _SkipDropout(rate, ops.Formulation(depthwise=depthwise))
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     variables = module.init(rngs, y, per_edge)
-    outs.append(
-      jax.jit(lambda v, y, k: module.apply(v, y, per_edge, rngs={"dropout": k}))(
-        variables, y, jax.random.key(2)
-      )
-    )
+    apply = jax.jit(lambda v, y, k: module.apply(v, y, per_edge, rngs={"dropout": k}))
+    # The kernel program draws with the kernel, the plain one with JAX.
+    text = apply.lower(variables, y, jax.random.key(2)).as_text()
+    assert ("dnas_jax_random_bits" in text) == (depthwise == "kernel")
+    outs.append(apply(variables, y, jax.random.key(2)))
   plain, kernel = (np.asarray(o) for o in outs)
   np.testing.assert_array_equal(kernel, plain)
   dropped = float(np.mean(plain == 0))

@@ -362,7 +362,9 @@ def random_bits(key_data: jax.Array, shape) -> jax.Array:
   """uint32 bits [*shape] of the threefry2x32 key whose data is `key_data` (uint32
   [2]): the numbers `jax.random.bits(key, shape)` draws, as one call into `cpu.cc`
   instead of XLA:CPU's loop per draw (tests/test_kernels.py checks them bit for bit).
-  Mapped over keys with `jax.vmap`."""
+  Mapped over keys with `jax.vmap`. The call has no sharding rule: under data-parallel
+  sharding every device draws the whole array and keeps its own rows (the same
+  numbers; more work than JAX's partitioned draw on several devices)."""
   if not available():
     raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
   if key_data.shape != (2,) or key_data.dtype != np.uint32:
@@ -375,12 +377,15 @@ def random_bits(key_data: jax.Array, shape) -> jax.Array:
 
 
 def bernoulli(key: jax.Array, p, shape) -> jax.Array:
-  """`jax.random.bernoulli(key, p, shape)`, the same booleans, with the bits from
-  `random_bits` where the key is a threefry2x32 key and p is float32 (JAX's own
-  function otherwise): True where the uniform number 1.m − 1 made of the bits' 23 high
+  """`jax.random.bernoulli(key, p, shape)` (`shape` required), the same booleans, with
+  the bits from `random_bits` where the key is a threefry2x32 key and p is float32
+  (JAX's own function otherwise): True where the uniform number 1.m − 1 made of the bits' 23 high
   ones is below p, as `jax.random.uniform` forms it."""
   data = _threefry_data(key)
-  if data is None or jax.numpy.result_type(p) != np.float32:
+  # p's own dtype, as JAX draws with it (a weak bfloat16 stays bfloat16); a Python
+  # number takes the default float.
+  dtype = p.dtype if hasattr(p, "dtype") else jax.numpy.result_type(p)
+  if data is None or np.dtype(dtype) != np.float32:
     return jax.random.bernoulli(key, p, shape)
   bits = random_bits(data, shape)
   mantissa = jax.lax.shift_right_logical(bits, np.uint32(9)) | np.uint32(0x3F800000)

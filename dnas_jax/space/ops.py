@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import errors as flax_errors
+from flax.core import meta as flax_meta
 from jax import ad_checkpoint
 
 from dnas_jax.kernels import cpu as cpu_kernels
@@ -164,7 +165,8 @@ def kernel_param(module: nn.Module, shape, name: str = "kernel") -> jax.Array:
   of the tracing of the CPU's search step (docs/performance.md §3)."""
   shape = tuple(shape)
   if module.has_variable("params", name):
-    value = module.get_variable("params", name)
+    module.scope.reserve(name, "params")  # a second declaration fails, as in flax
+    value = flax_meta.unbox(module.get_variable("params", name))
     if tuple(np.shape(value)) != shape:
       raise flax_errors.ScopeParamShapeError(name, module.scope.path_text, np.shape(value), shape)
     return value
