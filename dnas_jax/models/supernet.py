@@ -415,16 +415,6 @@ class _StageCell(nn.Module):
     return (s1, out), None
 
 
-class _Kernel(nn.Module):
-  """One parameter, `kernel`, of the given shape (its name tells `init` the fan-in)."""
-
-  shape: tuple[int, ...]
-
-  @nn.compact
-  def __call__(self):
-    return ops.kernel_param(self, self.shape)
-
-
 class _Kernels(nn.Module):
   """The 1×1 preprocessing kernels [length, 1, 1, width, cout] of a scan's layers.
 
@@ -452,13 +442,13 @@ class _Kernels(nn.Module):
       kernel = ops.kernel_param(self, (len(regular), 1, 1, self.width, self.cout))
       parts.append(((jnp.asarray(regular),), kernel))
     if self.narrow:
-      stem = _Kernel((len(self.narrow), 1, 1, self.narrow_cin, self.cout), name="stem")()
+      stem = ops.Kernel((len(self.narrow), 1, 1, self.narrow_cin, self.cout), name="stem")()
       parts.append(
         ((jnp.asarray(self.narrow), slice(None), slice(None), slice(0, self.narrow_cin)), stem)
       )
     if self.factorized:
       half_in, half_out = self.width // 2, self.cout // 2
-      grids = _Kernel((2, 1, 1, half_in, half_out), name="reduce")()
+      grids = ops.Kernel((2, 1, 1, half_in, half_out), name="reduce")()
       parts.append(((0, slice(None), slice(None), slice(0, half_in), slice(0, half_out)), grids[0]))
       parts.append(
         ((0, slice(None), slice(None), slice(half_in, None), slice(half_out, None)), grids[1])

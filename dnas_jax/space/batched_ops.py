@@ -56,16 +56,6 @@ def _tap(xp: jax.Array, i: int, j: int, ho: int, wo: int, stride: int) -> jax.Ar
   return xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
 
 
-class _Kernel(nn.Module):
-  """One parameter, `kernel`, of the given shape (named as the `nn.Conv` it stands for)."""
-
-  shape: tuple[int, ...]
-
-  @nn.compact
-  def __call__(self):
-    return ops.kernel_param(self, self.shape)
-
-
 def _correlate(
   xp: jax.Array, taps, k: int, dilation: int, stride: int, ho: int, wo: int
 ) -> jax.Array:
@@ -226,8 +216,8 @@ class DilConv(nn.Module):
   def __call__(self, x):
     e, c = x.shape[-2:]
     f = self.formulation
-    dw = _Kernel((e, self.kernel, self.kernel, 1, c), name="Conv_0")()
-    pw = _Kernel((e, 1, 1, c, self.features), name="Conv_1")()
+    dw = ops.Kernel((e, self.kernel, self.kernel, 1, c), name="Conv_0")()
+    pw = ops.Kernel((e, 1, 1, c, self.features), name="Conv_1")()
     y = depthwise(nn.relu(x), dw, self.stride, self.padding, self.dilation, f.depthwise, self.dtype)
     y = pointwise(y, pw, 1, f.pointwise, self.dtype)
     return _batch_norm(self.train, self.dtype)(y)
@@ -272,8 +262,8 @@ class FactorizedReduce(nn.Module):
     half = self.features // 2
     pw = self.formulation.pointwise
     x = nn.relu(x)
-    a = pointwise(x, _Kernel((e, 1, 1, c, half), name="Conv_0")(), 2, pw, self.dtype)
-    b = pointwise(x[:, 1:, 1:], _Kernel((e, 1, 1, c, half), name="Conv_1")(), 2, pw, self.dtype)
+    a = pointwise(x, ops.Kernel((e, 1, 1, c, half), name="Conv_0")(), 2, pw, self.dtype)
+    b = pointwise(x[:, 1:, 1:], ops.Kernel((e, 1, 1, c, half), name="Conv_1")(), 2, pw, self.dtype)
     return _batch_norm(self.train, self.dtype)(jnp.concatenate([a, b], -1))
 
 
@@ -526,8 +516,8 @@ class _HalfVariables(nn.Module):
     if mean is not None:  # a batch's statistics: only the running averages change
       _BatchNormScope((e, c), name="BatchNorm_0")(mean, var)
       return None
-    dw = _Kernel((e, k, k, 1, c), name="Conv_0")()
-    pw = _Kernel((e, 1, 1, c, c), name="Conv_1")()
+    dw = ops.Kernel((e, k, k, 1, c), name="Conv_0")()
+    pw = ops.Kernel((e, 1, 1, c, c), name="Conv_1")()
     stats = _BatchNormScope((e, c), name="BatchNorm_0")(mean, var)
     return dw, pw, stats
 

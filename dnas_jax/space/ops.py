@@ -173,6 +173,17 @@ def kernel_param(module: nn.Module, shape, name: str = "kernel") -> jax.Array:
   return module.param(name, _kernel_init, shape)
 
 
+class Kernel(nn.Module):
+  """One parameter, `kernel`, of the given shape (`kernel_param`), in a scope of its
+  own: named as the `nn.Conv` it stands for, so that `init` reads the fan-in from it."""
+
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self):
+    return kernel_param(self, self.shape)
+
+
 class DepthwiseConv(nn.Module):
   """k×k depthwise convolution (PyTorch padding, stride, dilation), kernel [k, k, 1, C]."""
 
