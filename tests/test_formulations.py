@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dnas_jax.models import arch
@@ -122,6 +123,44 @@ def _tiny(num_layers=3, prims=("max_pool_3x3", "skip_connect", "sep_conv_3x3", "
     momentum=0.9,
   )
   return state, tb, vb, kwargs
+
+
+def _kernel_sgd(kwargs):
+  """`_tiny`'s weight optimizer (cosine 0.025 → 0.001, momentum 0.9, wd 3e-4, clip 5)
+  as the CPU program's `KernelSGD`."""
+  return optimizers.KernelSGD(kwargs["weight_tx"], kwargs["lr_schedule"], 0.9, 3e-4, 5.0)
+
+
+def test_the_kernel_optimizer_gives_optaxs_step():
+  """The weights' SGD step as one CPU kernel call (`program.optimizer="kernel"`) and
+  as optax's per-leaf updates, in the shared halves (whose architecture pass keeps
+  the weights as they were; the separate halves: the test below): the same new
+  weights, momentum buffers and step count to float32 rounding."""
+  halves = "shared"
+  state, tb, vb, kwargs = _tiny()
+  optax_step = jax.jit(functools.partial(search_steps.search_step, halves=halves, **kwargs))
+  kernel_kwargs = dict(kwargs, weight_tx=_kernel_sgd(kwargs))
+  kernel_step = jax.jit(functools.partial(search_steps.search_step, halves=halves, **kernel_kwargs))
+  rng = jax.random.key(3)
+  assert "dnas_jax_sgd_update" in kernel_step.lower(state, tb, vb, rng).as_text()
+  assert "dnas_jax_sgd_update" not in optax_step.lower(state, tb, vb, rng).as_text()
+  # Two steps, each from the same state (the second with a momentum buffer and a
+  # count of 1): a network's gradients amplify float32 rounding over steps.
+  s = state.replace(step=jnp.int32(1))
+  for _ in range(2):
+    a, _ = optax_step(s, tb, vb, rng)
+    b, _ = kernel_step(s, tb, vb, rng)
+    _close(b.params, a.params, rtol=1e-6, atol=1e-6)
+    _close(b.weight_opt_state, a.weight_opt_state, rtol=1e-6, atol=1e-6)
+    assert jax.tree.structure(b.weight_opt_state) == jax.tree.structure(a.weight_opt_state)
+    s = a
+  counts = [optax.tree_utils.tree_get(s.weight_opt_state, "count") for s in (a, b)]
+  assert int(counts[0]) == int(counts[1]) == 2
+  moved = [
+    np.abs(np.asarray(x) - np.asarray(y)).max()
+    for x, y in zip(jax.tree.leaves(b.params), jax.tree.leaves(state.params))
+  ]
+  assert max(moved) > 1e-4  # the weights did move
 
 
 def test_shared_halves_step_equals_separate_halves():
@@ -287,12 +326,15 @@ def test_a_search_step_with_the_cpu_program_equals_the_plain_step():
   assert net.skip_dropout > 0
   cpu_net = net.clone(formulation=ops.Formulation("kernel", "einsum"), edge_layout="channels")
   plain = jax.jit(functools.partial(search_steps.search_step, net=net, **kwargs))
-  cpu = jax.jit(functools.partial(search_steps.search_step, net=cpu_net, **kwargs))
+  cpu_kwargs = dict(kwargs, weight_tx=_kernel_sgd(kwargs))
+  cpu = jax.jit(functools.partial(search_steps.search_step, net=cpu_net, **cpu_kwargs))
   rng = jax.random.key(3)
   s = state.replace(step=jnp.int32(1))  # after the warm-up: both halves
+  assert "dnas_jax_sgd_update" in cpu.lower(s, tb, vb, rng).as_text()
   a, ma = plain(s, tb, vb, rng)
   b, mb = cpu(s, tb, vb, rng)
   _close(b.params, a.params, rtol=1e-4, atol=1e-5)
+  _close(b.weight_opt_state, a.weight_opt_state, rtol=1e-4, atol=1e-5)
   _close(b.batch_stats, a.batch_stats, rtol=1e-4, atol=1e-5)
   _close(b.arch_params, a.arch_params, rtol=1e-4, atol=1e-6)
   for k, v in ma.compute().items():

@@ -243,12 +243,15 @@ from absl import logging as absl_logging
 assert not cpu.available()
 print("REASON", cpu.unavailable_reason())
 c = test_config.get_config()
-print("AUTO", program.resolve_program(c, "cpu")["depthwise"])
-c.program.depthwise = "kernel"
-try:
-  validation.validate_search_config(c)
-except validation.ConfigError as e:
-  print("ERROR", e)
+resolved = program.resolve_program(c, "cpu")
+print("AUTO", resolved["depthwise"], resolved["optimizer"])
+for field in ("depthwise", "optimizer"):
+  d = test_config.get_config()
+  d.program[field] = "kernel"
+  try:
+    validation.validate_search_config(d)
+  except validation.ConfigError as e:
+    print("ERROR", e)
 """
   env = dict(
     os.environ,
@@ -270,9 +273,11 @@ except validation.ConfigError as e:
   assert done.returncode == 0, done.stderr
   out = done.stdout
   assert "REASON no C++ compiler found" in out
-  assert "AUTO shifted" in out
+  assert "AUTO shifted optax" in out
   assert "ERROR config.program.depthwise='kernel': the CPU kernels cannot be built" in out
+  assert "ERROR config.program.optimizer='kernel': the CPU kernels cannot be built" in out
   assert "shifted multiply-adds" not in done.stdout and "using 'shifted'" in done.stderr
+  assert "using 'optax'" in done.stderr
   assert os.listdir(tmp_path) == []
 
 
@@ -294,10 +299,72 @@ def test_kernels_are_built_once_into_the_kernel_folder(tmp_path):
 
 def test_kernel_program_is_the_cpus_choice_and_only_the_cpus():
   assert program_lib.AUTO_PROGRAM["cpu"]["depthwise"] == "kernel"
+  assert program_lib.AUTO_PROGRAM["cpu"]["optimizer"] == "kernel"
   assert program_lib.kernel_problem("cpu") is None
   assert "CPU only" in program_lib.kernel_problem("gpu")
   for backend in ("gpu", "tpu"):
     assert program_lib.AUTO_PROGRAM[backend]["depthwise"] != "kernel"
+    assert program_lib.AUTO_PROGRAM[backend]["optimizer"] == "optax"
+
+
+def test_a_stored_program_without_the_optimizer_field_resolves_it_as_auto():
+  """Runs stored before `program.optimizer` existed resume with the backend's choice
+  (the field changes no parameter and no number); any other missing field is an
+  error (test below)."""
+  from dnas_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
+
+  config = cifar10.get_config()
+  stored = program_lib.resolve_program(config, "cpu")
+  del stored["optimizer"]
+  assert program_lib.resolve_program(config, "cpu", stored=stored)["optimizer"] == "kernel"
+  assert program_lib.resolve_program(config, "tpu", stored=stored)["optimizer"] == "optax"
+
+
+def _sgd_reference(params, grads, momenta, lr, momentum, weight_decay, max_norm):
+  """PyTorch's SGD step after `clip_grad_norm_`, element by element in float64."""
+  norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in grads))
+  factor = max_norm / norm if max_norm > 0 and norm >= max_norm else 1.0
+  new_w, new_m = [], []
+  for w, g, m in zip(params, grads, momenta):
+    w, g, m = (np.asarray(a, np.float64) for a in (w, g, m))
+    d = g * factor + weight_decay * w
+    buf = momentum * m + d
+    new_w.append(w - lr * buf)
+    new_m.append(buf)
+  return new_w, new_m
+
+
+@pytest.mark.parametrize("grad_scale,max_norm", [(1.0, 1000.0), (100.0, 5.0), (100.0, 0.0)])
+def test_sgd_update_is_clipped_sgd_with_momentum_and_weight_decay(grad_scale, max_norm):
+  """`sgd_update` against the step written out in NumPy: unclipped, clipped and
+  without clipping, over arrays of several shapes (one larger than a work chunk),
+  with their buffers donated so that the outputs reuse them."""
+  r = np.random.default_rng(0)
+  shapes = [(3, 4), (70_000,), (2, 1, 1, 5), ()]
+  draw = lambda scale: [(scale * r.normal(size=s)).astype(np.float32) for s in shapes]
+  params, grads, momenta = draw(1.0), draw(grad_scale), draw(0.1)
+  expect_w, expect_m = _sgd_reference(params, grads, momenta, 0.05, 0.9, 3e-4, max_norm)
+  norm = np.sqrt(sum(np.sum(np.float64(g) ** 2) for g in grads))
+  assert (max_norm > 0 and norm >= max_norm) == (grad_scale == 100.0 and max_norm > 0)
+  step = jax.jit(
+    lambda w, g, m, lr: cpu.sgd_update(w, g, m, lr, 0.9, 3e-4, max_norm), donate_argnums=(0, 2)
+  )
+  new_w, new_m = step(
+    [jnp.asarray(a) for a in params], grads, [jnp.asarray(a) for a in momenta], jnp.float32(0.05)
+  )
+  for got, want in zip(new_w + new_m, expect_w + expect_m):
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
+
+
+def test_sgd_update_refuses_mixed_arrays():
+  w = jnp.zeros((3,), jnp.float32)
+  with pytest.raises(TypeError, match="float32 arrays of one shape"):
+    cpu.sgd_update([w], [jnp.zeros((4,), jnp.float32)], [w], 0.1, 0.9, 0.0, 0.0)
+  with pytest.raises(TypeError, match="float32 arrays of one shape"):
+    cpu.sgd_update([w], [w.astype(jnp.bfloat16)], [w], 0.1, 0.9, 0.0, 0.0)
+  with pytest.raises(ValueError, match="1 parameter arrays, 2 gradients"):
+    cpu.sgd_update([w], [w, w], [w], 0.1, 0.9, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(

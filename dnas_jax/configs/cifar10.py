@@ -109,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.program.halves = "auto"  # auto | shared (one traced body) | separate
   config.program.remat = "auto"  # auto | none | convs (keep only conv outputs)
   config.program.scan = "auto"  # auto | stages (one scan per stage) | none (per cell)
+  config.program.optimizer = "auto"  # auto | optax (leaf by leaf) | kernel (one CPU call)
 
   # Derivation of the genotype written after every epoch (space/genotype.py
   # `Derivation`; experiments.derive takes the same options as flags): top_k (per node

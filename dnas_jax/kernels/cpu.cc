@@ -17,10 +17,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -593,6 +595,91 @@ ffi::Error RandomBits(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> key,
   return ffi::Error::Success();
 }
 
+// The weights' SGD step of `optimizers.create_weight_tx` over every parameter array at
+// once (dnas_jax.kernels.cpu.sgd_update; XLA otherwise compiles a reduction and two
+// element-wise kernels per array). hyper = (lr, momentum, weight decay, max norm);
+// args: n parameter arrays w, then their n gradients g, then their n momentum buffers
+// m; results: the n new w, then the n new m (they may alias w and m):
+//
+//   ‖g‖ = sqrt(Σ g²) over all arrays (in double);  with max norm > 0 and ‖g‖ ≥ max norm,
+//   g ← (g / ‖g‖) · max norm;  g ← g + wd · w;  m ← g + momentum · m;  w ← w + (−lr) · m
+//
+// in optax's order of operations (clip_by_global_norm, add_decayed_weights, trace,
+// scale_by_learning_rate, apply_updates).
+ffi::Error SgdStep(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
+                   ffi::RemainingRets rets) {
+  if (hyper.element_count() != 4 || args.size() % 3 != 0 || rets.size() * 3 != args.size() * 2) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "sgd step: expected 4 settings, 3n arrays and 2n results");
+  }
+  const float* h = hyper.typed_data();
+  const float lr = h[0], momentum = h[1], decay = h[2], max_norm = h[3];
+  const size_t n = args.size() / 3;
+  struct Leaf {
+    const float *w, *g, *m;
+    float *w_out, *m_out;
+    int64_t size;
+  };
+  std::vector<Leaf> leaves(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto w = args.get<ffi::Buffer<ffi::F32>>(i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(n + i);
+    auto m = args.get<ffi::Buffer<ffi::F32>>(2 * n + i);
+    auto w_out = rets.get<ffi::Buffer<ffi::F32>>(i);
+    auto m_out = rets.get<ffi::Buffer<ffi::F32>>(n + i);
+    if (!w.has_value() || !g.has_value() || !m.has_value() || !w_out.has_value() ||
+        !m_out.has_value()) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "sgd step: float32 arrays expected");
+    }
+    int64_t size = static_cast<int64_t>(w->element_count());
+    if (static_cast<int64_t>(g->element_count()) != size ||
+        static_cast<int64_t>(m->element_count()) != size ||
+        static_cast<int64_t>((*w_out)->element_count()) != size ||
+        static_cast<int64_t>((*m_out)->element_count()) != size) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "sgd step: array sizes differ");
+    }
+    leaves[i] = {w->typed_data(), g->typed_data(), m->typed_data(), (*w_out)->typed_data(),
+                 (*m_out)->typed_data(), size};
+  }
+  // Work items of at most kChunk elements, in the leaves' order.
+  constexpr int64_t kChunk = 1 << 15;
+  std::vector<std::pair<size_t, int64_t>> chunks;
+  for (size_t i = 0; i < n; ++i)
+    for (int64_t start = 0; start < leaves[i].size; start += kChunk) chunks.push_back({i, start});
+  const int64_t count = static_cast<int64_t>(chunks.size());
+  bool clip = false;
+  float norm = 0.0f;
+  if (max_norm > 0.0f) {
+    std::vector<double> partial(count, 0.0);
+    ParallelFor(pool, count, [&](int64_t t) {
+      const Leaf& leaf = leaves[chunks[t].first];
+      int64_t start = chunks[t].second, stop = std::min(leaf.size, start + kChunk);
+      double sum = 0.0;
+      for (int64_t k = start; k < stop; ++k) sum += double(leaf.g[k]) * double(leaf.g[k]);
+      partial[t] = sum;
+    });
+    double total = 0.0;
+    for (double p : partial) total += p;
+    norm = static_cast<float>(std::sqrt(total));
+    clip = !(norm < max_norm);
+  }
+  const float neg_lr = -lr;
+  ParallelFor(pool, count, [&](int64_t t) {
+    const Leaf& leaf = leaves[chunks[t].first];
+    int64_t start = chunks[t].second, stop = std::min(leaf.size, start + kChunk);
+    for (int64_t k = start; k < stop; ++k) {
+      float g = leaf.g[k];
+      if (clip) g = (g / norm) * max_norm;
+      float w = leaf.w[k];
+      g = g + decay * w;
+      float m = g + momentum * leaf.m[k];
+      leaf.m_out[k] = m;
+      leaf.w_out[k] = w + neg_lr * m;
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ThreefryBits, RandomBits,
@@ -600,6 +687,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ThreefryBits, RandomBits,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SgdUpdate, SgdStep,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MaterializeCopy, Copy,
                               ffi::Ffi::Bind()

@@ -10,7 +10,9 @@ dilation)` with its gradient (`jax.custom_vjp`), the same numbers as
 (tests/test_kernels.py). Beside it: the pools, the grouped 1×1 convolutions, a
 materialising copy, and `random_bits`, the threefry2x32 bits of a JAX key exactly as
 `jax.random.bits` draws them (XLA:CPU compiles each of its draws as a loop of its own;
-here a draw is one call), used for the skip connection's dropout masks.
+here a draw is one call), used for the skip connection's dropout masks, and
+`sgd_update`, the weights' whole SGD step (clipping, weight decay, momentum) over every
+parameter array in one call.
 
 The library is compiled once per source, jaxlib, compiler and CPU with the C++
 compiler found as $CXX, `c++`, `g++` or `clang++` (a few seconds), into
@@ -67,6 +69,7 @@ TARGETS.update(
 )
 TARGETS["dnas_jax_materialize"] = "MaterializeCopy"
 TARGETS["dnas_jax_random_bits"] = "ThreefryBits"
+TARGETS["dnas_jax_sgd_update"] = "SgdUpdate"
 DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 _lock = threading.Lock()
@@ -391,3 +394,40 @@ def bernoulli(key: jax.Array, p, shape) -> jax.Array:
   mantissa = jax.lax.shift_right_logical(bits, np.uint32(9)) | np.uint32(0x3F800000)
   uniform = jax.lax.bitcast_convert_type(mantissa, np.float32) - np.float32(1.0)
   return uniform < jax.lax.convert_element_type(p, np.float32)
+
+
+def sgd_update(params, grads, momenta, lr, momentum: float, weight_decay: float, max_norm: float):
+  """The weights' SGD step over lists of float32 arrays, in one call into `cpu.cc`:
+  the gradients clipped to global norm `max_norm` (none where it is 0), weight decay
+  added (g + wd·w), the momentum buffers m ← g + momentum·m, and w ← w − lr·m, in
+  optax's order of operations (`training.optimizers.create_weight_tx`; the same
+  numbers up to float32 rounding, tests/test_kernels.py). XLA would compile a
+  reduction and two element-wise kernels per array. Returns (new params, new momenta);
+  each output may reuse its input's buffer."""
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  params, grads, momenta = list(params), list(grads), list(momenta)
+  n = len(params)
+  if len(grads) != n or len(momenta) != n:
+    raise ValueError(f"{n} parameter arrays, {len(grads)} gradients, {len(momenta)} momenta")
+  for w, g, m in zip(params, grads, momenta):
+    if not w.dtype == g.dtype == m.dtype == np.float32 or not w.shape == g.shape == m.shape:
+      raise TypeError(
+        f"float32 arrays of one shape expected, not {w.dtype}{list(w.shape)}, "
+        f"{g.dtype}{list(g.shape)}, {m.dtype}{list(m.shape)}"
+      )
+  if n == 0:
+    return [], []
+  f32 = np.float32
+  hyper = jax.numpy.stack(
+    [jax.numpy.asarray(lr, f32), f32(momentum), f32(weight_decay), f32(max_norm)]
+  )
+  outs = jax.ffi.ffi_call(
+    "dnas_jax_sgd_update",
+    [jax.ShapeDtypeStruct(w.shape, f32) for w in params + momenta],
+    input_output_aliases={
+      **{1 + i: i for i in range(n)},
+      **{1 + 2 * n + i: n + i for i in range(n)},
+    },
+  )(hyper, *params, *grads, *momenta)
+  return list(outs[:n]), list(outs[n:])

@@ -26,6 +26,11 @@ the same numbers (up to float rounding) and differ in compile and step time.
   depth). The two have different parameter trees, so the resolved value is stored with
   the run's checkpoints and used when it is restored or resumed.
 
+* `optimizer`: ``optax`` (the weights' SGD step leaf by leaf, as optax writes it) or
+  ``kernel`` (the whole step in one compiled CPU kernel call,
+  `training.optimizers.KernelSGD`: the same state and numbers, about a thousand fewer
+  kernels for XLA:CPU to compile in a search step).
+
 "auto" takes the choice measured best on the backend the run is on (`AUTO_PROGRAM`;
 the measurements are in docs/performance.md). On the CPU that is the compiled kernels;
 where they cannot be built (no C++ compiler), "auto" takes ``shifted`` instead and says
@@ -53,6 +58,7 @@ AUTO_PROGRAM = {
     "halves": "separate",
     "remat": "none",
     "scan": "stages",
+    "optimizer": "kernel",
   },
   "gpu": {
     "depthwise": "conv",
@@ -61,6 +67,7 @@ AUTO_PROGRAM = {
     "halves": "separate",
     "remat": "none",
     "scan": "stages",
+    "optimizer": "optax",
   },
   "tpu": {
     "depthwise": "conv",
@@ -69,12 +76,14 @@ AUTO_PROGRAM = {
     "halves": "shared",
     "remat": "convs",
     "scan": "stages",
+    "optimizer": "optax",
   },
 }
 EDGES = ("vmap", "channels")  # supernet.EDGE_LAYOUTS
 HALVES = ("separate", "shared")  # search.steps.search_step(halves=...)
 REMAT = ("none", "convs")
 SCAN = ("stages", "none")
+OPTIMIZERS = ("optax", "kernel")
 PROGRAM_CHOICES = {
   "depthwise": ("auto",) + ops.DEPTHWISE,
   "pointwise": ("auto",) + ops.POINTWISE,
@@ -82,7 +91,11 @@ PROGRAM_CHOICES = {
   "halves": ("auto",) + HALVES,
   "remat": ("auto",) + REMAT,
   "scan": ("auto",) + SCAN,
+  "optimizer": ("auto",) + OPTIMIZERS,
 }
+# Fields a stored program may lack (they were added later and change no parameter or
+# number): they resolve as "auto" does.
+_OPTIONAL = ("optimizer",)
 
 
 def resolve_program(
@@ -98,7 +111,8 @@ def resolve_program(
   out = {}
   for key in PROGRAM_CHOICES:
     value = program.get(key, "auto")
-    out[key] = value if value != "auto" else (stored or auto)[key]
+    source = auto if stored and key in _OPTIONAL and key not in stored else (stored or auto)
+    out[key] = value if value != "auto" else source[key]
   if (
     program.get("scan", "auto") == "auto"
     and not stored
@@ -120,6 +134,11 @@ def resolve_program(
       f"'{fallback}' (the same numbers)"
     )
     out["depthwise"] = fallback
+  if out["optimizer"] == "kernel" and kernel_problem(backend):
+    _warn_once(
+      f"program.optimizer='kernel': {kernel_problem(backend)}; using 'optax' (the same numbers)"
+    )
+    out["optimizer"] = "optax"
   return out
 
 

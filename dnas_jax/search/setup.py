@@ -84,7 +84,10 @@ def create_search_setup(
   )
   net_train = create_supernet(config, num_classes, True, primitives, backend)
   net_eval = create_supernet(config, num_classes, False, primitives, backend)
-  weight_tx, lr_schedule = optimizers.weight_tx_of(o, config.num_epochs, steps_per_epoch)
+  program = program_lib.resolve_program(config, backend)
+  weight_tx, lr_schedule = optimizers.weight_tx_of(
+    o, config.num_epochs, steps_per_epoch, program["optimizer"]
+  )
   arch_tx = optimizers.create_arch_tx(o.arch_lr, o.arch_b1, o.arch_b2, o.arch_weight_decay)
   example = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   psi0 = jnp.zeros((spec.num_layers, search_space.NUM_CONNECTIONS, spec.num_ops))
@@ -106,7 +109,7 @@ def create_search_setup(
     second_order=o.second_order,
     weight_decay=o.weight_decay,
     momentum=o.momentum,
-    halves=program_lib.resolve_program(config, backend)["halves"],
+    halves=program["halves"],
     skip_dropout_schedule=skip_dropout.step_schedule(
       config.model.skip_dropout_schedule,
       config.model.skip_dropout,

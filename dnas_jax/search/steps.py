@@ -31,6 +31,7 @@ from clu import metrics
 from dnas_jax.models import arch as arch_lib
 from dnas_jax.training import evaluation
 from dnas_jax.training import losses
+from dnas_jax.training import optimizers
 
 
 @flax.struct.dataclass
@@ -233,9 +234,11 @@ def weight_update(state: SearchState, train_batch, rng, *, net, spec, weight_tx)
   (loss, (logits, new_stats)), grads = jax.value_and_grad(weight_loss_fn, argnums=1, has_aux=True)(
     net, state.params, state.batch_stats, arch_weights, train_batch, rng
   )
-  updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+  params, opt_state = optimizers.apply_weight_tx(
+    weight_tx, grads, state.weight_opt_state, state.params
+  )
   return state.replace(
-    params=optax.apply_updates(state.params, updates),
+    params=params,
     batch_stats=new_stats,
     weight_opt_state=opt_state,
   ), (loss, logits)
@@ -281,11 +284,13 @@ def shared_halves(
       (_, (logits, new_stats, ce, z)), (g_w, g_a) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True
       )(state.params, state.arch_params)
-      w_updates, w_opt = weight_tx.update(g_w, state.weight_opt_state, state.params)
+      params, w_opt = optimizers.apply_weight_tx(
+        weight_tx, g_w, state.weight_opt_state, state.params
+      )
       a_updates, a_opt = arch_tx.update(g_a, state.arch_opt_state, state.arch_params)
       keep_if_arch = lambda old, new: jax.tree.map(lambda o, n: jnp.where(arch, o, n), old, new)
       new = state.replace(
-        params=keep_if_arch(state.params, optax.apply_updates(state.params, w_updates)),
+        params=keep_if_arch(state.params, params),
         batch_stats=keep_if_arch(state.batch_stats, new_stats),
         weight_opt_state=keep_if_arch(state.weight_opt_state, w_opt),
         arch_params=keep_if_arch(
@@ -315,7 +320,7 @@ def search_step(
   *,
   net: nn.Module,
   spec: arch_lib.ArchSpec,
-  weight_tx: optax.GradientTransformation,
+  weight_tx: optax.GradientTransformation | optimizers.KernelSGD,
   arch_tx: optax.GradientTransformation,
   lr_schedule: optax.Schedule,
   arch_warmup_steps: int,

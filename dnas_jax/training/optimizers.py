@@ -5,10 +5,23 @@
   the default), or for ImageNet DARTS's exponential decay (`exponential_lr_schedule`)
   or PC-DARTS's warm-up and linear decay (`pc_darts_linear_schedule`);
 * architecture (search only): Adam with L2 added to the gradient (`create_arch_tx`).
+
+`apply_weight_tx` applies either: the optax transformation leaf by leaf, or, for the
+CPU's program (`config.program.optimizer="kernel"`, a `KernelSGD`), the weights'
+whole step in one compiled CPU kernel call with the same state and numbers.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from dnas_jax.kernels import cpu as cpu_kernels
 
 
 def weight_lr_schedule(
@@ -76,6 +89,64 @@ def create_weight_tx(
   return optax.chain(*parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelSGD:
+  """`create_weight_tx`'s transformation (`tx`, which `init` and `update` are) with
+  the settings it was made from, so that `apply_weight_tx` can run its step as one
+  CPU kernel call (`kernels.cpu.sgd_update`) on the state `tx` keeps: XLA:CPU
+  compiles optax's step as three kernels per parameter array (about a thousand for a
+  search network), a sizeable share of the search step's compile time."""
+
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  momentum: float
+  weight_decay: float
+  grad_clip: float
+
+  def init(self, params):
+    return self.tx.init(params)
+
+  def update(self, updates, state, params=None):
+    return self.tx.update(updates, state, params)
+
+  def apply(self, grads, state, params):
+    """(new params, new state): `tx`'s update applied, in one kernel call."""
+    trace = optax.tree_utils.tree_get(state, "trace")
+    count = optax.tree_utils.tree_get(state, "count")
+    leaves, treedef = jax.tree.flatten(params)
+    new_leaves, new_trace = cpu_kernels.sgd_update(
+      leaves,
+      treedef.flatten_up_to(grads),
+      treedef.flatten_up_to(trace),
+      self.schedule(count),
+      self.momentum,
+      self.weight_decay,
+      max(self.grad_clip, 0.0),
+    )
+    state = optax.tree_utils.tree_set(
+      state,
+      trace=jax.tree.unflatten(treedef, new_trace),
+      count=optax.safe_int32_increment(count),
+    )
+    return jax.tree.unflatten(treedef, new_leaves), state
+
+
+def _float32_tree(tree) -> bool:
+  return all(np.dtype(x.dtype) == np.float32 for x in jax.tree.leaves(tree))
+
+
+def apply_weight_tx(
+  tx: optax.GradientTransformation | KernelSGD, grads, state, params
+) -> tuple[Any, Any]:
+  """(new params, new optimizer state): one step of the weight optimizer `tx`. A
+  `KernelSGD` over float32 weights runs as one CPU kernel call; anything else as
+  optax's `update` and `apply_updates`."""
+  if isinstance(tx, KernelSGD) and _float32_tree((params, grads)):
+    return tx.apply(grads, state, params)
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
+
+
 def create_arch_tx(
   lr: float, b1: float, b2: float, weight_decay: float
 ) -> optax.GradientTransformation:
@@ -86,10 +157,12 @@ def create_arch_tx(
 
 
 def weight_tx_of(
-  optim, num_epochs: int, steps_per_epoch: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  optim, num_epochs: int, steps_per_epoch: int, optimizer: str = "optax"
+) -> tuple[optax.GradientTransformation | KernelSGD, optax.Schedule]:
   """The weight optimizer and its schedule from a config's `optim` section:
-  `optim.schedule` (absent: "cosine") picks the learning rate's shape (`SCHEDULES`)."""
+  `optim.schedule` (absent: "cosine") picks the learning rate's shape (`SCHEDULES`).
+  `optimizer` ("optax" or "kernel", `program.OPTIMIZERS`) says how `apply_weight_tx`
+  applies it."""
   kind = optim.get("schedule", "cosine")
   if kind == "cosine":
     schedule = weight_lr_schedule(optim.weight_lr, optim.weight_min_lr, num_epochs, steps_per_epoch)
@@ -103,4 +176,9 @@ def weight_tx_of(
     raise ValueError(
       f"config.optim.schedule={kind!r} is not valid; valid values: {list(SCHEDULES)}"
     )
-  return (create_weight_tx(schedule, optim.momentum, optim.weight_decay, optim.grad_clip), schedule)
+  tx = create_weight_tx(schedule, optim.momentum, optim.weight_decay, optim.grad_clip)
+  if optimizer == "kernel":
+    tx = KernelSGD(tx, schedule, optim.momentum, optim.weight_decay, optim.grad_clip)
+  elif optimizer != "optax":
+    raise ValueError(f"optimizer {optimizer!r}; valid: ['optax', 'kernel']")
+  return tx, schedule

@@ -279,12 +279,14 @@ def validate_search_config(config: ml_collections.ConfigDict) -> None:
   for name, valid in program_lib.PROGRAM_CHOICES.items():
     if "program" in config and name in config.program:
       _choice(config, f"program.{name}", valid)
-  if config.get("program", {}).get("depthwise") == "kernel":
-    problem = program_lib.kernel_problem(jax.default_backend())
-    if problem:
-      raise ConfigError(
-        f"config.program.depthwise='kernel': {problem}; use 'auto', 'shifted' or 'conv'"
-      )
+  for name, others in (
+    ("depthwise", "'auto', 'shifted' or 'conv'"),
+    ("optimizer", "'auto' or 'optax'"),
+  ):
+    if config.get("program", {}).get(name) == "kernel":
+      problem = program_lib.kernel_problem(jax.default_backend())
+      if problem:
+        raise ConfigError(f"config.program.{name}='kernel': {problem}; use {others}")
   if config.get("program", {}).get("halves") == "shared" and _get(config, "optim.second_order"):
     raise ConfigError(
       "config.program.halves='shared' is first order only; with "
