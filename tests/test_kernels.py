@@ -357,6 +357,43 @@ def test_sgd_update_is_clipped_sgd_with_momentum_and_weight_decay(grad_scale, ma
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,features", [(3000, 20), (7, 3), (1, 5)])
+def test_batch_norm_kernels_equal_numpy_and_autodiff(rows, features, dtype):
+  """Forward: mean, biased variance, 1/sqrt(var + eps) and the normalised rows, against
+  NumPy in float64; backward: against JAX's gradient of the same formula written in
+  jnp. One row gives variance 0 (y = 0); a column offset of 100 tests the variance's
+  cancellation (E[p²] − E[p]², as `nn.BatchNorm` computes it)."""
+  r = np.random.default_rng(1)
+  offset = 100.0 * (np.arange(features) == 0) * (rows > 1)
+  p = (r.normal(size=(rows, features)) * r.uniform(0.5, 3, features) + offset).astype(dtype)
+  g = r.normal(size=(rows, features)).astype(dtype)
+  eps = 1e-5
+  with jax.enable_x64(dtype == np.float64):
+    y, mean, var, rstd = jax.jit(lambda p: cpu.batch_norm_forward(p, eps))(p)
+    p64 = p.astype(np.float64)
+    want_var = np.maximum(np.mean(p64**2, axis=0) - p64.mean(axis=0) ** 2, 0.0)
+    want_y = (p64 - p64.mean(axis=0)) / np.sqrt(want_var + eps)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(mean), p64.mean(axis=0), **tol)
+    np.testing.assert_allclose(np.asarray(var), want_var, rtol=tol["rtol"], atol=tol["atol"] * 100)
+    np.testing.assert_allclose(np.asarray(rstd), 1 / np.sqrt(want_var + eps), rtol=tol["rtol"] * 10)
+    np.testing.assert_allclose(np.asarray(y), want_y, rtol=tol["rtol"], atol=tol["atol"] * 10)
+
+    def plain(p):
+      m = jnp.mean(p, axis=0)
+      v = jnp.maximum(jnp.mean(p * p, axis=0) - m * m, 0.0)
+      return (p - m) * jax.lax.rsqrt(v + eps)
+
+    want_dp = jax.vjp(plain, jnp.asarray(p))[1](jnp.asarray(g))[0]
+    dp = jax.jit(cpu.batch_norm_backward)(jnp.asarray(g), y, rstd)
+    scale = float(np.abs(np.asarray(want_dp)).max()) or 1.0
+    np.testing.assert_allclose(
+      np.asarray(dp), np.asarray(want_dp), rtol=tol["rtol"] * 50, atol=tol["atol"] * 50 * scale
+    )
+    assert dp.dtype == dtype and y.dtype == dtype
+
+
 def test_sgd_update_refuses_mixed_arrays():
   w = jnp.zeros((3,), jnp.float32)
   with pytest.raises(TypeError, match="float32 arrays of one shape"):

@@ -420,6 +420,103 @@ ffi::Error GroupedWeightGrad(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+// Batch normalisation in training mode, without an affine transform, over the rows of
+// p [N, F] (F contiguous), as `batched_ops.conv_stage` and `pool_stage` apply it:
+//
+//   mean = Σ p / N,  var = max(Σ p² / N − mean², 0),  rstd = 1 / sqrt(var + eps),
+//   y = (p − mean) · rstd;
+//   backward: dp = (g − Σ g / N − y · Σ (g · y) / N) · rstd.
+//
+// The column sums run in double over a few contiguous row ranges, each into its own
+// buffer, added in a fixed order (the result does not depend on the threads' timing).
+// One call replaces the reductions and element-wise kernels XLA:CPU compiles for each.
+template <typename T, typename RowFn>
+std::vector<double> ColumnSums(ffi::ThreadPool& pool, int64_t rows, int64_t f, int sums,
+                               const RowFn& row_fn) {
+  int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>((rows + kRowBlock - 1) / kRowBlock,
+                           2 * std::max<int64_t>(pool.num_threads(), 1)));
+  int64_t per = (rows + chunks - 1) / chunks;
+  std::vector<double> partial(chunks * sums * f, 0.0);
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    double* acc = partial.data() + chunk * sums * f;
+    for (int64_t r = chunk * per; r < std::min(rows, (chunk + 1) * per); ++r) row_fn(r, acc);
+  });
+  std::vector<double> total(sums * f, 0.0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t m = 0; m < sums * f; ++m) total[m] += partial[chunk * sums * f + m];
+  return total;
+}
+
+template <ffi::DataType DT>
+ffi::Error NormForward(ffi::ThreadPool pool, ffi::Buffer<DT> p, ffi::ResultBuffer<DT> y,
+                       ffi::ResultBuffer<DT> mean, ffi::ResultBuffer<DT> var,
+                       ffi::ResultBuffer<DT> rstd, double eps) {
+  using T = ffi::NativeType<DT>;
+  auto dims = p.dimensions();
+  int64_t f = dims[dims.size() - 1];
+  int64_t rows = f == 0 ? 0 : static_cast<int64_t>(p.element_count()) / f;
+  const T* x = p.typed_data();
+  std::vector<double> sums = ColumnSums<T>(pool, rows, f, 2, [&](int64_t r, double* acc) {
+    const T* row = x + r * f;
+    for (int64_t c = 0; c < f; ++c) {
+      double v = row[c];
+      acc[c] += v;
+      acc[f + c] += v * v;
+    }
+  });
+  T *m = mean->typed_data(), *v = var->typed_data(), *s = rstd->typed_data();
+  for (int64_t c = 0; c < f; ++c) {
+    double mu = rows ? sums[c] / rows : 0.0;
+    double sigma2 = std::max(rows ? sums[f + c] / rows - mu * mu : 0.0, 0.0);
+    m[c] = static_cast<T>(mu);
+    v[c] = static_cast<T>(sigma2);
+    s[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(v[c]) + eps));
+  }
+  T* out = y->typed_data();
+  ParallelFor(pool, (rows + kRowBlock - 1) / kRowBlock, [&](int64_t block) {
+    for (int64_t r = block * kRowBlock; r < std::min(rows, (block + 1) * kRowBlock); ++r) {
+      const T* __restrict row = x + r * f;
+      T* __restrict o = out + r * f;
+      for (int64_t c = 0; c < f; ++c) o[c] = (row[c] - m[c]) * s[c];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+template <ffi::DataType DT>
+ffi::Error NormBackward(ffi::ThreadPool pool, ffi::Buffer<DT> g, ffi::Buffer<DT> y,
+                        ffi::Buffer<DT> rstd, ffi::ResultBuffer<DT> dp) {
+  using T = ffi::NativeType<DT>;
+  int64_t f = static_cast<int64_t>(rstd.element_count());
+  int64_t rows = f == 0 ? 0 : static_cast<int64_t>(g.element_count()) / f;
+  if (g.element_count() != y.element_count() || rows * f != static_cast<int64_t>(g.element_count())) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "norm backward: shapes differ");
+  }
+  const T *gp = g.typed_data(), *yp = y.typed_data(), *s = rstd.typed_data();
+  std::vector<double> sums = ColumnSums<T>(pool, rows, f, 2, [&](int64_t r, double* acc) {
+    const T *gr = gp + r * f, *yr = yp + r * f;
+    for (int64_t c = 0; c < f; ++c) {
+      acc[c] += gr[c];
+      acc[f + c] += static_cast<double>(gr[c]) * yr[c];
+    }
+  });
+  std::vector<T> mg(f), mgy(f);
+  for (int64_t c = 0; c < f; ++c) {
+    mg[c] = static_cast<T>(sums[c] / rows);
+    mgy[c] = static_cast<T>(sums[f + c] / rows);
+  }
+  T* out = dp->typed_data();
+  ParallelFor(pool, (rows + kRowBlock - 1) / kRowBlock, [&](int64_t block) {
+    for (int64_t r = block * kRowBlock; r < std::min(rows, (block + 1) * kRowBlock); ++r) {
+      const T *__restrict gr = gp + r * f, *__restrict yr = yp + r * f;
+      T* __restrict o = out + r * f;
+      for (int64_t c = 0; c < f; ++c) o[c] = (gr[c] - mg[c] - yr[c] * mgy[c]) * s[c];
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // 3×3 pooling with padding 1 and `stride`, per channel, as DARTS's pools: the maximum
 // (padding never wins), or the mean over the window positions inside the image
 // (count_include_pad=False). The max pool's gradient goes to the first maximum of each
@@ -741,3 +838,24 @@ DNAS_HANDLER(DepthwiseInputGradF32, InputGrad, ffi::F32)
 DNAS_HANDLER(DepthwiseInputGradF64, InputGrad, ffi::F64)
 DNAS_HANDLER(DepthwiseKernelGradF32, KernelGrad, ffi::F32)
 DNAS_HANDLER(DepthwiseKernelGradF64, KernelGrad, ffi::F64)
+
+#define DNAS_NORM_HANDLERS(suffix, dtype)                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NormForward##suffix, NormForward<dtype>,         \
+                                ffi::Ffi::Bind()                                \
+                                    .Ctx<ffi::ThreadPool>()                     \
+                                    .Arg<ffi::Buffer<dtype>>()                  \
+                                    .Ret<ffi::Buffer<dtype>>()                  \
+                                    .Ret<ffi::Buffer<dtype>>()                  \
+                                    .Ret<ffi::Buffer<dtype>>()                  \
+                                    .Ret<ffi::Buffer<dtype>>()                  \
+                                    .Attr<double>("eps"));                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NormBackward##suffix, NormBackward<dtype>,       \
+                                ffi::Ffi::Bind()                                \
+                                    .Ctx<ffi::ThreadPool>()                     \
+                                    .Arg<ffi::Buffer<dtype>>()                  \
+                                    .Arg<ffi::Buffer<dtype>>()                  \
+                                    .Arg<ffi::Buffer<dtype>>()                  \
+                                    .Ret<ffi::Buffer<dtype>>());
+
+DNAS_NORM_HANDLERS(F32, ffi::F32)
+DNAS_NORM_HANDLERS(F64, ffi::F64)

@@ -10,7 +10,8 @@ dilation)` with its gradient (`jax.custom_vjp`), the same numbers as
 (tests/test_kernels.py). Beside it: the pools, the grouped 1×1 convolutions, a
 materialising copy, and `random_bits`, the threefry2x32 bits of a JAX key exactly as
 `jax.random.bits` draws them (XLA:CPU compiles each of its draws as a loop of its own;
-here a draw is one call), used for the skip connection's dropout masks, and
+here a draw is one call), used for the skip connection's dropout masks, the batch
+normalisation of the stacked stages (`batch_norm_forward`, `batch_norm_backward`), and
 `sgd_update`, the weights' whole SGD step (clipping, weight decay, momentum) over every
 parameter array in one call.
 
@@ -64,6 +65,13 @@ TARGETS.update(
       ("input_grad", "InputGrad"),
       ("weight_grad", "WeightGrad"),
     )
+    for t in ("f32", "f64")
+  }
+)
+TARGETS.update(
+  {
+    f"dnas_jax_norm_{what}_{t}": f"Norm{sym}{t.upper()}"
+    for what, sym in (("forward", "Forward"), ("backward", "Backward"))
     for t in ("f32", "f64")
   }
 )
@@ -327,6 +335,43 @@ def reference(
     rhs_dilation=(dilation, dilation),
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
     feature_group_count=x.shape[-1],
+  )
+
+
+def _norm_name(dtype) -> str:
+  name = DTYPES.get(np.dtype(dtype))
+  if name is None:
+    raise TypeError(f"the batch norm kernel takes float32 or float64, not {dtype}")
+  if not available():
+    raise RuntimeError(f"the CPU kernels are unavailable: {unavailable_reason()}")
+  return name
+
+
+def batch_norm_forward(p: jax.Array, eps: float):
+  """Batch normalisation of p [N, F] over its rows in training mode, no affine
+  transform, as `nn.BatchNorm` computes it (mean, and variance E[p²] − E[p]² clipped at
+  0): (y [N, F], mean [F], var [F], 1 / sqrt(var + eps) [F]), in one call where XLA:CPU
+  compiles reductions and element-wise kernels (the sums are taken in float64)."""
+  name = _norm_name(p.dtype)
+  f = p.shape[-1]
+  vec = jax.ShapeDtypeStruct((f,), p.dtype)
+  return tuple(
+    jax.ffi.ffi_call(
+      f"dnas_jax_norm_forward_{name}", (jax.ShapeDtypeStruct(p.shape, p.dtype), vec, vec, vec)
+    )(p, eps=np.float64(eps))
+  )
+
+
+def batch_norm_backward(g: jax.Array, y: jax.Array, rstd: jax.Array) -> jax.Array:
+  """The input gradient of `batch_norm_forward` (its y and rstd) for the output
+  gradient g [N, F]: (g − mean(g) − y · mean(g · y)) · rstd, the means over the rows."""
+  name = _norm_name(g.dtype)
+  if g.shape != y.shape or rstd.shape != g.shape[-1:] or not g.dtype == y.dtype == rstd.dtype:
+    raise ValueError(
+      f"g {g.dtype}{list(g.shape)}, y {y.dtype}{list(y.shape)}, rstd {rstd.dtype}{list(rstd.shape)}"
+    )
+  return jax.ffi.ffi_call(f"dnas_jax_norm_backward_{name}", jax.ShapeDtypeStruct(g.shape, g.dtype))(
+    g, y, rstd
   )
 
 

@@ -183,7 +183,11 @@ class BatchedMixedOps(nn.Module):
         blocks.append(([p], self._one_op(xs, p, built[p])[..., None, :, :]))
     out = None
     for names, y in blocks:  # y [B, H, W, ops, E, c]
-      w = psi[:, np.asarray([prims.index(p) for p in names])].T  # [ops, E]
+      idx = [prims.index(p) for p in names]
+      if idx == list(range(idx[0], idx[0] + len(idx))):  # a slice, which XLA fuses
+        w = psi[:, idx[0] : idx[0] + len(idx)].T  # [ops, E]
+      else:  # a gather, a kernel of its own
+        w = psi[:, np.asarray(idx)].T
       term = jnp.sum(y * w[:, :, None].astype(y.dtype), axis=(3, 4))
       out = term if out is None else out + term
     return out

@@ -377,7 +377,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 #
 # The first halves of all separable and dilated convolutions of the E edges read the
 # same ReLU(x); their depthwise outputs are stacked on the channel axis and go
-# through one grouped pointwise product (a CPU kernel) and one batch norm; the second halves
+# through one grouped pointwise product and one batch norm (CPU kernels); the second halves
 # of the separable convolutions likewise, each reading its own slice. Each of these
 # two stages is one `jax.custom_vjp` function whose backward pass is written out and
 # keeps only its input, its output and 1/σ, so a node's six conv halves become two
@@ -413,14 +413,6 @@ def _stage_forward(x, kernels, weight, specs, stride, shared):
   return cpu_kernels.grouped_forward(d.reshape(-1, d.shape[-1]), weight), d
 
 
-def _batch_statistics(p):
-  """Mean and (biased) variance over the rows of p [N, F], as `nn.BatchNorm`
-  computes them: E[p²] − E[p]², clipped at 0."""
-  mean = jnp.mean(p, axis=0)
-  var = jnp.maximum(jnp.mean(jnp.square(p), axis=0) - jnp.square(mean), 0.0)
-  return mean, var
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def conv_stage(x, kernels, weight, specs, stride, shared):
   """Stacked convolution halves in training mode: x [B, H, W, C]; `kernels` the ops'
@@ -433,9 +425,7 @@ def conv_stage(x, kernels, weight, specs, stride, shared):
 
 def _conv_stage_fwd(x, kernels, weight, specs, stride, shared):
   p, d = _stage_forward(x, kernels, weight, specs, stride, shared)
-  mean, var = _batch_statistics(p)
-  rstd = jax.lax.rsqrt(var + EPS)
-  y = (p - mean) * rstd
+  y, mean, var, rstd = cpu_kernels.batch_norm_forward(p, EPS)
   return (y.reshape(d.shape), (mean, var)), (x, kernels, weight, y, rstd)
 
 
@@ -443,7 +433,7 @@ def _conv_stage_bwd(specs, stride, shared, residuals, cotangents):
   x, kernels, weight, y, rstd = residuals
   g = cotangents[0].reshape(y.shape)
   # Batch norm: dp = (g − mean(g) − ŷ · mean(g · ŷ)) / σ.
-  dp = (g - jnp.mean(g, axis=0) - y * jnp.mean(g * y, axis=0)) * rstd
+  dp = cpu_kernels.batch_norm_backward(g, y, rstd)
   # The depthwise outputs are recomputed rather than kept: fewer saved arrays.
   d, inputs = _depthwise_stage(x, kernels, specs, stride, shared)
   dweight = cpu_kernels.grouped_weight_grad(d.reshape(-1, d.shape[-1]), dp, weight.shape)
@@ -628,17 +618,14 @@ def pool_stage(x, kinds, stride):
 def _pool_stage_fwd(x, kinds, stride):
   outs = [cpu_kernels.pool_3x3(x, stride, kind == "avg") for kind in kinds]
   d = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
-  p = d.reshape(-1, d.shape[-1])
-  mean, var = _batch_statistics(p)
-  rstd = jax.lax.rsqrt(var + EPS)
-  y = (p - mean) * rstd
+  y, mean, var, rstd = cpu_kernels.batch_norm_forward(d.reshape(-1, d.shape[-1]), EPS)
   return (y.reshape(d.shape), (mean, var)), (x, y, rstd)
 
 
 def _pool_stage_bwd(kinds, stride, residuals, cotangents):
   x, y, rstd = residuals
   g = cotangents[0].reshape(y.shape)
-  dp = (g - jnp.mean(g, axis=0) - y * jnp.mean(g * y, axis=0)) * rstd
+  dp = cpu_kernels.batch_norm_backward(g, y, rstd)
   n = x.shape[-1]
   b, ho, wo = cotangents[0].shape[:3]
   dp = dp.reshape(b, ho, wo, -1)
