@@ -15,7 +15,6 @@ from dnas_jax.models import arch
 from dnas_jax.models import init as init_lib
 from dnas_jax.models import supernet
 from dnas_jax.search import steps as search_steps
-from dnas_jax.space import batched_ops
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
 from dnas_jax.training import optimizers
@@ -343,15 +342,13 @@ def test_a_search_step_with_the_cpu_program_equals_the_plain_step():
 
 @pytest.mark.parametrize("new_dtype", [jnp.float32, jnp.bfloat16])
 def test_running_average_is_the_jnp_expression_it_replaces(new_dtype):
-  """`batched_ops._running_average` (written with lax, cheap to trace) traces to the
+  """`ops.running_average` (written with lax, cheap to trace) traces to the
   operations of MOMENTUM · old + (1 − MOMENTUM) · new in jnp, constants and dtypes
   included, and gives the same numbers."""
   old = jnp.asarray(np.random.default_rng(0).normal(size=64), jnp.float32)
   new = jnp.asarray(np.random.default_rng(1).normal(size=64), new_dtype)
-  m = batched_ops.MOMENTUM
+  m = ops.BN_MOMENTUM
   want = lambda o, n: m * o + (1 - m) * n
-  assert str(jax.make_jaxpr(batched_ops._running_average)(old, new)) == str(
-    jax.make_jaxpr(want)(old, new)
-  )
-  got = jax.jit(batched_ops._running_average)(old, new)
+  assert str(jax.make_jaxpr(ops.running_average)(old, new)) == str(jax.make_jaxpr(want)(old, new))
+  got = jax.jit(ops.running_average)(old, new)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(want)(old, new)))

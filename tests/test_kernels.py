@@ -422,3 +422,21 @@ def test_the_cpu_scans_only_stages_of_two_cells_or_more(num_layers, cpu_scan):
     program_lib.resolve_program(config, "cpu", stored={"scan": "stages"})
   config.program.scan = "stages"
   assert program_lib.resolve_program(config, "cpu")["scan"] == "stages"
+
+
+def test_batch_norm_gradient_under_vmap_is_per_mapped_slice():
+  """`batch_norm` mapped with `vmap` normalises each mapped slice on its own (the
+  calls run one slice at a time), and its gradient is JAX's gradient of the formula."""
+  x = jax.random.normal(jax.random.key(0), (3, 50, 6)) * 2 + 1
+  r = jax.random.normal(jax.random.key(1), x.shape)
+
+  def plain(p):
+    m = jnp.mean(p, axis=0)
+    v = jnp.maximum(jnp.mean(p * p, axis=0) - m * m, 0.0)
+    return (p - m) * jax.lax.rsqrt(v + 1e-5)
+
+  loss = lambda f: lambda x: jnp.sum(jax.vmap(f)(x) * r)
+  got_v, got_g = jax.value_and_grad(loss(lambda p: cpu.batch_norm(p, 1e-5)[0]))(x)
+  want_v, want_g = jax.value_and_grad(loss(plain))(x)
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(got_g), np.asarray(want_g), rtol=1e-4, atol=1e-5)

@@ -357,7 +357,9 @@ def batch_norm_forward(p: jax.Array, eps: float):
   vec = jax.ShapeDtypeStruct((f,), p.dtype)
   return tuple(
     jax.ffi.ffi_call(
-      f"dnas_jax_norm_forward_{name}", (jax.ShapeDtypeStruct(p.shape, p.dtype), vec, vec, vec)
+      f"dnas_jax_norm_forward_{name}",
+      (jax.ShapeDtypeStruct(p.shape, p.dtype), vec, vec, vec),
+      vmap_method="sequential",
     )(p, eps=np.float64(eps))
   )
 
@@ -370,9 +372,32 @@ def batch_norm_backward(g: jax.Array, y: jax.Array, rstd: jax.Array) -> jax.Arra
     raise ValueError(
       f"g {g.dtype}{list(g.shape)}, y {y.dtype}{list(y.shape)}, rstd {rstd.dtype}{list(rstd.shape)}"
     )
-  return jax.ffi.ffi_call(f"dnas_jax_norm_backward_{name}", jax.ShapeDtypeStruct(g.shape, g.dtype))(
+  out = jax.ShapeDtypeStruct(g.shape, g.dtype)
+  return jax.ffi.ffi_call(f"dnas_jax_norm_backward_{name}", out, vmap_method="sequential")(
     g, y, rstd
   )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def batch_norm(p: jax.Array, eps: float):
+  """`batch_norm_forward` with its gradient: (y, (mean, var)) of p [N, F]; the
+  statistics are for the running averages and are not differentiated."""
+  y, mean, var, _ = batch_norm_forward(p, eps)
+  return y, (mean, var)
+
+
+def _batch_norm_fwd(p, eps):
+  y, mean, var, rstd = batch_norm_forward(p, eps)
+  return (y, (mean, var)), (y, rstd)
+
+
+def _batch_norm_bwd(eps, residuals, cotangents):
+  del eps
+  y, rstd = residuals
+  return (batch_norm_backward(cotangents[0], y, rstd),)
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 @jax.custom_vjp

@@ -388,7 +388,8 @@ def _relu_conv_bn(module: nn.Module, x, kernel, name: str):
     # kernel gradient as a convolution over the whole image, 100× slower than this
     y = jnp.einsum("...c,co->...o", x, kernel[0, 0])
   y = ops.saved(y)
-  return ops.BatchNorm(False, module.train, module.dtype, name=name)(y)
+  kernel = module.formulation.depthwise == "kernel"
+  return ops.BatchNorm(False, module.train, module.dtype, kernel=kernel, name=name)(y)
 
 
 class _StageCell(nn.Module):

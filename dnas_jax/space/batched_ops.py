@@ -195,9 +195,10 @@ def pointwise(
   return ops.saved(y.reshape(b, h, wd, e, -1))
 
 
-def _batch_norm(train: bool, dtype: Dtype) -> ops.BatchNorm:
-  """The search's batch norm (no affine) with statistics per edge and channel."""
-  return ops.BatchNorm(False, train, dtype, axis=(-2, -1))
+def _batch_norm(train: bool, dtype: Dtype, formulation: ops.Formulation) -> ops.BatchNorm:
+  """The search's batch norm (no affine) with statistics per edge and channel; under
+  the CPU kernels (`depthwise="kernel"`) a kernel call (`ops.BatchNorm`)."""
+  return ops.BatchNorm(False, train, dtype, axis=(-2, -1), kernel=formulation.depthwise == "kernel")
 
 
 class DilConv(nn.Module):
@@ -220,7 +221,7 @@ class DilConv(nn.Module):
     pw = ops.Kernel((e, 1, 1, c, self.features), name="Conv_1")()
     y = depthwise(nn.relu(x), dw, self.stride, self.padding, self.dilation, f.depthwise, self.dtype)
     y = pointwise(y, pw, 1, f.pointwise, self.dtype)
-    return _batch_norm(self.train, self.dtype)(y)
+    return _batch_norm(self.train, self.dtype, self.formulation)(y)
 
 
 class SepConv(nn.Module):
@@ -264,7 +265,7 @@ class FactorizedReduce(nn.Module):
     x = nn.relu(x)
     a = pointwise(x, ops.Kernel((e, 1, 1, c, half), name="Conv_0")(), 2, pw, self.dtype)
     b = pointwise(x[:, 1:, 1:], ops.Kernel((e, 1, 1, c, half), name="Conv_1")(), 2, pw, self.dtype)
-    return _batch_norm(self.train, self.dtype)(jnp.concatenate([a, b], -1))
+    return _batch_norm(self.train, self.dtype, self.formulation)(jnp.concatenate([a, b], -1))
 
 
 def _window_counts(size: int, stride: int) -> np.ndarray:
@@ -294,7 +295,7 @@ class Pool(nn.Module):
         x.reshape(b, h, w, e * c).astype(compute), self.stride, self.kind == "avg"
       )
       y = y.reshape(y.shape[:3] + (e, c)).astype(x.dtype)
-      return _batch_norm(self.train, self.dtype)(y)
+      return _batch_norm(self.train, self.dtype, self.formulation)(y)
     window = (1, 3, 3, 1, 1)
     strides = (1, self.stride, self.stride, 1, 1)
     pad = ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0))
@@ -306,7 +307,7 @@ class Pool(nn.Module):
         _window_counts(x.shape[1], self.stride), _window_counts(x.shape[2], self.stride)
       )
       y = y / jnp.asarray(counts, y.dtype)[:, :, None, None]
-    return _batch_norm(self.train, self.dtype)(y)
+    return _batch_norm(self.train, self.dtype, self.formulation)(y)
 
 
 class Identity(nn.Module):
@@ -383,8 +384,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 # keeps only its input, its output and 1/σ, so a node's six conv halves become two
 # stages in the program, with a handful of saved arrays instead of dozens.
 
-EPS = 1e-5  # the batch norms' ε (PyTorch's default, as `ops.BatchNorm`)
-MOMENTUM = 0.9  # the running statistics' decay (`ops.BatchNorm`: PyTorch's 0.1)
+EPS = ops.BN_EPS
 
 
 def _op_inputs(r, specs, shared: bool):
@@ -454,32 +454,6 @@ def _conv_stage_bwd(specs, stride, shared, residuals, cotangents):
 conv_stage.defvjp(_conv_stage_fwd, _conv_stage_bwd)
 
 
-class _BatchNormStats(nn.Module):
-  """The running statistics [E, c] of one batch norm, the variables `nn.BatchNorm`
-  keeps: given a batch's mean and variance in training, updated as it updates them."""
-
-  shape: tuple[int, ...]
-
-  @nn.compact
-  def __call__(self, mean=None, var=None):
-    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), self.shape)
-    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), self.shape)
-    if mean is not None and not self.is_initializing():
-      ra_mean.value = _running_average(ra_mean.value, mean.reshape(self.shape))
-      ra_var.value = _running_average(ra_var.value, var.reshape(self.shape))
-    return ra_mean.value, ra_var.value
-
-
-def _running_average(old: jax.Array, new: jax.Array) -> jax.Array:
-  """MOMENTUM · old + (1 − MOMENTUM) · new with the operations and dtypes `jnp` would
-  use, written with `lax`: a search step traces thousands of these updates, and each
-  `jnp` call costs a nested jit while tracing."""
-  a = jax.lax.mul(np.asarray(MOMENTUM, old.dtype), old)
-  b = jax.lax.mul(np.asarray(1 - MOMENTUM, new.dtype), new)
-  out = jnp.promote_types(old.dtype, new.dtype)
-  return jax.lax.add(jax.lax.convert_element_type(a, out), jax.lax.convert_element_type(b, out))
-
-
 class _BatchNormScope(nn.Module):
   """`ops.BatchNorm`'s scope (it holds an `nn.BatchNorm` named BatchNorm_0)."""
 
@@ -487,7 +461,7 @@ class _BatchNormScope(nn.Module):
 
   @nn.compact
   def __call__(self, mean=None, var=None):
-    return _BatchNormStats(self.shape, name="BatchNorm_0")(mean, var)
+    return ops.BatchNormStats(self.shape, name="BatchNorm_0")(mean, var)
 
 
 class _HalfVariables(nn.Module):

@@ -84,17 +84,40 @@ class Formulation:
 CONV = Formulation()
 
 
+BN_EPS = 1e-5  # the batch norms' ε (PyTorch's default)
+BN_MOMENTUM = 0.9  # the running statistics' decay (flax's convention: PyTorch's 0.1)
+
+
 class BatchNorm(nn.Module):
   """PyTorch-default batch norm (momentum 0.1, eps 1e-5), optionally without affine;
-  `axis`: the feature axis or axes (statistics per feature, over all others)."""
+  `axis`: the feature axis or axes (statistics per feature, over all others).
+  `kernel`: in training, without affine, with the feature axes trailing, on a float32
+  or float64 array outside `vmap`, normalise with the CPU kernels
+  (`kernels.cpu.batch_norm`: one call each way instead of XLA's reductions and
+  element-wise kernels; the same variables and numbers); otherwise, and in
+  evaluation, flax's `nn.BatchNorm`."""
 
   affine: bool = True
   train: bool = True
   dtype: Dtype = jnp.float32
   axis: int | tuple[int, ...] = -1
+  kernel: bool = False
 
   @nn.compact
   def __call__(self, x):
+    axes = sorted(a % x.ndim for a in ((self.axis,) if isinstance(self.axis, int) else self.axis))
+    if (
+      self.kernel
+      and self.train
+      and not self.affine
+      and axes == list(range(x.ndim - len(axes), x.ndim))
+      and x.dtype == self.dtype
+      and np.dtype(x.dtype) in (np.float32, np.float64)
+    ):
+      features = x.shape[x.ndim - len(axes) :]
+      y, (mean, var) = cpu_kernels.batch_norm(x.reshape(-1, int(np.prod(features))), BN_EPS)
+      BatchNormStats(features, name="BatchNorm_0")(mean, var)  # nn.BatchNorm's scope
+      return y.reshape(x.shape)
     return nn.BatchNorm(
       use_running_average=not self.train,
       axis=self.axis,
@@ -104,6 +127,33 @@ class BatchNorm(nn.Module):
       use_bias=self.affine,
       dtype=self.dtype,
     )(x)
+
+
+class BatchNormStats(nn.Module):
+  """The running statistics (of `shape`) of one batch norm, the variables
+  `nn.BatchNorm` keeps: given a batch's mean and variance in training, updated as it
+  updates them."""
+
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, mean=None, var=None):
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), self.shape)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), self.shape)
+    if mean is not None and not self.is_initializing():
+      ra_mean.value = running_average(ra_mean.value, mean.reshape(self.shape))
+      ra_var.value = running_average(ra_var.value, var.reshape(self.shape))
+    return ra_mean.value, ra_var.value
+
+
+def running_average(old: jax.Array, new: jax.Array) -> jax.Array:
+  """BN_MOMENTUM · old + (1 − BN_MOMENTUM) · new with the operations and dtypes `jnp` would
+  use, written with `lax`: a search step traces thousands of these updates, and each
+  `jnp` call costs a nested jit while tracing."""
+  a = jax.lax.mul(np.asarray(BN_MOMENTUM, old.dtype), old)
+  b = jax.lax.mul(np.asarray(1 - BN_MOMENTUM, new.dtype), new)
+  out = jnp.promote_types(old.dtype, new.dtype)
+  return jax.lax.add(jax.lax.convert_element_type(a, out), jax.lax.convert_element_type(b, out))
 
 
 def _pad(p: int):
