@@ -1,4 +1,4 @@
-"""training/files.py: atomic writes leave the old file or the new one, never a part."""
+"""dnas_jax/files.py: atomic writes leave the old file or the new one, never a part."""
 
 import os
 
@@ -6,7 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dnas_jax.training import files
+from dnas_jax import files
+from dnas_jax.space import genotype as genotype_lib
+from dnas_jax.space import known_genotypes
 
 
 def test_atomic_write_text_bytes_and_callable(tmp_path):
@@ -27,6 +29,25 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
       raise OSError(28, "No space left on device")
   assert open(path).read() == "old"
   assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_genotype_save_is_atomic(tmp_path, monkeypatch):
+  """GlobalGenotype.save, a writer users call, goes through the atomic write: a save that
+  fails before its rename leaves the old file whole and no temporary beside it."""
+  geno = known_genotypes.get_genotype("DARTS_V2", 3)
+  path = str(tmp_path / "g.json")
+  geno.save(path)
+  before = open(path).read()
+  assert genotype_lib.GlobalGenotype.load(path) == geno
+
+  def failing_replace(src, dst):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", failing_replace)
+  with pytest.raises(OSError):
+    known_genotypes.get_genotype("PC_DARTS", 3).save(path)
+  assert open(path).read() == before
+  assert os.listdir(tmp_path) == ["g.json"]
 
 
 def test_flatten_walks_nested_dicts():

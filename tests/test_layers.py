@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (search, retrain) do not import each other.
 LAYERS = {
   "kernels": 0,
+  "files": 0,
   "space": 1,
   "models": 2,
   "data": 3,
@@ -121,7 +122,8 @@ def test_only_dnas_jax_is_installed_and_it_holds_the_configs():
   finally:
     os.chdir(cwd)
   assert {p.split(".")[0] for p in packages} == {"dnas_jax"}
-  assert {f"dnas_jax.{unit}" for unit in LAYERS if unit != "api"} <= set(packages)
+  modules = ("api", "files")  # top-level modules, not packages
+  assert {f"dnas_jax.{unit}" for unit in LAYERS if unit not in modules} <= set(packages)
   assert os.path.realpath(os.path.join(ROOT, "experiments", "configs")) == os.path.join(
     ROOT, "dnas_jax", "configs"
   )

@@ -13,7 +13,7 @@ import numpy as np
 
 from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
-from dnas_jax.training import files
+from dnas_jax import files
 from dnas_jax.training import metric_writers
 
 

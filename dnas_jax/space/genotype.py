@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dnas_jax import files
 from dnas_jax.space import search_space
 
 SCHEMA_VERSION = 1
@@ -143,8 +144,8 @@ class GlobalGenotype:
     return cls(tuple(cells))
 
   def save(self, path: str, **kwargs) -> None:
-    with open(path, "w") as f:
-      f.write(self.to_json(**kwargs))
+    """Writes `to_json(**kwargs)` to `path` atomically (`dnas_jax.files`)."""
+    files.atomic_write(path, self.to_json(**kwargs))
 
   @classmethod
   def load(cls, path: str) -> "GlobalGenotype":

@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 
 from dnas_jax.search import methods
-from dnas_jax.training import files
+from dnas_jax import files
 from dnas_jax.training import validation
 
 RESULT = "result.json"

@@ -36,7 +36,7 @@ import jax
 from absl import logging
 
 from dnas_jax.training import checkpoints
-from dnas_jax.training import files
+from dnas_jax import files
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
