@@ -260,3 +260,36 @@ def test_pc_darts_derivation_uses_the_edge_weights():
       without = _pc_darts_parse(soft, np.ones(14), list(dprims))
       differs += sorted(without) != sorted(want)
   assert differs > 0  # the edge weights change the choice somewhere
+
+
+def test_derivation_on_hand_written_psi():
+  prims = search_space.PRIMITIVES
+  op = {p: j for j, p in enumerate(prims)}
+  psi = np.full((3, 14, len(prims)), 0.01)
+  # Layer 0, node 0 (edges 0, 1): sep_conv_3x3 on s0 and skip on s1.
+  psi[0, 0, op["sep_conv_3x3"]] = 0.9
+  psi[0, 1, op["skip_connect"]] = 0.5
+  # Node 1 (edges 2, 3, 4 from s0, s1, n0): strongest on edges 4 and 2.
+  psi[0, 2, op["dil_conv_5x5"]] = 0.6
+  psi[0, 3, op["max_pool_3x3"]] = 0.2
+  psi[0, 3, op["avg_pool_3x3"]] = 0.3
+  psi[0, 4, op["sep_conv_5x5"]] = 0.8
+  # Node 3 (edges 9..13: s0, s1, n0, n1, n2): edges 12 and 13.
+  psi[0, 12, op["avg_pool_3x3"]] = 0.7
+  psi[0, 13, op["dil_conv_3x3"]] = 0.75
+  geno = genotype_lib.derive_genotype(psi, prims)
+  cell = geno.cells[0]
+  assert cell.nodes[0] == (("sep_conv_3x3", 0), ("skip_connect", 1))
+  assert cell.nodes[1] == (("dil_conv_5x5", 0), ("sep_conv_5x5", 2))
+  assert cell.nodes[3] == (("avg_pool_3x3", 3), ("dil_conv_3x3", 4))
+  assert [c.reduction for c in geno.cells] == [False, True, True]
+  # `none` is never chosen, even with the largest weight.
+  dprims = search_space.DARTS_PRIMITIVES
+  psi_d = np.full((3, 14, len(dprims)), 0.01)
+  psi_d[:, :, 0] = 0.99
+  psi_d[1, 5, dprims.index("sep_conv_3x3")] = 0.5
+  g = genotype_lib.derive_genotype(psi_d, dprims)
+  assert all(o != "none" for c in g.cells for edges in c.nodes for o, _ in edges)
+  assert ("sep_conv_3x3", 0) in g.cells[1].nodes[2]
+  # JSON round trip.
+  assert genotype_lib.GlobalGenotype.from_json(geno.to_json()) == geno

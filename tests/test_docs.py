@@ -13,12 +13,14 @@ train → evaluate commands one after another, at a small size, by
 import ast
 import glob
 import importlib.util
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -224,3 +226,51 @@ def test_readme_pipeline_runs_as_written(readme_pipeline):
   m = re.search(r'"test_accuracy": ([0-9.]+)', outs[-1])
   assert m, outs[-1][-2000:]
   assert float(m.group(1)) == pytest.approx(final["test_accuracy"], abs=1e-4)
+
+
+def _importable_prefix(dotted: str) -> bool:
+  """Whether the longest importable prefix of `dotted` is a module (the rest may name an
+  attribute: dnas_jax.training.loop.run_loop)."""
+  parts = dotted.split(".")
+  for n in range(len(parts), 1, -1):
+    try:
+      if importlib.util.find_spec(".".join(parts[:n])) is not None:
+        return True
+    except ModuleNotFoundError:  # a prefix is a module, not a package
+      continue
+  return False
+
+
+def _comments_and_docstrings(path: str) -> str:
+  """The comments and docstrings of a Python file: where code cites documents and
+  modules in prose."""
+  source = _read(path)
+  parts = [
+    t.string
+    for t in tokenize.generate_tokens(io.StringIO(source).readline)
+    if t.type == tokenize.COMMENT
+  ]
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      parts.append(ast.get_docstring(node) or "")
+  return "\n".join(parts)
+
+
+def test_code_comments_and_docstrings_cite_existing_paths_and_modules():
+  """What the code's prose cites (repository paths, dnas_jax modules) exists."""
+  missing = []
+  for rel in _tracked_files():
+    if not rel.endswith(".py") or not rel.startswith(("dnas_jax/", "experiments/", "tests/")):
+      continue
+    text = _comments_and_docstrings(os.path.join(REPO, rel))
+    for m in re.finditer(
+      r"(?<![\w/.~$-])((?:dnas_jax|experiments|tests|docs|\.ci)/[\w./-]*\w)", text
+    ):
+      if text[m.end() : m.end() + 1] in ("*", "<", "{"):  # a pattern, not a path
+        continue
+      if not os.path.exists(os.path.join(REPO, m.group(1))):
+        missing.append((rel, m.group(1)))
+    for module in re.findall(r"\bdnas_jax(?:\.\w+)+", text):
+      if not _importable_prefix(module):
+        missing.append((rel, module))
+  assert not missing, f"comments or docstrings cite what does not exist: {missing}"

@@ -1,5 +1,5 @@
-"""The bi-level search: update isolation, second-order gradient, derivation (the loop
-itself: test_search_loop.py)."""
+"""The bi-level search: update isolation, second-order gradient (the loop itself:
+test_search_loop.py; derivation: test_derive.py)."""
 
 import functools
 
@@ -12,8 +12,6 @@ from dnas_jax.models import arch
 from dnas_jax.models import init as init_lib
 from dnas_jax.models import supernet
 from dnas_jax.search import steps as search_steps
-from dnas_jax.space import genotype as genotype_lib
-from dnas_jax.space import search_space
 from dnas_jax.training import optimizers
 
 # A pooling, the identity and a convolution: what the steps do to the state does not
@@ -282,36 +280,3 @@ def test_weight_learning_rate_is_darts_cosine_stepped_per_epoch():
   got = np.asarray([schedule(s) for s in range(epochs * per_epoch)])
   np.testing.assert_allclose(got, np.repeat(lr, per_epoch), rtol=1e-5)
   assert got[0] == np.float32(base) and abs(got[25 * per_epoch] - 0.013) < 1e-6
-
-
-def test_derivation_on_hand_written_psi():
-  prims = search_space.PRIMITIVES
-  op = {p: j for j, p in enumerate(prims)}
-  psi = np.full((3, 14, len(prims)), 0.01)
-  # Layer 0, node 0 (edges 0, 1): sep_conv_3x3 on s0 and skip on s1.
-  psi[0, 0, op["sep_conv_3x3"]] = 0.9
-  psi[0, 1, op["skip_connect"]] = 0.5
-  # Node 1 (edges 2, 3, 4 from s0, s1, n0): strongest on edges 4 and 2.
-  psi[0, 2, op["dil_conv_5x5"]] = 0.6
-  psi[0, 3, op["max_pool_3x3"]] = 0.2
-  psi[0, 3, op["avg_pool_3x3"]] = 0.3
-  psi[0, 4, op["sep_conv_5x5"]] = 0.8
-  # Node 3 (edges 9..13: s0, s1, n0, n1, n2): edges 12 and 13.
-  psi[0, 12, op["avg_pool_3x3"]] = 0.7
-  psi[0, 13, op["dil_conv_3x3"]] = 0.75
-  geno = genotype_lib.derive_genotype(psi, prims)
-  cell = geno.cells[0]
-  assert cell.nodes[0] == (("sep_conv_3x3", 0), ("skip_connect", 1))
-  assert cell.nodes[1] == (("dil_conv_5x5", 0), ("sep_conv_5x5", 2))
-  assert cell.nodes[3] == (("avg_pool_3x3", 3), ("dil_conv_3x3", 4))
-  assert [c.reduction for c in geno.cells] == [False, True, True]
-  # `none` is never chosen, even with the largest weight.
-  dprims = search_space.DARTS_PRIMITIVES
-  psi_d = np.full((3, 14, len(dprims)), 0.01)
-  psi_d[:, :, 0] = 0.99
-  psi_d[1, 5, dprims.index("sep_conv_3x3")] = 0.5
-  g = genotype_lib.derive_genotype(psi_d, dprims)
-  assert all(o != "none" for c in g.cells for edges in c.nodes for o, _ in edges)
-  assert ("sep_conv_3x3", 0) in g.cells[1].nodes[2]
-  # JSON round trip.
-  assert genotype_lib.GlobalGenotype.from_json(geno.to_json()) == geno

@@ -48,8 +48,8 @@ from dnas_jax.kernels import cpu as cpu_kernels
 from dnas_jax.space import ops
 from dnas_jax.space import search_space
 
-# "auto" per backend: measured (README, Performance); tests/test_formulations.py checks
-# that every formulation computes the same numbers.
+# "auto" per backend: measured (docs/performance.md §8 and the sections it cites);
+# tests/test_formulations.py checks that every formulation computes the same numbers.
 AUTO_PROGRAM = {
   "cpu": {
     "depthwise": "kernel",

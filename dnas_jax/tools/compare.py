@@ -5,29 +5,8 @@ dnas_jax/search/methods.py; the rows and their settings are tabulated in
 docs/comparison.md), over several seeds; every derived genotype is retrained with the
 same retraining config.
 
-A comparison config (experiments/configs/compare_*.py) holds:
-
-* `search`, `retrain`: the base search and retraining configs (data, logging, the
-  settings no row names); the retraining config's `genotype` is replaced by each
-  run's `genotype.json`.
-* `rows`: comma-separated keys of `methods.ROWS`; `seeds`: comma-separated ints;
-  `row_seeds` (optional): per row, the subset of `seeds` it runs (a slow row with fewer).
-* `budget` (optional): a partial search config applied to every row after the row's
-  own settings, to shrink the comparison for a CPU (epochs, depth, channels, batch).
-  The warm-up keeps its fraction of the search: a row's 15 of 50 epochs becomes
-  round(15 · E / 50) of E epochs.
-* `row_overrides` (optional): per row, a partial search config applied last (the tiny
-  test config shortens the operation lists this way).
-
-Layout of the comparison folder `DIR`: `DIR/<row>/seed_<s>/search` (a search workdir),
-`DIR/<row>/seed_<s>/retrain` (a retraining workdir), `DIR/<row>/seed_<s>/result.json`
-(written last: a run with it is finished and skipped when the command is run again; an
-unfinished run resumes from its checkpoints), then `DIR/results.json`,
-`DIR/comparison.md` and `DIR/comparison.png`.
-
-Search cost is the search's measured wall time (compilation included; summed over
-resumed segments) times the number of devices, in device-hours of the device kind the
-search ran on. Parameters are counted as DARTS counts them (auxiliary head excluded).
+What a comparison config (experiments/configs/compare_*.py) holds, the folder layout it
+writes and how cost is counted are described once, in docs/comparison.md.
 """
 
 from __future__ import annotations
