@@ -12,6 +12,7 @@ train → evaluate commands one after another, at a small size, by
 
 import ast
 import glob
+import importlib
 import importlib.util
 import io
 import json
@@ -106,11 +107,7 @@ def test_cited_paths_modules_and_files_exist(doc):
       if not os.path.exists(os.path.join(os.path.dirname(doc), target)):
         missing.append(target)
   for module in re.findall(r"\bdnas_jax(?:\.\w+)+", text):
-    parts = module.split(".")
-    # The longest importable prefix must be a module; the rest may name an attribute.
-    if not any(
-      importlib.util.find_spec(".".join(parts[:n])) is not None for n in range(len(parts), 1, -1)
-    ):
+    if not _importable_prefix(module):
       missing.append(module)
   for name in re.findall(r"`(\w+\.(?:py|sh|ipynb))`", text):
     if name not in basenames and name not in PEER_FILES:
@@ -229,15 +226,21 @@ def test_readme_pipeline_runs_as_written(readme_pipeline):
 
 
 def _importable_prefix(dotted: str) -> bool:
-  """Whether the longest importable prefix of `dotted` is a module (the rest may name an
-  attribute: dnas_jax.training.loop.run_loop)."""
+  """Whether `dotted` names a module, or an attribute of its longest importable prefix
+  (dnas_jax.training.loop.run_loop)."""
   parts = dotted.split(".")
   for n in range(len(parts), 1, -1):
     try:
-      if importlib.util.find_spec(".".join(parts[:n])) is not None:
-        return True
+      found = importlib.util.find_spec(".".join(parts[:n])) is not None
     except ModuleNotFoundError:  # a prefix is a module, not a package
       continue
+    if found:
+      if n == len(parts):
+        return True
+      try:
+        return hasattr(importlib.import_module(".".join(parts[:n])), parts[n])
+      except ImportError:  # an optional dependency: the module exists
+        return True
   return False
 
 
