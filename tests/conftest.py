@@ -125,7 +125,10 @@ def run_copy(tiny_search, tmp_path):
 # Appended to the README's search and train commands by `readme_pipeline`: the same
 # entry points, configs, workdirs and data at a size that compiles and runs in seconds
 # (one epoch of a 3-layer, 8-channel search over three operations; the retraining at
-# the searched depth, 4 channels, one epoch).
+# the searched depth, 4 channels, one epoch). With DNAS_JAX_README_AS_PRINTED=1 nothing
+# is appended: the four commands run exactly as printed (about 5 minutes on a 2-core
+# CPU with the tests' XLA settings, against about one at the small size, which is why
+# the default suite appends them).
 README_PIPELINE_SMALL = {
   "experiments.search": [
     "--config.model.num_layers=3",
@@ -148,7 +151,8 @@ README_PIPELINE_SMALL = {
 def readme_pipeline(tmp_path_factory):
   """The README's search → derive → train → evaluate commands, run one after another
   as written from a new working directory (their `workdirs/...` relative to it, as a
-  user runs them), with `README_PIPELINE_SMALL`'s flags appended: (that directory, the
+  user runs them), with `README_PIPELINE_SMALL`'s flags appended unless
+  DNAS_JAX_README_AS_PRINTED=1: (that directory, the
   commands as written, each one's stdout). Run once per test session: the first of
   pytest-xdist's workers to ask runs it under a file lock, the others read its record.
   A failing command fails every test that uses the fixture, with its stderr."""
@@ -161,6 +165,7 @@ def readme_pipeline(tmp_path_factory):
   import sys  # pylint: disable=g-import-not-at-top
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  small = {} if os.environ.get("DNAS_JAX_README_AS_PRINTED") == "1" else README_PIPELINE_SMALL
   with open(os.path.join(repo, "README.md"), encoding="utf-8") as f:
     text = f.read()
   section = text.split("## Search, derive, retrain, evaluate", 1)[1].split("\n1. ", 1)[0]
@@ -179,7 +184,7 @@ def readme_pipeline(tmp_path_factory):
       for command in commands:
         args = shlex.split(command)
         out = subprocess.run(
-          [sys.executable, "-m", *args, *README_PIPELINE_SMALL.get(args[0], [])],
+          [sys.executable, "-m", *args, *small.get(args[0], [])],
           cwd=root,
           env=dict(os.environ, PYTHONPATH=path),
           capture_output=True,
