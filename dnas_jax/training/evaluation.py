@@ -15,6 +15,7 @@ from clu import metrics
 
 from dnas_jax.data import device_augment
 from dnas_jax.data import input_pipeline
+from dnas_jax.training import monitor
 from dnas_jax.training import sharding
 
 
@@ -86,11 +87,11 @@ def evaluate_batches(
 ) -> dict[str, float]:
   """`evaluate` over `batches`: this process's rows of global batches of `batch_size`
   with their 'mask' (e.g. the streaming pipeline's `eval_batches`)."""
-  acc = None
-  for batch in batches:
-    m = eval_fn(params, batch_stats, sharding.shard_batch(batch, mesh, batch_size), net_inputs)
-    acc = m if acc is None else acc.merge(m)
-  out = {k: float(v) for k, v in acc.compute().items()}
+  collected = [
+    eval_fn(params, batch_stats, sharding.shard_batch(batch, mesh, batch_size), net_inputs)
+    for batch in batches
+  ]
+  out = {k: float(v) for k, v in monitor.merge_on_host(collected).compute().items()}
   return {
     f"{prefix}_loss": out["loss"],
     f"{prefix}_accuracy": out["accuracy"],

@@ -15,6 +15,18 @@ import numpy as np
 from dnas_jax.training import metric_writers
 
 
+def merge_on_host(collected: Sequence):
+  """The merge of clu metric collections (the steps' outputs, on the devices) computed
+  in NumPy after one `jax.device_get` of them all. Merging the device arrays instead
+  runs a small program per merge, and under several processes each is a multi-process
+  program that every process must reach in the same order."""
+  host = jax.device_get(list(collected))
+  merged = host[0]
+  for m in host[1:]:
+    merged = merged.merge(m)
+  return merged
+
+
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite; the message names the step."""
 
@@ -41,14 +53,14 @@ class LoopMonitor:
     self._total, self._per_epoch, self._epochs = total_steps, steps_per_epoch, num_epochs
     self._log_every = log_every
     self._pending: list = []
-    self._metrics = None
+    self._metrics: list = []  # the steps' metrics since the last log, on the devices
     self._window_start, self._window_steps = time.time(), 0
 
   def record(self, step: int, step_metrics, loss) -> None:
     """After step `step` (1-based count of steps done) with its clu metrics and loss."""
     self._window_steps += 1
     self._pending.append((step, loss))
-    self._metrics = step_metrics if self._metrics is None else self._metrics.merge(step_metrics)
+    self._metrics.append(step_metrics)
     for hook in self._hooks:
       hook(step)
     if step % self._log_every == 0 or step % self._per_epoch == 0:
@@ -67,7 +79,7 @@ class LoopMonitor:
   def _log(self, step: int) -> None:
     self.check_finite()
     rate = self._window_steps / max(time.time() - self._window_start, 1e-9)
-    scalars = {k: float(v) for k, v in self._metrics.compute().items()}
+    scalars = {k: float(v) for k, v in merge_on_host(self._metrics).compute().items()}
     scalars.update(steps_per_sec=rate, epoch=step / self._per_epoch)
     self._writer.write_scalars(step, scalars)
     logging.info(
@@ -79,7 +91,7 @@ class LoopMonitor:
       rate,
       format_seconds((self._total - step) / max(rate, 1e-9)),
     )
-    self._metrics, self._window_start, self._window_steps = None, time.time(), 0
+    self._metrics, self._window_start, self._window_steps = [], time.time(), 0
 
 
 class StepProfiler:
