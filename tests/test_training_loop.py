@@ -146,3 +146,27 @@ def test_a_nan_loss_names_the_step_and_the_kept_checkpoint(tmp_path):
   assert "not finite (nan) at step 5" in str(e.value)
   assert "the last finished checkpoint, step 3, is kept" in str(e.value)
   assert _saved_steps(tmp_path) == [3]
+
+
+def test_metrics_merged_on_the_host_are_the_masked_means_in_numpy():
+  """`monitor.merge_on_host`, used by the monitor and the evaluation: the merge of the
+  steps' clu metrics, computed in NumPy from one fetch, gives the masked means over all
+  batches (written out here), and leaves nothing on the devices."""
+  from dnas_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  losses = [rng.normal(size=8).astype(np.float32) for _ in range(3)]
+  correct = [rng.integers(0, 2, 8).astype(np.float32) for _ in range(3)]
+  masks = [np.ones(8, bool), np.ones(8, bool), np.arange(8) < 5]  # a padded last batch
+  steps = [
+    jax.jit(
+      lambda l, c, m: evaluation.EvalMetrics.single_from_model_output(loss=l, accuracy=c, mask=m)
+    )(l, c, m)
+    for l, c, m in zip(losses, correct, masks)
+  ]
+  merged = monitor.merge_on_host(steps)
+  assert all(isinstance(x, (np.ndarray, np.generic)) for x in jax.tree.leaves(merged))
+  out = merged.compute()
+  mask = np.concatenate(masks)
+  np.testing.assert_allclose(out["loss"], np.concatenate(losses)[mask].mean(), rtol=1e-6)
+  np.testing.assert_allclose(out["accuracy"], np.concatenate(correct)[mask].mean(), rtol=1e-6)
