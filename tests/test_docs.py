@@ -94,21 +94,11 @@ def test_cited_paths_modules_and_files_exist(doc):
   text = _read(doc)
   tracked = _tracked_files()
   basenames = {os.path.basename(p) for p in tracked}
-  missing = []
-  for path in re.findall(
-    r"(?<![\w/.~$-])((?:dnas_jax|experiments|tests|docs|\.ci)/"
-    r"[\w./-]*[\w/])",
-    text,
-  ):
-    if not os.path.exists(os.path.join(REPO, path.rstrip("/"))):
-      missing.append(path)
+  missing = _missing_citations(text)
   for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
     if not re.match(r"\w+://", target):
       if not os.path.exists(os.path.join(os.path.dirname(doc), target)):
         missing.append(target)
-  for module in re.findall(r"\bdnas_jax(?:\.\w+)+", text):
-    if not _importable_prefix(module):
-      missing.append(module)
   for name in re.findall(r"`(\w+\.(?:py|sh|ipynb))`", text):
     if name not in basenames and name not in PEER_FILES:
       missing.append(name)
@@ -118,8 +108,7 @@ def test_cited_paths_modules_and_files_exist(doc):
 def test_config_docstrings_cite_existing_files_and_modules():
   basenames = {os.path.basename(p) for p in _tracked_files()}
   for path, doc in _config_docstrings():
-    for cited in re.findall(r"(?<![\w/.~$-])((?:dnas_jax|experiments|docs)/[\w./-]*\w)", doc):
-      assert os.path.exists(os.path.join(REPO, cited)), (path, cited)
+    assert not _missing_citations(doc), (path, _missing_citations(doc))
     for name in re.findall(r"\b(\w+\.py)\b", doc):
       assert name in basenames or name in PEER_FILES, (path, name)
 
@@ -244,6 +233,22 @@ def _importable_prefix(dotted: str) -> bool:
   return False
 
 
+def _missing_citations(text: str) -> list[str]:
+  """The repository paths (dnas_jax/…, experiments/…, tests/…, docs/…, .ci/…) and
+  dnas_jax modules `text` cites that do not exist; a path followed by *, < or { is a
+  pattern, not a path."""
+  missing = []
+  for m in re.finditer(
+    r"(?<![\w/.~$-])((?:dnas_jax|experiments|tests|docs|\.ci)/[\w./-]*[\w/])", text
+  ):
+    if text[m.end() : m.end() + 1] in ("*", "<", "{"):
+      continue
+    if not os.path.exists(os.path.join(REPO, m.group(1).rstrip("/"))):
+      missing.append(m.group(1))
+  missing += [m for m in re.findall(r"\bdnas_jax(?:\.\w+)+", text) if not _importable_prefix(m)]
+  return missing
+
+
 def _comments_and_docstrings(path: str) -> str:
   """The comments and docstrings of a Python file: where code cites documents and
   modules in prose."""
@@ -266,14 +271,5 @@ def test_code_comments_and_docstrings_cite_existing_paths_and_modules():
     if not rel.endswith(".py") or not rel.startswith(("dnas_jax/", "experiments/", "tests/")):
       continue
     text = _comments_and_docstrings(os.path.join(REPO, rel))
-    for m in re.finditer(
-      r"(?<![\w/.~$-])((?:dnas_jax|experiments|tests|docs|\.ci)/[\w./-]*\w)", text
-    ):
-      if text[m.end() : m.end() + 1] in ("*", "<", "{"):  # a pattern, not a path
-        continue
-      if not os.path.exists(os.path.join(REPO, m.group(1))):
-        missing.append((rel, m.group(1)))
-    for module in re.findall(r"\bdnas_jax(?:\.\w+)+", text):
-      if not _importable_prefix(module):
-        missing.append((rel, module))
+    missing += [(rel, cited) for cited in _missing_citations(text)]
   assert not missing, f"comments or docstrings cite what does not exist: {missing}"

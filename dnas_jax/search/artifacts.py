@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from dnas_jax import files
 from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
-from dnas_jax import files
 from dnas_jax.training import metric_writers
 
 

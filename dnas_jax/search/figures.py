@@ -26,11 +26,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
+from dnas_jax import files
 from dnas_jax.search import psi_stats
 from dnas_jax.space import genotype as genotype_lib
 from dnas_jax.space import ops as ops_lib
 from dnas_jax.space import search_space
-from dnas_jax import files
 
 OP_COLORS = {
   "none": "#f0f0f0",

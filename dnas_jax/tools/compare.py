@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dnas_jax.search import methods
 from dnas_jax import files
+from dnas_jax.search import methods
 from dnas_jax.training import validation
 
 RESULT = "result.json"

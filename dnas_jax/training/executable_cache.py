@@ -38,8 +38,8 @@ from jax import monitoring as jax_monitoring
 import numpy as np
 from absl import logging
 
-from dnas_jax.space import ops
 from dnas_jax import files
+from dnas_jax.space import ops
 from dnas_jax.training import runtime
 
 EXECUTABLES = "executables"  # the subfolder of the executables loaded without tracing

@@ -28,9 +28,9 @@ import jax
 import ml_collections
 from absl import logging
 
+from dnas_jax import files
 from dnas_jax.data import input_pipeline
 from dnas_jax.training import checkpoints
-from dnas_jax import files
 from dnas_jax.training import metric_writers
 from dnas_jax.training import monitor as monitor_lib
 from dnas_jax.training import sharding

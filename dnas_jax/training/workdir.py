@@ -35,8 +35,8 @@ from typing import Any
 import jax
 from absl import logging
 
-from dnas_jax.training import checkpoints
 from dnas_jax import files
+from dnas_jax.training import checkpoints
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
