@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,15 @@ def test_order_is_fixed_by_seed_and_epoch(data):
     assert not np.array_equal(a[0]["image"], other[0]["image"])
   order = np.random.default_rng([1, 3]).permutation(NUM_TRAIN)[: len(a) * BATCH]
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in a]), src.labels[order])
+  # Each row is its record's transform with the generator of (seed, epoch, position).
+  for position in (0, 7, BATCH + 3, len(a) * BATCH - 1):
+    step, row = divmod(position, BATCH)
+    data_p, _, where = src.read(int(order[position]))
+    image, jitter = image_transforms.train_transform(
+      data_p, np.random.default_rng([1, 3, position]), SIZE, where
+    )
+    np.testing.assert_array_equal(a[step]["image"][row], image)
+    np.testing.assert_array_equal(a[step]["jitter"][row], jitter)
 
 
 class _Tracing:
@@ -153,6 +163,9 @@ def test_worker_processes_give_the_same_batches_and_state(data):
   state = json.loads(json.dumps(it.get_state()))
   it.close()
   _equal(head, whole[1:4])
+  # The workers made the images in shared memory, which this process maps as it is.
+  assert all(isinstance(b["image"], grain.multiprocessing.SharedMemoryArray) for b in head)
+  assert not any(isinstance(b["image"], grain.multiprocessing.SharedMemoryArray) for b in whole)
   restored = streaming.train_epoch(
     src, BATCH, 3, 2, 0, 0, 1, workers=2, image_size=SIZE, state=state
   )
@@ -317,6 +330,7 @@ def test_resize_crop_against_bilinear_and_torchvisions_pil_filter():
 
 def test_train_transform_and_jitter_params_in_their_ranges(data):
   src = data["folder"][0]
+  flips = set()
   for i in (0, 11, 42):
     data_i, _, where = src.read(i)
     rng = np.random.default_rng([9, i])
@@ -329,11 +343,23 @@ def test_train_transform_and_jitter_params_in_their_ranges(data):
     np.testing.assert_array_equal(image_transforms.decode_array(data_i, where), decoded)
     top, left, h, w = image_transforms.crop_box(ref, decoded.shape[1], decoded.shape[0])
     expected = image_transforms.resize_crop(decoded, top, left, h, w, SIZE)
-    if ref.random() < 0.5:
+    flipped = ref.random() < 0.5
+    flips.add(flipped)
+    if flipped:
       expected = expected[:, ::-1]
     np.testing.assert_array_equal(out, expected)
     order = ref.permutation(4)
     np.testing.assert_array_equal(jitter[4:], order[:3])
+    # Written into a row of a batch instead: the same pixels and draws, in place.
+    rows = np.zeros((2, SIZE, SIZE, 3), np.uint8)
+    into, jitter_into = image_transforms.train_transform(
+      data_i, np.random.default_rng([9, i]), SIZE, where, rows[1]
+    )
+    assert np.shares_memory(into, rows[1])
+    np.testing.assert_array_equal(rows[1], expected)
+    np.testing.assert_array_equal(jitter_into, jitter)
+    assert not rows[0].any()
+  assert flips == {False, True}  # both of train_transform's ways of writing `out`
   draws = np.stack([image_transforms.jitter_params(np.random.default_rng(i)) for i in range(2000)])
   assert draws.dtype == np.float32 and draws.shape == (2000, device_augment.JITTER_COLUMNS)
   factors, hue, order = draws[:, :3], draws[:, 3], draws[:, 4:].astype(int)

@@ -92,16 +92,21 @@ def _prefilter(scale: float) -> tuple[int, float]:
   return 2 * math.ceil(3 * sigma) + 1, sigma
 
 
-def resize_crop(pixels: np.ndarray, top: int, left: int, h: int, w: int, size: int) -> np.ndarray:
+def resize_crop(
+  pixels: np.ndarray, top: int, left: int, h: int, w: int, size: int, out: np.ndarray | None = None
+) -> np.ndarray:
   """The h × w crop of `pixels` at (top, left), resized to size × size (module
   docstring): a Gaussian prefilter along each axis it shrinks, then bilinear with
   half-pixel centres (cv2.INTER_LINEAR), the crop's own edge pixels repeated at its
-  border (as torchvision's crop then resize). The crop is a view, not copied."""
+  border (as torchvision's crop then resize). The crop is a view, not copied; the
+  result is written into `out` (a C-contiguous uint8 [size, size, 3]) when given."""
   crop = pixels[top : top + h, left : left + w]
   (kx, sx), (ky, sy) = _prefilter(w / size), _prefilter(h / size)
   if kx > 1 or ky > 1:
     crop = cv2.GaussianBlur(crop, (kx, ky), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REPLICATE)
-  return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+  if out is None:
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+  return cv2.resize(crop, (size, size), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
 def crop_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
@@ -150,19 +155,21 @@ def hflip(pixels: np.ndarray) -> np.ndarray:
 
 
 def train_transform(
-  data: bytes, rng: np.random.Generator, size: int, where: str
+  data: bytes, rng: np.random.Generator, size: int, where: str, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Decode, RandomResizedCrop(size), flip: uint8 [size, size, 3], and the image's
+  """Decode, RandomResizedCrop(size), flip: uint8 [size, size, 3] (written into `out`,
+  a C-contiguous array of that shape, when given: a row of the batch), and the image's
   ColorJitter parameters (`jitter_params`), applied later by `device_augment`.
 
   Decoding and resize with OpenCV (`decode_array`, `resize_crop`: module docstring),
   the crop a view of the decoded pixels, the flip `hflip`."""
   pixels = decode_array(data, where)
   top, left, h, w = crop_box(rng, pixels.shape[1], pixels.shape[0])
+  flip = rng.random() < 0.5
+  if not flip:
+    return resize_crop(pixels, top, left, h, w, size, out), jitter_params(rng)
   pixels = resize_crop(pixels, top, left, h, w, size)
-  if rng.random() < 0.5:
-    pixels = hflip(pixels)
-  return pixels, jitter_params(rng)
+  return (hflip(pixels) if out is None else cv2.flip(pixels, 1, dst=out)), jitter_params(rng)
 
 
 def resize_size(size: int) -> int:

@@ -27,12 +27,16 @@ worker processes and to the device 4× smaller than float32.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 from typing import Any, Iterator
 
 from absl import flags
 import grain
 import numpy as np
 
+from dnas_jax.data import device_augment
 from dnas_jax.data import image_transforms
 from dnas_jax.data import input_pipeline
 
@@ -67,9 +71,11 @@ def steps_per_epoch(source, batch_size: int) -> int:
   return input_pipeline.steps_per_epoch(len(source), batch_size)
 
 
-class _TrainImage:
-  """Local element k of an epoch → (uint8 image, label, jitter), by index arithmetic
-  alone."""
+class _TrainBatch:
+  """Step s → this process's rows of global batch s (a training batch: module
+  docstring), by index arithmetic alone. The images are decoded, cropped, resized and
+  flipped straight into the batch's one array (`_batch_array`), not stacked from
+  per-image arrays."""
 
   def __init__(self, source, batch_size, seed, epoch, image_size, process_index, process_count):
     self.source, self.batch_size, self.seed, self.epoch = source, batch_size, seed, epoch
@@ -81,15 +87,60 @@ class _TrainImage:
   def __getstate__(self):
     return {**self.__dict__, "_order": None}
 
-  def __call__(self, k: int) -> tuple[np.ndarray, int, np.ndarray]:
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
     if self._order is None:
       self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source))
-    step, row = divmod(int(k), self.local)
-    position = step * self.batch_size + self.offset + row
-    data, label, where = self.source.read(int(self._order[position]))
-    rng = np.random.default_rng([self.seed, self.epoch, position])
-    image, jitter = image_transforms.train_transform(data, rng, self.image_size, where)
-    return image, label, jitter
+    size = self.image_size
+    images = _batch_array((self.local, size, size, 3))
+    labels = np.empty(self.local, np.int32)
+    jitter = np.empty((self.local, device_augment.JITTER_COLUMNS), np.float32)
+    for row in range(self.local):
+      position = int(step) * self.batch_size + self.offset + row
+      data, labels[row], where = self.source.read(int(self._order[position]))
+      rng = np.random.default_rng([self.seed, self.epoch, position])
+      _, jitter[row] = image_transforms.train_transform(data, rng, size, where, images[row])
+    return {"image": images, "label": labels, "jitter": jitter}
+
+
+_IN_WORKER = False
+
+
+def _batch_array(shape) -> np.ndarray:
+  """An uninitialised uint8 array: in shared memory in grain's worker processes (grain
+  passes it to the main process by name, which unlinks it when the batch is freed;
+  otherwise grain copies every batch into new shared memory), in this process's heap
+  otherwise."""
+  if _IN_WORKER:
+    return grain.multiprocessing.SharedMemoryArray(shape, np.uint8)
+  return np.empty(shape, np.uint8)
+
+
+def _worker_init(worker_index: int, worker_count: int):
+  """Run by grain in each worker process before its first batch (docs/imagenet.md,
+  Throughput, has the measurements):
+
+  * batches are made in shared memory (`_batch_array`);
+  * glibc's malloc keeps freed memory for reuse instead of giving it back to the system
+    after each image: with its default thresholds the decoded images (a few hundred kB)
+    were mapped anew each time, and every new page cost a page fault;
+  * the objects of the imports (about 130,000, JAX's among them) are frozen out of the
+    garbage collector's passes, which took about 8 % of the workers' CPU samples."""
+  del worker_index, worker_count
+  global _IN_WORKER
+  _IN_WORKER = True
+  gc.freeze()
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = libc.mallopt
+  except (OSError, AttributeError, TypeError):  # not glibc: keep its allocator as it is
+    return
+  mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+  mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+  mallopt(_M_TOP_PAD, 64 << 20)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 class _EvalImage:
@@ -108,15 +159,6 @@ class _EvalImage:
       return np.zeros((self.image_size, self.image_size, 3), np.uint8), 0, False
     data, label, where = self.source.read(position)
     return image_transforms.eval_transform(data, self.image_size, where), label, True
-
-
-def _stack_train(elements) -> dict[str, np.ndarray]:
-  """A training batch: uint8 images, int32 labels, float32 jitter [B, 7]."""
-  return {
-    "image": np.stack([e[0] for e in elements]),
-    "label": np.asarray([e[1] for e in elements], np.int32),
-    "jitter": np.stack([e[2] for e in elements]),
-  }
 
 
 def _stack_eval(elements) -> dict[str, np.ndarray]:
@@ -140,10 +182,10 @@ def train_dataset(
   """The epoch's local batches (this process's rows) as a grain `MapDataset`: item s is
   step s's batch."""
   process_index, process_count = _processes(process_index, process_count)
-  local = _local_batch(batch_size, process_count)
+  _local_batch(batch_size, process_count)  # checks that the processes share it evenly
   steps = steps_per_epoch(source, batch_size)
-  image = _TrainImage(source, batch_size, seed, epoch, image_size, process_index, process_count)
-  return grain.MapDataset.range(steps * local).map(image).batch(local, batch_fn=_stack_train)
+  batch = _TrainBatch(source, batch_size, seed, epoch, image_size, process_index, process_count)
+  return grain.MapDataset.range(steps).map(batch)
 
 
 def _grain_flags_parsed():
@@ -163,7 +205,8 @@ def _iterate(dataset: grain.MapDataset, workers: int, buffer: int) -> grain.Data
   ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if workers:
     ds = ds.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer)
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer),
+      worker_init_fn=_worker_init,
     )
   return iter(ds)
 
