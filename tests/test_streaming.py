@@ -3,6 +3,7 @@ JPEGs of several sizes, as a folder tree and as a real TFDS array_record dataset
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -273,6 +274,39 @@ def test_one_line_errors(data, tmp_path):
     {"dataset": "tiny", "source": "tfds:tiny_jpegs", "data_dir": data["tfds_dir"]}
   )
   assert (len(opened.train), len(opened.test), opened.num_classes) == (NUM_TRAIN, NUM_VAL, 3)
+
+
+def test_a_batch_that_fails_in_a_worker_leaves_no_shared_memory(data, tmp_path, monkeypatch):
+  bad = tmp_path / "bad"
+  shutil.copytree(data["root"], bad)
+  train = stream_sources.folder_sources(str(bad))[0]
+  order = np.random.default_rng([0, 0]).permutation(len(train))
+  broken = train.files[int(order[BATCH + 5])]  # row 5 of step 1
+  with open(broken, "wb") as f:
+    f.write(b"not a jpeg")
+  # As in a worker process: the batch is made in shared memory.
+  monkeypatch.setattr(streaming, "_IN_WORKER", True)
+  made = []
+
+  def shared(shape):
+    array = grain.multiprocessing.SharedMemoryArray(shape, np.uint8)
+    made.append(array.shm.name)
+    return array
+
+  monkeypatch.setattr(streaming, "_batch_array", shared)
+  batches = streaming.train_dataset(train, BATCH, 0, 0, SIZE, 0, 1)
+  first = batches[0]
+  assert isinstance(first["image"], grain.multiprocessing.SharedMemoryArray)
+  first["image"].unlink_on_del()  # what the main process does with a batch it received
+  del first
+  with pytest.raises(errors.DatasetFormatError) as excinfo:
+    batches[1]
+  _one_line(excinfo, broken, "not a readable image")
+  del excinfo
+  gc.collect()
+  assert len(made) == 2
+  if os.path.isdir("/dev/shm"):  # POSIX shared memory's names, where Linux shows them
+    assert not [name for name in made if os.path.exists(os.path.join("/dev/shm", name.lstrip("/")))]
 
 
 def _bilinear(pixels, size):

@@ -94,11 +94,16 @@ class _TrainBatch:
     images = _batch_array((self.local, size, size, 3))
     labels = np.empty(self.local, np.int32)
     jitter = np.empty((self.local, device_augment.JITTER_COLUMNS), np.float32)
-    for row in range(self.local):
-      position = int(step) * self.batch_size + self.offset + row
-      data, labels[row], where = self.source.read(int(self._order[position]))
-      rng = np.random.default_rng([self.seed, self.epoch, position])
-      _, jitter[row] = image_transforms.train_transform(data, rng, size, where, images[row])
+    try:
+      for row in range(self.local):
+        position = int(step) * self.batch_size + self.offset + row
+        data, labels[row], where = self.source.read(int(self._order[position]))
+        rng = np.random.default_rng([self.seed, self.epoch, position])
+        _, jitter[row] = image_transforms.train_transform(data, rng, size, where, images[row])
+    except BaseException:
+      if isinstance(images, grain.multiprocessing.SharedMemoryArray):
+        images.unlink_on_del()  # it never reaches the main process, which unlinks the others
+      raise
     return {"image": images, "label": labels, "jitter": jitter}
 
 
