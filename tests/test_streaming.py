@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import time
 
 import grain
 import jax
@@ -306,7 +307,13 @@ def test_a_batch_that_fails_in_a_worker_leaves_no_shared_memory(data, tmp_path, 
   gc.collect()
   assert len(made) == 2
   if os.path.isdir("/dev/shm"):  # POSIX shared memory's names, where Linux shows them
-    assert not [name for name in made if os.path.exists(os.path.join("/dev/shm", name.lstrip("/")))]
+    left = lambda: [n for n in made if os.path.exists(os.path.join("/dev/shm", n.lstrip("/")))]
+    # Once grain's workers have run in this process, its arrays are unlinked by a
+    # background thread: give it a moment.
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert not left()
 
 
 def _bilinear(pixels, size):

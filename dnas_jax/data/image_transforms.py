@@ -104,8 +104,6 @@ def resize_crop(
   (kx, sx), (ky, sy) = _prefilter(w / size), _prefilter(h / size)
   if kx > 1 or ky > 1:
     crop = cv2.GaussianBlur(crop, (kx, ky), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REPLICATE)
-  if out is None:
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
   return cv2.resize(crop, (size, size), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
@@ -146,12 +144,13 @@ def jitter_params(rng: np.random.Generator) -> np.ndarray:
   return np.asarray([*factors, *order[:3]], np.float32)
 
 
-def hflip(pixels: np.ndarray) -> np.ndarray:
-  """The image mirrored left to right, as a new contiguous array (OpenCV). A reversed
+def hflip(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+  """The image mirrored left to right, as a new contiguous array (OpenCV), or written
+  into `out` (C-contiguous, of the image's shape) when given. A reversed
   NumPy view costs nothing here but makes the batch's stacking copy it element by
   element: stacking 50 reversed 224×224 views took 0.38 ms per image, flipping with
   this and stacking 0.03 ms (measured, one process)."""
-  return cv2.flip(pixels, 1)
+  return cv2.flip(pixels, 1, dst=out)
 
 
 def train_transform(
@@ -165,11 +164,11 @@ def train_transform(
   the crop a view of the decoded pixels, the flip `hflip`."""
   pixels = decode_array(data, where)
   top, left, h, w = crop_box(rng, pixels.shape[1], pixels.shape[0])
-  flip = rng.random() < 0.5
-  if not flip:
-    return resize_crop(pixels, top, left, h, w, size, out), jitter_params(rng)
-  pixels = resize_crop(pixels, top, left, h, w, size)
-  return (hflip(pixels) if out is None else cv2.flip(pixels, 1, dst=out)), jitter_params(rng)
+  if rng.random() < 0.5:  # flipped: resized into a temporary, then mirrored into `out`
+    pixels = hflip(resize_crop(pixels, top, left, h, w, size), out)
+  else:
+    pixels = resize_crop(pixels, top, left, h, w, size, out)
+  return pixels, jitter_params(rng)
 
 
 def resize_size(size: int) -> int:

@@ -120,6 +120,10 @@ def _batch_array(shape) -> np.ndarray:
   return np.empty(shape, np.uint8)
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
 def _worker_init(worker_index: int, worker_count: int):
   """Run by grain in each worker process before its first batch (docs/imagenet.md,
   Throughput, has the measurements):
@@ -142,10 +146,6 @@ def _worker_init(worker_index: int, worker_count: int):
   mallopt(_M_MMAP_THRESHOLD, 32 << 20)
   mallopt(_M_TRIM_THRESHOLD, 256 << 20)
   mallopt(_M_TOP_PAD, 64 << 20)
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 class _EvalImage:
